@@ -1,0 +1,379 @@
+//! Ed25519 keys for signing and verifying access tokens.
+//!
+//! Each key is named by its `kid`: the RFC 7638 JWK thumbprint of its public
+//! half, so the same key gets the same id on every replica without any
+//! configuration. A [`KeySet`] holds every public key a verifier accepts:
+//! during a rotation it holds the new key and the old one until tokens
+//! signed by the old key have expired.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey,
+    spki::der::pem::LineEnding,
+};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// The JWS algorithm of every shop key.
+pub const ALGORITHM: &str = "EdDSA";
+
+/// Loading, parsing or storing a key failed.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The PEM text is not an Ed25519 key of the expected kind.
+    #[error("{what} is not a valid Ed25519 {kind} key in PEM form")]
+    InvalidPem {
+        /// Where the text came from.
+        what: String,
+        /// "private" (PKCS#8) or "public" (SubjectPublicKeyInfo).
+        kind: &'static str,
+    },
+}
+
+/// The private key that signs access tokens. Only user-service has one.
+pub struct SigningKey {
+    kid: String,
+    pkcs8_pem: String,
+    encoding: EncodingKey,
+    verification: VerificationKey,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh key from the OS random source.
+    pub fn generate() -> SigningKey {
+        let secret = ed25519_dalek::SigningKey::from_bytes(&crate::random_bytes::<32>());
+        SigningKey::from_dalek(&secret)
+    }
+
+    /// Parses a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`), as
+    /// written by `openssl genpkey -algorithm ed25519`.
+    pub fn from_pem(pem: &str, what: &str) -> Result<SigningKey, KeyError> {
+        let secret =
+            ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|_| KeyError::InvalidPem {
+                what: what.to_owned(),
+                kind: "private",
+            })?;
+        Ok(SigningKey::from_dalek(&secret))
+    }
+
+    /// Reads the key at `path`.
+    pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
+        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        SigningKey::from_pem(&pem, &path.display().to_string())
+    }
+
+    /// Reads the key at `path`, or generates one and writes it there
+    /// (mode 0600, parent directories created) when the file does not exist
+    /// yet. This is how a development stack gets a key without one ever
+    /// being committed, and keeps it across restarts so tokens stay valid.
+    /// Returns the key and whether it was generated.
+    pub fn load_or_generate(path: &Path) -> Result<(SigningKey, bool), KeyError> {
+        let io_err = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        if path.exists() {
+            return Ok((SigningKey::load(path)?, false));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let key = SigningKey::generate();
+        match write_new_private_file(path, key.to_pkcs8_pem().as_bytes()) {
+            Ok(()) => Ok((key, true)),
+            // Another process created it between our check and our write:
+            // use theirs so both sign with the same key.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Ok((SigningKey::load(path)?, false))
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    fn from_dalek(secret: &ed25519_dalek::SigningKey) -> SigningKey {
+        let pem = secret
+            .to_pkcs8_pem(LineEnding::LF)
+            .expect("an Ed25519 key always encodes as PKCS#8");
+        let encoding =
+            EncodingKey::from_ed_pem(pem.as_bytes()).expect("our own PKCS#8 PEM always parses");
+        let verification = VerificationKey::from_dalek(&secret.verifying_key());
+        SigningKey {
+            kid: verification.kid.clone(),
+            pkcs8_pem: pem.to_string(),
+            encoding,
+            verification,
+        }
+    }
+
+    fn to_pkcs8_pem(&self) -> &str {
+        &self.pkcs8_pem
+    }
+
+    /// A 32-byte secret derived from this key for `context` (for example
+    /// the key of page tokens), so that every replica configured with the
+    /// same signing key derives the same secret without more configuration.
+    /// Different contexts give unrelated secrets; none reveals the key.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(b"shop derive-secret v1\0");
+        hasher.update(context.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(self.pkcs8_pem.as_bytes());
+        hasher.finalize().into()
+    }
+
+    /// The key id, as put in the `kid` header of the tokens it signs.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public half, for the key set and GetPublicKeys.
+    pub fn verification_key(&self) -> &VerificationKey {
+        &self.verification
+    }
+
+    pub(crate) fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+}
+
+#[cfg(unix)]
+fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_new_private_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// A public key that verifies tokens, with its id.
+#[derive(Clone)]
+pub struct VerificationKey {
+    kid: String,
+    public_key_pem: String,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    /// Parses a SubjectPublicKeyInfo PEM (`-----BEGIN PUBLIC KEY-----`).
+    /// The `kid` is computed from the key, never taken on trust.
+    pub fn from_pem(pem: &str, what: &str) -> Result<VerificationKey, KeyError> {
+        let public = ed25519_dalek::VerifyingKey::from_public_key_pem(pem).map_err(|_| {
+            KeyError::InvalidPem {
+                what: what.to_owned(),
+                kind: "public",
+            }
+        })?;
+        Ok(VerificationKey::from_dalek(&public))
+    }
+
+    /// Reads a public key PEM file.
+    pub fn load(path: &Path) -> Result<VerificationKey, KeyError> {
+        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        VerificationKey::from_pem(&pem, &path.display().to_string())
+    }
+
+    fn from_dalek(public: &ed25519_dalek::VerifyingKey) -> VerificationKey {
+        let public_key_pem = public
+            .to_public_key_pem(LineEnding::LF)
+            .expect("an Ed25519 public key always encodes as SPKI");
+        let decoding = DecodingKey::from_ed_der(public.as_bytes());
+        VerificationKey {
+            kid: jwk_thumbprint(public.as_bytes()),
+            public_key_pem,
+            decoding,
+        }
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The JWS algorithm this key verifies.
+    pub fn algorithm(&self) -> &'static str {
+        ALGORITHM
+    }
+
+    /// The key as SubjectPublicKeyInfo PEM.
+    pub fn public_key_pem(&self) -> &str {
+        &self.public_key_pem
+    }
+
+    pub(crate) fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding
+    }
+}
+
+/// RFC 7638 thumbprint of an Ed25519 JWK: base64url(SHA-256 of the
+/// canonical JSON `{"crv":"Ed25519","kty":"OKP","x":"..."}`).
+fn jwk_thumbprint(public: &[u8; 32]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(public)
+    );
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// The public keys a verifier accepts, by `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: BTreeMap<String, VerificationKey>,
+}
+
+impl KeySet {
+    /// An empty set.
+    pub fn new() -> KeySet {
+        KeySet::default()
+    }
+
+    /// Adds a key, replacing one with the same id.
+    pub fn insert(&mut self, key: VerificationKey) {
+        self.keys.insert(key.kid.clone(), key);
+    }
+
+    /// The key named `kid`.
+    pub fn get(&self, kid: &str) -> Option<&VerificationKey> {
+        self.keys.get(kid)
+    }
+
+    /// Every key, ordered by id.
+    pub fn iter(&self) -> impl Iterator<Item = &VerificationKey> {
+        self.keys.values()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the set holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl FromIterator<VerificationKey> for KeySet {
+    fn from_iter<I: IntoIterator<Item = VerificationKey>>(iter: I) -> KeySet {
+        let mut set = KeySet::new();
+        for key in iter {
+            set.insert(key);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_is_kept_and_reloaded_with_the_same_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/jwt.pem");
+        let (first, generated) = SigningKey::load_or_generate(&path).unwrap();
+        assert!(generated);
+        let (second, generated) = SigningKey::load_or_generate(&path).unwrap();
+        assert!(!generated);
+        assert_eq!(first.kid(), second.kid());
+        let pem = fs::read_to_string(&path).unwrap();
+        assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
+        }
+    }
+
+    #[test]
+    fn public_pem_round_trips_with_the_same_kid() {
+        let key = SigningKey::generate();
+        let public = key.verification_key();
+        let parsed = VerificationKey::from_pem(public.public_key_pem(), "test").unwrap();
+        assert_eq!(parsed.kid(), key.kid());
+        assert_eq!(parsed.algorithm(), "EdDSA");
+    }
+
+    #[test]
+    fn derived_secrets_depend_on_key_and_context() {
+        let a = SigningKey::generate();
+        let b = SigningKey::generate();
+        assert_eq!(a.derive_secret("x"), a.derive_secret("x"));
+        assert_ne!(a.derive_secret("x"), a.derive_secret("y"));
+        assert_ne!(a.derive_secret("x"), b.derive_secret("x"));
+    }
+
+    #[test]
+    fn different_keys_have_different_kids() {
+        assert_ne!(SigningKey::generate().kid(), SigningKey::generate().kid());
+    }
+
+    #[test]
+    fn garbage_pem_is_a_clear_error() {
+        let err = SigningKey::from_pem("not a key", "JWT_PRIVATE_KEY_FILE").unwrap_err();
+        assert!(err.to_string().contains("JWT_PRIVATE_KEY_FILE"));
+        assert!(VerificationKey::from_pem("-----BEGIN PUBLIC KEY-----\n", "x").is_err());
+    }
+
+    #[test]
+    fn openssl_style_pkcs8_keys_load() {
+        // RFC 8410 section 10.3 example private key.
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n\
+                   -----END PRIVATE KEY-----\n";
+        let key = SigningKey::from_pem(pem, "rfc8410").unwrap();
+        assert!(!key.kid().is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! The authenticated caller of a request, built from a verified access token
+//! by the auth middleware and read by handlers from the request extensions.
+
+use serde::{Deserialize, Serialize};
+
+/// A role as carried in the `roles` claim of an access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A shopper.
+    Customer,
+    /// May act on every account and call admin-only RPCs.
+    Admin,
+}
+
+impl Role {
+    /// The claim and storage spelling: `customer` or `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses the claim and storage spelling.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "customer" => Some(Role::Customer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Who is calling: the subject of a verified access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user id (`sub` claim).
+    pub user_id: String,
+    /// The roles the token grants.
+    pub roles: Vec<Role>,
+    /// The token's unique id (`jti`), for logs and revocation.
+    pub token_id: String,
+}
+
+impl Principal {
+    /// True when the token carries the admin role.
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(&Role::Admin)
+    }
+
+    /// True when the caller may act on `user_id`'s data: it is its own
+    /// account, or the caller is an admin.
+    pub fn may_act_for(&self, user_id: &str) -> bool {
+        self.user_id == user_id || self.is_admin()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(roles: Vec<Role>) -> Principal {
+        Principal {
+            user_id: "u1".into(),
+            roles,
+            token_id: "t".into(),
+        }
+    }
+
+    #[test]
+    fn customers_act_only_for_themselves() {
+        let p = principal(vec![Role::Customer]);
+        assert!(p.may_act_for("u1"));
+        assert!(!p.may_act_for("u2"));
+        assert!(!p.is_admin());
+    }
+
+    #[test]
+    fn admins_act_for_anyone() {
+        let p = principal(vec![Role::Customer, Role::Admin]);
+        assert!(p.may_act_for("u2"));
+    }
+
+    #[test]
+    fn role_spelling_round_trips() {
+        for role in [Role::Customer, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

@@ -1,0 +1,277 @@
+//! Authentication and coarse authorization for every RPC.
+//!
+//! The layer looks up the called method in the policy table that shop-proto
+//! generates from the protos' `(shop.options.v1.access)` options:
+//!
+//! - `PUBLIC`: passes; a valid bearer token, if sent, still yields a
+//!   [`Principal`] for the handler.
+//! - `AUTHENTICATED`: needs a valid bearer token (UNAUTHENTICATED otherwise).
+//! - `ADMIN`: also needs the admin role (PERMISSION_DENIED otherwise).
+//! - undeclared (`ACCESS_UNSPECIFIED`): refused, so a forgotten annotation
+//!   fails closed.
+//!
+//! Methods of services outside the shop protos are answered UNIMPLEMENTED,
+//! except infrastructure services the server registers as public (health,
+//! reflection). Handlers do the fine-grained checks (self or admin) with the
+//! [`Principal`] they find in the request extensions.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures_util::future::{Either, Ready, ready};
+use http::{Request, Response, header::AUTHORIZATION};
+use shop_auth::{Principal, TokenError, TokenVerifier};
+use shop_proto::policy::{self, Access};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+
+/// Turns a bearer token into a [`Principal`]. Implemented by
+/// [`TokenVerifier`]; services that fetch keys remotely wrap it.
+pub trait VerifyToken: Send + Sync + 'static {
+    /// Verifies `token` and returns who it belongs to.
+    fn verify(&self, token: &str) -> Result<Principal, TokenError>;
+}
+
+impl VerifyToken for TokenVerifier {
+    fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        TokenVerifier::verify(self, token).map(|claims| claims.into_principal())
+    }
+}
+
+/// Builds [`Auth`] services.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<dyn VerifyToken>,
+    public_services: Arc<[&'static str]>,
+}
+
+impl AuthLayer {
+    /// A layer that verifies tokens with `verifier` and lets calls to
+    /// `public_services` (fully qualified service names, such as
+    /// `grpc.health.v1.Health`) through without a token.
+    pub fn new(verifier: Arc<dyn VerifyToken>, public_services: &[&'static str]) -> AuthLayer {
+        AuthLayer {
+            verifier,
+            public_services: public_services.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] builds.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        match self.layer.authorize(req.uri().path(), req.headers()) {
+            Ok(principal) => {
+                if let Some(principal) = principal {
+                    req.extensions_mut().insert(principal);
+                }
+                Either::Left(self.inner.call(req))
+            }
+            Err(status) => Either::Right(ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+impl AuthLayer {
+    fn authorize(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Principal>, Status> {
+        let Some(method) = policy::lookup(path) else {
+            let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            if self.public_services.contains(&service) {
+                return Ok(None);
+            }
+            return Err(Status::unimplemented(format!("unknown method {path}")));
+        };
+        let token = bearer_token(headers);
+        match method.access {
+            Access::Public => Ok(token.and_then(|t| self.verifier.verify(t).ok())),
+            Access::Authenticated => self.authenticate(token).map(Some),
+            Access::Admin => {
+                let principal = self.authenticate(token)?;
+                if principal.is_admin() {
+                    Ok(Some(principal))
+                } else {
+                    Err(Status::permission_denied(
+                        "this method requires the admin role",
+                    ))
+                }
+            }
+            Access::Unspecified => {
+                tracing::error!(
+                    method = path,
+                    "RPC has no (shop.options.v1.access) option; refusing it"
+                );
+                Err(Status::permission_denied(
+                    "this method declares no access rule",
+                ))
+            }
+        }
+    }
+
+    fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
+        let token = token.ok_or_else(|| {
+            Status::unauthenticated("missing bearer token in the authorization metadata")
+        })?;
+        self.verifier.verify(token).map_err(|err| {
+            tracing::debug!(error = %err, "access token refused");
+            match err {
+                TokenError::Expired => Status::unauthenticated("access token expired"),
+                _ => Status::unauthenticated("invalid access token"),
+            }
+        })
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header (scheme matched
+/// case-insensitively), if there is one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The caller of a request that passed the auth layer.
+///
+/// Returns UNAUTHENTICATED when there is none, which for an
+/// `AUTHENTICATED` or `ADMIN` method only happens if the layer is missing
+/// from the server: a wiring bug that must not turn into open access.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::new(Code::Unauthenticated, "not authenticated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shop_auth::{KeySet, Role, SigningKey, TokenIssuer};
+
+    use super::*;
+
+    fn layer_with_issuer() -> (AuthLayer, TokenIssuer) {
+        let key = Arc::new(SigningKey::generate());
+        let keys: KeySet = [key.verification_key().clone()].into_iter().collect();
+        let verifier = TokenVerifier::new(keys, "iss", "aud", Duration::from_secs(30));
+        let issuer = TokenIssuer::new(key, "iss", "aud", Duration::from_secs(60));
+        (
+            AuthLayer::new(Arc::new(verifier), &["grpc.health.v1.Health"]),
+            issuer,
+        )
+    }
+
+    fn headers(token: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn public_methods_need_no_token() {
+        let (layer, _) = layer_with_issuer();
+        let r = layer.authorize("/shop.user.v1.UserService/CreateUser", &headers(None));
+        assert_eq!(r.unwrap(), None);
+        // A bad token on a public method is ignored, not an error.
+        let r = layer.authorize("/shop.auth.v1.AuthService/Login", &headers(Some("junk")));
+        assert_eq!(r.unwrap(), None);
+    }
+
+    #[test]
+    fn authenticated_methods_need_a_valid_token() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.user.v1.UserService/GetUser";
+        let err = layer.authorize(path, &headers(None)).unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = layer.authorize(path, &headers(Some("x.y.z"))).unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+
+        let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let p = layer
+            .authorize(path, &headers(Some(&token)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.user_id, "u1");
+    }
+
+    #[test]
+    fn admin_methods_need_the_admin_role() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.user.v1.UserService/ListUsers";
+        let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let err = layer
+            .authorize(path, &headers(Some(&customer)))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let admin = issuer
+            .issue("a", &[Role::Customer, Role::Admin])
+            .unwrap()
+            .token;
+        assert!(layer.authorize(path, &headers(Some(&admin))).is_ok());
+    }
+
+    #[test]
+    fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
+        let (layer, _) = layer_with_issuer();
+        let err = layer
+            .authorize("/shop.user.v1.UserService/Nope", &headers(None))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        let err = layer
+            .authorize("/other.Svc/Call", &headers(None))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(
+            layer
+                .authorize("/grpc.health.v1.Health/Check", &headers(None))
+                .is_ok()
+        );
+    }
+}

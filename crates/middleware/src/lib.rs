@@ -1,0 +1,18 @@
+//! The machinery every shop service shares, written once so that a new
+//! service is a small crate.
+//!
+//! - [`auth`]: the tower layer that enforces the access rules declared in the
+//!   protos and hands handlers a verified [`shop_auth::Principal`].
+//! - [`config`]: one-line configuration errors with exit code 64.
+//! - [`status`]: building `tonic::Status` the same way everywhere (field
+//!   violations, internal errors that are logged but never sent).
+//! - [`pagination`]: opaque, tamper-proof page tokens.
+//! - [`server`]: health, reflection and graceful shutdown for a tonic server.
+//! - [`telemetry`]: the process-wide `tracing` subscriber.
+
+pub mod auth;
+pub mod config;
+pub mod pagination;
+pub mod server;
+pub mod status;
+pub mod telemetry;

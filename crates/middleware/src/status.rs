@@ -1,0 +1,75 @@
+//! Building `tonic::Status` the same way in every service.
+//!
+//! INVALID_ARGUMENT carries every bad field at once as
+//! `google.rpc.BadRequest` field violations; unexpected failures are logged
+//! with their cause and answered INTERNAL with a generic message, so no
+//! database or library text reaches a caller.
+
+use std::fmt::Display;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
+/// `(field, description)` pair. The message lists them too, for clients
+/// that do not read details.
+pub fn invalid_argument<F, D>(violations: impl IntoIterator<Item = (F, D)>) -> Status
+where
+    F: Into<String>,
+    D: Into<String>,
+{
+    let violations: Vec<FieldViolation> = violations
+        .into_iter()
+        .map(|(field, description)| FieldViolation::new(field, description))
+        .collect();
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {message}"),
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// INTERNAL with a generic message; `cause` is logged, never sent.
+pub fn internal(cause: impl Display) -> Status {
+    tracing::error!(error = %cause, "internal error");
+    Status::internal("internal error")
+}
+
+/// UNAVAILABLE for a dependency (such as the database) that cannot be
+/// reached; `cause` is logged, never sent. Clients may retry.
+pub fn unavailable(cause: impl Display) -> Status {
+    tracing::warn!(error = %cause, "dependency unavailable");
+    Status::unavailable("service temporarily unavailable, retry later")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_lists_every_field_in_details() {
+        let status = invalid_argument([("email", "is not valid"), ("username", "is too short")]);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest details");
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["email", "username"]);
+        assert!(status.message().contains("email: is not valid"));
+    }
+
+    #[test]
+    fn internal_hides_the_cause() {
+        let status = internal("duplicate key value violates constraint users_pkey");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("users_pkey"));
+    }
+}

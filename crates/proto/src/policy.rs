@@ -1,0 +1,134 @@
+//! Who may call each RPC and whether it is safe to retry, as declared in the
+//! protos (`option (shop.options.v1.access)` and `option idempotency_level`).
+//!
+//! The table is generated at build time, so the middleware has no hand-kept
+//! list of method names: a new service gets its access rules by annotating
+//! its proto and adding the file to `build.rs`.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub use crate::options::v1::Access;
+
+/// Whether repeating a call can change the outcome, from the standard
+/// `google.protobuf.MethodOptions.idempotency_level` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Not declared: a retry might apply the call twice.
+    Unknown,
+    /// Reads only (`NO_SIDE_EFFECTS`): always safe to retry.
+    NoSideEffects,
+    /// Repeating has the effect of doing it once (`IDEMPOTENT`).
+    Idempotent,
+}
+
+impl Idempotency {
+    /// True when a transparent retry cannot apply the call twice.
+    pub fn is_retry_safe(self) -> bool {
+        !matches!(self, Idempotency::Unknown)
+    }
+}
+
+/// The declared policy of one RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodPolicy {
+    /// The HTTP/2 path, `/package.Service/Method`.
+    pub path: &'static str,
+    /// Fully qualified service name, `package.Service`.
+    pub service: &'static str,
+    /// Method name.
+    pub method: &'static str,
+    /// Who may call it.
+    pub access: Access,
+    /// Whether it is safe to retry.
+    pub idempotency: Idempotency,
+    /// The client sends a stream.
+    pub client_streaming: bool,
+    /// The server sends a stream.
+    pub server_streaming: bool,
+}
+
+include!(concat!(env!("OUT_DIR"), "/method_policy.rs"));
+
+/// The policy of the RPC at `path` (`/package.Service/Method`), or `None`
+/// for a method that no shop proto declares.
+pub fn lookup(path: &str) -> Option<&'static MethodPolicy> {
+    METHODS
+        .binary_search_by(|m| m.path.cmp(path))
+        .ok()
+        .map(|i| &METHODS[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_declares_who_may_call_it() {
+        let undeclared: Vec<_> = METHODS
+            .iter()
+            .filter(|m| m.access == Access::Unspecified)
+            .map(|m| m.path)
+            .collect();
+        assert!(
+            undeclared.is_empty(),
+            "RPCs without `option (shop.options.v1.access)`: {undeclared:?}"
+        );
+    }
+
+    #[test]
+    fn table_covers_every_service_of_the_contract() {
+        for service in [
+            "shop.user.v1.UserService",
+            "shop.auth.v1.AuthService",
+            "shop.order.v1.OrderService",
+        ] {
+            assert!(
+                METHODS.iter().any(|m| m.service == service),
+                "{service} missing from the policy table"
+            );
+        }
+        assert_eq!(METHODS.len(), 8 + 4 + 8);
+    }
+
+    #[test]
+    fn lookup_reads_the_declared_options() {
+        let create = lookup("/shop.user.v1.UserService/CreateUser").unwrap();
+        assert_eq!(create.access, Access::Public);
+        assert_eq!(create.idempotency, Idempotency::Unknown);
+
+        let list = lookup("/shop.user.v1.UserService/ListUsers").unwrap();
+        assert_eq!(list.access, Access::Admin);
+        assert_eq!(list.idempotency, Idempotency::NoSideEffects);
+
+        let get = lookup("/shop.user.v1.UserService/GetUser").unwrap();
+        assert_eq!(get.access, Access::Authenticated);
+        assert!(get.idempotency.is_retry_safe());
+
+        let activity = lookup("/shop.user.v1.UserService/UserActivity").unwrap();
+        assert!(activity.client_streaming && activity.server_streaming);
+
+        assert!(lookup("/shop.user.v1.UserService/Nope").is_none());
+        assert!(lookup("/grpc.health.v1.Health/Check").is_none());
+    }
+
+    #[test]
+    fn methods_are_sorted_for_binary_search() {
+        assert!(METHODS.windows(2).all(|w| w[0].path < w[1].path));
+    }
+
+    #[test]
+    fn descriptor_set_keeps_the_access_option() {
+        // Reflection clients (grpcurl describe) see the custom option only if
+        // the encoded set kept it: look for the option's field key followed
+        // by ACCESS_PUBLIC, as CreateUser carries it.
+        let mut needle = Vec::new();
+        prost::encoding::encode_key(50001, prost::encoding::WireType::Varint, &mut needle);
+        needle.push(Access::Public as u8);
+        assert!(
+            crate::FILE_DESCRIPTOR_SET
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice()),
+            "the access option was dropped from FILE_DESCRIPTOR_SET"
+        );
+    }
+}

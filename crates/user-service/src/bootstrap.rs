@@ -1,0 +1,74 @@
+//! Creating the first admin at start-up from `BOOTSTRAP_ADMIN_EMAIL` and
+//! `BOOTSTRAP_ADMIN_PASSWORD`, so that a fresh deployment has someone who
+//! can call admin-only RPCs.
+
+use chrono::{SubsecRound as _, Utc};
+use shop_auth::{Password, PasswordHasher, Role};
+use uuid::Uuid;
+
+use crate::{
+    ConfigError,
+    domain::{Email, NewUser, PersonName, UserPatch, UserStatus, Username},
+    repo::{RepoError, Store, UserKey},
+};
+
+/// Ensures an active admin account with `email` exists: creates it with
+/// `password` and `username`, or gives an existing account the admin role.
+/// The password of an existing account is never changed.
+pub(crate) async fn ensure_admin(
+    store: &dyn Store,
+    hasher: &PasswordHasher,
+    email: &str,
+    password: &str,
+    username: &str,
+) -> anyhow::Result<()> {
+    let email =
+        Email::parse(email).map_err(|e| ConfigError(format!("BOOTSTRAP_ADMIN_EMAIL {e}")))?;
+    let now = Utc::now().trunc_subsecs(6);
+
+    if let Some(user) = store.find_user(UserKey::Email(&email)).await? {
+        if user.status == UserStatus::Deleted {
+            tracing::warn!(email = %email.as_str(), "bootstrap admin account is deleted; not restoring it");
+            return Ok(());
+        }
+        if !user.roles.contains(&Role::Admin) {
+            let mut roles = user.roles.clone();
+            roles.push(Role::Admin);
+            let patch = UserPatch {
+                roles: Some(roles),
+                ..UserPatch::default()
+            };
+            store.update_user(user.id, &patch, now).await?;
+            tracing::info!(user_id = %user.id, "bootstrap admin: existing account given the admin role");
+        }
+        return Ok(());
+    }
+
+    let password = Password::parse(password)
+        .map_err(|e| ConfigError(format!("BOOTSTRAP_ADMIN_PASSWORD {e}")))?;
+    let username = Username::parse(username)
+        .map_err(|e| ConfigError(format!("BOOTSTRAP_ADMIN_USERNAME {e}")))?;
+    let new = NewUser {
+        id: Uuid::now_v7(),
+        email,
+        username,
+        password_hash: hasher.hash(&password).await?,
+        first_name: PersonName::parse("Bootstrap").expect("valid literal"),
+        last_name: PersonName::parse("Admin").expect("valid literal"),
+        roles: vec![Role::Customer, Role::Admin],
+        status: UserStatus::Active,
+        now,
+    };
+    match store.create_user(&new).await {
+        Ok(user) => {
+            tracing::info!(user_id = %user.id, "bootstrap admin created");
+            Ok(())
+        }
+        Err(RepoError::Conflict(_)) => Err(ConfigError(format!(
+            "BOOTSTRAP_ADMIN_USERNAME {:?} is taken by another account",
+            new.username.as_str()
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,297 @@
+//! Storage of users and refresh tokens.
+//!
+//! Each aggregate has one trait ([`UserRepo`], [`RefreshTokenRepo`]) with a
+//! PostgreSQL and a SQLite implementation; [`connect`] picks one from the
+//! `DATABASE_URL` scheme and runs that backend's embedded migrations. SQL
+//! lives only here, and nothing here builds a `tonic::Status`: errors are
+//! [`RepoError`]s that the service maps.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::domain::{
+    Credentials, Email, NewUser, User, UserFilter, UserPatch, UserStatus, Username,
+    roles_from_storage,
+};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// A unique field that a write collided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueField {
+    /// `users.email`.
+    Email,
+    /// `users.username`.
+    Username,
+}
+
+/// What can go wrong in storage.
+#[derive(Debug, Error)]
+pub enum RepoError {
+    /// A unique constraint refused the write.
+    #[error("{0:?} already taken")]
+    Conflict(UniqueField),
+    /// The database cannot be reached (pool timeout, I/O, closed pool).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value the code does not understand.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported database.
+    #[error("unsupported DATABASE_URL scheme in {0:?}: expected sqlite: or postgres:")]
+    UnsupportedUrl(String),
+}
+
+impl RepoError {
+    /// Sorts a sqlx error into unavailable or other; unique violations are
+    /// recognised by each backend before this.
+    fn from_sqlx(err: sqlx::Error) -> RepoError {
+        match err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => RepoError::Unavailable(err),
+            other => RepoError::Database(other),
+        }
+    }
+}
+
+/// How to find one user.
+#[derive(Debug, Clone, Copy)]
+pub enum UserKey<'a> {
+    /// By id.
+    Id(Uuid),
+    /// By email.
+    Email(&'a Email),
+    /// By username.
+    Username(&'a Username),
+}
+
+/// Accounts.
+#[async_trait]
+pub trait UserRepo: Send + Sync {
+    /// Stores a new user; [`RepoError::Conflict`] when the email or
+    /// username is taken.
+    async fn create_user(&self, user: &NewUser) -> Result<User, RepoError>;
+
+    /// One user, deleted ones included.
+    async fn find_user(&self, key: UserKey<'_>) -> Result<Option<User>, RepoError>;
+
+    /// A user and its password hash, by lower-cased email or username.
+    async fn find_credentials(&self, identifier: &str) -> Result<Option<Credentials>, RepoError>;
+
+    /// Applies the set fields of `patch` to a user that is not deleted;
+    /// `None` when there is no such user.
+    async fn update_user(
+        &self,
+        id: Uuid,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, RepoError>;
+
+    /// Marks a user deleted; false when there is no such user or it was
+    /// deleted already.
+    async fn soft_delete_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, RepoError>;
+
+    /// Up to `limit` users matching `filter` with an id above `after`,
+    /// in id (creation) order.
+    async fn list_users(
+        &self,
+        filter: &UserFilter,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<User>, RepoError>;
+
+    /// How many users match `filter`.
+    async fn count_users(&self, filter: &UserFilter) -> Result<u64, RepoError>;
+}
+
+/// A refresh token to store.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    /// SHA-256 hex of the token.
+    pub token_hash: String,
+    /// The login it belongs to.
+    pub family_id: Uuid,
+    /// Its user.
+    pub user_id: Uuid,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// What presenting a refresh token for rotation came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// Consumed; the next token was stored in the same family.
+    Rotated {
+        /// The token's user.
+        user_id: Uuid,
+        /// The token's family.
+        family_id: Uuid,
+    },
+    /// Already consumed before: the family is now revoked.
+    Reused {
+        /// The revoked family.
+        family_id: Uuid,
+    },
+    /// Revoked (logout, deleted user, or an earlier reuse).
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Never issued.
+    Unknown,
+}
+
+/// Refresh token families.
+#[async_trait]
+pub trait RefreshTokenRepo: Send + Sync {
+    /// Stores the first token of a new family.
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> Result<(), RepoError>;
+
+    /// Consumes the token hashed `presented` and, if it was live, stores
+    /// `next_hash` in its family, atomically. A second use of the same
+    /// token revokes the family.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        next_hash: &str,
+        next_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, RepoError>;
+
+    /// Revokes the family of the token hashed `presented`, if it exists.
+    async fn revoke_refresh_family(
+        &self,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// Revokes every refresh token of a user; returns how many were not
+    /// revoked yet.
+    async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<u64, RepoError>;
+}
+
+/// Everything user-service stores, behind one connection pool.
+#[async_trait]
+pub trait Store: UserRepo + RefreshTokenRepo {
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<(), RepoError>;
+
+    /// "postgres" or "sqlite", for logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
+/// SQLite file and its directory when missing, and applies migrations.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, RepoError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ))
+    } else {
+        Err(RepoError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// The URL with any password replaced, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The columns every user query selects, as a literal for `concat!` (sqlx
+/// takes only `'static` SQL, which keeps query text free of user input).
+macro_rules! user_columns {
+    () => {
+        "id, email, username, first_name, last_name, bio, status, roles, created_at, updated_at"
+    };
+}
+use user_columns;
+
+/// A `users` row as both backends decode it.
+struct UserRow {
+    id: Uuid,
+    email: String,
+    username: String,
+    first_name: String,
+    last_name: String,
+    bio: String,
+    status: String,
+    roles: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    fn into_user(self) -> Result<User, RepoError> {
+        let status = UserStatus::parse(&self.status).ok_or_else(|| {
+            RepoError::Corrupt(format!("user {} status {:?}", self.id, self.status))
+        })?;
+        let roles = roles_from_storage(&self.roles).ok_or_else(|| {
+            RepoError::Corrupt(format!("user {} roles {:?}", self.id, self.roles))
+        })?;
+        Ok(User {
+            id: self.id,
+            email: self.email,
+            username: self.username,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            bio: self.bio,
+            status,
+            roles,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://shop:s3cret@db:5432/users"),
+            "postgres://shop:***@db:5432/users"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/users.db"),
+            "sqlite://data/users.db"
+        );
+        assert_eq!(
+            redact_url("postgres://shop@db/users"),
+            "postgres://shop@db/users"
+        );
+    }
+}
