@@ -9,6 +9,7 @@
 //! `TEST_LOG=1` shows the service's logs.
 
 mod auth;
+mod binary;
 mod helpers;
 mod infra;
 mod repo_suite;
