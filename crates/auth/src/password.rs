@@ -105,6 +105,18 @@ impl PasswordHasher {
         Ok(hash)
     }
 
+    /// Computes the dummy hash now, on the blocking pool, so that the first
+    /// login of an unknown user is not slower than later ones (which would
+    /// tell an attacker the account does not exist). Call before serving.
+    pub async fn prepare(&self) -> Result<(), HashError> {
+        let cost = self.cost;
+        let dummy = Arc::clone(&self.dummy_hash);
+        let hash =
+            tokio::task::spawn_blocking(move || bcrypt::hash(random_dummy(), cost)).await??;
+        let _ = dummy.set(hash);
+        Ok(())
+    }
+
     /// Checks `password` against `hash` on the blocking pool. With no hash
     /// (unknown user) it checks against a dummy hash of the same cost and
     /// returns false, so that both cases take the same time. A malformed
@@ -175,6 +187,8 @@ mod tests {
     #[tokio::test]
     async fn unknown_users_never_verify() {
         let hasher = PasswordHasher::new(4).unwrap();
+        hasher.prepare().await.unwrap();
+        assert!(hasher.dummy_hash.get().is_some());
         assert!(!hasher.verify("anything at all", None).await);
         assert!(!hasher.verify("", None).await);
     }

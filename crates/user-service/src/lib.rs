@@ -76,6 +76,7 @@ pub async fn run(
     ));
     let hasher = PasswordHasher::new(config.bcrypt_cost)
         .map_err(|e| ConfigError(format!("BCRYPT_COST: {e}")))?;
+    hasher.prepare().await?;
 
     if let (Some(email), Some(password)) = (
         &config.bootstrap_admin_email,
