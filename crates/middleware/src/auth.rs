@@ -16,27 +16,47 @@
 //! [`Principal`] they find in the request extensions.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use futures_util::future::{Either, Ready, ready};
 use http::{Request, Response, header::AUTHORIZATION};
 use shop_auth::{Principal, TokenError, TokenVerifier};
 use shop_proto::policy::{self, Access};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 
+/// A boxed future, as [`VerifyToken`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a token could not be turned into a [`Principal`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The token is refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The verification keys are not available (not fetched yet, or the
+    /// key service cannot be reached): the caller may retry.
+    #[error("verification keys unavailable")]
+    KeysUnavailable,
+}
+
 /// Turns a bearer token into a [`Principal`]. Implemented by
-/// [`TokenVerifier`]; services that fetch keys remotely wrap it.
+/// [`TokenVerifier`] (keys held locally) and by
+/// [`crate::keys::RemoteKeys`] (keys fetched from user-service).
 pub trait VerifyToken: Send + Sync + 'static {
     /// Verifies `token` and returns who it belongs to.
-    fn verify(&self, token: &str) -> Result<Principal, TokenError>;
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, VerifyError>>;
 }
 
 impl VerifyToken for TokenVerifier {
-    fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        TokenVerifier::verify(self, token).map(|claims| claims.into_principal())
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, VerifyError>> {
+        let result = TokenVerifier::verify(self, token)
+            .map(|claims| claims.into_principal())
+            .map_err(VerifyError::from);
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -79,34 +99,46 @@ pub struct Auth<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for Auth<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<Body>>,
+    S: Service<Request<ReqBody>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match self.layer.authorize(req.uri().path(), req.headers()) {
-            Ok(principal) => {
-                if let Some(principal) = principal {
-                    req.extensions_mut().insert(principal);
+        let layer = self.layer.clone();
+        // The inner service was made ready for this call; take it and leave
+        // a fresh clone behind (the usual tower pattern for async layers).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let token = bearer_token(req.headers()).map(str::to_owned);
+            match layer.authorize(&path, token.as_deref()).await {
+                Ok(principal) => {
+                    if let Some(principal) = principal {
+                        req.extensions_mut().insert(principal);
+                    }
+                    inner.call(req).await
                 }
-                Either::Left(self.inner.call(req))
+                Err(status) => Ok(status.into_http()),
             }
-            Err(status) => Either::Right(ready(Ok(status.into_http()))),
-        }
+        })
     }
 }
 
 impl AuthLayer {
-    fn authorize(
+    async fn authorize(
         &self,
         path: &str,
-        headers: &http::HeaderMap,
+        token: Option<&str>,
     ) -> Result<Option<Principal>, Status> {
         let Some(method) = policy::lookup(path) else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -115,12 +147,14 @@ impl AuthLayer {
             }
             return Err(Status::unimplemented(format!("unknown method {path}")));
         };
-        let token = bearer_token(headers);
         match method.access {
-            Access::Public => Ok(token.and_then(|t| self.verifier.verify(t).ok())),
-            Access::Authenticated => self.authenticate(token).map(Some),
+            Access::Public => match token {
+                Some(t) => Ok(self.verifier.verify(t).await.ok()),
+                None => Ok(None),
+            },
+            Access::Authenticated => self.authenticate(token).await.map(Some),
             Access::Admin => {
-                let principal = self.authenticate(token)?;
+                let principal = self.authenticate(token).await?;
                 if principal.is_admin() {
                     Ok(Some(principal))
                 } else {
@@ -141,15 +175,20 @@ impl AuthLayer {
         }
     }
 
-    fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
+    async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
         let token = token.ok_or_else(|| {
             Status::unauthenticated("missing bearer token in the authorization metadata")
         })?;
-        self.verifier.verify(token).map_err(|err| {
+        self.verifier.verify(token).await.map_err(|err| {
             tracing::debug!(error = %err, "access token refused");
             match err {
-                TokenError::Expired => Status::unauthenticated("access token expired"),
-                _ => Status::unauthenticated("invalid access token"),
+                VerifyError::Token(TokenError::Expired) => {
+                    Status::unauthenticated("access token expired")
+                }
+                VerifyError::Token(_) => Status::unauthenticated("invalid access token"),
+                VerifyError::KeysUnavailable => {
+                    Status::unavailable("cannot verify tokens yet; retry shortly")
+                }
             }
         })
     }
@@ -195,14 +234,6 @@ mod tests {
         )
     }
 
-    fn headers(token: Option<&str>) -> http::HeaderMap {
-        let mut h = http::HeaderMap::new();
-        if let Some(t) = token {
-            h.insert(AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
-        }
-        h
-    }
-
     #[test]
     fn bearer_scheme_is_case_insensitive_and_required() {
         let mut h = http::HeaderMap::new();
@@ -214,63 +245,62 @@ mod tests {
         assert_eq!(bearer_token(&h), None);
     }
 
-    #[test]
-    fn public_methods_need_no_token() {
+    #[tokio::test]
+    async fn public_methods_need_no_token() {
         let (layer, _) = layer_with_issuer();
-        let r = layer.authorize("/shop.user.v1.UserService/CreateUser", &headers(None));
+        let r = layer
+            .authorize("/shop.user.v1.UserService/CreateUser", None)
+            .await;
         assert_eq!(r.unwrap(), None);
         // A bad token on a public method is ignored, not an error.
-        let r = layer.authorize("/shop.auth.v1.AuthService/Login", &headers(Some("junk")));
+        let r = layer
+            .authorize("/shop.auth.v1.AuthService/Login", Some("junk"))
+            .await;
         assert_eq!(r.unwrap(), None);
     }
 
-    #[test]
-    fn authenticated_methods_need_a_valid_token() {
+    #[tokio::test]
+    async fn authenticated_methods_need_a_valid_token() {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/GetUser";
-        let err = layer.authorize(path, &headers(None)).unwrap_err();
+        let err = layer.authorize(path, None).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
-        let err = layer.authorize(path, &headers(Some("x.y.z"))).unwrap_err();
+        let err = layer.authorize(path, Some("x.y.z")).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
 
         let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
-        let p = layer
-            .authorize(path, &headers(Some(&token)))
-            .unwrap()
-            .unwrap();
+        let p = layer.authorize(path, Some(&token)).await.unwrap().unwrap();
         assert_eq!(p.user_id, "u1");
     }
 
-    #[test]
-    fn admin_methods_need_the_admin_role() {
+    #[tokio::test]
+    async fn admin_methods_need_the_admin_role() {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/ListUsers";
         let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
-        let err = layer
-            .authorize(path, &headers(Some(&customer)))
-            .unwrap_err();
+        let err = layer.authorize(path, Some(&customer)).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         let admin = issuer
             .issue("a", &[Role::Customer, Role::Admin])
             .unwrap()
             .token;
-        assert!(layer.authorize(path, &headers(Some(&admin))).is_ok());
+        assert!(layer.authorize(path, Some(&admin)).await.is_ok());
     }
 
-    #[test]
-    fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
+    #[tokio::test]
+    async fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
         let (layer, _) = layer_with_issuer();
         let err = layer
-            .authorize("/shop.user.v1.UserService/Nope", &headers(None))
+            .authorize("/shop.user.v1.UserService/Nope", None)
+            .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        let err = layer
-            .authorize("/other.Svc/Call", &headers(None))
-            .unwrap_err();
+        let err = layer.authorize("/other.Svc/Call", None).await.unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(
             layer
-                .authorize("/grpc.health.v1.Health/Check", &headers(None))
+                .authorize("/grpc.health.v1.Health/Check", None)
+                .await
                 .is_ok()
         );
     }

@@ -4,6 +4,11 @@
 //! - [`auth`]: the tower layer that enforces the access rules declared in the
 //!   protos and hands handlers a verified [`shop_auth::Principal`].
 //! - [`config`]: one-line configuration errors with exit code 64.
+//! - [`context`]: deadlines, request ids, the caller's token and trace
+//!   headers, carried from each request into every call it makes.
+//! - [`fault`]: opt-in latency and error injection per method.
+//! - [`grpc_timeout`]: the `grpc-timeout` header.
+//! - [`keys`]: verifying tokens with keys fetched from user-service.
 //! - [`status`]: building `tonic::Status` the same way everywhere (field
 //!   violations, internal errors that are logged but never sent).
 //! - [`pagination`]: opaque, tamper-proof page tokens.
@@ -12,6 +17,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod context;
+pub mod fault;
+pub mod grpc_timeout;
+pub mod keys;
 pub mod pagination;
 pub mod server;
 pub mod status;

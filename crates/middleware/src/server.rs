@@ -1,7 +1,7 @@
 //! What every shop gRPC server has besides its own services: health,
 //! reflection, and a shutdown that is graceful but bounded.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -13,7 +13,75 @@ use tonic::{
     transport::server::{Router, TcpIncoming},
 };
 use tonic_health::server::HealthReporter;
-use tower::{Layer, Service};
+use tower::{
+    Layer, Service, ServiceBuilder,
+    layer::util::{Identity, Stack},
+};
+
+use crate::{
+    auth::{AuthLayer, VerifyToken},
+    context::ContextLayer,
+    fault::{FaultDelays, FaultErrors, FaultLayer},
+};
+
+/// Server settings every shop service shares; flatten it into the
+/// service's clap configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Serve gRPC reflection (v1 and v1alpha) so that grpcurl and similar
+    /// tools can discover the API.
+    #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
+
+    /// How long in-flight calls may run after SIGTERM/SIGINT before the
+    /// remaining connections are dropped.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Longest a unary call may run: the caller's grpc-timeout is honoured
+    /// up to this, and it is the deadline when the caller sends none.
+    #[arg(long, env = "REQUEST_TIMEOUT_CAP", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout_cap: Duration,
+
+    /// Fault injection, off when empty: added latency per method, e.g.
+    /// `GetUser=2s,*=10ms` (method name, /full/path or *).
+    #[arg(long, env = "FAULT_DELAY", default_value = "")]
+    pub fault_delay: FaultDelays,
+
+    /// Fault injection, off when empty: injected errors per method with an
+    /// optional probability, e.g. `GetUser=unavailable:0.25`.
+    #[arg(long, env = "FAULT_ERROR", default_value = "")]
+    pub fault_error: FaultErrors,
+}
+
+/// The layers every shop server runs, outermost first.
+pub type ServerLayers =
+    ServiceBuilder<Stack<FaultLayer, Stack<AuthLayer, Stack<ContextLayer, Identity>>>>;
+
+/// The server stack, in this order and for these reasons:
+///
+/// 1. context: the deadline must cover everything below it (auth that
+///    fetches keys, injected delays, the handler), and the request id must
+///    exist before anything logs;
+/// 2. auth: refuse what the caller may not call before doing any work for
+///    it;
+/// 3. fault injection: next to the handler, so that it simulates a slow or
+///    failing service rather than a slow network, and never lets an
+///    unauthenticated call through.
+pub fn server_layers(
+    service: &str,
+    args: &ServerArgs,
+    verifier: Arc<dyn VerifyToken>,
+) -> ServerLayers {
+    ServiceBuilder::new()
+        .layer(ContextLayer::new(args.request_timeout_cap))
+        .layer(AuthLayer::new(verifier, &public_infrastructure_services()))
+        .layer(FaultLayer::new(
+            service,
+            args.fault_delay.clone(),
+            args.fault_error.clone(),
+        ))
+}
 
 /// Health and reflection services are part of the serving infrastructure
 /// and answer without a token; these are their service names, for

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_middleware::telemetry::LogFormat;
+use shop_middleware::{server::ServerArgs, telemetry::LogFormat};
 
 /// shop user-service: accounts, sign-up, login and tokens over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -85,15 +85,9 @@ pub struct Config {
     #[arg(long, env = "BOOTSTRAP_ADMIN_USERNAME", default_value = "admin")]
     pub bootstrap_admin_username: String,
 
-    /// Serve gRPC reflection (v1 and v1alpha) so that grpcurl and similar
-    /// tools can discover the API.
-    #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub grpc_reflection: bool,
-
-    /// How long in-flight calls may run after SIGTERM/SIGINT before the
-    /// remaining connections are dropped.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Duration,
+    /// Reflection, shutdown grace, request timeout cap, fault injection.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
@@ -120,7 +114,8 @@ mod tests {
         let config = Config::try_parse_from(["user-service"]).unwrap();
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.bcrypt_cost, 12);
-        assert!(config.grpc_reflection);
+        assert!(config.server.grpc_reflection);
+        assert_eq!(config.server.request_timeout_cap, Duration::from_secs(30));
         assert_eq!(
             config.signing_key_path(),
             (PathBuf::from("data/user-service-jwt.pem"), true)

@@ -23,9 +23,8 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context as _;
 use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, VerificationKey};
 use shop_middleware::{
-    auth::AuthLayer,
     pagination::PageTokenCodec,
-    server::{public_infrastructure_services, serve_with_grace, with_infrastructure},
+    server::{serve_with_grace, server_layers, with_infrastructure},
 };
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
@@ -48,7 +47,7 @@ pub struct ConfigError(pub String);
 /// migrates the database, loads (or generates) the signing key, creates the
 /// bootstrap admin, then serves UserService, AuthService, health and
 /// reflection. On shutdown, health turns NOT_SERVING and in-flight calls
-/// get `config.shutdown_grace` to finish.
+/// get `config.server.shutdown_grace` to finish.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -107,12 +106,12 @@ pub async fn run(
     });
 
     let router = Server::builder()
-        .layer(AuthLayer::new(verifier, &public_infrastructure_services()))
+        .layer(server_layers("user-service", &config.server, verifier))
         .add_service(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts))))
         .add_service(AuthServiceServer::new(AuthGrpc::new(accounts)));
     let (router, health) = with_infrastructure(
         router,
-        config.grpc_reflection,
+        config.server.grpc_reflection,
         &[
             <UserServiceServer<UserGrpc> as NamedService>::NAME,
             <AuthServiceServer<AuthGrpc> as NamedService>::NAME,
@@ -141,7 +140,7 @@ pub async fn run(
             .await;
         tracing::info!("user-service draining");
     };
-    serve_with_grace(router, listener, draining, config.shutdown_grace).await?;
+    serve_with_grace(router, listener, draining, config.server.shutdown_grace).await?;
     tracing::info!("user-service stopped");
     Ok(())
 }

@@ -1,0 +1,354 @@
+//! The request context: what a request carries into every call made while
+//! serving it.
+//!
+//! On the server, [`ContextLayer`] turns the incoming `grpc-timeout` into a
+//! deadline (capped for unary calls), picks up `authorization`,
+//! `x-request-id` (generated when absent and echoed back) and the W3C trace
+//! headers, and runs the rest of the stack inside a task-local
+//! [`RequestContext`]. When the deadline passes, the handler's future is
+//! dropped (and with it every downstream call it was waiting on) and the
+//! caller gets DEADLINE_EXCEEDED.
+//!
+//! On the client, [`PropagateLayer`] wraps a channel: every call made
+//! inside a request context carries the remaining budget (never more), the
+//! caller's token, request id and trace headers, without the handler doing
+//! anything; a call whose budget is already spent fails at once with
+//! DEADLINE_EXCEEDED, without touching the network.
+//!
+//! The context is task-local: work spawned onto another task must carry it
+//! along with [`RequestContext::scope`].
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response, header::AUTHORIZATION};
+use tokio::time::Instant;
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::grpc_timeout;
+
+/// Header carrying the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+/// W3C trace context headers, passed through unchanged.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// What the request being served carries into its outgoing calls.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+    /// The caller's `authorization` header, forwarded so that downstream
+    /// services authorize on behalf of the end user.
+    pub authorization: Option<HeaderValue>,
+    /// The request id, received or generated.
+    pub request_id: HeaderValue,
+    /// `traceparent` and `tracestate`, as received.
+    pub trace: Vec<(&'static str, HeaderValue)>,
+}
+
+impl RequestContext {
+    /// The context of the request the current task is serving, if any.
+    pub fn current() -> Option<RequestContext> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Time left before the deadline (zero once it has passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Runs `future` with this context as the current one; use it to carry
+    /// the context into a spawned task.
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
+        CURRENT.scope(self, future).await
+    }
+
+    /// The request id as text.
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}
+
+/// Builds [`ServerContext`] services.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextLayer {
+    unary_cap: Duration,
+}
+
+impl ContextLayer {
+    /// `unary_cap` bounds every unary call: the deadline is the caller's
+    /// `grpc-timeout` or this cap, whichever is sooner. Streaming calls are
+    /// bounded only by the caller's `grpc-timeout`, since a watch may
+    /// legitimately last for hours.
+    pub fn new(unary_cap: Duration) -> ContextLayer {
+        ContextLayer { unary_cap }
+    }
+}
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = ServerContext<S>;
+
+    fn layer(&self, inner: S) -> ServerContext<S> {
+        ServerContext {
+            inner,
+            unary_cap: self.unary_cap,
+        }
+    }
+}
+
+/// The server side of the request context; see the module docs.
+#[derive(Debug, Clone)]
+pub struct ServerContext<S> {
+    inner: S,
+    unary_cap: Duration,
+}
+
+/// Far enough in the future to mean "no deadline" without overflowing.
+const NO_DEADLINE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl<S, ReqBody> Service<Request<ReqBody>> for ServerContext<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+        let path = req.uri().path().to_owned();
+        // Only known unary methods get the cap: streams (including health
+        // Watch and reflection, which are not in the shop protos) may last.
+        let unary = shop_proto::policy::lookup(&path)
+            .is_some_and(|m| !m.client_streaming && !m.server_streaming);
+        let sent = grpc_timeout::parse(req.headers());
+        let budget = match (sent, unary) {
+            (Some(sent), true) => sent.min(self.unary_cap),
+            (Some(sent), false) => sent,
+            (None, true) => self.unary_cap,
+            (None, false) => NO_DEADLINE,
+        };
+        let request_id = req
+            .headers()
+            .get(REQUEST_ID)
+            .filter(|v| valid_request_id(v))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let ctx = RequestContext {
+            deadline: start + budget,
+            authorization: req.headers().get(AUTHORIZATION).cloned(),
+            request_id: request_id.clone(),
+            trace: trace_headers(req.headers()),
+        };
+        tracing::debug!(
+            rpc.method = %path,
+            request_id = ctx.request_id(),
+            grpc.timeout_ms = sent.map(|d| d.as_millis() as u64),
+            budget_ms = budget.as_millis() as u64,
+            "request received"
+        );
+        req.extensions_mut().insert(ctx.clone());
+
+        // Tonic's own grpc-timeout guard wraps this layer and answers
+        // CANCELLED when it fires; ending a hair earlier makes ours win so
+        // that the caller sees DEADLINE_EXCEEDED.
+        let margin = (budget / 50).min(Duration::from_millis(5));
+        let deadline = ctx.deadline - margin;
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let mut guard = AbandonGuard {
+                path,
+                start,
+                request_id: ctx.request_id().to_owned(),
+                finished: false,
+            };
+            let result = CURRENT
+                .scope(ctx, tokio::time::timeout_at(deadline, future))
+                .await;
+            guard.finished = true;
+            let mut response = match result {
+                Ok(response) => response?,
+                Err(_) => {
+                    tracing::info!(
+                        rpc.method = %guard.path,
+                        request_id = %guard.request_id,
+                        elapsed_ms = start.elapsed().as_millis() as u64,
+                        "deadline exceeded; handler dropped"
+                    );
+                    Status::deadline_exceeded("deadline exceeded").into_http()
+                }
+            };
+            response.headers_mut().insert(REQUEST_ID, request_id);
+            Ok(response)
+        })
+    }
+}
+
+/// Logs when a request's future is dropped before it finished: the client
+/// went away (or the connection broke), and everything the handler was
+/// waiting on was dropped with it.
+struct AbandonGuard {
+    path: String,
+    start: Instant,
+    request_id: String,
+    finished: bool,
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::info!(
+                rpc.method = %self.path,
+                request_id = %self.request_id,
+                elapsed_ms = self.start.elapsed().as_millis() as u64,
+                "request cancelled by the client; handler dropped"
+            );
+        }
+    }
+}
+
+fn valid_request_id(value: &HeaderValue) -> bool {
+    let len = value.len();
+    (1..=128).contains(&len)
+        && value
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        .expect("a UUID is a valid header value")
+}
+
+fn trace_headers(headers: &HeaderMap) -> Vec<(&'static str, HeaderValue)> {
+    TRACE_HEADERS
+        .iter()
+        .filter_map(|name| headers.get(*name).map(|v| (*name, v.clone())))
+        .collect()
+}
+
+/// Builds [`Propagate`] services around a client channel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PropagateLayer;
+
+impl<S> Layer<S> for PropagateLayer {
+    type Service = Propagate<S>;
+
+    fn layer(&self, inner: S) -> Propagate<S> {
+        Propagate { inner }
+    }
+}
+
+/// The client side of the request context; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Propagate<S> {
+    inner: S,
+}
+
+impl<S> Propagate<S> {
+    /// Wraps `inner` (usually a `tonic::transport::Channel`).
+    pub fn new(inner: S) -> Propagate<S> {
+        Propagate { inner }
+    }
+}
+
+impl<S> Service<Request<Body>> for Propagate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let Some(ctx) = RequestContext::current() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let remaining = ctx.remaining();
+        if remaining.is_zero() {
+            tracing::debug!(
+                rpc.method = %req.uri().path(),
+                request_id = ctx.request_id(),
+                "deadline already spent; call not made"
+            );
+            return Box::pin(std::future::ready(Ok(Status::deadline_exceeded(
+                "deadline exceeded before the call was made",
+            )
+            .into_http())));
+        }
+        let headers = req.headers_mut();
+        let timeout = grpc_timeout::parse(headers).map_or(remaining, |t| t.min(remaining));
+        headers.insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(timeout));
+        if let Some(auth) = &ctx.authorization
+            && !headers.contains_key(AUTHORIZATION)
+        {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        headers.insert(REQUEST_ID, ctx.request_id.clone());
+        for (name, value) in &ctx.trace {
+            headers.insert(*name, value.clone());
+        }
+        let deadline = ctx.deadline;
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, future).await {
+                Ok(result) => result,
+                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_checked_and_generated() {
+        assert!(valid_request_id(&HeaderValue::from_static("abc-123_x.y:z")));
+        assert!(!valid_request_id(&HeaderValue::from_static("has space")));
+        assert!(!valid_request_id(&HeaderValue::from_static("")));
+        let id = new_request_id();
+        assert!(valid_request_id(&id));
+        assert_eq!(id.len(), 36);
+        assert_ne!(new_request_id(), id);
+    }
+
+    #[tokio::test]
+    async fn context_is_visible_inside_its_scope_only() {
+        assert!(RequestContext::current().is_none());
+        let ctx = RequestContext {
+            deadline: Instant::now() + Duration::from_secs(1),
+            authorization: None,
+            request_id: HeaderValue::from_static("r1"),
+            trace: Vec::new(),
+        };
+        let seen = ctx
+            .scope(async { RequestContext::current().map(|c| c.request_id().to_owned()) })
+            .await;
+        assert_eq!(seen.as_deref(), Some("r1"));
+        assert!(RequestContext::current().is_none());
+    }
+}

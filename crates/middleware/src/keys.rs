@@ -1,0 +1,186 @@
+//! Token verification with keys fetched from user-service.
+//!
+//! Services other than user-service never hold a private key: they fetch
+//! the public keys from `AuthService.GetPublicKeys`, at start-up (retrying
+//! until user-service answers) and again when a token names a key they do
+//! not know, which is how a key rotation reaches them. Re-fetches are
+//! rate-limited so that a stream of tokens with made-up `kid`s cannot turn
+//! into a stream of calls to user-service.
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use shop_auth::{KeySet, Principal, TokenError, TokenVerifier, VerificationKey};
+use shop_proto::auth::v1::auth_service_client::AuthServiceClient;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::auth::{BoxFuture, VerifyError, VerifyToken};
+
+/// Timeout of one GetPublicKeys call.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Verifies tokens with the keys user-service publishes.
+pub struct RemoteKeys {
+    client: AuthServiceClient<Channel>,
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+    min_refresh_interval: Duration,
+    current: RwLock<Option<Arc<TokenVerifier>>>,
+    /// When the last fetch started; the lock also makes concurrent
+    /// refreshes wait for one fetch instead of making their own.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RemoteKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeys")
+            .field("loaded", &self.is_loaded())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteKeys {
+    /// Keys fetched over `channel` (to user-service); tokens must name
+    /// `issuer` and `audience`. An unknown `kid` triggers a re-fetch at most
+    /// once per `min_refresh_interval`.
+    pub fn new(
+        channel: Channel,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        leeway: Duration,
+        min_refresh_interval: Duration,
+    ) -> RemoteKeys {
+        RemoteKeys {
+            client: AuthServiceClient::new(channel),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway,
+            min_refresh_interval,
+            current: RwLock::new(None),
+            last_fetch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// True once keys have been fetched.
+    pub fn is_loaded(&self) -> bool {
+        self.verifier().is_some()
+    }
+
+    fn verifier(&self) -> Option<Arc<TokenVerifier>> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Fetches the keys now; returns how many there are.
+    pub async fn fetch(&self) -> Result<usize, tonic::Status> {
+        let mut request = tonic::Request::new(());
+        request.set_timeout(FETCH_TIMEOUT);
+        let keys = self
+            .client
+            .clone()
+            .get_public_keys(request)
+            .await?
+            .into_inner()
+            .keys;
+        let mut set = KeySet::new();
+        for key in &keys {
+            match VerificationKey::from_pem(&key.public_key_pem, &format!("key {}", key.kid)) {
+                Ok(parsed) if parsed.kid() == key.kid => set.insert(parsed),
+                Ok(parsed) => tracing::warn!(
+                    published = %key.kid,
+                    computed = %parsed.kid(),
+                    "published kid does not match the key; using the computed one"
+                ),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable published key"),
+            }
+        }
+        if set.is_empty() {
+            return Err(tonic::Status::unavailable(
+                "user-service published no usable key",
+            ));
+        }
+        let count = set.len();
+        let verifier = TokenVerifier::new(set, &self.issuer, &self.audience, self.leeway);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(verifier));
+        tracing::info!(keys = count, "token verification keys loaded");
+        Ok(count)
+    }
+
+    /// Fetches until it succeeds, backing off from 100 ms to 5 s between
+    /// attempts (with jitter); run it at start-up.
+    pub async fn fetch_with_retry(&self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            *self.last_fetch.lock().await = Some(Instant::now());
+            match self.fetch().await {
+                Ok(_) => return,
+                Err(status) => {
+                    tracing::warn!(
+                        code = ?status.code(),
+                        message = status.message(),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "cannot fetch token verification keys yet"
+                    );
+                }
+            }
+            let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Re-fetches unless another fetch happened within the minimum
+    /// interval; true when the keys may have changed.
+    async fn refresh_if_allowed(&self, seen: Option<&Arc<TokenVerifier>>) -> bool {
+        let mut last = self.last_fetch.lock().await;
+        // Someone refreshed while we waited for the lock: use theirs.
+        let now_current = self.verifier();
+        if now_current.as_ref().map(Arc::as_ptr) != seen.map(Arc::as_ptr) {
+            return true;
+        }
+        if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok(_) => true,
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "re-fetching token keys failed");
+                false
+            }
+        }
+    }
+}
+
+impl VerifyToken for RemoteKeys {
+    fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, VerifyError>> {
+        Box::pin(async move {
+            let Some(verifier) = self.verifier() else {
+                return Err(VerifyError::KeysUnavailable);
+            };
+            match verifier.verify(token) {
+                Err(TokenError::UnknownKey { kid }) => {
+                    tracing::debug!(%kid, "token signed by an unknown key; re-fetching keys");
+                    if !self.refresh_if_allowed(Some(&verifier)).await {
+                        return Err(TokenError::UnknownKey { kid }.into());
+                    }
+                    let verifier = self.verifier().ok_or(VerifyError::KeysUnavailable)?;
+                    verifier
+                        .verify(token)
+                        .map(|c| c.into_principal())
+                        .map_err(VerifyError::from)
+                }
+                other => other.map(|c| c.into_principal()).map_err(VerifyError::from),
+            }
+        })
+    }
+}
