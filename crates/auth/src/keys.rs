@@ -35,6 +35,12 @@ pub enum KeyError {
         /// The cause.
         source: io::Error,
     },
+    /// A secret file does not hold 64 hex digits.
+    #[error("{path}: expected a secret of 64 hex digits")]
+    InvalidSecret {
+        /// The file.
+        path: PathBuf,
+    },
     /// The PEM text is not an Ed25519 key of the expected kind.
     #[error("{what} is not a valid Ed25519 {kind} key in PEM form")]
     InvalidPem {
@@ -160,6 +166,46 @@ impl SigningKey {
 
     pub(crate) fn encoding_key(&self) -> &EncodingKey {
         &self.encoding
+    }
+}
+
+/// Reads the 32-byte secret (hex) at `path`, or generates one and writes it
+/// there (mode 0600, parent directories created) when the file does not
+/// exist yet. For secrets a service keeps for itself, such as the key of
+/// its page tokens; replicas must be given the same file.
+pub fn load_or_generate_secret(path: &Path) -> Result<[u8; 32], KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let parse = |text: &str| -> Result<[u8; 32], KeyError> {
+        let text = text.trim();
+        let invalid = || KeyError::InvalidSecret {
+            path: path.to_owned(),
+        };
+        if text.len() != 64 {
+            return Err(invalid());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
+        }
+        Ok(out)
+    };
+    if path.exists() {
+        return parse(&fs::read_to_string(path).map_err(io_err)?);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    let secret = crate::random_bytes::<32>();
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    match write_new_private_file(path, format!("{hex}\n").as_bytes()) {
+        Ok(()) => Ok(secret),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            parse(&fs::read_to_string(path).map_err(io_err)?)
+        }
+        Err(e) => Err(io_err(e)),
     }
 }
 
@@ -335,6 +381,20 @@ mod tests {
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
         }
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/secret.key");
+        let first = load_or_generate_secret(&path).unwrap();
+        assert_eq!(load_or_generate_secret(&path).unwrap(), first);
+        assert_ne!(first, [0u8; 32]);
+        fs::write(&path, "not hex").unwrap();
+        assert!(matches!(
+            load_or_generate_secret(&path),
+            Err(KeyError::InvalidSecret { .. })
+        ));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod password;
 pub mod principal;
 pub mod token;
 
-pub use keys::{KeyError, KeySet, SigningKey, VerificationKey};
+pub use keys::{KeyError, KeySet, SigningKey, VerificationKey, load_or_generate_secret};
 pub use password::{Password, PasswordError, PasswordHasher};
 pub use principal::{Principal, Role};
 pub use token::{Claims, IssuedToken, TokenError, TokenIssuer, TokenVerifier};

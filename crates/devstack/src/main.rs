@@ -4,7 +4,8 @@
 //! setup: `cargo run -p devstack`.
 //!
 //! Each service keeps reading its own environment variables (see the
-//! README), except the address and database, which devstack sets.
+//! README), except the address, database and upstream URL, which devstack
+//! sets.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -31,6 +32,10 @@ struct Args {
     /// user-service gRPC port.
     #[arg(long, env = "USER_SERVICE_PORT", default_value_t = 50051)]
     user_service_port: u16,
+
+    /// order-service gRPC port.
+    #[arg(long, env = "ORDER_SERVICE_PORT", default_value_t = 50052)]
+    order_service_port: u16,
 
     /// Admin account created on first start; its password is generated and
     /// kept in `<DATA_DIR>/devstack-admin-password` unless
@@ -90,15 +95,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &admin_password,
     ])
     .context("user-service configuration")?;
+    let user_stop = stop_rx.clone();
     services.spawn(async move {
-        (
-            "user-service",
-            user_service::run(user_config, user_listener, stopped(stop_rx)).await,
-        )
+        let result = user_service::run(user_config, user_listener, stopped(user_stop)).await;
+        ("user-service", result)
+    });
+
+    let order_addr = SocketAddr::new(args.host, args.order_service_port);
+    let order_listener = TcpListener::bind(order_addr)
+        .await
+        .with_context(|| format!("binding order-service to {order_addr} (ORDER_SERVICE_PORT)"))?;
+    let order_config = order_service::Config::try_parse_from([
+        "order-service",
+        "--grpc-addr",
+        &order_addr.to_string(),
+        "--database-url",
+        &format!("sqlite://{data_dir}/orders.db"),
+        "--data-dir",
+        &data_dir,
+        "--user-service-url",
+        &format!("http://{user_addr}"),
+    ])
+    .context("order-service configuration")?;
+    services.spawn(async move {
+        let result = order_service::run(order_config, order_listener, stopped(stop_rx)).await;
+        ("order-service", result)
     });
 
     wait_until_serving(user_addr, "shop.user.v1.UserService").await?;
-    print_banner(&args, user_addr, &admin_password);
+    wait_until_serving(order_addr, "shop.order.v1.OrderService").await?;
+    print_banner(&args, user_addr, order_addr, &admin_password);
 
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -171,12 +197,13 @@ async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<(
     }
 }
 
-fn print_banner(args: &Args, user_addr: SocketAddr, admin_password: &str) {
+fn print_banner(args: &Args, user_addr: SocketAddr, order_addr: SocketAddr, admin_password: &str) {
     println!(
         "\n\
-         shop devstack is up (data in {data})\n\
+         shop devstack is up (data directory: {data})\n\
          \n\
-         \x20 user-service  grpc://{user_addr}   (UserService, AuthService, health, reflection)\n\
+         \x20 user-service   grpc://{user_addr}   (UserService, AuthService, health, reflection)\n\
+         \x20 order-service  grpc://{order_addr}   (OrderService, health, reflection)\n\
          \n\
          \x20 admin login   {email} / {admin_password}\n\
          \n\
@@ -184,7 +211,9 @@ fn print_banner(args: &Args, user_addr: SocketAddr, admin_password: &str) {
          \x20 grpcurl -plaintext {user_addr} list\n\
          \x20 grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"username\":\"ada\",\"password\":\"correct horse\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\"}}' \\\n\
          \x20   {user_addr} shop.user.v1.UserService/CreateUser\n\
-         \x20 grpcurl -plaintext -d '{{\"identifier\":\"ada\",\"password\":\"correct horse\"}}' {user_addr} shop.auth.v1.AuthService/Login\n\
+         \x20 TOKEN=$(grpcurl -plaintext -d '{{\"identifier\":\"ada\",\"password\":\"correct horse\"}}' {user_addr} shop.auth.v1.AuthService/Login | jq -r .accessToken)\n\
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"items\":[{{\"product_id\":\"sku-1\",\"quantity\":2,\"unit_price_cents\":499}}],\"currency_code\":\"EUR\",\"request_id\":\"first-order\",\"user_id\":\"<id from CreateUser>\"}}' \\\n\
+         \x20   {order_addr} shop.order.v1.OrderService/CreateOrder\n\
          \n\
          Ctrl-C stops everything.\n",
         data = args.data_dir.display(),

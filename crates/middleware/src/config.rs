@@ -41,6 +41,21 @@ pub fn exit_with_config_error(message: &str) -> ! {
     std::process::exit(EXIT_CONFIG)
 }
 
+/// `url` with any password replaced by `***`, for error messages and logs
+/// (database URLs carry credentials).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 fn first_line(rendered: &str) -> String {
     rendered
         .lines()
@@ -53,6 +68,22 @@ fn first_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://shop:s3cret@db:5432/users"),
+            "postgres://shop:***@db:5432/users"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/users.db"),
+            "sqlite://data/users.db"
+        );
+        assert_eq!(
+            redact_url("postgres://shop@db/users"),
+            "postgres://shop@db/users"
+        );
+    }
 
     #[test]
     fn only_the_first_line_is_kept() {

@@ -323,7 +323,51 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        },
+    };
+
+    use tonic::Code;
+    use tower::{ServiceExt as _, service_fn};
+
     use super::*;
+
+    fn status_of(response: &Response<Body>) -> Option<Code> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(Code::from)
+    }
+
+    fn request(path: &str, timeout: Option<&str>) -> Request<Body> {
+        let mut builder = Request::builder().uri(format!("http://test{path}"));
+        if let Some(t) = timeout {
+            builder = builder.header(grpc_timeout::GRPC_TIMEOUT, t);
+        }
+        builder
+            .header(AUTHORIZATION, "Bearer caller-token")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    fn context(deadline_in: Duration) -> RequestContext {
+        RequestContext {
+            deadline: Instant::now() + deadline_in,
+            authorization: Some(HeaderValue::from_static("Bearer caller-token")),
+            request_id: HeaderValue::from_static("req-1"),
+            trace: vec![("traceparent", HeaderValue::from_static("00-abc-def-01"))],
+        }
+    }
 
     #[test]
     fn request_ids_are_checked_and_generated() {
@@ -339,16 +383,197 @@ mod tests {
     #[tokio::test]
     async fn context_is_visible_inside_its_scope_only() {
         assert!(RequestContext::current().is_none());
-        let ctx = RequestContext {
-            deadline: Instant::now() + Duration::from_secs(1),
-            authorization: None,
-            request_id: HeaderValue::from_static("r1"),
-            trace: Vec::new(),
-        };
-        let seen = ctx
+        let seen = context(Duration::from_secs(1))
             .scope(async { RequestContext::current().map(|c| c.request_id().to_owned()) })
             .await;
-        assert_eq!(seen.as_deref(), Some("r1"));
+        assert_eq!(seen.as_deref(), Some("req-1"));
         assert!(RequestContext::current().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_server_runs_the_handler_inside_the_callers_context() {
+        let seen = Arc::new(Mutex::new(None));
+        let seen_in = seen.clone();
+        let handler = service_fn(move |_req: Request<Body>| {
+            let seen = seen_in.clone();
+            async move {
+                *seen.lock().unwrap() = RequestContext::current();
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            }
+        });
+        let service = ContextLayer::new(Duration::from_secs(30)).layer(handler);
+        let response = service
+            .oneshot(request("/shop.user.v1.UserService/GetUser", Some("300m")))
+            .await
+            .unwrap();
+        let ctx = seen
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("context inside the handler");
+        let remaining = ctx.remaining();
+        assert!(remaining <= Duration::from_millis(300), "{remaining:?}");
+        assert!(remaining > Duration::from_millis(200), "{remaining:?}");
+        assert_eq!(ctx.authorization.unwrap(), "Bearer caller-token");
+        assert_eq!(ctx.trace[0].0, "traceparent");
+        let echoed = response
+            .headers()
+            .get(REQUEST_ID)
+            .expect("request id echoed");
+        assert_eq!(echoed, &ctx.request_id, "generated id is echoed back");
+    }
+
+    #[tokio::test]
+    async fn unary_calls_are_capped_and_streams_are_not() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_in = seen.clone();
+        let handler = service_fn(move |_req: Request<Body>| {
+            let seen = seen_in.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push(RequestContext::current().unwrap().remaining());
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            }
+        });
+        let service = ContextLayer::new(Duration::from_secs(2)).layer(handler);
+        for (path, timeout) in [
+            ("/shop.user.v1.UserService/GetUser", None),
+            ("/shop.user.v1.UserService/GetUser", Some("1H")),
+            ("/shop.order.v1.OrderService/WatchOrder", None),
+            ("/shop.order.v1.OrderService/WatchOrder", Some("1H")),
+        ] {
+            service
+                .clone()
+                .oneshot(request(path, timeout))
+                .await
+                .unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen[0] <= Duration::from_secs(2),
+            "no timeout sent: the cap"
+        );
+        assert!(
+            seen[1] <= Duration::from_secs(2),
+            "a longer timeout is capped"
+        );
+        assert!(
+            seen[2] > Duration::from_secs(3600 * 24),
+            "streams have no cap"
+        );
+        assert!(seen[3] > Duration::from_secs(3500) && seen[3] <= Duration::from_secs(3600));
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_answers_deadline_exceeded_and_drops_the_handler() {
+        struct SetOnDrop(Arc<AtomicBool>);
+        impl Drop for SetOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let dropped_in = dropped.clone();
+        let handler = service_fn(move |_req: Request<Body>| {
+            let guard = SetOnDrop(dropped_in.clone());
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                drop(guard);
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            }
+        });
+        let service = ContextLayer::new(Duration::from_secs(30)).layer(handler);
+        let started = Instant::now();
+        let response = service
+            .oneshot(request("/shop.user.v1.UserService/GetUser", Some("100m")))
+            .await
+            .unwrap();
+        assert_eq!(status_of(&response), Some(Code::DeadlineExceeded));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the handler future was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn outgoing_calls_carry_the_remaining_budget_token_request_id_and_trace() {
+        let sent = Arc::new(Mutex::new(None));
+        let sent_in = sent.clone();
+        let channel = service_fn(move |req: Request<Body>| {
+            *sent_in.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        let client = PropagateLayer.layer(channel);
+        context(Duration::from_millis(250))
+            .scope(client.oneshot(Request::new(Body::empty())))
+            .await
+            .unwrap();
+        let headers = sent.lock().unwrap().clone().unwrap();
+        let timeout = grpc_timeout::parse(&headers).expect("grpc-timeout set");
+        assert!(timeout <= Duration::from_millis(250), "{timeout:?}");
+        assert!(timeout > Duration::from_millis(150), "{timeout:?}");
+        assert_eq!(headers[AUTHORIZATION], "Bearer caller-token");
+        assert_eq!(headers[REQUEST_ID], "req-1");
+        assert_eq!(headers["traceparent"], "00-abc-def-01");
+    }
+
+    #[tokio::test]
+    async fn a_shorter_timeout_set_by_the_caller_is_kept() {
+        let sent = Arc::new(Mutex::new(None));
+        let sent_in = sent.clone();
+        let channel = service_fn(move |req: Request<Body>| {
+            *sent_in.lock().unwrap() = grpc_timeout::parse(req.headers());
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        let mut req = Request::new(Body::empty());
+        req.headers_mut()
+            .insert(grpc_timeout::GRPC_TIMEOUT, HeaderValue::from_static("50m"));
+        context(Duration::from_secs(10))
+            .scope(PropagateLayer.layer(channel).oneshot(req))
+            .await
+            .unwrap();
+        assert_eq!(*sent.lock().unwrap(), Some(Duration::from_millis(50)));
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_fails_without_calling_the_network() {
+        let calls = Arc::new(AtomicBool::new(false));
+        let calls_in = calls.clone();
+        let channel = service_fn(move |_req: Request<Body>| {
+            calls_in.store(true, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        let ctx = RequestContext {
+            deadline: Instant::now() - Duration::from_millis(1),
+            ..context(Duration::ZERO)
+        };
+        let response = ctx
+            .scope(
+                PropagateLayer
+                    .layer(channel)
+                    .oneshot(Request::new(Body::empty())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status_of(&response), Some(Code::DeadlineExceeded));
+        assert!(!calls.load(Ordering::SeqCst), "the channel was not called");
+    }
+
+    #[tokio::test]
+    async fn outside_a_request_calls_pass_through_untouched() {
+        let sent = Arc::new(Mutex::new(None));
+        let sent_in = sent.clone();
+        let channel = service_fn(move |req: Request<Body>| {
+            *sent_in.lock().unwrap() = Some(req.headers().clone());
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        PropagateLayer
+            .layer(channel)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert!(sent.lock().unwrap().as_ref().unwrap().is_empty());
     }
 }

@@ -8,7 +8,10 @@
 //! into a stream of calls to user-service.
 
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,9 +33,11 @@ pub struct RemoteKeys {
     leeway: Duration,
     min_refresh_interval: Duration,
     current: RwLock<Option<Arc<TokenVerifier>>>,
-    /// When the last fetch started; the lock also makes concurrent
-    /// refreshes wait for one fetch instead of making their own.
+    /// When the last re-fetch for an unknown kid started; the lock also
+    /// makes concurrent re-fetches wait for one instead of making their
+    /// own. The start-up fetch does not count.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -62,6 +67,7 @@ impl RemoteKeys {
             min_refresh_interval,
             current: RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
+            fetches: AtomicU64::new(0),
         }
     }
 
@@ -77,8 +83,14 @@ impl RemoteKeys {
             .clone()
     }
 
+    /// How many times the keys were fetched (or tried), since start-up.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
     /// Fetches the keys now; returns how many there are.
     pub async fn fetch(&self) -> Result<usize, tonic::Status> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
         let mut request = tonic::Request::new(());
         request.set_timeout(FETCH_TIMEOUT);
         let keys = self
@@ -120,7 +132,6 @@ impl RemoteKeys {
     pub async fn fetch_with_retry(&self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            *self.last_fetch.lock().await = Some(Instant::now());
             match self.fetch().await {
                 Ok(_) => return,
                 Err(status) => {

@@ -55,7 +55,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = repo::connect(&config.database_url, config.database_max_connections)
         .await
-        .with_context(|| format!("opening {}", repo::redact_url(&config.database_url)))?;
+        .with_context(|| {
+            format!(
+                "opening {}",
+                shop_middleware::config::redact_url(&config.database_url)
+            )
+        })?;
 
     let signing_key = Arc::new(load_signing_key(&config)?);
     let mut keys: KeySet = [signing_key.verification_key().clone()]

@@ -211,21 +211,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, 
             PostgresStore::connect(url, max_connections).await?,
         ))
     } else {
-        Err(RepoError::UnsupportedUrl(redact_url(url)))
-    }
-}
-
-/// The URL with any password replaced, for error messages and logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+        Err(RepoError::UnsupportedUrl(
+            shop_middleware::config::redact_url(url),
+        ))
     }
 }
 
@@ -272,26 +260,5 @@ impl UserRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted_from_urls() {
-        assert_eq!(
-            redact_url("postgres://shop:s3cret@db:5432/users"),
-            "postgres://shop:***@db:5432/users"
-        );
-        assert_eq!(
-            redact_url("sqlite://data/users.db"),
-            "sqlite://data/users.db"
-        );
-        assert_eq!(
-            redact_url("postgres://shop@db/users"),
-            "postgres://shop@db/users"
-        );
     }
 }

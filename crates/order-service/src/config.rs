@@ -1,0 +1,121 @@
+//! order-service configuration: every setting is a flag with an environment
+//! variable, and every default makes `cargo run -p order-service` work next
+//! to a local user-service with no setup (SQLite file under `./data/`).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use shop_middleware::{server::ServerArgs, telemetry::LogFormat};
+
+/// shop order-service: orders and their state machine over gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "order-service", version, about, long_about = None)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    pub grpc_addr: SocketAddr,
+
+    /// Database URL: `sqlite://path/to/file.db` (created when missing) or
+    /// `postgres://user:password@host/db`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/orders.db")]
+    pub database_url: String,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Directory for state the service generates itself (the page token
+    /// secret).
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// user-service gRPC endpoint (users are checked there, and the token
+    /// verification keys come from there).
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// Timeout for establishing a connection to user-service.
+    #[arg(long, env = "USER_SERVICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub user_service_connect_timeout: Duration,
+
+    /// Comma-separated PEM files of the public keys that verify access
+    /// tokens. When unset (the default), keys are fetched from
+    /// user-service's GetPublicKeys and re-fetched when a token names an
+    /// unknown key.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILES", value_delimiter = ',')]
+    pub jwt_public_key_files: Vec<PathBuf>,
+
+    /// Shortest time between two re-fetches of the keys triggered by
+    /// tokens with an unknown `kid`.
+    #[arg(long, env = "JWT_KEY_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_key_refresh_interval: Duration,
+
+    /// The only `iss` accepted in access tokens.
+    #[arg(long, env = "JWT_ISSUER", default_value = "shop.user-service")]
+    pub jwt_issuer: String,
+
+    /// The only `aud` accepted in access tokens.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "shop")]
+    pub jwt_audience: String,
+
+    /// Clock skew tolerated when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// File with the secret (64 hex digits) that signs page tokens; give
+    /// every replica the same one. Generated at
+    /// `<DATA_DIR>/order-service-page-token.key` when unset.
+    #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
+    pub page_token_secret_file: Option<PathBuf>,
+
+    /// Reflection, shutdown grace, request timeout cap, fault injection.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The page token secret file: configured, or generated in the data
+    /// directory.
+    pub fn page_token_secret_path(&self) -> PathBuf {
+        self.page_token_secret_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("order-service-page-token.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config = Config::try_parse_from(["order-service"]).unwrap();
+        assert_eq!(config.grpc_addr.port(), 50052);
+        assert_eq!(config.user_service_url, "http://127.0.0.1:50051");
+        assert!(config.jwt_public_key_files.is_empty());
+        assert_eq!(
+            config.page_token_secret_path(),
+            PathBuf::from("data/order-service-page-token.key")
+        );
+    }
+
+    #[test]
+    fn fault_rules_are_checked_at_start_up() {
+        assert!(Config::try_parse_from(["order-service", "--fault-delay", "GetUser"]).is_err());
+        let config = Config::try_parse_from([
+            "order-service",
+            "--fault-error",
+            "CreateOrder=unavailable:0.5",
+        ])
+        .unwrap();
+        assert_ne!(config.server.fault_error, Default::default());
+    }
+}

@@ -1,0 +1,191 @@
+//! order-service verifies tokens with keys fetched from user-service: a
+//! rotated key is picked up on first sight, made-up key ids do not turn
+//! into a flood of fetches.
+
+use std::{sync::Arc, time::Duration};
+
+use shop_auth::{Role, SigningKey, TokenIssuer};
+use shop_middleware::{
+    auth::{VerifyError, VerifyToken},
+    keys::RemoteKeys,
+};
+use shop_proto::order::v1::ListOrdersRequest;
+use tokio::net::TcpListener;
+use tonic::{Code, transport::Channel};
+
+use crate::helpers::{Backend, Stack, authed, start_user_service};
+
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_when_first_seen() {
+    let mut stack = Stack::spawn_with(Backend::Sqlite, &[], &["--jwt-key-refresh-interval", "0s"])
+        .await
+        .unwrap();
+    let (_, old_token) = stack.customer("rotating").await;
+    let addr = stack.user_service.addr;
+
+    // user-service comes back on the same address with a new key (another
+    // data directory), the way a rotation without JWT_EXTRA_PUBLIC_KEY_FILES
+    // would look.
+    stack.user_service.stop().await;
+    let other_dir = tempfile::tempdir().unwrap();
+    for file in ["users.db", "users.db-wal", "users.db-shm"] {
+        let from = stack.dir.path().join(file);
+        if from.exists() {
+            std::fs::copy(from, other_dir.path().join(file)).unwrap();
+        }
+    }
+    stack.user_service = start_user_service(
+        TcpListener::bind(addr).await.unwrap(),
+        other_dir.path(),
+        &[],
+    )
+    .await;
+    let new_token = stack.login("rotating", crate::helpers::PASSWORD).await;
+    assert_ne!(
+        jsonwebtoken::decode_header(&old_token).unwrap().kid,
+        jsonwebtoken::decode_header(&new_token).unwrap().kid
+    );
+
+    stack
+        .orders
+        .clone()
+        .list_orders(authed(ListOrdersRequest::default(), &new_token))
+        .await
+        .expect("the new key is fetched and the token accepted");
+    let old = stack
+        .orders
+        .clone()
+        .list_orders(authed(ListOrdersRequest::default(), &old_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        old.code(),
+        Code::Unauthenticated,
+        "the old key is no longer published"
+    );
+}
+
+#[tokio::test]
+async fn unknown_key_ids_trigger_at_most_one_fetch_per_interval() {
+    let stack = Stack::spawn().await;
+    let channel = Channel::from_shared(format!("http://{}", stack.user_service.addr))
+        .unwrap()
+        .connect_lazy();
+    let keys = RemoteKeys::new(
+        channel,
+        "shop.user-service",
+        "shop",
+        Duration::from_secs(30),
+        Duration::from_secs(3600),
+    );
+    assert!(matches!(
+        keys.verify("x.y.z").await,
+        Err(VerifyError::KeysUnavailable)
+    ));
+    keys.fetch_with_retry().await;
+    assert_eq!(keys.fetches(), 1);
+
+    let (user, token) = stack.customer("known").await;
+    let principal = keys.verify(&token).await.expect("a genuine token verifies");
+    assert_eq!(principal.user_id, user.id);
+
+    for _ in 0..5 {
+        let stranger = TokenIssuer::new(
+            Arc::new(SigningKey::generate()),
+            "shop.user-service",
+            "shop",
+            Duration::from_secs(60),
+        )
+        .issue(&user.id, &[Role::Admin])
+        .unwrap()
+        .token;
+        assert!(matches!(
+            keys.verify(&stranger).await,
+            Err(VerifyError::Token(shop_auth::TokenError::UnknownKey { .. }))
+        ));
+    }
+    assert_eq!(
+        keys.fetches(),
+        2,
+        "one re-fetch for five unknown kids within the interval"
+    );
+}
+
+#[tokio::test]
+async fn configured_public_keys_replace_fetching() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = crate::helpers::start_user_service(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        dir.path(),
+        &[],
+    )
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", users.addr))
+        .unwrap()
+        .connect_lazy();
+    let published =
+        shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone())
+            .get_public_keys(tonic::Request::new(()))
+            .await
+            .unwrap()
+            .into_inner()
+            .keys;
+    let pem_path = dir.path().join("user-service.pub.pem");
+    std::fs::write(&pem_path, &published[0].public_key_pem).unwrap();
+
+    let pem_arg = pem_path.display().to_string();
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let orders_svc = crate::helpers::start_order_service(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        users.addr,
+        &db,
+        dir.path(),
+        &["--jwt-public-key-files", &pem_arg],
+    )
+    .await;
+
+    let mut users_client =
+        shop_proto::user::v1::user_service_client::UserServiceClient::new(channel.clone());
+    users_client
+        .create_user(shop_proto::user::v1::CreateUserRequest {
+            email: "pinned@example.com".into(),
+            username: "pinned".into(),
+            password: crate::helpers::PASSWORD.into(),
+            first_name: "P".into(),
+            last_name: "K".into(),
+        })
+        .await
+        .unwrap();
+    let token = shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel)
+        .login(shop_proto::auth::v1::LoginRequest {
+            identifier: "pinned".into(),
+            password: crate::helpers::PASSWORD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let mut orders = shop_proto::order::v1::order_service_client::OrderServiceClient::new(
+        Channel::from_shared(format!("http://{}", orders_svc.addr))
+            .unwrap()
+            .connect_lazy(),
+    );
+    orders
+        .list_orders(authed(ListOrdersRequest::default(), &token))
+        .await
+        .expect("a token signed by the configured key is accepted");
+    let foreign = TokenIssuer::new(
+        Arc::new(SigningKey::generate()),
+        "shop.user-service",
+        "shop",
+        Duration::from_secs(60),
+    )
+    .issue("someone", &[Role::Customer])
+    .unwrap()
+    .token;
+    let refused = orders
+        .list_orders(authed(ListOrdersRequest::default(), &foreign))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}

@@ -1,0 +1,274 @@
+//! One repository suite, run against SQLite and PostgreSQL: every check is
+//! written once and instantiated per backend by `repo_suite!`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use order_service::{
+    domain::{
+        CurrencyCode, NewOrder, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
+        fingerprint,
+    },
+    repo::{OrderRepo, connect},
+};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, database_url};
+
+async fn store(backend: Backend) -> Option<(Arc<dyn OrderRepo>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(backend, dir.path()).await?;
+    let store = connect(&url, 5).await.expect("connect and migrate");
+    Some((store, dir))
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn new_order(user_id: Uuid, request_id: &str, quantity: i32) -> NewOrder {
+    let items = vec![
+        OrderItem {
+            product_id: "sku-1".into(),
+            quantity,
+            unit_price_cents: 199,
+        },
+        OrderItem {
+            product_id: "sku-2".into(),
+            quantity: 1,
+            unit_price_cents: 1,
+        },
+    ];
+    let currency = CurrencyCode::parse("USD").unwrap();
+    NewOrder {
+        id: Uuid::now_v7(),
+        user_id,
+        request_id: RequestId::parse(request_id).unwrap(),
+        request_hash: fingerprint(user_id, currency, &items),
+        total_cents: i64::from(quantity) * 199 + 1,
+        items,
+        currency_code: currency,
+        now: now(),
+    }
+}
+
+fn created(placed: PlacedOrder) -> order_service::domain::Order {
+    match placed {
+        PlacedOrder::Created(order) => order,
+        other => panic!("expected a new order, got {other:?}"),
+    }
+}
+
+pub(crate) async fn places_and_reads_orders_with_their_items(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let new = new_order(user, "r1", 3);
+    let order = created(store.place_order(&new).await.unwrap());
+    assert_eq!(order.id, new.id);
+    assert_eq!(order.status, OrderStatus::Pending);
+    assert_eq!(order.total_cents, 598);
+    assert_eq!(order.created_at, new.now);
+    let read = store.get_order(new.id).await.unwrap().unwrap();
+    assert_eq!(read, order);
+    assert_eq!(read.items, new.items, "items keep their order");
+    assert!(store.get_order(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+pub(crate) async fn a_repeated_request_id_finds_the_first_order(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let first = created(store.place_order(&new_order(user, "dup", 1)).await.unwrap());
+    let repeat = new_order(user, "dup", 2);
+    match store.place_order(&repeat).await.unwrap() {
+        PlacedOrder::Existing {
+            order,
+            request_hash,
+        } => {
+            assert_eq!(order, first);
+            assert_ne!(request_hash, repeat.request_hash, "a different payload");
+        }
+        other => panic!("expected the existing order, got {other:?}"),
+    }
+    let (found, hash) = store
+        .find_by_request_id(user, "dup")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, first);
+    assert_eq!(hash, new_order(user, "dup", 1).request_hash);
+
+    // Request ids are per user.
+    let other_user = created(
+        store
+            .place_order(&new_order(Uuid::now_v7(), "dup", 1))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(other_user.id, first.id);
+}
+
+pub(crate) async fn concurrent_places_with_one_request_id_create_one_order(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let attempts: Vec<_> = (0..8).map(|_| new_order(user, "race", 1)).collect();
+    // Polled together, so the inserts really race.
+    let results =
+        futures_util::future::join_all(attempts.iter().map(|o| store.place_order(o))).await;
+    let created = results
+        .iter()
+        .filter(|r| matches!(r, Ok(PlacedOrder::Created(_))))
+        .count();
+    assert_eq!(created, 1, "{results:?}");
+    let ids: std::collections::HashSet<_> = results
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            PlacedOrder::Created(o) | PlacedOrder::Existing { order: o, .. } => o.id,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let filter = OrderFilter {
+        user_id: user,
+        status: None,
+    };
+    assert_eq!(store.list_orders(&filter, None, 10).await.unwrap().len(), 1);
+}
+
+pub(crate) async fn lists_newest_first_with_status_and_cursor(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            created(
+                store
+                    .place_order(&new_order(user, &format!("l{i}"), 1))
+                    .await
+                    .unwrap(),
+            )
+            .id,
+        );
+    }
+    store
+        .place_order(&new_order(Uuid::now_v7(), "noise", 1))
+        .await
+        .unwrap();
+    store
+        .update_status(
+            ids[1],
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            Some("why"),
+            now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+
+    let all = OrderFilter {
+        user_id: user,
+        status: None,
+    };
+    let page1 = store.list_orders(&all, None, 2).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [ids[3], ids[2]]
+    );
+    let page2 = store.list_orders(&all, Some(ids[2]), 2).await.unwrap();
+    assert_eq!(
+        page2.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [ids[1], ids[0]]
+    );
+    assert!(
+        page2.iter().all(|o| o.items.len() == 2),
+        "items come with every order"
+    );
+
+    let cancelled = OrderFilter {
+        user_id: user,
+        status: Some(OrderStatus::Cancelled),
+    };
+    let only = store.list_orders(&cancelled, None, 10).await.unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].id, ids[1]);
+}
+
+pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
+    let order = created(
+        store
+            .place_order(&new_order(Uuid::now_v7(), "cas", 1))
+            .await
+            .unwrap(),
+    );
+    let later = now() + chrono::Duration::seconds(1);
+    let confirmed = store
+        .update_status(
+            order.id,
+            OrderStatus::Pending,
+            OrderStatus::Confirmed,
+            None,
+            later,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(confirmed.status, OrderStatus::Confirmed);
+    assert_eq!(confirmed.updated_at, later);
+    assert_eq!(confirmed.items, order.items);
+    assert!(
+        store
+            .update_status(
+                order.id,
+                OrderStatus::Pending,
+                OrderStatus::Cancelled,
+                None,
+                later
+            )
+            .await
+            .unwrap()
+            .is_none(),
+        "the order is no longer PENDING"
+    );
+    assert!(
+        store
+            .update_status(
+                Uuid::now_v7(),
+                OrderStatus::Pending,
+                OrderStatus::Confirmed,
+                None,
+                later
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.ping().await.unwrap();
+}
+
+macro_rules! repo_suite {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let (store, _dir) = super::store(super::Backend::Sqlite).await.unwrap();
+                    super::$check(store.as_ref()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let Some((store, _dir)) = super::store(super::Backend::Postgres).await else {
+                        return;
+                    };
+                    super::$check(store.as_ref()).await;
+                }
+            )*
+        }
+    };
+}
+
+repo_suite!(
+    places_and_reads_orders_with_their_items,
+    a_repeated_request_id_finds_the_first_order,
+    concurrent_places_with_one_request_id_create_one_order,
+    lists_newest_first_with_status_and_cursor,
+    status_changes_are_compare_and_set,
+);
