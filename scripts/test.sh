@@ -9,7 +9,8 @@
 # on failure. Without PostgreSQL it says loudly that the PostgreSQL suite
 # was skipped; with REQUIRE_POSTGRES=1 that is a failure.
 #
-# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p shop-auth`.
+# With no arguments it runs `cargo test --workspace`; arguments replace
+# that, e.g. `scripts/test.sh -p shop-e2e`.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,8 +117,16 @@ fi
 
 # --- Tests ------------------------------------------------------------------
 
-log "cargo test --workspace $*"
-cargo test --workspace --locked "$@"
+# The end-to-end tests (tests/) start the real binaries: build them first.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins --locked
+if [[ $# -gt 0 ]]; then
+    log "cargo test $*"
+    cargo test --locked "$@"
+else
+    log "cargo test --workspace"
+    cargo test --workspace --locked
+fi
 
 if [[ "$have_pg" == 0 ]]; then
     banner "WARNING: tests passed, but the PostgreSQL suite was SKIPPED (no PostgreSQL)."

@@ -1,0 +1,102 @@
+//! Deadlines and cancellation across the hop between two processes.
+
+use std::time::{Duration, Instant};
+
+use shop_e2e::{Backend, Stack, authed};
+use shop_proto::order::v1::{ListOrdersRequest, order_service_client::OrderServiceClient};
+use tonic::Code;
+
+use crate::{customer, order};
+
+/// The GetUser calls user-service logged as received (debug level of the
+/// context layer), with the timeout each carried.
+fn received_get_user_timeouts(stack: &Stack) -> Vec<Option<u64>> {
+    stack
+        .users
+        .log_events()
+        .into_iter()
+        .filter(|e| {
+            e["message"] == "request received"
+                && e["rpc.method"] == "/shop.user.v1.UserService/GetUser"
+        })
+        .map(|e| e["grpc.timeout_ms"].as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_300ms_deadline_against_a_2s_user_service() {
+    let stack = Stack::start(Backend::Sqlite, &[("FAULT_DELAY", "GetUser=2s")], &[])
+        .await
+        .unwrap();
+    let (user, token) = customer(&stack, "hurried").await;
+    let mut orders = OrderServiceClient::new(stack.orders.channel());
+
+    let mut request = authed(order(&user.id, "deadline-1"), &token);
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = orders.create_order(request).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "answered after {elapsed:?}"
+    );
+
+    // user-service saw the call with the remaining budget, never more.
+    let timeouts = received_get_user_timeouts(&stack);
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    let carried = timeouts[0].expect("the call carried a grpc-timeout");
+    assert!(carried <= 300, "user-service was given {carried} ms");
+
+    // Nothing was written.
+    let list = orders
+        .list_orders(authed(ListOrdersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.orders.is_empty(), "no order row");
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_cancels_the_downstream_handler() {
+    let stack = Stack::start(Backend::Sqlite, &[("FAULT_DELAY", "GetUser=2s")], &[])
+        .await
+        .unwrap();
+    let (user, token) = customer(&stack, "impatient").await;
+    let mut orders = OrderServiceClient::new(stack.orders.channel());
+
+    // No deadline: the client simply stops waiting after 200 ms and drops
+    // the call, which resets the HTTP/2 stream.
+    let call = orders.create_order(authed(order(&user.id, "cancel-1"), &token));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), call)
+            .await
+            .is_err(),
+        "the call is still in flight when abandoned"
+    );
+
+    let dropped = stack
+        .users
+        .wait_for_log(Duration::from_secs(1), |e| {
+            e["message"] == "request cancelled by the client; handler dropped"
+                && e["rpc.method"] == "/shop.user.v1.UserService/GetUser"
+        })
+        .await;
+    assert!(
+        dropped.is_some(),
+        "user-service's GetUser handler was not dropped:\n{}",
+        stack.users.logs()
+    );
+    let elapsed_ms = dropped.unwrap()["elapsed_ms"].as_u64().unwrap();
+    assert!(
+        elapsed_ms < 1500,
+        "dropped after {elapsed_ms} ms, not at the end of the delay"
+    );
+
+    let list = orders
+        .list_orders(authed(ListOrdersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.orders.is_empty(), "no order row");
+}

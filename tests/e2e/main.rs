@@ -1,0 +1,56 @@
+//! End-to-end tests: the real `user-service` and `order-service` binaries
+//! as separate processes, each with its own database (SQLite, and
+//! PostgreSQL when scripts/test.sh provides one), configured by the same
+//! environment variables docker-compose sets.
+
+mod deadlines;
+mod flow;
+mod lifecycle;
+
+use shop_e2e::Stack;
+use shop_proto::{
+    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
+    user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
+};
+
+/// The password of every test user.
+const PASSWORD: &str = "correct horse battery";
+
+/// Signs `username` up and logs in: the user and an access token.
+async fn customer(stack: &Stack, username: &str) -> (User, String) {
+    let user = UserServiceClient::new(stack.users.channel())
+        .create_user(CreateUserRequest {
+            email: format!("{username}@example.com"),
+            username: username.into(),
+            password: PASSWORD.into(),
+            first_name: "E2E".into(),
+            last_name: username.into(),
+        })
+        .await
+        .expect("sign-up")
+        .into_inner();
+    let token = AuthServiceClient::new(stack.users.channel())
+        .login(LoginRequest {
+            identifier: username.into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+    (user, token)
+}
+
+/// An order for `user_id`: 3 x 499 = 1497 cents.
+fn order(user_id: &str, request_id: &str) -> shop_proto::order::v1::CreateOrderRequest {
+    shop_proto::order::v1::CreateOrderRequest {
+        user_id: user_id.into(),
+        items: vec![shop_proto::order::v1::OrderItem {
+            product_id: "sku-e2e".into(),
+            quantity: 3,
+            unit_price_cents: 499,
+        }],
+        currency_code: "USD".into(),
+        request_id: request_id.into(),
+    }
+}

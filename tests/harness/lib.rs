@@ -1,0 +1,342 @@
+//! Running shop's real binaries for end-to-end tests: each service is a
+//! separate process on an OS-assigned port with its own database and data
+//! directory, configured only through the environment variables that
+//! docker-compose sets, and waited on through `grpc.health.v1` (no sleeps).
+//! Logs are JSON lines captured to a file that tests can search.
+//!
+//! The binaries are taken from the target directory of this test binary;
+//! `scripts/test.sh` (or `cargo test --workspace`) builds them.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// Where cargo put the workspace binaries (`target/<profile>/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh, or `cargo build -p {name}` before `cargo test -p shop-e2e`",
+        path.display()
+    );
+    path
+}
+
+/// A free port on 127.0.0.1. The OS picks it; the service binds it a
+/// moment later (the binaries do not accept an inherited socket).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// The PostgreSQL server URL for tests, if one is configured.
+///
+/// # Panics
+/// When `REQUIRE_POSTGRES=1` and none is configured.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("SHOP_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "REQUIRE_POSTGRES=1 but SHOP_TEST_POSTGRES_URL is not set"
+            );
+            eprintln!("SKIPPED: PostgreSQL end-to-end test (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database on the test server; returns its URL.
+pub async fn fresh_postgres_database(server_url: &str, prefix: &str) -> String {
+    use sqlx::Connection as _;
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(server_url)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let (base, _) = server_url
+        .rsplit_once('/')
+        .expect("URL ends with /<database>");
+    format!("{base}/{name}")
+}
+
+/// One service process.
+pub struct Service {
+    name: String,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    /// Its gRPC address.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// Starts `binary` with `env` (and nothing else from the test's
+    /// environment), listening on a fresh port, logging JSON to a file in
+    /// `dir`; returns once it answers SERVING for `health_service`.
+    pub async fn start(
+        name: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+        health_service: &str,
+    ) -> Service {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        env.push(("GRPC_ADDR".into(), addr.to_string()));
+        env.push(("LOG_FORMAT".into(), "json".into()));
+        if !env.iter().any(|(k, _)| k == "RUST_LOG") {
+            env.push((
+                "RUST_LOG".into(),
+                "info,shop_middleware=debug,sqlx=warn".into(),
+            ));
+        }
+        let mut service = Service {
+            name: name.to_owned(),
+            binary: binary(name),
+            env,
+            addr,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        service.spawn(dir).await;
+        service.wait_until_serving(health_service).await;
+        service
+    }
+
+    async fn spawn(&mut self, dir: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(&self.binary)
+            .current_dir(dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+    }
+
+    /// A lazily connected channel to the service.
+    pub fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    async fn wait_until_serving(&mut self, health_service: &str) {
+        let mut health = HealthClient::new(self.channel());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: health_service.into(),
+                })
+                .await;
+            if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not serving after 30 s: {answer:?}\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `within`).
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let pid = child.id().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill(1) runs");
+        assert!(sent.success());
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {within:?}", self.name))
+            .expect("wait");
+        self.child = None;
+        status
+    }
+
+    /// Starts the same binary again, same environment and port.
+    pub async fn restart(&mut self, dir: &Path, health_service: &str) {
+        assert!(self.child.is_none(), "terminate first");
+        self.spawn(dir).await;
+        self.wait_until_serving(health_service).await;
+    }
+
+    /// Everything the service logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines so far (non-JSON lines are skipped).
+    pub fn log_events(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Waits (at most `within`) for a log event that satisfies `pred`.
+    pub async fn wait_for_log(
+        &self,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(event) = self.log_events().into_iter().find(|e| pred(e)) {
+                return Some(event);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The environment docker-compose gives user-service, for a local process.
+pub fn user_service_env(database_url: String, data_dir: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL.into()),
+        ("BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        // Test speed: bcrypt at its minimum cost.
+        ("BCRYPT_COST", "4".into()),
+        ("SHUTDOWN_GRACE", "5s".into()),
+    ]
+}
+
+/// The environment docker-compose gives order-service, for a local process.
+pub fn order_service_env(
+    database_url: String,
+    data_dir: &Path,
+    user_service: SocketAddr,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("USER_SERVICE_URL", format!("http://{user_service}")),
+        ("SHUTDOWN_GRACE", "5s".into()),
+    ]
+}
+
+/// The bootstrap admin's email in every end-to-end stack.
+pub const ADMIN_EMAIL: &str = "admin@e2e.test";
+/// The bootstrap admin's password in every end-to-end stack.
+pub const ADMIN_PASSWORD: &str = "e2e-admin-password";
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII token"),
+    );
+    request
+}
+
+/// Which database engine the services run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file per service.
+    Sqlite,
+    /// A database per service on the test PostgreSQL server.
+    Postgres,
+}
+
+/// user-service and order-service as separate processes, wired to each
+/// other the way docker-compose wires them.
+pub struct Stack {
+    /// Working directory of both processes (databases, keys, logs).
+    pub dir: tempfile::TempDir,
+    /// The user-service process.
+    pub users: Service,
+    /// The order-service process.
+    pub orders: Service,
+}
+
+impl Stack {
+    /// Starts both services on `backend` with extra environment variables
+    /// for each; `None` when the backend is not available.
+    pub async fn start(
+        backend: Backend,
+        user_env: &[(&'static str, &str)],
+        order_env: &[(&'static str, &str)],
+    ) -> Option<Stack> {
+        let dir = tempfile::tempdir().unwrap();
+        let (users_db, orders_db) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("users.db").display()),
+                format!("sqlite://{}", dir.path().join("orders.db").display()),
+            ),
+            Backend::Postgres => {
+                let server = postgres_url()?;
+                (
+                    fresh_postgres_database(&server, "e2e_users").await,
+                    fresh_postgres_database(&server, "e2e_orders").await,
+                )
+            }
+        };
+        let mut env = user_service_env(users_db, &dir.path().join("user-data"));
+        env.extend(user_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let users =
+            Service::start("user-service", dir.path(), &env, "shop.user.v1.UserService").await;
+
+        let mut env = order_service_env(orders_db, &dir.path().join("order-data"), users.addr);
+        env.extend(order_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let orders = Service::start(
+            "order-service",
+            dir.path(),
+            &env,
+            "shop.order.v1.OrderService",
+        )
+        .await;
+        Some(Stack { dir, users, orders })
+    }
+}
