@@ -1,0 +1,5 @@
+-- One database per service, created when the PostgreSQL volume is first
+-- initialised (docker-entrypoint-initdb.d). Each service migrates its own
+-- schema at start-up.
+CREATE DATABASE users;
+CREATE DATABASE orders;

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Checks docker-compose.yml without a Docker engine:
+#  1. against the Compose Specification JSON schema (check-jsonschema,
+#     installed from PyPI into .tools/venv on first use);
+#  2. every environment variable a service sets is a setting the binary
+#     documents in its --help ([env: NAME]), so the file cannot drift from
+#     the code; likewise the flags of each health check command.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+CHECK_JSONSCHEMA_VERSION="${CHECK_JSONSCHEMA_VERSION:-0.39.0}"
+venv="$root/.tools/venv"
+if [[ ! -x "$venv/bin/check-jsonschema" ]] \
+    || [[ "$("$venv/bin/check-jsonschema" --version 2>/dev/null | awk '{print $NF}')" != "$CHECK_JSONSCHEMA_VERSION" ]]; then
+    echo "check-compose.sh: installing check-jsonschema $CHECK_JSONSCHEMA_VERSION into .tools/venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
+fi
+
+echo "check-compose.sh: docker-compose.yml against the Compose Specification" >&2
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+
+echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
+cargo build --quiet --locked --bins
+"$venv/bin/python" - "$root/target/debug" <<'PY'
+import subprocess, sys
+from pathlib import Path
+from ruamel.yaml import YAML
+
+bin_dir = Path(sys.argv[1])
+compose = YAML(typ="safe").load(Path("docker-compose.yml").read_text())
+# Read by the tracing subscriber rather than clap; --help names it in the
+# LOG_FORMAT description.
+TEXT_ONLY = {"RUST_LOG"}
+problems = []
+help_cache = {}
+
+def help_of(binary):
+    if binary not in help_cache:
+        out = subprocess.run([bin_dir / binary, "--help"], capture_output=True, text=True, env={})
+        if out.returncode != 0:
+            problems.append(f"{binary} --help failed: {out.stderr.strip()}")
+        help_cache[binary] = out.stdout
+    return help_cache[binary]
+
+checked = 0
+for name, service in compose["services"].items():
+    build = service.get("build") or {}
+    binary = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
+    if not binary:
+        continue
+    text = help_of(binary)
+    env = service.get("environment") or {}
+    keys = env.keys() if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+    for key in keys:
+        checked += 1
+        ok = key in text if key in TEXT_ONLY else f"[env: {key}" in text
+        if not ok:
+            problems.append(f"{name}: {key} is not a setting of {binary} (not in its --help)")
+    test = (service.get("healthcheck") or {}).get("test") or []
+    if len(test) > 1 and test[0] == "CMD":
+        probe_help = help_of(test[1])
+        for arg in test[2:]:
+            if arg.startswith("--"):
+                checked += 1
+                if arg not in probe_help:
+                    problems.append(f"{name}: health check flag {arg} unknown to {test[1]}")
+
+if problems:
+    print("\n".join(problems), file=sys.stderr)
+    sys.exit(1)
+print(f"check-compose.sh: {checked} settings checked, all documented", file=sys.stderr)
+PY
