@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use shop_e2e::{Backend, Stack, authed};
 use shop_proto::order::v1::{ListOrdersRequest, order_service_client::OrderServiceClient};
+use shop_testkit::{Backend, Stack, authed};
 use tonic::Code;
 
 use crate::{customer, order};

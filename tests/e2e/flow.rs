@@ -1,10 +1,10 @@
 //! The whole flow a client goes through, across both processes.
 
-use shop_e2e::{Backend, Stack, authed};
 use shop_proto::order::v1::{
     CancelOrderRequest, GetOrderRequest, ListOrdersRequest, OrderStatus,
     order_service_client::OrderServiceClient,
 };
+use shop_testkit::{Backend, Stack, authed};
 use tonic::Code;
 
 use crate::{customer, order};

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use shop_e2e::{Backend, Stack, authed};
 use shop_proto::order::v1::{
     GetOrderRequest, ListOrdersRequest, order_service_client::OrderServiceClient,
 };
+use shop_testkit::{Backend, Stack, authed};
 
 use crate::{customer, order};
 
@@ -91,7 +91,7 @@ async fn orders_survive_a_restart_on_postgres() {
 async fn the_container_health_probe_speaks_grpc_health() {
     let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
     let probe = |addr: String, service: &'static str| async move {
-        tokio::process::Command::new(shop_e2e::binary("shop-health-probe"))
+        tokio::process::Command::new(shop_testkit::binary("shop-health-probe"))
             .env_clear()
             .args(["--addr", &addr, "--service", service, "--timeout", "2s"])
             .output()
@@ -116,7 +116,11 @@ async fn the_container_health_probe_speaks_grpc_health() {
 
     let unknown = probe(users, "shop.nope.v1.Nope").await;
     assert_eq!(unknown.status.code(), Some(1));
-    let closed = probe(format!("http://127.0.0.1:{}", shop_e2e::free_port()), "").await;
+    let closed = probe(
+        format!("http://127.0.0.1:{}", shop_testkit::free_port()),
+        "",
+    )
+    .await;
     assert_eq!(closed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&closed.stderr).contains("cannot connect"));
 }

@@ -7,11 +7,11 @@ mod deadlines;
 mod flow;
 mod lifecycle;
 
-use shop_e2e::Stack;
 use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
 };
+use shop_testkit::Stack;
 
 /// The password of every test user.
 const PASSWORD: &str = "correct horse battery";

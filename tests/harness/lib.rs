@@ -1,11 +1,18 @@
-//! Running shop's real binaries for end-to-end tests: each service is a
-//! separate process on an OS-assigned port with its own database and data
-//! directory, configured only through the environment variables that
-//! docker-compose sets, and waited on through `grpc.health.v1` (no sleeps).
-//! Logs are JSON lines captured to a file that tests can search.
+//! Test support shared by every shop test suite, and the harness of the
+//! end-to-end tests in `e2e/`.
 //!
-//! The binaries are taken from the target directory of this test binary;
-//! `scripts/test.sh` (or `cargo test --workspace`) builds them.
+//! - A fresh PostgreSQL database per test ([`postgres_url`],
+//!   [`fresh_postgres_database`]), skipped loudly when no server is
+//!   configured and a failure under `REQUIRE_POSTGRES=1`.
+//! - Waiting for a server through `grpc.health.v1` instead of sleeping
+//!   ([`wait_until_serving`]), and small call helpers ([`authed`],
+//!   [`violated_fields`]).
+//! - Running the real binaries ([`Service`], [`Stack`]): each service a
+//!   separate process on its own port with its own database and data
+//!   directory, configured only through the environment variables that
+//!   docker-compose sets, logging JSON lines to a file tests can search.
+//!   The binaries come from the target directory of the running test;
+//!   `scripts/test.sh` (or `cargo test --workspace`) builds them.
 
 use std::{
     net::SocketAddr,
@@ -62,6 +69,50 @@ pub fn postgres_url() -> Option<String> {
             None
         }
     }
+}
+
+/// Polls `grpc.health.v1.Health/Check` for `service` on `channel` until it
+/// answers SERVING, for at most `within`. `still_starting` is asked between
+/// polls and returns an error when the server died, to fail fast with it.
+///
+/// # Panics
+/// When the server does not serve in time or `still_starting` fails.
+pub async fn wait_until_serving(
+    channel: Channel,
+    service: &str,
+    within: Duration,
+    mut still_starting: impl FnMut() -> Result<(), String>,
+) {
+    let mut health = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await;
+        if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
+            return;
+        }
+        if let Err(why) = still_starting() {
+            panic!("{service} is not starting: {why}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service} not serving after {within:?}: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fields named in the `google.rpc.BadRequest` details of `status`.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// A fresh, empty PostgreSQL database on the test server; returns its URL.
@@ -154,32 +205,23 @@ impl Service {
     }
 
     async fn wait_until_serving(&mut self, health_service: &str) {
-        let mut health = HealthClient::new(self.channel());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let answer = health
-                .check(HealthCheckRequest {
-                    service: health_service.into(),
-                })
-                .await;
-            if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "{} exited during start-up ({status}):\n{}",
-                    self.name,
-                    self.logs()
-                );
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} not serving after 30 s: {answer:?}\n{}",
-                self.name,
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let channel = self.channel();
+        let name = self.name.clone();
+        let log = self.log.clone();
+        let child = self.child.as_mut().expect("started");
+        wait_until_serving(
+            channel,
+            health_service,
+            Duration::from_secs(30),
+            || match child.try_wait() {
+                Ok(Some(status)) => Err(format!(
+                    "{name} exited during start-up ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )),
+                _ => Ok(()),
+            },
+        )
+        .await;
     }
 
     /// Sends SIGTERM and waits for the exit status (at most `within`).

@@ -7,6 +7,13 @@ use clap::{Parser, error::ErrorKind};
 /// Exit code for configuration errors (`EX_USAGE` from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// A setting that is present but unusable (a bad key file, an invalid
+/// bootstrap account), found while starting up; binaries exit with code 64
+/// and this message. The message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 /// Parses `C` from the command line and environment, or exits: with the
 /// help or version text and code 0 when asked for, otherwise with one line
 /// naming the bad setting and code 64.

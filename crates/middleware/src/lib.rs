@@ -14,8 +14,11 @@
 //! - [`pagination`]: opaque, tamper-proof page tokens.
 //! - [`server`]: health, reflection and graceful shutdown for a tonic server.
 //! - [`telemetry`]: the process-wide `tracing` subscriber.
+//! - [`validation`]: collecting every invalid field of a request.
+//! - [`binary`]: the `main` every service binary shares.
 
 pub mod auth;
+pub mod binary;
 pub mod config;
 pub mod context;
 pub mod fault;
@@ -25,3 +28,4 @@ pub mod pagination;
 pub mod server;
 pub mod status;
 pub mod telemetry;
+pub mod validation;

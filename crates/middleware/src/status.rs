@@ -10,17 +10,17 @@ use std::fmt::Display;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
+use crate::validation;
+
 /// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
-/// `(field, description)` pair. The message lists them too, for clients
-/// that do not read details.
-pub fn invalid_argument<F, D>(violations: impl IntoIterator<Item = (F, D)>) -> Status
-where
-    F: Into<String>,
-    D: Into<String>,
-{
+/// invalid field. The message lists them too, for clients that do not read
+/// details.
+pub fn invalid_argument(
+    violations: impl IntoIterator<Item = validation::FieldViolation>,
+) -> Status {
     let violations: Vec<FieldViolation> = violations
         .into_iter()
-        .map(|(field, description)| FieldViolation::new(field, description))
+        .map(|v| FieldViolation::new(v.field, v.description))
         .collect();
     let message = violations
         .iter()
@@ -53,7 +53,10 @@ mod tests {
 
     #[test]
     fn invalid_argument_lists_every_field_in_details() {
-        let status = invalid_argument([("email", "is not valid"), ("username", "is too short")]);
+        let mut v = validation::Violations::new();
+        v.add("email", "is not valid");
+        v.add("username", "is too short");
+        let status = invalid_argument(v.into_result().unwrap_err());
         assert_eq!(status.code(), Code::InvalidArgument);
         let details = status.get_error_details();
         let bad = details.bad_request().expect("BadRequest details");

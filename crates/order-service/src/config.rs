@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_middleware::{server::ServerArgs, telemetry::LogFormat};
+use shop_middleware::{binary::ServiceConfig, server::ServerArgs, telemetry::LogFormat};
 
 /// shop order-service: orders and their state machine over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -88,6 +88,16 @@ impl Config {
         self.page_token_secret_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("order-service-page-token.key"))
+    }
+}
+
+impl ServiceConfig for Config {
+    fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 }
 

@@ -65,9 +65,7 @@ impl From<RepoError> for ServiceError {
 impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Status {
         match err {
-            ServiceError::InvalidArgument(violations) => {
-                status::invalid_argument(violations.into_iter().map(|v| (v.field, v.description)))
-            }
+            ServiceError::InvalidArgument(violations) => status::invalid_argument(violations),
             ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
             ServiceError::AlreadyExists(message) => Status::already_exists(message),
             ServiceError::PermissionDenied(message) => Status::permission_denied(message),

@@ -40,10 +40,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 pub use config::Config;
 use grpc::OrderGrpc;
 
-/// A setting that is present but unusable; binaries exit with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use shop_middleware::config::ConfigError;
 
 /// Runs order-service on `listener` until `shutdown` completes: opens and
 /// migrates the database, sets up token verification (configured keys, or

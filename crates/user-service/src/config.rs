@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_middleware::{server::ServerArgs, telemetry::LogFormat};
+use shop_middleware::{binary::ServiceConfig, server::ServerArgs, telemetry::LogFormat};
 
 /// shop user-service: accounts, sign-up, login and tokens over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -102,6 +102,16 @@ impl Config {
             Some(path) => (path.clone(), false),
             None => (self.data_dir.join("user-service-jwt.pem"), true),
         }
+    }
+}
+
+impl ServiceConfig for Config {
+    fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log_format
     }
 }
 

@@ -37,11 +37,7 @@ use tonic_health::ServingStatus;
 pub use config::Config;
 use grpc::{Accounts, AuthGrpc, UserGrpc};
 
-/// A setting that is present but unusable (bad key file, invalid bootstrap
-/// admin); binaries exit with code 64 on it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use shop_middleware::config::ConfigError;
 
 /// Runs user-service on `listener` until `shutdown` completes: opens and
 /// migrates the database, loads (or generates) the signing key, creates the

@@ -10,10 +10,10 @@ use shop_proto::{
 };
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{Request, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+
+pub(crate) use shop_testkit::{authed, violated_fields};
+use shop_testkit::{fresh_postgres_database, postgres_url, wait_until_serving};
+use tonic::transport::Channel;
 
 pub(crate) const ADMIN_EMAIL: &str = "root@shop.test";
 pub(crate) const ADMIN_PASSWORD: &str = "admin-password-1";
@@ -32,48 +32,11 @@ fn init_test_logging() {
     }
 }
 
-/// The PostgreSQL server URL for tests, if one is configured.
-///
-/// # Panics
-/// When `REQUIRE_POSTGRES=1` and none is configured.
-pub(crate) fn postgres_url() -> Option<String> {
-    match std::env::var("SHOP_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "REQUIRE_POSTGRES=1 but SHOP_TEST_POSTGRES_URL is not set"
-            );
-            eprintln!(
-                "SKIPPED: PostgreSQL test (set SHOP_TEST_POSTGRES_URL or run scripts/test.sh)"
-            );
-            None
-        }
-    }
-}
-
-/// A fresh, empty PostgreSQL database for one test; returns its URL.
-pub(crate) async fn fresh_postgres_database(server_url: &str) -> String {
-    use sqlx::Connection as _;
-    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(server_url)
-        .await
-        .expect("connect to the test PostgreSQL server");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create a test database");
-    let (base, _) = server_url
-        .rsplit_once('/')
-        .expect("SHOP_TEST_POSTGRES_URL ends with /<database>");
-    format!("{base}/{name}")
-}
-
 /// The orders database URL for a new test on `backend`, or `None` to skip.
 pub(crate) async fn database_url(backend: Backend, dir: &Path) -> Option<String> {
     match backend {
         Backend::Sqlite => Some(format!("sqlite://{}", dir.join("orders.db").display())),
-        Backend::Postgres => Some(fresh_postgres_database(&postgres_url()?).await),
+        Backend::Postgres => Some(fresh_postgres_database(&postgres_url()?, "orders").await),
     }
 }
 
@@ -107,28 +70,15 @@ impl Running {
     }
 
     async fn wait_until_serving(&self, service: &str) {
-        let mut health = HealthClient::new(self.channel());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let answer = health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await;
-            if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
-                return;
+        let handle = self.handle.as_ref().expect("started");
+        wait_until_serving(self.channel(), service, Duration::from_secs(15), || {
+            if handle.is_finished() {
+                Err("exited during start-up (run with TEST_LOG=1)".into())
+            } else {
+                Ok(())
             }
-            if let Some(h) = &self.handle
-                && h.is_finished()
-            {
-                panic!("{service} exited during start-up (run with TEST_LOG=1)");
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{service} not serving after 15 s: {answer:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 
     /// Signals shutdown and waits for the service to return.
@@ -333,24 +283,4 @@ pub(crate) fn order_request(user_id: &str, request_id: &str) -> CreateOrderReque
         currency_code: "EUR".into(),
         request_id: request_id.into(),
     }
-}
-
-/// `message` with `authorization: Bearer <token>`.
-pub(crate) fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ASCII token"),
-    );
-    request
-}
-
-/// The fields named in the `google.rpc.BadRequest` details of `status`.
-pub(crate) fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    use tonic_types::StatusExt as _;
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }

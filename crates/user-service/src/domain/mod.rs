@@ -13,44 +13,4 @@ pub use user::{
     roles_to_storage,
 };
 
-/// One invalid field of a request: its name as in the proto, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldViolation {
-    /// The proto field name, dotted for nested fields (`roles.roles[1]`).
-    pub field: String,
-    /// What is wrong with it.
-    pub description: String,
-}
-
-/// Collects every invalid field of a request so they are reported at once.
-#[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
-
-impl Violations {
-    /// A new, empty collection.
-    pub fn new() -> Violations {
-        Violations::default()
-    }
-
-    /// Records a violation of `field`.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        });
-    }
-
-    /// Keeps the parsed value, or records why `field` did not parse.
-    pub fn check<T>(&mut self, field: &str, parsed: Result<T, String>) -> Option<T> {
-        parsed.map_err(|why| self.add(field, why)).ok()
-    }
-
-    /// Ok when nothing was recorded.
-    pub fn into_result(self) -> Result<(), Vec<FieldViolation>> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(self.0)
-        }
-    }
-}
+pub use shop_middleware::validation::{FieldViolation, Violations};
