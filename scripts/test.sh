@@ -10,7 +10,7 @@
 # was skipped; with REQUIRE_POSTGRES=1 that is a failure.
 #
 # With no arguments it runs `cargo test --workspace`; arguments replace
-# that, e.g. `scripts/test.sh -p shop-e2e`.
+# that, e.g. `scripts/test.sh -p shop-testkit`.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -38,7 +38,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} is missing: run scripts/test.sh, or `cargo build -p {name}` before `cargo test -p shop-e2e`",
+        "{} is missing: run scripts/test.sh, or `cargo build -p {name}` before `cargo test -p shop-testkit`",
         path.display()
     );
     path
