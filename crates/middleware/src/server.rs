@@ -100,8 +100,10 @@ pub fn public_infrastructure_services() -> [&'static str; 3] {
 /// `google.rpc` error details (so clients can decode them). Reflection
 /// lists `served` (the router's own services, by `NamedService::NAME`) and
 /// health, not every service the protos define. Returns the router and the
-/// reporter that flips serving status; every service starts out
-/// NOT_SERVING until the caller marks it serving.
+/// reporter that flips serving status: the caller sets each service's
+/// status (unknown services answer NOT_FOUND), and the server-wide `""`
+/// starts out SERVING, tonic-health's default, until the caller says
+/// otherwise.
 pub fn with_infrastructure<L>(
     router: Router<L>,
     reflection: bool,

@@ -89,6 +89,7 @@ pub async fn run(
 
     // Serve at once (health answers NOT_SERVING meanwhile), and turn
     // SERVING when the verification keys are in.
+    set_status(&health, ServingStatus::NotServing).await;
     let readiness = tokio::spawn(become_ready(health.clone(), keys));
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -155,7 +156,6 @@ fn token_keys(
 }
 
 async fn become_ready(health: HealthReporter, keys: TokenKeys) {
-    set_status(&health, ServingStatus::NotServing).await;
     if let TokenKeys::Remote(remote) = keys {
         remote.fetch_with_retry().await;
     }

@@ -189,3 +189,96 @@ async fn configured_public_keys_replace_fetching() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn order_service_waits_for_user_service_keys_before_serving() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    // user-service is not up yet: its port is free.
+    let users_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let orders_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let orders_addr = orders_listener.local_addr().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let config = <order_service::Config as clap::Parser>::try_parse_from([
+        "order-service",
+        "--database-url",
+        &db,
+        "--data-dir",
+        &dir.path().join("order-data").display().to_string(),
+        "--user-service-url",
+        &format!("http://{users_addr}"),
+    ])
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(order_service::run(config, orders_listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let channel = Channel::from_shared(format!("http://{orders_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let health = HealthClient::new(channel.clone());
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status)
+        }
+    };
+    // Poll until the server answers at all, then it must say NOT_SERVING.
+    let mut answer = status("shop.order.v1.OrderService").await;
+    for _ in 0..100 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        answer = status("shop.order.v1.OrderService").await;
+    }
+    assert_eq!(answer.unwrap(), ServingStatus::NotServing as i32);
+    assert_eq!(status("").await.unwrap(), ServingStatus::NotServing as i32);
+
+    let any_token = TokenIssuer::new(
+        Arc::new(SigningKey::generate()),
+        "shop.user-service",
+        "shop",
+        Duration::from_secs(60),
+    )
+    .issue("u", &[Role::Customer])
+    .unwrap()
+    .token;
+    let early =
+        shop_proto::order::v1::order_service_client::OrderServiceClient::new(channel.clone())
+            .list_orders(authed(ListOrdersRequest::default(), &any_token))
+            .await
+            .unwrap_err();
+    assert_eq!(early.code(), Code::Unavailable, "{early:?}");
+
+    // user-service arrives; order-service fetches the keys and turns SERVING.
+    let _users = start_user_service(
+        TcpListener::bind(users_addr).await.unwrap(),
+        dir.path(),
+        &[],
+    )
+    .await;
+    shop_testkit::wait_until_serving(
+        channel,
+        "shop.order.v1.OrderService",
+        Duration::from_secs(15),
+        || Ok(()),
+    )
+    .await;
+    assert_eq!(status("").await.unwrap(), ServingStatus::Serving as i32);
+
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
