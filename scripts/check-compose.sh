@@ -23,7 +23,9 @@ echo "check-compose.sh: docker-compose.yml against the Compose Specification" >&
 
 echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
 cargo build --quiet --locked --bins
-"$venv/bin/python" - "$root/target/debug" <<'PY'
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
+    | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+"$venv/bin/python" - "$target_dir/debug" <<'PY'
 import subprocess, sys
 from pathlib import Path
 from ruamel.yaml import YAML
