@@ -13,6 +13,8 @@
 //!   violations, internal errors that are logged but never sent).
 //! - [`pagination`]: opaque, tamper-proof page tokens.
 //! - [`server`]: health, reflection and graceful shutdown for a tonic server.
+//! - [`streams`]: backpressure, limits, cancellation, drain on shutdown and
+//!   panic containment for every streaming RPC.
 //! - [`telemetry`]: the process-wide `tracing` subscriber.
 //! - [`validation`]: collecting every invalid field of a request.
 //! - [`binary`]: the `main` every service binary shares.
@@ -27,5 +29,6 @@ pub mod keys;
 pub mod pagination;
 pub mod server;
 pub mod status;
+pub mod streams;
 pub mod telemetry;
 pub mod validation;

@@ -52,6 +52,15 @@ pub struct ServerArgs {
     /// optional probability, e.g. `GetUser=unavailable:0.25`.
     #[arg(long, env = "FAULT_ERROR", default_value = "")]
     pub fault_error: FaultErrors,
+
+    /// Largest message, in bytes, the server accepts or sends; a larger
+    /// one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Stream limits and buffering.
+    #[command(flatten)]
+    pub streams: crate::streams::StreamArgs,
 }
 
 /// The layers every shop server runs, outermost first.

@@ -72,7 +72,13 @@ pub struct Config {
     #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
     pub page_token_secret_file: Option<PathBuf>,
 
-    /// Reflection, shutdown grace, request timeout cap, fault injection.
+    /// How often a WatchOrder stream re-reads its order even without a
+    /// change notice: a safety net for notices lost while the database
+    /// connection was down (they are normally resynced on reconnect).
+    #[arg(long, env = "WATCH_RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_resync_interval: Duration,
+
+    /// Reflection, shutdown grace, timeouts, limits, fault injection.
     #[command(flatten)]
     pub server: ServerArgs,
 

@@ -31,6 +31,7 @@ use shop_middleware::{
     keys::RemoteKeys,
     pagination::PageTokenCodec,
     server::{serve_with_grace, server_layers, with_infrastructure},
+    streams::Streams,
 };
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use tokio::net::TcpListener;
@@ -69,18 +70,26 @@ pub async fn run(
     })?;
 
     let keys = token_keys(&config, user_channel.clone())?;
+    let streams = Streams::new("order-service", &config.server.streams);
     let orders = OrderGrpc::new(
         Arc::clone(&store),
         users::client(user_channel),
         PageTokenCodec::new(secret),
+        streams.clone(),
+        config.watch_resync_interval,
     );
+    let max_message = config.server.max_message_bytes;
     let router = Server::builder()
         .layer(server_layers(
             "order-service",
             &config.server,
             keys.verifier(),
         ))
-        .add_service(OrderServiceServer::new(orders));
+        .add_service(
+            OrderServiceServer::new(orders)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        );
     let (router, health) = with_infrastructure(
         router,
         config.server.grpc_reflection,
@@ -101,6 +110,8 @@ pub async fn run(
         shutdown.await;
         readiness.abort();
         set_status(&health, ServingStatus::NotServing).await;
+        // Open streams end with UNAVAILABLE so clients reconnect elsewhere.
+        streams.drain();
         tracing::info!("order-service draining");
     };
     serve_with_grace(router, listener, draining, config.server.shutdown_grace).await?;

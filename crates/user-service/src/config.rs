@@ -85,7 +85,13 @@ pub struct Config {
     #[arg(long, env = "BOOTSTRAP_ADMIN_USERNAME", default_value = "admin")]
     pub bootstrap_admin_username: String,
 
-    /// Reflection, shutdown grace, request timeout cap, fault injection.
+    /// Activity events kept for a UserActivity subscriber that reads
+    /// slowly; one that falls further behind is ended with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ACTIVITY_BUFFER", default_value_t = 1024)]
+    pub activity_buffer: usize,
+
+    /// Reflection, shutdown grace, timeouts, limits, fault injection.
     #[command(flatten)]
     pub server: ServerArgs,
 

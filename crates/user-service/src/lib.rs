@@ -11,6 +11,7 @@
 //! [`run`] wires them together; the binary only parses the configuration,
 //! binds the socket and passes the shutdown signal.
 
+pub mod activity;
 mod bootstrap;
 pub mod config;
 pub mod domain;
@@ -25,6 +26,7 @@ use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, 
 use shop_middleware::{
     pagination::PageTokenCodec,
     server::{serve_with_grace, server_layers, with_infrastructure},
+    streams::Streams,
 };
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 
+use activity::ActivityFeed;
 pub use config::Config;
 use grpc::{Accounts, AuthGrpc, UserGrpc};
 
@@ -92,6 +95,7 @@ pub async fn run(
         .await?;
     }
 
+    let streams = Streams::new("user-service", &config.server.streams);
     let accounts = Arc::new(Accounts {
         store: Arc::clone(&store),
         hasher,
@@ -104,12 +108,23 @@ pub async fn run(
         verifier: Arc::clone(&verifier),
         page_tokens: PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens")),
         refresh_token_ttl: config.refresh_token_ttl,
+        activity: ActivityFeed::new(config.activity_buffer),
+        streams: streams.clone(),
     });
 
+    let max_message = config.server.max_message_bytes;
     let router = Server::builder()
         .layer(server_layers("user-service", &config.server, verifier))
-        .add_service(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts))))
-        .add_service(AuthServiceServer::new(AuthGrpc::new(accounts)));
+        .add_service(
+            UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts)))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            AuthServiceServer::new(AuthGrpc::new(accounts))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        );
     let (router, health) = with_infrastructure(
         router,
         config.server.grpc_reflection,

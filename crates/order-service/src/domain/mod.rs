@@ -8,7 +8,8 @@ mod status;
 pub use currency::CurrencyCode;
 pub use order::{
     MAX_ITEMS, MAX_PRODUCT_ID_CHARS, MAX_QUANTITY, MAX_REQUEST_ID_CHARS, NewOrder, Order,
-    OrderFilter, OrderItem, PlacedOrder, RequestId, fingerprint, total_cents, validate_items,
+    OrderEvent, OrderFilter, OrderItem, PlacedOrder, RequestId, fingerprint, total_cents,
+    validate_items,
 };
 pub use status::{OrderStatus, TransitionError};
 

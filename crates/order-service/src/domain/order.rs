@@ -46,6 +46,28 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// 1 at placement, one more at every status change.
+    pub version: i64,
+}
+
+impl Order {
+    /// The order after `event`.
+    pub fn apply(&mut self, event: &OrderEvent) {
+        self.status = event.status;
+        self.updated_at = event.updated_at;
+        self.version = event.version;
+    }
+}
+
+/// One status change of an order, as recorded with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderEvent {
+    /// The order's version after the change.
+    pub version: i64,
+    /// The new state.
+    pub status: OrderStatus,
+    /// When it changed.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A client's idempotency key: 1 to 128 printable ASCII characters.

@@ -1,12 +1,16 @@
 //! `shop.order.v1.OrderService`.
 
-use std::{pin::Pin, sync::Arc};
+use std::{sync::Arc, time::Duration};
 
 use chrono::{SubsecRound as _, Utc};
 use shop_auth::Principal;
-use shop_middleware::{auth::principal, pagination::PageTokenCodec};
+use shop_middleware::{
+    auth::principal,
+    pagination::PageTokenCodec,
+    streams::{ResponseStream, Streams, guarded},
+};
 use shop_proto::order::v1::{self as pb, order_service_server::OrderService};
-use tokio_stream::Stream;
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -17,9 +21,14 @@ use crate::{
         Violations, fingerprint, total_cents, validate_items,
     },
     error::ServiceError,
-    repo::OrderRepo,
+    repo::{OrderRepo, RESYNC},
     users::{UserClient, ensure_active},
 };
+
+/// Orders read per database round trip while streaming a user's orders.
+const STREAM_PAGE: u32 = 100;
+/// Most orders in one BatchCreateOrders stream.
+pub(crate) const MAX_BATCH_ORDERS: usize = 1000;
 
 /// Default ListOrders page size.
 const DEFAULT_PAGE_SIZE: u32 = 50;
@@ -36,6 +45,8 @@ pub struct OrderGrpc {
     store: Arc<dyn OrderRepo>,
     users: UserClient,
     page_tokens: PageTokenCodec,
+    streams: Streams,
+    watch_resync: Duration,
 }
 
 impl std::fmt::Debug for OrderGrpc {
@@ -47,16 +58,22 @@ impl std::fmt::Debug for OrderGrpc {
 }
 
 impl OrderGrpc {
-    /// A service over `store` that checks users through `users`.
+    /// A service over `store` that checks users through `users`. Watchers
+    /// re-read their order every `watch_resync` even without a change
+    /// notice, as a safety net.
     pub fn new(
         store: Arc<dyn OrderRepo>,
         users: UserClient,
         page_tokens: PageTokenCodec,
+        streams: Streams,
+        watch_resync: Duration,
     ) -> OrderGrpc {
         OrderGrpc {
             store,
             users,
             page_tokens,
+            streams,
+            watch_resync,
         }
     }
 
@@ -269,6 +286,93 @@ impl OrderGrpc {
     }
 }
 
+impl OrderGrpc {
+    /// Validates a StreamOrders request: whose orders, which status.
+    fn stream_filter(
+        &self,
+        caller: &Principal,
+        req: &pb::StreamOrdersRequest,
+    ) -> Result<OrderFilter, ServiceError> {
+        let mut v = Violations::new();
+        let user_id = if req.user_id.is_empty() {
+            Uuid::parse_str(&caller.user_id).ok()
+        } else {
+            v.check("user_id", parse_id(&req.user_id))
+        };
+        let status = v.check("status", status_from_proto(req.status)).flatten();
+        v.into_result()?;
+        let user_id = user_id.ok_or_else(|| ServiceError::invalid("user_id", "is required"))?;
+        if !caller.may_act_for(&user_id.to_string()) {
+            return Err(ServiceError::NotFound("orders"));
+        }
+        Ok(OrderFilter { user_id, status })
+    }
+
+    /// One ProcessOrders request: a refused or malformed move is an error
+    /// entry, not the end of the stream; only an unreachable database ends
+    /// it.
+    async fn process_one(
+        &self,
+        caller: &Principal,
+        req: pb::ProcessOrderRequest,
+    ) -> Result<pb::ProcessOrderResponse, Status> {
+        let refused = |order: Option<&Order>, message: String| pb::ProcessOrderResponse {
+            order_id: req.order_id.clone(),
+            success: false,
+            error_message: message,
+            order: order.map(order_to_proto),
+        };
+        let id = match parse_id(&req.order_id) {
+            Ok(id) => id,
+            Err(e) => return Ok(refused(None, format!("order_id {e}"))),
+        };
+        let to = match status_from_proto(req.new_status) {
+            Ok(Some(to)) => to,
+            Ok(None) => return Ok(refused(None, "new_status is required".into())),
+            Err(e) => return Ok(refused(None, format!("new_status: {e}"))),
+        };
+        for _ in 0..STATUS_CAS_ATTEMPTS {
+            let order = match self.visible_order(caller, id).await {
+                Ok(order) => order,
+                Err(ServiceError::NotFound(_)) => {
+                    return Ok(refused(None, "order not found".into()));
+                }
+                Err(other) => return Err(other.into()),
+            };
+            if let Err(e) = order.status.transition(to) {
+                return Ok(refused(Some(&order), e.to_string()));
+            }
+            let now = Utc::now().trunc_subsecs(6);
+            let moved = self
+                .store
+                .update_status(id, order.status, to, None, now)
+                .await
+                .map_err(|e| Status::from(ServiceError::from(e)))?;
+            if let Some(updated) = moved {
+                tracing::info!(order_id = %id, from = %order.status, to = %to, by = %caller.user_id, "order moved");
+                return Ok(pb::ProcessOrderResponse {
+                    order_id: req.order_id.clone(),
+                    success: true,
+                    error_message: String::new(),
+                    order: Some(order_to_proto(&updated)),
+                });
+            }
+        }
+        Ok(refused(None, "the order kept changing; try again".into()))
+    }
+}
+
+fn order_update(order: &Order) -> pb::OrderUpdate {
+    pb::OrderUpdate {
+        order: Some(order_to_proto(order)),
+        updated_at: Some(super::convert::timestamp(order.updated_at)),
+    }
+}
+
+fn repo_status(e: crate::repo::RepoError) -> Status {
+    ServiceError::from(e).into()
+}
+
 /// The answer to a repeated request id: the first order if the payload is
 /// the same, ALREADY_EXISTS if the id is being reused for something else.
 fn same_request(
@@ -284,8 +388,6 @@ fn same_request(
         ))
     }
 }
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl OrderService for OrderGrpc {
@@ -321,38 +423,143 @@ impl OrderService for OrderGrpc {
 
     async fn stream_orders(
         &self,
-        _request: Request<pb::StreamOrdersRequest>,
+        request: Request<pb::StreamOrdersRequest>,
     ) -> Result<Response<Self::StreamOrdersStream>, Status> {
-        Err(Status::unimplemented("StreamOrders is not implemented yet"))
+        let caller = principal(&request)?.clone();
+        let filter = self.stream_filter(&caller, request.get_ref())?;
+        let store = Arc::clone(&self.store);
+        let stream = self.streams.open(&caller.user_id, move |tx| async move {
+            // Newest first, a page at a time: memory stays bounded however
+            // many orders there are, and the send waits for the client.
+            let mut before = None;
+            loop {
+                let page = store
+                    .list_orders(&filter, before, STREAM_PAGE)
+                    .await
+                    .map_err(repo_status)?;
+                for order in &page {
+                    if tx.send(order_to_proto(order)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if page.len() < STREAM_PAGE as usize {
+                    return Ok(());
+                }
+                before = page.last().map(|o| o.id);
+            }
+        })?;
+        Ok(Response::new(stream))
     }
 
     type WatchOrderStream = ResponseStream<pb::OrderUpdate>;
 
     async fn watch_order(
         &self,
-        _request: Request<pb::WatchOrderRequest>,
+        request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
-        Err(Status::unimplemented("WatchOrder is not implemented yet"))
+        let caller = principal(&request)?.clone();
+        let id = parse_id(&request.get_ref().order_id)
+            .map_err(|e| ServiceError::invalid("order_id", &e))?;
+        // Subscribe before the first read: a change committed in between
+        // is then both in the feed and after the version we read.
+        let mut changes = self.store.changes();
+        let mut order = self.visible_order(&caller, id).await?;
+        let store = Arc::clone(&self.store);
+        let resync = self.watch_resync;
+        let stream = self.streams.open(&caller.user_id, move |tx| async move {
+            if tx.send(order_update(&order)).await.is_err() || order.status.is_terminal() {
+                return Ok(());
+            }
+            loop {
+                tokio::select! {
+                    notice = changes.recv() => match notice {
+                        Ok(changed) if changed == id || changed == RESYNC => {}
+                        Ok(_) => continue,
+                        // Missed notices: the events table still has it all.
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => {
+                            return Err(Status::unavailable("order change feed closed"));
+                        }
+                    },
+                    _ = tokio::time::sleep(resync) => {}
+                    _ = tx.closed() => return Ok(()),
+                }
+                for event in store
+                    .events_after(id, order.version)
+                    .await
+                    .map_err(repo_status)?
+                {
+                    order.apply(&event);
+                    if tx.send(order_update(&order)).await.is_err() || order.status.is_terminal() {
+                        return Ok(());
+                    }
+                }
+            }
+        })?;
+        Ok(Response::new(stream))
     }
 
     async fn batch_create_orders(
         &self,
-        _request: Request<Streaming<pb::CreateOrderRequest>>,
+        request: Request<Streaming<pb::CreateOrderRequest>>,
     ) -> Result<Response<pb::BatchCreateOrdersResponse>, Status> {
-        Err(Status::unimplemented(
-            "BatchCreateOrders is not implemented yet",
-        ))
+        let caller = principal(&request)?.clone();
+        let _permit = self.streams.admit(&caller.user_id)?;
+        let mut inbound = request.into_inner();
+        let this = self.clone();
+        let response = guarded(async move {
+            let mut response = pb::BatchCreateOrdersResponse::default();
+            let mut index = 0usize;
+            while let Some(item) = inbound.message().await? {
+                if index == MAX_BATCH_ORDERS {
+                    return Err(Status::invalid_argument(format!(
+                        "a batch holds at most {MAX_BATCH_ORDERS} orders; the first \
+                         {MAX_BATCH_ORDERS} were processed (retrying them is safe with request ids)"
+                    )));
+                }
+                match this.create(&caller, item).await {
+                    Ok(order) => response.orders.push(order_to_proto(&order)),
+                    Err(e) => {
+                        let status = Status::from(e);
+                        response.errors.push(pb::BatchCreateOrderError {
+                            index: index as i32,
+                            code: status.code() as i32,
+                            message: status.message().to_owned(),
+                        });
+                    }
+                }
+                index += 1;
+            }
+            response.success_count = response.orders.len() as i32;
+            response.failure_count = response.errors.len() as i32;
+            Ok(response)
+        })
+        .await?;
+        Ok(Response::new(response))
     }
 
     type ProcessOrdersStream = ResponseStream<pb::ProcessOrderResponse>;
 
     async fn process_orders(
         &self,
-        _request: Request<Streaming<pb::ProcessOrderRequest>>,
+        request: Request<Streaming<pb::ProcessOrderRequest>>,
     ) -> Result<Response<Self::ProcessOrdersStream>, Status> {
-        Err(Status::unimplemented(
-            "ProcessOrders is not implemented yet",
-        ))
+        let caller = principal(&request)?.clone();
+        let mut inbound = request.into_inner();
+        let this = self.clone();
+        let stream = self
+            .streams
+            .open(&caller.user_id.clone(), move |tx| async move {
+                // One response per request, in request order.
+                while let Some(item) = inbound.message().await? {
+                    let response = this.process_one(&caller, item).await?;
+                    if tx.send(response).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(Response::new(stream))
     }
 
     async fn cancel_order(

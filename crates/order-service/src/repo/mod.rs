@@ -15,7 +15,19 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder};
+use tokio::sync::broadcast;
+
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+};
+
+/// How many change notices a slow watcher may fall behind before it must
+/// re-read (it never loses a change: the events table is the truth).
+const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// The notice a change feed sends when it may have missed notices (its
+/// database connection was re-established): every watcher re-reads.
+pub const RESYNC: Uuid = Uuid::nil();
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -81,8 +93,10 @@ pub trait OrderRepo: Send + Sync {
     ) -> Result<Vec<Order>, RepoError>;
 
     /// Moves an order from `from` to `to` if it is still in `from`
-    /// (compare-and-set); `None` when it is not (moved meanwhile, or
-    /// missing). `reason` is kept for cancellations.
+    /// (compare-and-set), bumping its version and recording an
+    /// [`OrderEvent`] in the same transaction, then notifies the change
+    /// feed; `None` when it is not in `from` (moved meanwhile, or missing).
+    /// `reason` is kept for cancellations.
     async fn update_status(
         &self,
         id: Uuid,
@@ -91,6 +105,19 @@ pub trait OrderRepo: Send + Sync {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError>;
+
+    /// The status changes of an order after `version`, oldest first.
+    async fn events_after(
+        &self,
+        order_id: Uuid,
+        version: i64,
+    ) -> Result<Vec<OrderEvent>, RepoError>;
+
+    /// Notices of changed orders (their ids), from this process and, on
+    /// PostgreSQL, from every replica sharing the database; [`RESYNC`]
+    /// means "re-read everything you watch". A notice only says where to
+    /// look: the events table says what changed.
+    fn changes(&self) -> broadcast::Receiver<Uuid>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<(), RepoError>;
@@ -118,7 +145,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn OrderRep
 /// The columns every order query selects, as a literal for `concat!`.
 macro_rules! order_columns {
     () => {
-        "id, user_id, currency_code, total_cents, status, created_at, updated_at, request_hash"
+        "id, user_id, currency_code, total_cents, status, created_at, updated_at, request_hash, version"
     };
 }
 use order_columns;
@@ -134,6 +161,7 @@ struct OrderRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     request_hash: String,
+    version: i64,
 }
 
 impl OrderRow {
@@ -151,10 +179,29 @@ impl OrderRow {
                 status,
                 created_at: self.created_at,
                 updated_at: self.updated_at,
+                version: self.version,
             },
             self.request_hash,
         ))
     }
+}
+
+/// A new change feed sender.
+fn change_feed() -> broadcast::Sender<Uuid> {
+    broadcast::channel(CHANGE_FEED_CAPACITY).0
+}
+
+fn parse_event(
+    version: i64,
+    status: &str,
+    updated_at: DateTime<Utc>,
+) -> Result<OrderEvent, RepoError> {
+    Ok(OrderEvent {
+        version,
+        status: OrderStatus::parse(status)
+            .ok_or_else(|| RepoError::Corrupt(format!("event status {status:?}")))?,
+        updated_at,
+    })
 }
 
 /// Attaches items (grouped by order id) to rows, keeping the rows' order.

@@ -11,13 +11,64 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{OrderRepo, OrderRow, RepoError, assemble, order_columns};
-use crate::domain::{NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder};
+use std::sync::Arc;
 
-/// [`OrderRepo`] on PostgreSQL.
+use sqlx::postgres::PgListener;
+use tokio::sync::broadcast;
+
+use super::{
+    OrderRepo, OrderRow, RESYNC, RepoError, assemble, change_feed, order_columns, parse_event,
+};
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+};
+
+/// The channel status changes are announced on, to every replica.
+const CHANNEL: &str = "shop_order_events";
+
+/// [`OrderRepo`] on PostgreSQL. Its change feed is `LISTEN`/`NOTIFY`: each
+/// status change notifies in its own transaction, so the notice reaches
+/// every replica sharing the database when (and only if) it commits.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    changes: broadcast::Sender<Uuid>,
+    _listener: Arc<ListenerTask>,
+}
+
+/// The task that relays notifications into the change feed; stopped when
+/// the last store clone is dropped.
+#[derive(Debug)]
+struct ListenerTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Relays `NOTIFY shop_order_events, '<order id>'` into `changes`. When the
+/// connection drops, notices may have been missed: it sends [`RESYNC`]
+/// after reconnecting so that watchers re-read.
+async fn relay_notifications(mut listener: PgListener, changes: broadcast::Sender<Uuid>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if let Ok(id) = Uuid::parse_str(notification.payload()) {
+                    let _ = changes.send(id);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("order change feed: connection lost; reconnecting and resyncing");
+                let _ = changes.send(RESYNC);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "order change feed: listen failed; retrying");
+                let _ = changes.send(RESYNC);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 impl PostgresStore {
@@ -30,7 +81,20 @@ impl PostgresStore {
             .await
             .map_err(RepoError::from_sqlx)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        let mut listener = PgListener::connect_with(&pool)
+            .await
+            .map_err(RepoError::from_sqlx)?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(RepoError::from_sqlx)?;
+        let changes = change_feed();
+        let relay = tokio::spawn(relay_notifications(listener, changes.clone()));
+        Ok(PostgresStore {
+            pool,
+            changes,
+            _listener: Arc::new(ListenerTask(relay)),
+        })
     }
 
     async fn items_for(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderItem>>, RepoError> {
@@ -68,6 +132,7 @@ fn order_row(row: &PgRow) -> Result<OrderRow, RepoError> {
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
         request_hash: row.try_get("request_hash").map_err(get)?,
+        version: row.try_get("version").map_err(get)?,
     })
 }
 
@@ -218,8 +283,9 @@ impl OrderRepo for PostgresStore {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError> {
+        let mut tx = self.pool.begin().await.map_err(RepoError::from_sqlx)?;
         let row = sqlx::query(concat!(
-            "UPDATE orders SET status = $1, updated_at = $2, \
+            "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
              cancel_reason = COALESCE($3, cancel_reason) \
              WHERE id = $4 AND status = $5 RETURNING ",
             order_columns!()
@@ -229,13 +295,63 @@ impl OrderRepo for PostgresStore {
         .bind(reason)
         .bind(id)
         .bind(from.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(RepoError::from_sqlx)?;
-        match row {
-            Some(row) => Ok(Some(self.load(order_row(&row)?).await?.0)),
-            None => Ok(None),
-        }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row = order_row(&row)?;
+        sqlx::query(
+            "INSERT INTO order_events (order_id, version, status, updated_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(row.version)
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(RepoError::from_sqlx)?;
+        // Delivered to every listener when (and only if) this commits.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(RepoError::from_sqlx)?;
+        tx.commit().await.map_err(RepoError::from_sqlx)?;
+        Ok(Some(self.load(row).await?.0))
+    }
+
+    async fn events_after(
+        &self,
+        order_id: Uuid,
+        version: i64,
+    ) -> Result<Vec<OrderEvent>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT version, status, updated_at FROM order_events \
+             WHERE order_id = $1 AND version > $2 ORDER BY version",
+        )
+        .bind(order_id)
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(RepoError::from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let get = |e| RepoError::from_sqlx(e);
+                parse_event(
+                    row.try_get("version").map_err(get)?,
+                    &row.try_get::<String, _>("status").map_err(get)?,
+                    row.try_get("updated_at").map_err(get)?,
+                )
+            })
+            .collect()
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Uuid> {
+        self.changes.subscribe()
     }
 
     async fn ping(&self) -> Result<(), RepoError> {

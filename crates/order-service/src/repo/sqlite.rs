@@ -14,13 +14,19 @@ use sqlx::{
 };
 use uuid::Uuid;
 
-use super::{OrderRepo, OrderRow, RepoError, assemble, order_columns};
-use crate::domain::{NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder};
+use tokio::sync::broadcast;
 
-/// [`OrderRepo`] on a SQLite file.
+use super::{OrderRepo, OrderRow, RepoError, assemble, change_feed, order_columns, parse_event};
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+};
+
+/// [`OrderRepo`] on a SQLite file. SQLite serves one process, so its change
+/// feed is an in-process channel fed after each committed status change.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    changes: broadcast::Sender<Uuid>,
 }
 
 impl SqliteStore {
@@ -46,7 +52,10 @@ impl SqliteStore {
             .await
             .map_err(RepoError::from_sqlx)?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            changes: change_feed(),
+        })
     }
 
     async fn items_for(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderItem>>, RepoError> {
@@ -98,6 +107,7 @@ fn order_row(row: &SqliteRow) -> Result<OrderRow, RepoError> {
         created_at: row.try_get("created_at").map_err(get)?,
         updated_at: row.try_get("updated_at").map_err(get)?,
         request_hash: row.try_get("request_hash").map_err(get)?,
+        version: row.try_get("version").map_err(get)?,
     })
 }
 
@@ -243,8 +253,9 @@ impl OrderRepo for SqliteStore {
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError> {
+        let mut tx = self.pool.begin().await.map_err(RepoError::from_sqlx)?;
         let row = sqlx::query(concat!(
-            "UPDATE orders SET status = ?1, updated_at = ?2, \
+            "UPDATE orders SET status = ?1, updated_at = ?2, version = version + 1, \
              cancel_reason = COALESCE(?3, cancel_reason) \
              WHERE id = ?4 AND status = ?5 RETURNING ",
             order_columns!()
@@ -254,13 +265,57 @@ impl OrderRepo for SqliteStore {
         .bind(reason)
         .bind(id.to_string())
         .bind(from.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(RepoError::from_sqlx)?;
-        match row {
-            Some(row) => Ok(Some(self.load(order_row(&row)?).await?.0)),
-            None => Ok(None),
-        }
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row = order_row(&row)?;
+        sqlx::query(
+            "INSERT INTO order_events (order_id, version, status, updated_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(row.version)
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(RepoError::from_sqlx)?;
+        tx.commit().await.map_err(RepoError::from_sqlx)?;
+        // Nobody listening is fine.
+        let _ = self.changes.send(id);
+        Ok(Some(self.load(row).await?.0))
+    }
+
+    async fn events_after(
+        &self,
+        order_id: Uuid,
+        version: i64,
+    ) -> Result<Vec<OrderEvent>, RepoError> {
+        let rows = sqlx::query(
+            "SELECT version, status, updated_at FROM order_events \
+             WHERE order_id = ? AND version > ? ORDER BY version",
+        )
+        .bind(order_id.to_string())
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(RepoError::from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                let get = |e| RepoError::from_sqlx(e);
+                parse_event(
+                    row.try_get("version").map_err(get)?,
+                    &row.try_get::<String, _>("status").map_err(get)?,
+                    row.try_get("updated_at").map_err(get)?,
+                )
+            })
+            .collect()
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Uuid> {
+        self.changes.subscribe()
     }
 
     async fn ping(&self) -> Result<(), RepoError> {

@@ -11,3 +11,4 @@ mod helpers;
 mod keys;
 mod orders;
 mod repo_suite;
+mod streams;

@@ -85,6 +85,9 @@ impl AuthGrpc {
             })
             .await?;
         tracing::info!(user_id = %user.id, "login");
+        self.accounts
+            .activity
+            .publish(crate::activity::ActivityKind::LoggedIn, &user);
         self.token_pair(&user, refresh.token)
     }
 

@@ -9,12 +9,12 @@ mod users;
 use std::{sync::Arc, time::Duration};
 
 use shop_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
-use shop_middleware::pagination::PageTokenCodec;
+use shop_middleware::{pagination::PageTokenCodec, streams::Streams};
 
 pub use auth::AuthGrpc;
 pub use users::UserGrpc;
 
-use crate::repo::Store;
+use crate::{activity::ActivityFeed, repo::Store};
 
 /// What the handlers of both services share.
 pub struct Accounts {
@@ -30,6 +30,10 @@ pub struct Accounts {
     pub page_tokens: PageTokenCodec,
     /// Lifetime of refresh tokens.
     pub refresh_token_ttl: Duration,
+    /// Account activity, for UserActivity streams.
+    pub activity: ActivityFeed,
+    /// Limits, backpressure and drain for every stream.
+    pub streams: Streams,
 }
 
 impl std::fmt::Debug for Accounts {

@@ -1,28 +1,35 @@
 //! `shop.user.v1.UserService`.
 
-use std::{pin::Pin, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use chrono::{SubsecRound as _, Utc};
+use futures_util::StreamExt as _;
 use shop_auth::{Password, Principal, Role};
-use shop_middleware::auth::principal;
-use shop_proto::user::v1::{
-    self as pb, get_user_request::Identifier, user_service_server::UserService,
+use shop_middleware::{
+    auth::principal,
+    streams::{ResponseStream, guarded},
+    validation::FieldViolation,
 };
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use shop_proto::user::v1::{
+    self as pb, get_user_request::Identifier, user_activity_event, user_activity_request,
+    user_service_server::UserService,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::{
     Accounts,
-    convert::{parse_id, role_from_proto, status_from_proto, user_to_proto},
+    convert::{parse_id, role_from_proto, status_from_proto, timestamp, user_to_proto},
 };
 use crate::{
+    activity::{ActivityEvent, ActivityKind},
     domain::{
         Bio, Email, NewUser, PersonName, User, UserFilter, UserPatch, UserStatus, Username,
         Violations,
     },
     error::ServiceError,
-    repo::UserKey,
+    repo::{RepoError, UserKey},
 };
 
 /// Default ListUsers page size.
@@ -31,6 +38,69 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
 /// Longest ListUsers search string, in characters.
 const MAX_SEARCH_CHARS: usize = 100;
+/// Default StreamUsers limit.
+const DEFAULT_STREAM_LIMIT: u32 = 100;
+/// Largest StreamUsers limit; more is INVALID_ARGUMENT.
+const MAX_STREAM_LIMIT: u32 = 1000;
+/// Most items in one BulkCreateUsers stream; more and nothing is created.
+pub(crate) const MAX_BULK_USERS: usize = 10_000;
+
+/// A sign-up that passed validation, before its password is hashed.
+struct SignUp {
+    email: Email,
+    username: Username,
+    password: Password,
+    first_name: PersonName,
+    last_name: PersonName,
+}
+
+impl SignUp {
+    /// Validates every field of a CreateUserRequest at once.
+    fn parse(req: pb::CreateUserRequest) -> Result<SignUp, Vec<FieldViolation>> {
+        let mut v = Violations::new();
+        let email = v.check("email", Email::parse(&req.email));
+        let username = v.check("username", Username::parse(&req.username));
+        let password = v.check(
+            "password",
+            Password::parse(req.password).map_err(|e| e.to_string()),
+        );
+        let first_name = v.check("first_name", PersonName::parse(&req.first_name));
+        let last_name = v.check("last_name", PersonName::parse(&req.last_name));
+        v.into_result()?;
+        match (email, username, password, first_name, last_name) {
+            (Some(email), Some(username), Some(password), Some(first_name), Some(last_name)) => {
+                Ok(SignUp {
+                    email,
+                    username,
+                    password,
+                    first_name,
+                    last_name,
+                })
+            }
+            _ => unreachable!("every field parsed when there is no violation"),
+        }
+    }
+
+    /// The user to store, with the password hashed (on the blocking pool).
+    async fn into_new_user(self, accounts: &Accounts) -> Result<NewUser, ServiceError> {
+        let password_hash = accounts
+            .hasher
+            .hash(&self.password)
+            .await
+            .map_err(|e| ServiceError::Internal(e.into()))?;
+        Ok(NewUser {
+            id: Uuid::now_v7(),
+            email: self.email,
+            username: self.username,
+            password_hash,
+            first_name: self.first_name,
+            last_name: self.last_name,
+            roles: vec![Role::Customer],
+            status: UserStatus::Active,
+            now: Utc::now().trunc_subsecs(6),
+        })
+    }
+}
 
 /// The UserService implementation.
 #[derive(Debug, Clone)]
@@ -45,41 +115,10 @@ impl UserGrpc {
     }
 
     async fn create(&self, req: pb::CreateUserRequest) -> Result<User, ServiceError> {
-        let mut v = Violations::new();
-        let email = v.check("email", Email::parse(&req.email));
-        let username = v.check("username", Username::parse(&req.username));
-        let password = v.check(
-            "password",
-            Password::parse(req.password).map_err(|e| e.to_string()),
-        );
-        let first_name = v.check("first_name", PersonName::parse(&req.first_name));
-        let last_name = v.check("last_name", PersonName::parse(&req.last_name));
-        v.into_result()?;
-        let (Some(email), Some(username), Some(password), Some(first_name), Some(last_name)) =
-            (email, username, password, first_name, last_name)
-        else {
-            unreachable!("every field parsed when there is no violation");
-        };
-
-        let password_hash = self
-            .accounts
-            .hasher
-            .hash(&password)
-            .await
-            .map_err(|e| ServiceError::Internal(e.into()))?;
-        let new = NewUser {
-            id: Uuid::now_v7(),
-            email,
-            username,
-            password_hash,
-            first_name,
-            last_name,
-            roles: vec![Role::Customer],
-            status: UserStatus::Active,
-            now: Utc::now().trunc_subsecs(6),
-        };
+        let new = SignUp::parse(req)?.into_new_user(&self.accounts).await?;
         let user = self.accounts.store.create_user(&new).await?;
         tracing::info!(user_id = %user.id, "user created");
+        self.accounts.activity.publish(ActivityKind::Created, &user);
         Ok(user)
     }
 
@@ -192,6 +231,7 @@ impl UserGrpc {
                 .await?;
         }
         tracing::info!(user_id = %id, by = %caller.user_id, "user updated");
+        self.accounts.activity.publish(ActivityKind::Updated, &user);
         Ok(user)
     }
 
@@ -213,6 +253,9 @@ impl UserGrpc {
             .revoke_user_refresh_tokens(id, now)
             .await?;
         tracing::info!(user_id = %id, by = %caller.user_id, "user deleted");
+        if let Some(user) = self.accounts.store.find_user(UserKey::Id(id)).await? {
+            self.accounts.activity.publish(ActivityKind::Deleted, &user);
+        }
         Ok(())
     }
 
@@ -288,7 +331,167 @@ impl UserGrpc {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+impl UserGrpc {
+    /// Validates a StreamUsers request into a filter and a limit.
+    fn stream_request(req: &pb::StreamUsersRequest) -> Result<(UserFilter, u32), ServiceError> {
+        let mut v = Violations::new();
+        let limit = match req.limit {
+            n if n < 0 => {
+                v.add("limit", "must not be negative");
+                0
+            }
+            0 => DEFAULT_STREAM_LIMIT,
+            n if n as u32 > MAX_STREAM_LIMIT => {
+                v.add("limit", format!("must be at most {MAX_STREAM_LIMIT}"));
+                0
+            }
+            n => n as u32,
+        };
+        let search = req.search.trim().to_lowercase();
+        if search.chars().count() > MAX_SEARCH_CHARS {
+            v.add(
+                "search",
+                format!("must be at most {MAX_SEARCH_CHARS} characters"),
+            );
+        }
+        let status = v.check("status", status_from_proto(req.status)).flatten();
+        v.into_result()?;
+        Ok((
+            UserFilter {
+                status,
+                search: (!search.is_empty()).then_some(search),
+            },
+            limit,
+        ))
+    }
+
+    /// Reads a BulkCreateUsers stream: every item validated as it arrives,
+    /// nothing stored until the stream ends within the limit, then each
+    /// valid item created in stream order.
+    async fn bulk_create(
+        accounts: Arc<Accounts>,
+        mut inbound: Streaming<pb::CreateUserRequest>,
+    ) -> Result<pb::BulkCreateUsersResponse, Status> {
+        let mut response = pb::BulkCreateUsersResponse::default();
+        let mut valid = Vec::new();
+        let mut index = 0usize;
+        while let Some(item) = inbound.message().await? {
+            if index == MAX_BULK_USERS {
+                return Err(Status::invalid_argument(format!(
+                    "a bulk creation holds at most {MAX_BULK_USERS} users; nothing was created"
+                )));
+            }
+            let email = item.email.clone();
+            match SignUp::parse(item) {
+                Ok(sign_up) => valid.push((index, email, sign_up)),
+                Err(violations) => response.errors.push(pb::BulkCreateUserError {
+                    index: index as i32,
+                    email,
+                    code: Code::InvalidArgument as i32,
+                    message: violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }),
+            }
+            index += 1;
+        }
+
+        // bcrypt is the slow part: hash on every core, keep stream order.
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut hashed = futures_util::stream::iter(valid)
+            .map(|(index, email, sign_up)| {
+                let accounts = Arc::clone(&accounts);
+                async move { (index, email, sign_up.into_new_user(&accounts).await) }
+            })
+            .buffered(parallel);
+        while let Some((index, email, new)) = hashed.next().await {
+            let created = match new {
+                Ok(new) => accounts
+                    .store
+                    .create_user(&new)
+                    .await
+                    .map_err(ServiceError::from),
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(user) => {
+                    accounts.activity.publish(ActivityKind::Created, &user);
+                    response.users.push(user_to_proto(&user));
+                }
+                Err(ServiceError::AlreadyExists(message)) => {
+                    response.errors.push(pb::BulkCreateUserError {
+                        index: index as i32,
+                        email,
+                        code: Code::AlreadyExists as i32,
+                        message: message.into(),
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+        response.errors.sort_by_key(|e| e.index);
+        response.created_count = response.users.len() as i32;
+        response.failed_count = response.errors.len() as i32;
+        tracing::info!(
+            created = response.created_count,
+            failed = response.failed_count,
+            "bulk creation"
+        );
+        Ok(response)
+    }
+}
+
+/// The proto form of an activity event.
+fn activity_to_proto(event: &ActivityEvent) -> pb::UserActivityEvent {
+    use user_activity_event::Type;
+    let kind = match event.kind {
+        ActivityKind::Created => Type::Created,
+        ActivityKind::Updated => Type::Updated,
+        ActivityKind::Deleted => Type::Deleted,
+        ActivityKind::LoggedIn => Type::LoggedIn,
+    };
+    pb::UserActivityEvent {
+        user_id: event.user.id.to_string(),
+        r#type: kind as i32,
+        user: Some(user_to_proto(&event.user)),
+        occurred_at: Some(timestamp(event.at)),
+    }
+}
+
+/// Applies one UserActivity request to the subscription set; an invalid or
+/// unauthorized request ends the stream with its status.
+async fn change_subscription(
+    accounts: &Accounts,
+    caller: &Principal,
+    subscribed: &mut HashSet<Uuid>,
+    req: pb::UserActivityRequest,
+) -> Result<(), Status> {
+    use user_activity_request::Action;
+    let id = parse_id(&req.user_id).map_err(|e| ServiceError::invalid("user_id", &e))?;
+    match Action::try_from(req.action) {
+        Ok(Action::Subscribe) => {
+            let visible = caller.may_act_for(&id.to_string())
+                && accounts
+                    .store
+                    .find_user(UserKey::Id(id))
+                    .await
+                    .map_err(|e| Status::from(ServiceError::from(e)))?
+                    .is_some_and(|u| u.is_visible());
+            if !visible {
+                return Err(ServiceError::NotFound("user").into());
+            }
+            subscribed.insert(id);
+            Ok(())
+        }
+        Ok(Action::Unsubscribe) => {
+            subscribed.remove(&id);
+            Ok(())
+        }
+        _ => Err(ServiceError::invalid("action", "must be SUBSCRIBE or UNSUBSCRIBE").into()),
+    }
+}
 
 #[tonic::async_trait]
 impl UserService for UserGrpc {
@@ -338,26 +541,80 @@ impl UserService for UserGrpc {
 
     async fn stream_users(
         &self,
-        _request: Request<pb::StreamUsersRequest>,
+        request: Request<pb::StreamUsersRequest>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
-        Err(Status::unimplemented("StreamUsers is not implemented yet"))
+        let caller = principal(&request)?.clone();
+        let (filter, limit) = Self::stream_request(request.get_ref())?;
+        let store = Arc::clone(&self.accounts.store);
+        let stream = self
+            .accounts
+            .streams
+            .open(&caller.user_id, move |tx| async move {
+                // Rows come from the database cursor as the client reads them.
+                let mut rows = store.stream_users(filter, limit);
+                while let Some(row) = rows.next().await {
+                    let user = row.map_err(|e: RepoError| Status::from(ServiceError::from(e)))?;
+                    if tx.send(user_to_proto(&user)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })?;
+        Ok(Response::new(stream))
     }
 
     async fn bulk_create_users(
         &self,
-        _request: Request<Streaming<pb::CreateUserRequest>>,
+        request: Request<Streaming<pb::CreateUserRequest>>,
     ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
-        Err(Status::unimplemented(
-            "BulkCreateUsers is not implemented yet",
-        ))
+        let caller = principal(&request)?.clone();
+        let _permit = self.accounts.streams.admit(&caller.user_id)?;
+        let accounts = Arc::clone(&self.accounts);
+        let inbound = request.into_inner();
+        let response = guarded(UserGrpc::bulk_create(accounts, inbound)).await?;
+        Ok(Response::new(response))
     }
 
     type UserActivityStream = ResponseStream<pb::UserActivityEvent>;
 
     async fn user_activity(
         &self,
-        _request: Request<Streaming<pb::UserActivityRequest>>,
+        request: Request<Streaming<pb::UserActivityRequest>>,
     ) -> Result<Response<Self::UserActivityStream>, Status> {
-        Err(Status::unimplemented("UserActivity is not implemented yet"))
+        let caller = principal(&request)?.clone();
+        let mut inbound = request.into_inner();
+        let accounts = Arc::clone(&self.accounts);
+        let mut events = accounts.activity.subscribe();
+        let stream = self.accounts.streams.open(&caller.user_id.clone(), move |tx| async move {
+            let mut subscribed = HashSet::new();
+            let mut requests_open = true;
+            loop {
+                tokio::select! {
+                    req = inbound.message(), if requests_open => match req? {
+                        Some(req) => change_subscription(&accounts, &caller, &mut subscribed, req).await?,
+                        // The client stopped sending requests; keep sending events.
+                        None => requests_open = false,
+                    },
+                    event = events.recv() => match event {
+                        Ok(event) if subscribed.contains(&event.user.id) => {
+                            if tx.send(activity_to_proto(&event)).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(missed)) => {
+                            return Err(Status::resource_exhausted(format!(
+                                "the subscriber fell {missed} events behind; resubscribe"
+                            )));
+                        }
+                        Err(RecvError::Closed) => {
+                            return Err(Status::unavailable("activity feed closed"));
+                        }
+                    },
+                    _ = tx.closed() => return Ok(()),
+                }
+            }
+        })?;
+        Ok(Response::new(stream))
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::stream::BoxStream;
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -118,6 +119,14 @@ pub trait UserRepo: Send + Sync {
 
     /// How many users match `filter`.
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, RepoError>;
+
+    /// Up to `limit` users matching `filter`, in id order, read from the
+    /// database as the stream is polled (not collected first).
+    fn stream_users(
+        &self,
+        filter: UserFilter,
+        limit: u32,
+    ) -> BoxStream<'_, Result<User, RepoError>>;
 }
 
 /// A refresh token to store.

@@ -5,6 +5,7 @@ use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt as _, stream::BoxStream};
 use sqlx::{
     Row,
     sqlite::{
@@ -244,6 +245,28 @@ impl UserRepo for SqliteStore {
         .await
         .map_err(map_err)?;
         Ok(count.max(0) as u64)
+    }
+
+    fn stream_users(
+        &self,
+        filter: UserFilter,
+        limit: u32,
+    ) -> BoxStream<'_, Result<User, RepoError>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE ",
+            "((?1 IS NULL AND status <> 'deleted') OR status = ?1) \
+             AND (?2 IS NULL OR email LIKE ?2 ESCAPE '\\' OR username LIKE ?2 ESCAPE '\\' \
+                  OR lower(first_name) LIKE ?2 ESCAPE '\\' OR lower(last_name) LIKE ?2 ESCAPE '\\') \
+             ORDER BY id LIMIT ?3"
+        ))
+        .bind(filter.status_str())
+        .bind(filter.like_pattern())
+        .bind(i64::from(limit))
+        .fetch(&self.pool)
+        .map(|row| row.map_err(map_err).and_then(|row| user_row(&row)))
+        .boxed()
     }
 }
 

@@ -191,6 +191,19 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Logs in with [`PASSWORD`], ignoring the answer (to cause a login
+    /// event).
+    pub(crate) async fn login_quietly(&self, identifier: &str) {
+        let _ = self
+            .auth
+            .clone()
+            .login(LoginRequest {
+                identifier: identifier.into(),
+                password: PASSWORD.into(),
+            })
+            .await;
+    }
+
     /// Signs up `username` and returns the user with an access token.
     pub(crate) async fn customer(&self, username: &str) -> (User, String) {
         let user = self.sign_up(username).await;

@@ -145,19 +145,6 @@ async fn reflection_can_be_switched_off() {
 }
 
 #[tokio::test]
-async fn streaming_rpcs_not_built_yet_say_so() {
-    let app = TestApp::spawn().await;
-    let admin = app.admin_token().await;
-    let status = app
-        .users
-        .clone()
-        .stream_users(crate::helpers::authed(Default::default(), &admin))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
-}
-
-#[tokio::test]
 async fn admin_methods_refuse_anonymous_callers_before_the_handler() {
     let app = TestApp::spawn().await;
     let status = app

@@ -13,4 +13,5 @@ mod binary;
 mod helpers;
 mod infra;
 mod repo_suite;
+mod streams;
 mod users;
