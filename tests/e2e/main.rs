@@ -6,6 +6,7 @@
 mod deadlines;
 mod flow;
 mod lifecycle;
+mod streams;
 
 use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},

@@ -217,7 +217,10 @@ async fn bulk_create_refuses_an_oversized_message() {
         .unwrap_err();
     // tonic's code for a message over the limit; the message says which.
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert!(status.message().contains("message length too large"), "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test]
