@@ -10,6 +10,28 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use thiserror::Error;
+use uuid::Uuid;
+
+use crate::validation::Violations;
+
+/// Page size when a request asks for 0 (AIP-158).
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+/// Largest page size; a larger request is served this many (AIP-158).
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The page size a list request asked for: 0 means [`DEFAULT_PAGE_SIZE`],
+/// more than [`MAX_PAGE_SIZE`] is clamped, a negative one is a violation of
+/// `page_size`.
+pub fn page_size(requested: i32, v: &mut Violations) -> u32 {
+    match requested {
+        n if n < 0 => {
+            v.add("page_size", "must not be negative");
+            DEFAULT_PAGE_SIZE
+        }
+        0 => DEFAULT_PAGE_SIZE,
+        n => (n as u32).min(MAX_PAGE_SIZE),
+    }
+}
 
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 16;
@@ -75,6 +97,41 @@ impl PageTokenCodec {
         Ok(body[1..].to_vec())
     }
 
+    /// The id cursor in `token` for `scope`: `None` for the first page
+    /// (empty token) or when the token is refused, which is then recorded
+    /// as a violation of `page_token`.
+    pub fn decode_id(&self, scope: &[u8], token: &str, v: &mut Violations) -> Option<Uuid> {
+        if token.is_empty() {
+            return None;
+        }
+        let cursor = self
+            .decode(scope, token)
+            .map_err(|e| v.add("page_token", e.to_string()))
+            .ok()?;
+        Uuid::from_slice(&cursor)
+            .map_err(|_| v.add("page_token", PageTokenError::Malformed.to_string()))
+            .ok()
+    }
+
+    /// Cuts `items` (fetched with one more than `page_size`) to the page and
+    /// returns the token of the next page, or "" on the last one.
+    pub fn next_page<T>(
+        &self,
+        scope: &[u8],
+        items: &mut Vec<T>,
+        page_size: u32,
+        id: impl Fn(&T) -> Uuid,
+    ) -> String {
+        if items.len() <= page_size as usize {
+            return String::new();
+        }
+        items.truncate(page_size as usize);
+        items
+            .last()
+            .map(|last| self.encode(scope, id(last).as_bytes()))
+            .unwrap_or_default()
+    }
+
     fn mac(&self, scope: &[u8], body: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
@@ -129,6 +186,34 @@ mod tests {
         bytes[1] ^= 1;
         let forged = URL_SAFE_NO_PAD.encode(bytes);
         assert_eq!(codec().decode(b"s", &forged), Err(PageTokenError::Mismatch));
+    }
+
+    #[test]
+    fn page_sizes_default_clamp_and_refuse_negatives() {
+        let mut v = Violations::new();
+        assert_eq!(page_size(0, &mut v), DEFAULT_PAGE_SIZE);
+        assert_eq!(page_size(7, &mut v), 7);
+        assert_eq!(page_size(1000, &mut v), MAX_PAGE_SIZE);
+        assert!(v.is_empty());
+        page_size(-1, &mut v);
+        assert!(!v.is_empty());
+    }
+
+    #[test]
+    fn id_cursors_round_trip_and_pages_are_cut() {
+        let codec = codec();
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let mut page = ids.clone();
+        let token = codec.next_page(b"s", &mut page, 2, |id| *id);
+        assert_eq!(page, ids[..2]);
+        let mut v = Violations::new();
+        assert_eq!(codec.decode_id(b"s", &token, &mut v), Some(ids[1]));
+        assert_eq!(codec.decode_id(b"s", "", &mut v), None);
+        assert!(v.is_empty());
+        assert_eq!(codec.decode_id(b"other", &token, &mut v), None);
+        assert!(!v.is_empty(), "a foreign token is a violation");
+        let mut last = ids[..1].to_vec();
+        assert_eq!(codec.next_page(b"s", &mut last, 2, |id| *id), "");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use chrono::{SubsecRound as _, Utc};
 use shop_auth::Principal;
 use shop_middleware::{
     auth::principal,
-    pagination::PageTokenCodec,
+    pagination::{PageTokenCodec, page_size},
     streams::{ResponseStream, Streams, guarded},
 };
 use shop_proto::order::v1::{self as pb, order_service_server::OrderService};
@@ -30,10 +30,6 @@ const STREAM_PAGE: u32 = 100;
 /// Most orders in one BatchCreateOrders stream.
 pub(crate) const MAX_BATCH_ORDERS: usize = 1000;
 
-/// Default ListOrders page size.
-const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest ListOrders page size; larger requests are clamped.
-const MAX_PAGE_SIZE: u32 = 100;
 /// Longest cancellation reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
 /// Attempts at a compare-and-set status change before giving up.
@@ -182,14 +178,7 @@ impl OrderGrpc {
         } else {
             v.check("user_id", parse_id(&req.user_id))
         };
-        let page_size = match req.page_size {
-            n if n < 0 => {
-                v.add("page_size", "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
+        let page_size = page_size(req.page_size, &mut v);
         let status = v.check("status", status_from_proto(req.status)).flatten();
         let Some(user_id) = user_id else {
             v.into_result()?;
@@ -199,23 +188,9 @@ impl OrderGrpc {
             "shop.order.v1.ListOrders|{user_id}|{}",
             status.map(OrderStatus::as_str).unwrap_or("")
         );
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            match self.page_tokens.decode(scope.as_bytes(), &req.page_token) {
-                Ok(cursor) => match Uuid::from_slice(&cursor) {
-                    Ok(id) => Some(id),
-                    Err(_) => {
-                        v.add("page_token", "page_token is malformed");
-                        None
-                    }
-                },
-                Err(e) => {
-                    v.add("page_token", e.to_string());
-                    None
-                }
-            }
-        };
+        let before = self
+            .page_tokens
+            .decode_id(scope.as_bytes(), &req.page_token, &mut v);
         v.into_result()?;
         if !caller.may_act_for(&user_id.to_string()) {
             return Err(ServiceError::NotFound("orders"));
@@ -226,13 +201,9 @@ impl OrderGrpc {
             .store
             .list_orders(&filter, before, page_size + 1)
             .await?;
-        let next_page_token = if orders.len() > page_size as usize {
-            orders.truncate(page_size as usize);
-            let last = orders.last().map(|o| o.id).unwrap_or(Uuid::nil());
-            self.page_tokens.encode(scope.as_bytes(), last.as_bytes())
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            self.page_tokens
+                .next_page(scope.as_bytes(), &mut orders, page_size, |o| o.id);
         Ok(pb::ListOrdersResponse {
             orders: orders.iter().map(order_to_proto).collect(),
             next_page_token,

@@ -7,6 +7,7 @@ use futures_util::StreamExt as _;
 use shop_auth::{Password, Principal, Role};
 use shop_middleware::{
     auth::principal,
+    pagination::page_size,
     streams::{ResponseStream, guarded},
     validation::FieldViolation,
 };
@@ -32,10 +33,6 @@ use crate::{
     repo::{RepoError, UserKey},
 };
 
-/// Default ListUsers page size.
-const DEFAULT_PAGE_SIZE: u32 = 50;
-/// Largest ListUsers page size; larger requests are clamped.
-const MAX_PAGE_SIZE: u32 = 100;
 /// Longest ListUsers search string, in characters.
 const MAX_SEARCH_CHARS: usize = 100;
 /// Default StreamUsers limit.
@@ -261,14 +258,7 @@ impl UserGrpc {
 
     async fn list(&self, req: pb::ListUsersRequest) -> Result<pb::ListUsersResponse, ServiceError> {
         let mut v = Violations::new();
-        let page_size = match req.page_size {
-            n if n < 0 => {
-                v.add("page_size", "must not be negative");
-                DEFAULT_PAGE_SIZE
-            }
-            0 => DEFAULT_PAGE_SIZE,
-            n => (n as u32).min(MAX_PAGE_SIZE),
-        };
+        let page_size = page_size(req.page_size, &mut v);
         let search = req.search.trim().to_lowercase();
         if search.chars().count() > MAX_SEARCH_CHARS {
             v.add(
@@ -286,27 +276,10 @@ impl UserGrpc {
             filter.status_str().unwrap_or(""),
             filter.search.as_deref().unwrap_or("")
         );
-        let after = if req.page_token.is_empty() {
-            None
-        } else {
-            match self
-                .accounts
-                .page_tokens
-                .decode(scope.as_bytes(), &req.page_token)
-            {
-                Ok(cursor) => match Uuid::from_slice(&cursor) {
-                    Ok(id) => Some(id),
-                    Err(_) => {
-                        v.add("page_token", "page_token is malformed");
-                        None
-                    }
-                },
-                Err(e) => {
-                    v.add("page_token", e.to_string());
-                    None
-                }
-            }
-        };
+        let after = self
+            .accounts
+            .page_tokens
+            .decode_id(scope.as_bytes(), &req.page_token, &mut v);
         v.into_result()?;
 
         let store = &self.accounts.store;
@@ -314,15 +287,10 @@ impl UserGrpc {
             store.list_users(&filter, after, page_size + 1),
             store.count_users(&filter)
         )?;
-        let next_page_token = if users.len() > page_size as usize {
-            users.truncate(page_size as usize);
-            let last = users.last().map(|u| u.id).unwrap_or(Uuid::nil());
+        let next_page_token =
             self.accounts
                 .page_tokens
-                .encode(scope.as_bytes(), last.as_bytes())
-        } else {
-            String::new()
-        };
+                .next_page(scope.as_bytes(), &mut users, page_size, |u| u.id);
         Ok(pb::ListUsersResponse {
             users: users.iter().map(user_to_proto).collect(),
             next_page_token,
