@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use shop_middleware::context::Propagate;
 use shop_proto::order::v1::{ListOrdersRequest, order_service_client::OrderServiceClient};
 use shop_testkit::{Backend, Stack, authed};
 use tonic::Code;
@@ -29,7 +30,9 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
         .await
         .unwrap();
     let (user, token) = customer(&stack, "hurried").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    // Through the shop client layer, as services and shopctl call: a
+    // plain tonic channel reports its own grpc-timeout expiry as CANCELLED.
+    let mut orders = OrderServiceClient::new(Propagate::new(stack.orders.channel()));
 
     let mut request = authed(order(&user.id, "deadline-1"), &token);
     request.set_timeout(Duration::from_millis(300));

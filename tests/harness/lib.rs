@@ -159,6 +159,8 @@ impl Service {
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
         env.push(("GRPC_ADDR".into(), addr.to_string()));
+        env.push(("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+        env.push(("HEALTH_CHECK_INTERVAL".into(), "200ms".into()));
         env.push(("LOG_FORMAT".into(), "json".into()));
         if !env.iter().any(|(k, _)| k == "RUST_LOG") {
             env.push((

@@ -41,6 +41,8 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// The token's unique id (`jti`), for logs and revocation.
     pub token_id: String,
+    /// When the token expires, seconds since the Unix epoch (`exp`).
+    pub expires_at: i64,
 }
 
 impl Principal {
@@ -65,6 +67,7 @@ mod tests {
             user_id: "u1".into(),
             roles,
             token_id: "t".into(),
+            expires_at: 0,
         }
     }
 

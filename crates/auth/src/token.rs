@@ -49,6 +49,7 @@ impl Claims {
             user_id: self.sub,
             roles: self.roles,
             token_id: self.jti,
+            expires_at: self.exp,
         }
     }
 }

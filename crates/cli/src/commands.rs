@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
+use shop_middleware::context::Propagate;
 use shop_proto::{
     auth::v1::{
         LoginRequest, LogoutRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient,
@@ -19,6 +20,9 @@ use shop_proto::{
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tonic::{Request, transport::Channel};
 
+/// The channel every shopctl client uses.
+type Client = Propagate<Channel>;
+
 use crate::{
     cli::{Cli, Command, OrdersCommand, UsersCommand},
     render::{self, Printer},
@@ -32,21 +36,25 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn channel(addr: &str) -> anyhow::Result<Channel> {
-        Ok(tonic::transport::Endpoint::from_shared(addr.to_owned())
-            .with_context(|| format!("{addr:?} is not a valid address"))?
-            .connect_lazy())
+    /// A channel through the shop client layer (which, among other things,
+    /// reports an expired deadline as DEADLINE_EXCEEDED, not CANCELLED).
+    fn channel(addr: &str) -> anyhow::Result<Client> {
+        Ok(Propagate::new(
+            tonic::transport::Endpoint::from_shared(addr.to_owned())
+                .with_context(|| format!("{addr:?} is not a valid address"))?
+                .connect_lazy(),
+        ))
     }
 
-    fn users(&self) -> anyhow::Result<UserServiceClient<Channel>> {
+    fn users(&self) -> anyhow::Result<UserServiceClient<Client>> {
         Ok(UserServiceClient::new(Ctx::channel(&self.cli.user_addr)?))
     }
 
-    fn auth(&self) -> anyhow::Result<AuthServiceClient<Channel>> {
+    fn auth(&self) -> anyhow::Result<AuthServiceClient<Client>> {
         Ok(AuthServiceClient::new(Ctx::channel(&self.cli.user_addr)?))
     }
 
-    fn orders(&self) -> anyhow::Result<OrderServiceClient<Channel>> {
+    fn orders(&self) -> anyhow::Result<OrderServiceClient<Client>> {
         Ok(OrderServiceClient::new(Ctx::channel(&self.cli.order_addr)?))
     }
 

@@ -37,6 +37,14 @@ struct Args {
     #[arg(long, env = "ORDER_SERVICE_PORT", default_value_t = 50052)]
     order_service_port: u16,
 
+    /// user-service admin HTTP port (/metrics, /healthz, /readyz).
+    #[arg(long, env = "USER_SERVICE_ADMIN_PORT", default_value_t = 9101)]
+    user_service_admin_port: u16,
+
+    /// order-service admin HTTP port (/metrics, /healthz, /readyz).
+    #[arg(long, env = "ORDER_SERVICE_ADMIN_PORT", default_value_t = 9102)]
+    order_service_admin_port: u16,
+
     /// Admin account created on first start; its password is generated and
     /// kept in `<DATA_DIR>/devstack-admin-password` unless
     /// BOOTSTRAP_ADMIN_PASSWORD is set.
@@ -55,8 +63,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = parse_or_exit();
-    telemetry::init(args.log_format, "info,sqlx=warn");
-    match run(args).await {
+    telemetry::init("devstack", args.log_format, "info,sqlx=warn");
+    let outcome = run(args).await;
+    telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "devstack failed");
@@ -85,6 +95,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "user-service",
         "--grpc-addr",
         &user_addr.to_string(),
+        "--admin-addr",
+        &SocketAddr::new(args.host, args.user_service_admin_port).to_string(),
         "--database-url",
         &format!("sqlite://{data_dir}/users.db"),
         "--data-dir",
@@ -109,6 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "order-service",
         "--grpc-addr",
         &order_addr.to_string(),
+        "--admin-addr",
+        &SocketAddr::new(args.host, args.order_service_admin_port).to_string(),
         "--database-url",
         &format!("sqlite://{data_dir}/orders.db"),
         "--data-dir",
@@ -203,7 +217,9 @@ fn print_banner(args: &Args, user_addr: SocketAddr, order_addr: SocketAddr, admi
          shop devstack is up (data directory: {data})\n\
          \n\
          \x20 user-service   grpc://{user_addr}   (UserService, AuthService, health, reflection)\n\
+         \x20                http://{user_admin}/metrics  /healthz  /readyz\n\
          \x20 order-service  grpc://{order_addr}   (OrderService, health, reflection)\n\
+         \x20                http://{order_admin}/metrics  /healthz  /readyz\n\
          \n\
          \x20 admin login   {email} / {admin_password}\n\
          \n\
@@ -218,5 +234,7 @@ fn print_banner(args: &Args, user_addr: SocketAddr, order_addr: SocketAddr, admi
          Ctrl-C stops everything.\n",
         data = args.data_dir.display(),
         email = args.admin_email,
+        user_admin = SocketAddr::new(args.host, args.user_service_admin_port),
+        order_admin = SocketAddr::new(args.host, args.order_service_admin_port),
     );
 }

@@ -60,11 +60,49 @@ impl VerifyToken for TokenVerifier {
     }
 }
 
+/// Tokens verified recently, so that a client sending the same token on
+/// every call pays for the signature check once, not per call (an Ed25519
+/// verification costs tens of microseconds). Entries expire with their
+/// token; the map is bounded.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+}
+
+/// Most tokens kept verified at once.
+const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: i64) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(token).filter(|p| p.expires_at > now).cloned()
+    }
+
+    fn insert(&self, token: &str, principal: &Principal, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+            entries.retain(|_, p| p.expires_at > now);
+            if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), principal.clone());
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// Builds [`Auth`] services.
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<dyn VerifyToken>,
     public_services: Arc<[&'static str]>,
+    verified: Arc<VerifiedTokens>,
 }
 
 impl AuthLayer {
@@ -75,6 +113,7 @@ impl AuthLayer {
         AuthLayer {
             verifier,
             public_services: public_services.into(),
+            verified: Arc::new(VerifiedTokens::default()),
         }
     }
 }
@@ -124,6 +163,9 @@ where
             match layer.authorize(&path, token.as_deref()).await {
                 Ok(principal) => {
                     if let Some(principal) = principal {
+                        if let Some(slot) = req.extensions().get::<crate::observe::CallerSlot>() {
+                            slot.set(&principal.user_id);
+                        }
                         req.extensions_mut().insert(principal);
                     }
                     inner.call(req).await
@@ -149,7 +191,7 @@ impl AuthLayer {
         };
         match method.access {
             Access::Public => match token {
-                Some(t) => Ok(self.verifier.verify(t).await.ok()),
+                Some(t) => Ok(self.verify(t).await.ok()),
                 None => Ok(None),
             },
             Access::Authenticated => self.authenticate(token).await.map(Some),
@@ -175,11 +217,21 @@ impl AuthLayer {
         }
     }
 
+    async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let now = unix_now();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let principal = self.verifier.verify(token).await?;
+        self.verified.insert(token, &principal, now);
+        Ok(principal)
+    }
+
     async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
         let token = token.ok_or_else(|| {
             Status::unauthenticated("missing bearer token in the authorization metadata")
         })?;
-        self.verifier.verify(token).await.map_err(|err| {
+        self.verify(token).await.map_err(|err| {
             tracing::debug!(error = %err, "access token refused");
             match err {
                 VerifyError::Token(TokenError::Expired) => {
@@ -285,6 +337,24 @@ mod tests {
             .unwrap()
             .token;
         assert!(layer.authorize(path, Some(&admin)).await.is_ok());
+    }
+
+    #[test]
+    fn verified_tokens_expire_with_the_token_and_stay_bounded() {
+        let cache = VerifiedTokens::default();
+        let principal = |exp| Principal {
+            user_id: "u".into(),
+            roles: vec![],
+            token_id: "t".into(),
+            expires_at: exp,
+        };
+        cache.insert("t1", &principal(100), 50);
+        assert!(cache.get("t1", 99).is_some());
+        assert!(cache.get("t1", 100).is_none(), "expired");
+        for i in 0..VERIFIED_TOKENS_CAPACITY + 10 {
+            cache.insert(&format!("k{i}"), &principal(1_000), 50);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_TOKENS_CAPACITY);
     }
 
     #[tokio::test]

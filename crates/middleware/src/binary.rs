@@ -28,20 +28,22 @@ pub trait ServiceConfig: clap::Parser {
 /// service library's entry point. Exit codes: 0 after a clean shutdown,
 /// 64 for a configuration error (one line on stderr naming the setting),
 /// 1 for any other failure (logged).
-pub async fn service_main<C, F, Fut>(name: &str, run: F) -> ExitCode
+pub async fn service_main<C, F, Fut>(name: &'static str, run: F) -> ExitCode
 where
     C: ServiceConfig,
     F: FnOnce(C, TcpListener, Shutdown) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config: C = parse_or_exit();
-    telemetry::init(config.log_format(), "info,sqlx=warn");
+    telemetry::init(name, config.log_format(), "info,sqlx=warn");
     let addr = config.grpc_addr();
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) => exit_with_config_error(&format!("GRPC_ADDR {addr}: {e}")),
     };
-    match run(config, listener, Box::pin(shutdown_signal())).await {
+    let outcome = run(config, listener, Box::pin(shutdown_signal())).await;
+    telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
             Some(config_error) => exit_with_config_error(&config_error.0),

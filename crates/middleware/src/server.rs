@@ -10,9 +10,11 @@ use tonic::{
     body::Body,
     server::NamedService,
     service::Routes,
-    transport::server::{Router, TcpIncoming},
+    transport::{
+        Server,
+        server::{Router, TcpIncoming},
+    },
 };
-use tonic_health::server::HealthReporter;
 use tower::{
     Layer, Service, ServiceBuilder,
     layer::util::{Identity, Stack},
@@ -22,6 +24,10 @@ use crate::{
     auth::{AuthLayer, VerifyToken},
     context::ContextLayer,
     fault::{FaultDelays, FaultErrors, FaultLayer},
+    health::{Health, Readiness},
+    observe::ObserveLayer,
+    protect::{ConcurrencyLimitLayer, PanicGuardLayer, RateLimitLayer},
+    streams::Streams,
 };
 
 /// Server settings every shop service shares; flatten it into the
@@ -35,8 +41,44 @@ pub struct ServerArgs {
 
     /// How long in-flight calls may run after SIGTERM/SIGINT before the
     /// remaining connections are dropped.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// After SIGTERM, how long to keep accepting calls while reporting
+    /// NOT_SERVING, so that load balancers notice before the port closes.
+    #[arg(long, env = "DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// How often the database (and other dependencies) are checked for
+    /// readiness; health is NOT_SERVING while a check fails.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// Most calls in handlers at once; more are shed with UNAVAILABLE.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Sustained calls per second per caller (user, or peer address when
+    /// anonymous); more are RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    pub rate_limit_per_second: f64,
+
+    /// Calls a caller may make at once above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400)]
+    pub rate_limit_burst: u32,
+
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Interval of HTTP/2 keepalive pings to clients.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection
+    /// is closed.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
 
     /// Longest a unary call may run: the caller's grpc-timeout is honoured
     /// up to this, and it is the deadline when the caller sends none.
@@ -64,32 +106,236 @@ pub struct ServerArgs {
 }
 
 /// The layers every shop server runs, outermost first.
-pub type ServerLayers =
-    ServiceBuilder<Stack<FaultLayer, Stack<AuthLayer, Stack<ContextLayer, Identity>>>>;
+pub type ServerLayers = ServiceBuilder<
+    Stack<
+        FaultLayer,
+        Stack<
+            PanicGuardLayer,
+            Stack<
+                ConcurrencyLimitLayer,
+                Stack<
+                    RateLimitLayer,
+                    Stack<AuthLayer, Stack<ContextLayer, Stack<ObserveLayer, Identity>>>,
+                >,
+            >,
+        >,
+    >,
+>;
 
-/// The server stack, in this order and for these reasons:
+/// The server stack, outermost first, and why in this order:
 ///
-/// 1. context: the deadline must cover everything below it (auth that
-///    fetches keys, injected delays, the handler), and the request id must
-///    exist before anything logs;
-/// 2. auth: refuse what the caller may not call before doing any work for
-///    it;
-/// 3. fault injection: next to the handler, so that it simulates a slow or
-///    failing service rather than a slow network, and never lets an
-///    unauthenticated call through.
+/// 1. observe (request id, trace context, span, metrics, access log):
+///    first, so that everything below, refusals included, is counted,
+///    logged with the request id and traced;
+/// 2. context (the deadline): covers all the work below it, and carries
+///    the caller's token, request id and trace into outgoing calls;
+/// 3. auth: refuse what the caller may not call before doing any work;
+/// 4. rate limit: after auth, so that the bucket is the caller's own
+///    (anonymous callers share their peer address's);
+/// 5. concurrency limit: sheds load that got this far, before it reaches
+///    a handler;
+/// 6. panic guard: right around the handler, so a panic there is one
+///    INTERNAL answer;
+/// 7. fault injection: next to the handler, so that it simulates a slow or
+///    failing service (a caller's deadline still cuts it short).
 pub fn server_layers(
     service: &str,
     args: &ServerArgs,
     verifier: Arc<dyn VerifyToken>,
 ) -> ServerLayers {
+    let infrastructure = public_infrastructure_services();
     ServiceBuilder::new()
+        .layer(ObserveLayer)
         .layer(ContextLayer::new(args.request_timeout_cap))
-        .layer(AuthLayer::new(verifier, &public_infrastructure_services()))
+        .layer(AuthLayer::new(verifier, &infrastructure))
+        .layer(RateLimitLayer::new(
+            args.rate_limit_per_second,
+            args.rate_limit_burst,
+            &infrastructure,
+        ))
+        .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests))
+        .layer(PanicGuardLayer)
         .layer(FaultLayer::new(
             service,
             args.fault_delay.clone(),
             args.fault_error.clone(),
         ))
+}
+
+/// The tonic server [`ServiceDefaults::server`] builds.
+pub type ShopServer = Server<Stack<ServerLayers, Identity>>;
+
+/// Applies the message size limit to a generated tonic server.
+pub trait MessageLimits: Sized {
+    /// The server with `max` bytes as its receive and send limit.
+    fn limit_messages(self, max: usize) -> Self;
+}
+
+macro_rules! message_limits {
+    ($($server:path => $api:path),* $(,)?) => {
+        $(
+            impl<T: $api> MessageLimits for $server {
+                fn limit_messages(self, max: usize) -> Self {
+                    self.max_decoding_message_size(max).max_encoding_message_size(max)
+                }
+            }
+        )*
+    };
+}
+
+message_limits!(
+    shop_proto::user::v1::user_service_server::UserServiceServer<T> => shop_proto::user::v1::user_service_server::UserService,
+    shop_proto::auth::v1::auth_service_server::AuthServiceServer<T> => shop_proto::auth::v1::auth_service_server::AuthService,
+    shop_proto::order::v1::order_service_server::OrderServiceServer<T> => shop_proto::order::v1::order_service_server::OrderService,
+);
+
+/// Everything a shop server needs besides its own services, assembled in
+/// one place (the `AddServiceDefaults()` of this stack): the layer stack,
+/// HTTP/2 settings, message limits, stream bookkeeping, health driven by
+/// readiness, the admin endpoint, and a bounded graceful shutdown.
+///
+/// ```text
+/// let defaults = ServiceDefaults::new("user-service", &config.server, verifier, &[UserServiceServer::<UserGrpc>::NAME]);
+/// let router = defaults.server().add_service(defaults.limited(UserServiceServer::new(users)));
+/// defaults.serve(router, listener, admin_listener, move || async move { store.ping().await.is_ok() }, shutdown).await
+/// ```
+pub struct ServiceDefaults {
+    name: &'static str,
+    args: ServerArgs,
+    verifier: Arc<dyn VerifyToken>,
+    streams: Streams,
+    health: Health,
+    readiness: Readiness,
+    served: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for ServiceDefaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceDefaults")
+            .field("name", &self.name)
+            .field("served", &self.served)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceDefaults {
+    /// Defaults for the server `name` that serves the gRPC services
+    /// `served` (by `NamedService::NAME`), verifying tokens with `verifier`.
+    pub fn new(
+        name: &'static str,
+        args: &ServerArgs,
+        verifier: Arc<dyn VerifyToken>,
+        served: &[&'static str],
+    ) -> ServiceDefaults {
+        let health = Health::new();
+        let readiness = Readiness::new(health.clone(), served);
+        ServiceDefaults {
+            name,
+            args: args.clone(),
+            verifier,
+            streams: Streams::new(name, &args.streams),
+            health,
+            readiness,
+            served: served.to_vec(),
+        }
+    }
+
+    /// The stream bookkeeping handlers open their streams with.
+    pub fn streams(&self) -> Streams {
+        self.streams.clone()
+    }
+
+    /// Whether the server should get traffic.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// A tonic server with the shop layer stack and HTTP/2 settings.
+    pub fn server(&self) -> ShopServer {
+        let a = &self.args;
+        Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(a.http2_max_concurrent_streams)
+            .http2_keepalive_interval(Some(a.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(a.http2_keepalive_timeout))
+            .layer(server_layers(self.name, a, Arc::clone(&self.verifier)))
+    }
+
+    /// `server` with the configured message size limit.
+    pub fn limited<S: MessageLimits>(&self, server: S) -> S {
+        server.limit_messages(self.args.max_message_bytes)
+    }
+
+    /// Serves `router` (plus health and reflection) on `listener` and the
+    /// admin endpoint on `admin`, checking readiness with `ready` every
+    /// `HEALTH_CHECK_INTERVAL`, until `shutdown` completes. Then: health
+    /// NOT_SERVING, `DRAIN_DELAY` of still accepting, open streams end with
+    /// UNAVAILABLE, no new connections, in-flight calls finish, and after
+    /// `SHUTDOWN_GRACE` whatever is left is dropped.
+    pub async fn serve<L, ResBody, R, RFut>(
+        self,
+        router: Router<L>,
+        listener: TcpListener,
+        admin: TcpListener,
+        ready: R,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()>
+    where
+        L: Layer<Routes>,
+        L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+        <L::Service as Service<Request<Body>>>::Future: Send,
+        <L::Service as Service<Request<Body>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        R: Fn() -> RFut + Send + 'static,
+        RFut: Future<Output = bool> + Send,
+    {
+        let router = with_infrastructure(
+            router,
+            self.args.grpc_reflection,
+            &self.served,
+            &self.health,
+        )?;
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        tracing::info!(
+            service = self.name,
+            grpc = %listener.local_addr()?,
+            admin = %admin.local_addr()?,
+            "serving"
+        );
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            self.readiness.clone(),
+            async move {
+                let _ = admin_stopped.await;
+            },
+        ));
+        let checks = self
+            .readiness
+            .watch_dependencies(self.args.health_check_interval, ready);
+
+        let readiness = self.readiness.clone();
+        let streams = self.streams.clone();
+        let drain_delay = self.args.drain_delay;
+        let name = self.name;
+        let draining = async move {
+            shutdown.await;
+            readiness.start_draining();
+            tracing::info!(service = name, drain_delay = ?drain_delay, "draining: NOT_SERVING");
+            if !drain_delay.is_zero() {
+                tokio::time::sleep(drain_delay).await;
+            }
+            // Open streams end with UNAVAILABLE so clients reconnect elsewhere.
+            streams.drain();
+        };
+        let served = serve_with_grace(router, listener, draining, self.args.shutdown_grace).await;
+        checks.abort();
+        let _ = admin_stop.send(());
+        let _ = admin_task.await;
+        tracing::info!(service = self.name, "stopped");
+        served.map_err(Into::into)
+    }
 }
 
 /// Health and reflection services are part of the serving infrastructure
@@ -103,23 +349,19 @@ pub fn public_infrastructure_services() -> [&'static str; 3] {
     ]
 }
 
-/// Adds `grpc.health.v1.Health` and, when `reflection` is on, both
-/// reflection versions (v1, and v1alpha since many clients still speak only
-/// that) describing the shop protos, the health service and the
-/// `google.rpc` error details (so clients can decode them). Reflection
-/// lists `served` (the router's own services, by `NamedService::NAME`) and
-/// health, not every service the protos define. Returns the router and the
-/// reporter that flips serving status: the caller sets each service's
-/// status (unknown services answer NOT_FOUND), and the server-wide `""`
-/// starts out SERVING, tonic-health's default, until the caller says
-/// otherwise.
+/// Adds `grpc.health.v1.Health` (answering from `health`) and, when
+/// `reflection` is on, both reflection versions (v1, and v1alpha since many
+/// clients still speak only that) describing the shop protos, the health
+/// service and the `google.rpc` error details (so clients can decode
+/// them). Reflection lists `served` (the router's own services) and health,
+/// not every service the protos define.
 pub fn with_infrastructure<L>(
     router: Router<L>,
     reflection: bool,
     served: &[&'static str],
-) -> Result<(Router<L>, HealthReporter), tonic_reflection::server::Error> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let mut router = router.add_service(health);
+    health: &Health,
+) -> Result<Router<L>, tonic_reflection::server::Error> {
+    let mut router = router.add_service(health.service());
     if reflection {
         let builder = || {
             let health_name =
@@ -137,7 +379,7 @@ pub fn with_infrastructure<L>(
             .add_service(builder().build_v1()?)
             .add_service(builder().build_v1alpha()?);
     }
-    Ok((router, reporter))
+    Ok(router)
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops

@@ -184,6 +184,8 @@ impl Streams {
             )));
         }
         per_principal.insert(principal.to_owned(), mine + 1);
+        metrics::gauge!("grpc_server_active_streams", "service" => self.inner.service)
+            .set((open + 1) as f64);
         tracing::debug!(
             service = self.inner.service,
             principal,
@@ -266,6 +268,7 @@ impl Drop for StreamPermit {
             }
         }
         let open = inner.open.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("grpc_server_active_streams", "service" => inner.service).set(open as f64);
         tracing::debug!(
             service = inner.service,
             principal = %self.principal,

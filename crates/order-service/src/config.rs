@@ -15,6 +15,11 @@ pub struct Config {
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50052")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`,
+    /// `/readyz`).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9102")]
+    pub admin_addr: SocketAddr,
+
     /// Database URL: `sqlite://path/to/file.db` (created when missing) or
     /// `postgres://user:password@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/orders.db")]

@@ -26,28 +26,24 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context as _;
 use shop_auth::{KeySet, TokenVerifier, VerificationKey, load_or_generate_secret};
 use shop_middleware::{
-    auth::VerifyToken,
-    config::redact_url,
-    keys::RemoteKeys,
-    pagination::PageTokenCodec,
-    server::{serve_with_grace, server_layers, with_infrastructure},
-    streams::Streams,
+    auth::VerifyToken, config::redact_url, keys::RemoteKeys, pagination::PageTokenCodec,
+    server::ServiceDefaults,
 };
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use tokio::net::TcpListener;
-use tonic::{server::NamedService, transport::Server};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic::server::NamedService;
 
 pub use config::Config;
 use grpc::OrderGrpc;
 
 pub use shop_middleware::config::ConfigError;
 
-/// Runs order-service on `listener` until `shutdown` completes: opens and
-/// migrates the database, sets up token verification (configured keys, or
-/// keys fetched from user-service in the background), then serves
-/// OrderService, health and reflection. Health is NOT_SERVING until the
-/// verification keys are loaded, and again while draining.
+/// Runs order-service on `listener` (and its admin endpoint on
+/// `config.admin_addr`) until `shutdown` completes: opens and migrates the
+/// database, sets up token verification (configured keys, or keys fetched
+/// from user-service in the background), then serves OrderService with the
+/// shop defaults. Health is NOT_SERVING until the verification keys are
+/// loaded and the database answers, and again while draining.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -70,53 +66,52 @@ pub async fn run(
     })?;
 
     let keys = token_keys(&config, user_channel.clone())?;
-    let streams = Streams::new("order-service", &config.server.streams);
+    let admin = TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|e| ConfigError(format!("ADMIN_ADDR {}: {e}", config.admin_addr)))?;
+    let defaults = ServiceDefaults::new(
+        "order-service",
+        &config.server,
+        keys.verifier(),
+        &[<OrderServiceServer<OrderGrpc> as NamedService>::NAME],
+    );
     let orders = OrderGrpc::new(
         Arc::clone(&store),
         users::client(user_channel),
         PageTokenCodec::new(secret),
-        streams.clone(),
+        defaults.streams(),
         config.watch_resync_interval,
     );
-    let max_message = config.server.max_message_bytes;
-    let router = Server::builder()
-        .layer(server_layers(
-            "order-service",
-            &config.server,
-            keys.verifier(),
-        ))
-        .add_service(
-            OrderServiceServer::new(orders)
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        );
-    let (router, health) = with_infrastructure(
-        router,
-        config.server.grpc_reflection,
-        &[<OrderServiceServer<OrderGrpc> as NamedService>::NAME],
-    )?;
+    let router = defaults
+        .server()
+        .add_service(defaults.limited(OrderServiceServer::new(orders)));
 
-    // Serve at once (health answers NOT_SERVING meanwhile), and turn
-    // SERVING when the verification keys are in.
-    set_status(&health, ServingStatus::NotServing).await;
-    let readiness = tokio::spawn(become_ready(health.clone(), keys));
+    // Serve at once; health is NOT_SERVING until the verification keys are
+    // in and the database answers.
+    let fetching = match &keys {
+        TokenKeys::Remote(remote) => {
+            let remote = Arc::clone(remote);
+            Some(tokio::spawn(async move { remote.fetch_with_retry().await }))
+        }
+        TokenKeys::Local(_) => None,
+    };
     tracing::info!(
-        addr = %listener.local_addr()?,
         database = store.backend(),
         user_service = %config.user_service_url,
-        "order-service serving"
+        "order-service starting"
     );
-    let draining = async move {
-        shutdown.await;
-        readiness.abort();
-        set_status(&health, ServingStatus::NotServing).await;
-        // Open streams end with UNAVAILABLE so clients reconnect elsewhere.
-        streams.drain();
-        tracing::info!("order-service draining");
+    let ready = move || {
+        let store = Arc::clone(&store);
+        let keys_loaded = keys.loaded();
+        async move { keys_loaded && store.ping().await.is_ok() }
     };
-    serve_with_grace(router, listener, draining, config.server.shutdown_grace).await?;
-    tracing::info!("order-service stopped");
-    Ok(())
+    let served = defaults
+        .serve(router, listener, admin, ready, shutdown)
+        .await;
+    if let Some(fetching) = fetching {
+        fetching.abort();
+    }
+    served
 }
 
 /// Where token verification keys come from.
@@ -128,6 +123,13 @@ enum TokenKeys {
 }
 
 impl TokenKeys {
+    fn loaded(&self) -> bool {
+        match self {
+            TokenKeys::Local(_) => true,
+            TokenKeys::Remote(remote) => remote.is_loaded(),
+        }
+    }
+
     fn verifier(&self) -> Arc<dyn VerifyToken> {
         match self {
             TokenKeys::Local(local) => local.clone(),
@@ -164,22 +166,4 @@ fn token_keys(
         &config.jwt_audience,
         config.jwt_leeway,
     ))))
-}
-
-async fn become_ready(health: HealthReporter, keys: TokenKeys) {
-    if let TokenKeys::Remote(remote) = keys {
-        remote.fetch_with_retry().await;
-    }
-    set_status(&health, ServingStatus::Serving).await;
-    tracing::info!("order-service ready");
-}
-
-async fn set_status(health: &HealthReporter, status: ServingStatus) {
-    health
-        .set_service_status(
-            <OrderServiceServer<OrderGrpc> as NamedService>::NAME,
-            status,
-        )
-        .await;
-    health.set_service_status("", status).await;
 }

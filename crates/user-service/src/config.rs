@@ -15,6 +15,11 @@ pub struct Config {
     #[arg(long, env = "GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`,
+    /// `/readyz`).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9101")]
+    pub admin_addr: SocketAddr,
+
     /// Database URL: `sqlite://path/to/file.db` (created when missing) or
     /// `postgres://user:password@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/users.db")]
@@ -84,6 +89,13 @@ pub struct Config {
     /// created.
     #[arg(long, env = "BOOTSTRAP_ADMIN_USERNAME", default_value = "admin")]
     pub bootstrap_admin_username: String,
+
+    /// Login attempts allowed per identifier (email or username) per
+    /// minute, whoever makes them; more are RESOURCE_EXHAUSTED with
+    /// RetryInfo.
+    #[arg(long, env = "LOGIN_ATTEMPTS_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_attempts_per_minute: u32,
 
     /// Activity events kept for a UserActivity subscriber that reads
     /// slowly; one that falls further behind is ended with

@@ -28,6 +28,9 @@ pub enum ServiceError {
     /// refusal, so that the reason cannot be probed.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A rate limit refused the call (the status carries RetryInfo).
+    #[error("rate limited")]
+    Limited(Status),
     /// The database cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(#[source] RepoError),
@@ -75,6 +78,7 @@ impl From<ServiceError> for Status {
             ServiceError::AlreadyExists(message) => Status::already_exists(message),
             ServiceError::PermissionDenied(message) => Status::permission_denied(message),
             ServiceError::Unauthenticated(message) => Status::unauthenticated(message),
+            ServiceError::Limited(status) => status,
             ServiceError::Unavailable(cause) => status::unavailable(cause),
             ServiceError::Internal(cause) => status::internal(format!("{cause:#}")),
         }

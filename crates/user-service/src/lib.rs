@@ -23,18 +23,13 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context as _;
 use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, VerificationKey};
-use shop_middleware::{
-    pagination::PageTokenCodec,
-    server::{serve_with_grace, server_layers, with_infrastructure},
-    streams::Streams,
-};
+use shop_middleware::{pagination::PageTokenCodec, protect::KeyedLimit, server::ServiceDefaults};
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
     user::v1::user_service_server::UserServiceServer,
 };
 use tokio::net::TcpListener;
-use tonic::{server::NamedService, transport::Server};
-use tonic_health::ServingStatus;
+use tonic::server::NamedService;
 
 use activity::ActivityFeed;
 pub use config::Config;
@@ -95,7 +90,14 @@ pub async fn run(
         .await?;
     }
 
-    let streams = Streams::new("user-service", &config.server.streams);
+    let admin = TcpListener::bind(config.admin_addr)
+        .await
+        .map_err(|e| ConfigError(format!("ADMIN_ADDR {}: {e}", config.admin_addr)))?;
+    let served = [
+        <UserServiceServer<UserGrpc> as NamedService>::NAME,
+        <AuthServiceServer<AuthGrpc> as NamedService>::NAME,
+    ];
+    let defaults = ServiceDefaults::new("user-service", &config.server, verifier.clone(), &served);
     let accounts = Arc::new(Accounts {
         store: Arc::clone(&store),
         hasher,
@@ -105,60 +107,34 @@ pub async fn run(
             config.jwt_audience.clone(),
             config.access_token_ttl,
         ),
-        verifier: Arc::clone(&verifier),
+        verifier,
         page_tokens: PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens")),
         refresh_token_ttl: config.refresh_token_ttl,
         activity: ActivityFeed::new(config.activity_buffer),
-        streams: streams.clone(),
+        streams: defaults.streams(),
+        login_limit: KeyedLimit::new(
+            f64::from(config.login_attempts_per_minute) / 60.0,
+            config.login_attempts_per_minute,
+            "login attempts for this account",
+        ),
     });
 
-    let max_message = config.server.max_message_bytes;
-    let router = Server::builder()
-        .layer(server_layers("user-service", &config.server, verifier))
-        .add_service(
-            UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts)))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        )
-        .add_service(
-            AuthServiceServer::new(AuthGrpc::new(accounts))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(max_message),
-        );
-    let (router, health) = with_infrastructure(
-        router,
-        config.server.grpc_reflection,
-        &[
-            <UserServiceServer<UserGrpc> as NamedService>::NAME,
-            <AuthServiceServer<AuthGrpc> as NamedService>::NAME,
-        ],
-    )?;
-    health.set_serving::<UserServiceServer<UserGrpc>>().await;
-    health.set_serving::<AuthServiceServer<AuthGrpc>>().await;
-    health.set_service_status("", ServingStatus::Serving).await;
-
+    let router = defaults
+        .server()
+        .add_service(defaults.limited(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts)))))
+        .add_service(defaults.limited(AuthServiceServer::new(AuthGrpc::new(accounts))));
     tracing::info!(
-        addr = %listener.local_addr()?,
         database = store.backend(),
         kid = signing_key.kid(),
-        "user-service serving"
+        "user-service starting"
     );
-    let draining = async move {
-        shutdown.await;
-        health
-            .set_not_serving::<UserServiceServer<UserGrpc>>()
-            .await;
-        health
-            .set_not_serving::<AuthServiceServer<AuthGrpc>>()
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        tracing::info!("user-service draining");
+    let ready = move || {
+        let store = Arc::clone(&store);
+        async move { store.ping().await.is_ok() }
     };
-    serve_with_grace(router, listener, draining, config.server.shutdown_grace).await?;
-    tracing::info!("user-service stopped");
-    Ok(())
+    defaults
+        .serve(router, listener, admin, ready, shutdown)
+        .await
 }
 
 fn load_signing_key(config: &Config) -> anyhow::Result<SigningKey> {

@@ -28,7 +28,11 @@ pub(crate) enum Backend {
 
 fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        shop_middleware::telemetry::init(Default::default(), "debug,sqlx=warn,h2=info,hyper=info");
+        shop_middleware::telemetry::init(
+            "tests",
+            Default::default(),
+            "debug,sqlx=warn,h2=info,hyper=info",
+        );
     }
 }
 
@@ -126,6 +130,10 @@ pub(crate) async fn start_user_service(
         ADMIN_PASSWORD,
         "--shutdown-grace",
         "1s",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--health-check-interval",
+        "200ms",
     ];
     args.extend_from_slice(extra);
     let config = user_service::Config::try_parse_from(args).expect("valid user-service flags");
@@ -159,6 +167,10 @@ pub(crate) async fn start_order_service(
         &user_url,
         "--shutdown-grace",
         "1s",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--health-check-interval",
+        "200ms",
     ];
     args.extend_from_slice(extra);
     let config = order_service::Config::try_parse_from(args).expect("valid order-service flags");

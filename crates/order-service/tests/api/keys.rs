@@ -213,6 +213,10 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
         &dir.path().join("order-data").display().to_string(),
         "--user-service-url",
         &format!("http://{users_addr}"),
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--health-check-interval",
+        "200ms",
     ])
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -55,6 +55,12 @@ impl AuthGrpc {
             );
         }
         v.into_result()?;
+        // Per identifier, so that guessing one account's password is slow
+        // whichever addresses the guesses come from.
+        self.accounts
+            .login_limit
+            .check(&identifier)
+            .map_err(ServiceError::Limited)?;
 
         let credentials = self.accounts.store.find_credentials(&identifier).await?;
         // Always run bcrypt, against a dummy hash for unknown users, so that

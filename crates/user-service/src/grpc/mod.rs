@@ -9,7 +9,7 @@ mod users;
 use std::{sync::Arc, time::Duration};
 
 use shop_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
-use shop_middleware::{pagination::PageTokenCodec, streams::Streams};
+use shop_middleware::{pagination::PageTokenCodec, protect::KeyedLimit, streams::Streams};
 
 pub use auth::AuthGrpc;
 pub use users::UserGrpc;
@@ -34,6 +34,8 @@ pub struct Accounts {
     pub activity: ActivityFeed,
     /// Limits, backpressure and drain for every stream.
     pub streams: Streams,
+    /// Login attempts per identifier.
+    pub login_limit: KeyedLimit,
 }
 
 impl std::fmt::Debug for Accounts {

@@ -54,6 +54,7 @@ async fn starts_with_no_flags_and_stops_on_sigterm() {
         .current_dir(dir.path())
         .env_clear()
         .env("GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("ADMIN_ADDR", "127.0.0.1:0")
         .env("BCRYPT_COST", "4")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -100,6 +101,7 @@ async fn bad_settings_exit_64_with_one_line_naming_them() {
 
     let stderr = config_error(&[
         ("GRPC_ADDR", "127.0.0.1:0"),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
         ("JWT_PRIVATE_KEY_FILE", "/nonexistent/key.pem"),
     ])
     .await;
@@ -107,6 +109,7 @@ async fn bad_settings_exit_64_with_one_line_naming_them() {
 
     let stderr = config_error(&[
         ("GRPC_ADDR", "127.0.0.1:0"),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
         ("BOOTSTRAP_ADMIN_EMAIL", "not-an-email"),
         ("BOOTSTRAP_ADMIN_PASSWORD", "long enough password"),
     ])

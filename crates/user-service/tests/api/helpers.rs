@@ -42,7 +42,11 @@ pub(crate) struct TestApp {
 
 fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
-        shop_middleware::telemetry::init(Default::default(), "debug,sqlx=warn,h2=info,hyper=info");
+        shop_middleware::telemetry::init(
+            "tests",
+            Default::default(),
+            "debug,sqlx=warn,h2=info,hyper=info",
+        );
     }
 }
 
@@ -99,6 +103,10 @@ impl TestApp {
             ADMIN_PASSWORD,
             "--shutdown-grace",
             "2s",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--health-check-interval",
+            "200ms",
         ];
         args.extend_from_slice(extra_args);
         let config = Config::try_parse_from(args).expect("valid test configuration");
