@@ -115,6 +115,15 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The `google.rpc.RetryInfo` delay in the details of `status`, if any.
+pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+}
+
 /// A fresh, empty PostgreSQL database on the test server; returns its URL.
 pub async fn fresh_postgres_database(server_url: &str, prefix: &str) -> String {
     use sqlx::Connection as _;

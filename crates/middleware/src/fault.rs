@@ -9,7 +9,9 @@
 //!
 //! - `FAULT_DELAY=GetUser=2s,*=10ms` sleeps before the handler runs.
 //! - `FAULT_ERROR=GetUser=unavailable:0.25` answers that status instead of
-//!   calling the handler, with the given probability (default 1).
+//!   calling the handler, with the given probability (default 1). The
+//!   special code `panic` panics in the handler's place, to exercise the
+//!   panic guard.
 //!
 //! The first matching rule wins, exact paths before names before `*`. The
 //! delay sits inside the deadline, so a caller's deadline still cuts it
@@ -102,9 +104,18 @@ impl FromStr for FaultDelays {
     }
 }
 
+/// What an error rule injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Injected {
+    /// Answer this status.
+    Status(Code),
+    /// Panic where the handler would run.
+    Panic,
+}
+
 /// `FAULT_ERROR` rules.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FaultErrors(Vec<(Matcher, Code, f64)>);
+pub struct FaultErrors(Vec<(Matcher, Injected, f64)>);
 
 impl FromStr for FaultErrors {
     type Err = FaultConfigError;
@@ -127,7 +138,12 @@ impl FromStr for FaultErrors {
                         "probability {probability} is not between 0 and 1"
                     )));
                 }
-                Ok((matcher, parse_code(code)?, probability))
+                let injected = if code.eq_ignore_ascii_case("panic") {
+                    Injected::Panic
+                } else {
+                    Injected::Status(parse_code(code)?)
+                };
+                Ok((matcher, injected, probability))
             })
             .collect::<Result<Vec<_>, _>>()?;
         rules.sort_by_key(|(m, _, _)| m.rank());
@@ -194,9 +210,9 @@ impl FaultLayer {
             .map(|(_, d)| *d)
     }
 
-    fn error_for(&self, path: &str) -> Option<Status> {
-        let (_, code, probability) = self.rules.1.0.iter().find(|(m, _, _)| m.matches(path))?;
-        (fastrand::f64() < *probability).then(|| Status::new(*code, "injected fault"))
+    fn error_for(&self, path: &str) -> Option<Injected> {
+        let (_, injected, probability) = self.rules.1.0.iter().find(|(m, _, _)| m.matches(path))?;
+        (fastrand::f64() < *probability).then_some(*injected)
     }
 }
 
@@ -240,7 +256,7 @@ where
         if delay.is_none() && error.is_none() {
             return Box::pin(self.inner.call(req));
         }
-        tracing::info!(rpc.method = %path, ?delay, error = ?error.as_ref().map(Status::code), "injecting fault");
+        tracing::info!(rpc.method = %path, ?delay, error = ?error, "injecting fault");
         // The inner service was made ready for this call; take it and
         // leave a fresh clone behind (the usual tower pattern).
         let clone = self.inner.clone();
@@ -250,7 +266,8 @@ where
                 tokio::time::sleep(delay).await;
             }
             match error {
-                Some(status) => Ok(status.into_http()),
+                Some(Injected::Status(code)) => Ok(Status::new(code, "injected fault").into_http()),
+                Some(Injected::Panic) => panic!("injected panic (FAULT_ERROR)"),
                 None => inner.call(req).await,
             }
         })
@@ -287,10 +304,10 @@ mod tests {
             .parse()
             .unwrap();
         let layer = FaultLayer::new("test", FaultDelays::default(), errors);
-        let status = layer
-            .error_for("/shop.user.v1.UserService/GetUser")
-            .unwrap();
-        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            layer.error_for("/shop.user.v1.UserService/GetUser"),
+            Some(Injected::Status(Code::Unavailable))
+        );
         assert!(
             layer
                 .error_for("/shop.user.v1.UserService/ListUsers")
@@ -301,6 +318,13 @@ mod tests {
                 .error_for("/shop.user.v1.UserService/CreateUser")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn panic_is_a_fault_too() {
+        let errors: FaultErrors = "GetUser=panic".parse().unwrap();
+        let layer = FaultLayer::new("test", FaultDelays::default(), errors);
+        assert_eq!(layer.error_for("/x.Y/GetUser"), Some(Injected::Panic));
     }
 
     #[test]

@@ -183,8 +183,9 @@ impl Readiness {
         }
     }
 
-    /// Checks the dependencies every `interval` with `check` until the
-    /// returned task is aborted.
+    /// Checks the dependencies with `check` every `interval` (every 250 ms
+    /// at most while they are not answering yet, so that start-up and
+    /// recovery are noticed quickly) until the returned task is aborted.
     pub fn watch_dependencies<F, Fut>(
         &self,
         interval: Duration,
@@ -196,14 +197,17 @@ impl Readiness {
     {
         let readiness = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
                 let ok = tokio::time::timeout(interval.max(Duration::from_secs(1)), check())
                     .await
                     .unwrap_or(false);
                 readiness.set_dependencies_ok(ok);
+                let pause = if ok {
+                    interval
+                } else {
+                    interval.min(Duration::from_millis(250))
+                };
+                tokio::time::sleep(pause).await;
             }
         })
     }

@@ -12,6 +12,7 @@ mod auth;
 mod binary;
 mod helpers;
 mod infra;
+mod protection;
 mod repo_suite;
 mod streams;
 mod users;
