@@ -5,7 +5,9 @@
 
 mod deadlines;
 mod flow;
+mod health;
 mod lifecycle;
+mod observability;
 mod streams;
 
 use shop_proto::{

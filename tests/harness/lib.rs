@@ -115,6 +115,84 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A plain HTTP/1.1 GET (no client library needed): the status code and
+/// the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A TCP proxy to `target` that can be switched off, cutting every open
+/// connection and refusing new ones, and on again: a database outage on
+/// demand.
+pub struct TcpProxy {
+    /// Where to connect instead of `target`.
+    pub addr: SocketAddr,
+    enabled: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target`.
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (enabled, watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*watch.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let mut off = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = off.wait_for(|on| !*on) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy {
+            addr,
+            enabled,
+            task,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones (`false`), or forwards
+    /// again (`true`).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.send_replace(on);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The `google.rpc.RetryInfo` delay in the details of `status`, if any.
 pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt as _;
@@ -148,6 +226,8 @@ pub struct Service {
     env: Vec<(String, String)>,
     /// Its gRPC address.
     pub addr: SocketAddr,
+    /// Its admin HTTP address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -167,8 +247,9 @@ impl Service {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         env.push(("GRPC_ADDR".into(), addr.to_string()));
-        env.push(("ADMIN_ADDR".into(), format!("127.0.0.1:{}", free_port())));
+        env.push(("ADMIN_ADDR".into(), admin.to_string()));
         env.push(("HEALTH_CHECK_INTERVAL".into(), "200ms".into()));
         env.push(("LOG_FORMAT".into(), "json".into()));
         if !env.iter().any(|(k, _)| k == "RUST_LOG") {
@@ -182,6 +263,7 @@ impl Service {
             binary: binary(name),
             env,
             addr,
+            admin,
             log: dir.join(format!("{name}.log")),
             child: None,
         };

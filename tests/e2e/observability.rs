@@ -1,0 +1,337 @@
+//! What operators see, from the real binaries: one trace across both
+//! services exported over OTLP, grpc-ecosystem metrics on the admin port,
+//! a request id and trace id on every log line of a request, one access
+//! line per call, and never a secret.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value as AnyValue,
+    trace::v1::{Span, span::SpanKind},
+};
+use shop_middleware::context::Propagate;
+use shop_proto::{
+    auth::v1::{LoginRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient},
+    order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
+    user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
+};
+use shop_testkit::{Backend, Stack, authed, http_get};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::{customer, order};
+
+/// A tiny OTLP trace receiver: keeps every span with its `service.name`.
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        format!("http://{addr}")
+    }
+
+    fn find(&self, service: &str, name: &str, kind: SpanKind) -> Option<Span> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, span)| s == service && span.name == name && span.kind == kind as i32)
+            .map(|(_, span)| span.clone())
+    }
+}
+
+#[tokio::test]
+async fn one_trace_covers_the_caller_order_service_and_user_service() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let stack = Stack::start(Backend::Sqlite, &otel, &otel).await.unwrap();
+    let (user, token) = customer(&stack, "traced").await;
+
+    // The caller's own trace: its traceparent must be the root of it all.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = authed(order(&user.id, "trace-1"), &token);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    OrderServiceClient::new(stack.orders.channel())
+        .create_order(request)
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (server, client, downstream) = loop {
+        let found = (
+            collector.find(
+                "order-service",
+                "shop.order.v1.OrderService/CreateOrder",
+                SpanKind::Server,
+            ),
+            collector.find(
+                "order-service",
+                "shop.user.v1.UserService/GetUser",
+                SpanKind::Client,
+            ),
+            collector.find(
+                "user-service",
+                "shop.user.v1.UserService/GetUser",
+                SpanKind::Server,
+            ),
+        );
+        if let (Some(a), Some(b), Some(c)) = found {
+            break (a, b, c);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans not exported within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(
+        hex(&server.trace_id),
+        caller_trace,
+        "the caller's trace continues"
+    );
+    assert_eq!(hex(&server.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(client.trace_id, server.trace_id);
+    assert_eq!(
+        client.parent_span_id, server.span_id,
+        "the client span is a child of the server span"
+    );
+    assert_eq!(
+        downstream.trace_id, server.trace_id,
+        "one trace across both services"
+    );
+    assert_eq!(
+        downstream.parent_span_id, client.span_id,
+        "user-service's span is a child of order-service's client span"
+    );
+    let attribute = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    assert_eq!(
+        attribute(&downstream, "rpc.system"),
+        Some(AnyValue::StringValue("grpc".into()))
+    );
+    assert_eq!(
+        attribute(&downstream, "rpc.service"),
+        Some(AnyValue::StringValue("shop.user.v1.UserService".into()))
+    );
+    assert_eq!(
+        attribute(&downstream, "rpc.method"),
+        Some(AnyValue::StringValue("GetUser".into()))
+    );
+    assert_eq!(
+        attribute(&downstream, "rpc.grpc.status_code"),
+        Some(AnyValue::IntValue(0))
+    );
+}
+
+#[tokio::test]
+async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
+    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let (user, token) = customer(&stack, "counted").await;
+    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    orders
+        .create_order(authed(order(&user.id, "m-1"), &token))
+        .await
+        .unwrap();
+    let missing = orders
+        .get_order(authed(
+            GetOrderRequest {
+                order_id: uuid::Uuid::now_v7().to_string(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let (status, body) = http_get(stack.orders.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        r#"grpc_server_started_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",grpc_code="OK"} 1"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="GetOrder",grpc_code="NotFound"} 1"#,
+        r#"grpc_client_handled_total{grpc_type="unary",grpc_service="shop.user.v1.UserService",grpc_method="GetUser",grpc_code="OK"} 1"#,
+        r#"grpc_server_msg_received_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
+        r#"grpc_server_msg_sent_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
+    ] {
+        assert!(body.contains(line), "missing {line}\n{body}");
+    }
+    assert!(
+        body.contains("grpc_server_handling_seconds_bucket{"),
+        "{body}"
+    );
+    assert!(
+        body.contains("grpc_client_handling_seconds_bucket{"),
+        "{body}"
+    );
+
+    let (healthz, _) = http_get(stack.orders.admin, "/healthz").await;
+    let (readyz, _) = http_get(stack.orders.admin, "/readyz").await;
+    assert_eq!((healthz, readyz), (200, 200));
+}
+
+#[tokio::test]
+async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
+    let debug = [("RUST_LOG", "debug")];
+    let stack = Stack::start(Backend::Sqlite, &debug, &debug).await.unwrap();
+    let password = "correct horse battery staple 42";
+    let users = Propagate::new(stack.users.channel());
+    UserServiceClient::new(users.clone())
+        .create_user(CreateUserRequest {
+            email: "secret@example.com".into(),
+            username: "secretive".into(),
+            password: password.into(),
+            first_name: "S".into(),
+            last_name: "S".into(),
+        })
+        .await
+        .unwrap();
+    let mut auth = AuthServiceClient::new(users);
+    let pair = auth
+        .login(LoginRequest {
+            identifier: "secretive".into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refreshed = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let me = shop_proto::user::v1::GetUserRequest {
+        identifier: Some(
+            shop_proto::user::v1::get_user_request::Identifier::Username("secretive".into()),
+        ),
+    };
+    let user = UserServiceClient::new(stack.users.channel())
+        .get_user(authed(me, &refreshed.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    OrderServiceClient::new(stack.orders.channel())
+        .create_order(authed(order(&user.id, "s-1"), &refreshed.access_token))
+        .await
+        .unwrap();
+
+    let logs = format!("{}\n{}", stack.users.logs(), stack.orders.logs());
+    for (what, secret) in [
+        ("password", password),
+        ("access token", pair.access_token.as_str()),
+        ("refreshed access token", refreshed.access_token.as_str()),
+        ("refresh token", pair.refresh_token.as_str()),
+        ("rotated refresh token", refreshed.refresh_token.as_str()),
+        // The signature alone is the secret part of a JWT.
+        (
+            "token signature",
+            pair.access_token.rsplit('.').next().unwrap(),
+        ),
+    ] {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+
+    for service in [&stack.users, &stack.orders] {
+        let events = service.log_events();
+        let in_requests: Vec<_> = events
+            .iter()
+            .filter(|e| e["span"]["name"] == "grpc.server")
+            .collect();
+        assert!(in_requests.len() > 5, "{} lines", in_requests.len());
+        for event in &in_requests {
+            let span = &event["span"];
+            assert!(
+                span["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+                "{event}"
+            );
+            assert!(
+                span["trace_id"].as_str().is_some_and(|s| s.len() == 32),
+                "{event}"
+            );
+        }
+        let access: Vec<_> = events.iter().filter(|e| e["target"] == "access").collect();
+        let rpcs = events
+            .iter()
+            .filter(|e| e["message"] == "request received")
+            .count();
+        assert_eq!(access.len(), rpcs, "one access line per call");
+        for line in access {
+            for field in [
+                "service",
+                "method",
+                "code",
+                "duration_ms",
+                "peer",
+                "principal",
+            ] {
+                assert!(
+                    !line[field].is_null(),
+                    "access line without {field}: {line}"
+                );
+            }
+        }
+    }
+}
