@@ -32,9 +32,9 @@ from ruamel.yaml import YAML
 
 bin_dir = Path(sys.argv[1])
 compose = YAML(typ="safe").load(Path("docker-compose.yml").read_text())
-# Read by the tracing subscriber rather than clap; --help names it in the
-# LOG_FORMAT description.
-TEXT_ONLY = {"RUST_LOG"}
+# Read by the tracing subscriber and the OpenTelemetry SDK rather than
+# clap; --help names them in the LOG_FORMAT description.
+TEXT_ONLY = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 problems = []
 help_cache = {}
 

@@ -24,6 +24,8 @@ use crate::auth::{BoxFuture, VerifyError, VerifyToken};
 
 /// Timeout of one GetPublicKeys call.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The RPC the keys come from, for the retry metric.
+const GET_PUBLIC_KEYS: &str = "/shop.auth.v1.AuthService/GetPublicKeys";
 
 /// Verifies tokens with the keys user-service publishes.
 pub struct RemoteKeys {
@@ -146,6 +148,7 @@ impl RemoteKeys {
             let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
+            crate::observe::count_retry(GET_PUBLIC_KEYS);
         }
     }
 
@@ -193,5 +196,38 @@ impl VerifyToken for RemoteKeys {
                 other => other.map(|c| c.into_principal()).map_err(VerifyError::from),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn start_up_fetch_retries_with_backoff_and_counts_each_retry() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        // Nothing listens on port 1: every attempt is refused at once, so
+        // the time is the backoff: 100-120 ms, then 200-240 ms.
+        let channel = Channel::from_static("http://127.0.0.1:1").connect_lazy();
+        let keys = RemoteKeys::new(channel, "i", "a", Duration::ZERO, Duration::ZERO);
+        let gave_up = tokio::time::timeout(Duration::from_millis(1_000), keys.fetch_with_retry());
+        assert!(gave_up.await.is_err(), "no keys without a key service");
+        assert!(!keys.is_loaded());
+
+        let text = handle.render();
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("grpc_client_retries_total{")
+                    && l.contains(r#"grpc_service="shop.auth.v1.AuthService""#)
+                    && l.contains(r#"grpc_method="GetPublicKeys""#)
+            })
+            .unwrap_or_else(|| panic!("no retry counter in:\n{text}"));
+        let retries: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // Backoff doubles from 100 ms: 100 + 200 + 400 = 700 ms (+20% jitter
+        // at most) fits three retries in a second, never five.
+        assert!((2..=4).contains(&retries), "{retries} retries in {line}");
     }
 }

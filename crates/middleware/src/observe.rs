@@ -9,7 +9,8 @@
 //! - **Metrics** use the grpc-ecosystem (go-grpc-prometheus) names and
 //!   labels: `grpc_server_started_total`, `grpc_server_handled_total`,
 //!   `grpc_server_handling_seconds`, `grpc_server_msg_received_total`,
-//!   `grpc_server_msg_sent_total` and the `grpc_client_*` twins. Label
+//!   `grpc_server_msg_sent_total` and the `grpc_client_*` twins, plus
+//!   `grpc_client_retries_total` ([`count_retry`]). Label
 //!   values come from the generated method table, never from the request,
 //!   so cardinality is bounded.
 //! - **Access log**: one `access` line per call with method, code,
@@ -23,7 +24,7 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -61,13 +62,33 @@ pub struct MethodLabels {
     pub grpc_service: &'static str,
     /// `Method`.
     pub grpc_method: &'static str,
+    /// Dense index of the method (shop methods, then [`OTHER_METHODS`],
+    /// then `unknown`), for per-method tables.
+    slot: usize,
 }
+
+/// Methods outside the shop protos that every service serves.
+const OTHER_METHODS: [(&str, &str, &str, &str); 2] = [
+    (
+        "/grpc.health.v1.Health/Check",
+        "unary",
+        "grpc.health.v1.Health",
+        "Check",
+    ),
+    (
+        "/grpc.health.v1.Health/Watch",
+        "server_stream",
+        "grpc.health.v1.Health",
+        "Watch",
+    ),
+];
 
 impl MethodLabels {
     /// Labels for the method at `path`; methods outside the shop protos
     /// (health, reflection) get their well-known names or `unknown`.
     pub fn of(path: &str) -> MethodLabels {
-        if let Some(m) = shop_proto::policy::lookup(path) {
+        if let Some(slot) = shop_proto::policy::position(path) {
+            let m = &shop_proto::policy::methods()[slot];
             let grpc_type = match (m.client_streaming, m.server_streaming) {
                 (false, false) => "unary",
                 (true, false) => "client_stream",
@@ -78,28 +99,17 @@ impl MethodLabels {
                 grpc_type,
                 grpc_service: m.service,
                 grpc_method: m.method,
+                slot,
             };
         }
-        let known = [
-            (
-                "/grpc.health.v1.Health/Check",
-                "unary",
-                "grpc.health.v1.Health",
-                "Check",
-            ),
-            (
-                "/grpc.health.v1.Health/Watch",
-                "server_stream",
-                "grpc.health.v1.Health",
-                "Watch",
-            ),
-        ];
-        for (p, t, s, m) in known {
+        let shop = shop_proto::policy::methods().len();
+        for (i, (p, t, s, m)) in OTHER_METHODS.into_iter().enumerate() {
             if p == path {
                 return MethodLabels {
                     grpc_type: t,
                     grpc_service: s,
                     grpc_method: m,
+                    slot: shop + i,
                 };
             }
         }
@@ -107,8 +117,131 @@ impl MethodLabels {
             grpc_type: "unknown",
             grpc_service: "unknown",
             grpc_method: "unknown",
+            slot: shop + OTHER_METHODS.len(),
         }
     }
+
+    /// How many distinct slots there are.
+    fn slots() -> usize {
+        shop_proto::policy::methods().len() + OTHER_METHODS.len() + 1
+    }
+}
+
+/// The metric handles of one method on one side. Building a labelled key
+/// and finding it in the registry costs more than the update itself, so
+/// each method's handles are registered once and kept (see
+/// [`MethodMetrics::of`]).
+#[derive(Debug)]
+struct MethodMetrics {
+    labels: MethodLabels,
+    side: Side,
+    started: metrics::Counter,
+    handling: metrics::Histogram,
+    received: metrics::Counter,
+    sent: metrics::Counter,
+    /// `grpc_*_handled_total` per status code, registered on first use.
+    handled: [OnceLock<metrics::Counter>; 17],
+}
+
+impl MethodMetrics {
+    fn register(side: Side, labels: MethodLabels) -> MethodMetrics {
+        let names = side.metric_names();
+        let l = labels;
+        let per_method = |name: &'static str| {
+            metrics::counter!(name,
+                "grpc_type" => l.grpc_type,
+                "grpc_service" => l.grpc_service,
+                "grpc_method" => l.grpc_method)
+        };
+        MethodMetrics {
+            labels,
+            side,
+            started: per_method(names.started),
+            handling: metrics::histogram!(names.handling,
+                "grpc_type" => l.grpc_type,
+                "grpc_service" => l.grpc_service,
+                "grpc_method" => l.grpc_method),
+            received: per_method(names.received),
+            sent: per_method(names.sent),
+            handled: Default::default(),
+        }
+    }
+
+    /// The handles for `labels` on `side`: kept once this crate's
+    /// Prometheus recorder is installed (from then on the global recorder
+    /// cannot change), registered afresh before that, so that a call
+    /// observed before start-up finished is not tied to a no-op handle.
+    fn of(side: Side, labels: MethodLabels) -> Arc<MethodMetrics> {
+        type Table = Box<[[OnceLock<Arc<MethodMetrics>>; 2]]>;
+        static TABLE: OnceLock<Table> = OnceLock::new();
+        if !crate::telemetry::recorder_installed() {
+            return Arc::new(MethodMetrics::register(side, labels));
+        }
+        let table = TABLE.get_or_init(|| {
+            (0..MethodLabels::slots())
+                .map(|_| Default::default())
+                .collect()
+        });
+        let side_index = match side {
+            Side::Server => 0,
+            Side::Client => 1,
+        };
+        Arc::clone(
+            table[labels.slot][side_index]
+                .get_or_init(|| Arc::new(MethodMetrics::register(side, labels))),
+        )
+    }
+
+    fn handled(&self, code: Code) -> &metrics::Counter {
+        self.handled[(code as usize).min(16)].get_or_init(|| {
+            let l = self.labels;
+            metrics::counter!(self.side.metric_names().handled,
+                "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service,
+                "grpc_method" => l.grpc_method, "grpc_code" => code_label(code))
+        })
+    }
+}
+
+/// The grpc-ecosystem metric names of one side.
+struct MetricNames {
+    started: &'static str,
+    handled: &'static str,
+    handling: &'static str,
+    received: &'static str,
+    sent: &'static str,
+}
+
+impl Side {
+    fn metric_names(self) -> MetricNames {
+        match self {
+            Side::Server => MetricNames {
+                started: "grpc_server_started_total",
+                handled: "grpc_server_handled_total",
+                handling: "grpc_server_handling_seconds",
+                received: "grpc_server_msg_received_total",
+                sent: "grpc_server_msg_sent_total",
+            },
+            Side::Client => MetricNames {
+                started: "grpc_client_started_total",
+                handled: "grpc_client_handled_total",
+                handling: "grpc_client_handling_seconds",
+                received: "grpc_client_msg_received_total",
+                sent: "grpc_client_msg_sent_total",
+            },
+        }
+    }
+}
+
+/// Counts one more attempt of an outgoing call of `path` after a failed
+/// one, in `grpc_client_retries_total` (labelled like the other
+/// `grpc_client_*` metrics).
+pub fn count_retry(path: &str) {
+    let l = MethodLabels::of(path);
+    metrics::counter!("grpc_client_retries_total",
+        "grpc_type" => l.grpc_type,
+        "grpc_service" => l.grpc_service,
+        "grpc_method" => l.grpc_method)
+    .increment(1);
 }
 
 /// The go-grpc-prometheus spelling of a status code (`OK`, `NotFound`, ...).
@@ -183,6 +316,7 @@ impl CallerSlot {
 pub struct CallRecord {
     side: Side,
     labels: MethodLabels,
+    metrics: Arc<MethodMetrics>,
     start: Instant,
     span: Span,
     request_id: String,
@@ -203,18 +337,12 @@ impl CallRecord {
         peer: Option<String>,
     ) -> CallRecord {
         let labels = MethodLabels::of(path);
-        let name = match side {
-            Side::Server => "grpc_server_started_total",
-            Side::Client => "grpc_client_started_total",
-        };
-        metrics::counter!(name,
-            "grpc_type" => labels.grpc_type,
-            "grpc_service" => labels.grpc_service,
-            "grpc_method" => labels.grpc_method)
-        .increment(1);
+        let metrics = MethodMetrics::of(side, labels);
+        metrics.started.increment(1);
         CallRecord {
             side,
             labels,
+            metrics,
             start: Instant::now(),
             span,
             request_id,
@@ -249,36 +377,14 @@ impl CallRecord {
         self.finished = true;
         let elapsed = self.start.elapsed();
         let l = self.labels;
-        let (handled, seconds, received, sent) = match self.side {
-            Side::Server => (
-                "grpc_server_handled_total",
-                "grpc_server_handling_seconds",
-                "grpc_server_msg_received_total",
-                "grpc_server_msg_sent_total",
-            ),
-            Side::Client => (
-                "grpc_client_handled_total",
-                "grpc_client_handling_seconds",
-                "grpc_client_msg_received_total",
-                "grpc_client_msg_sent_total",
-            ),
-        };
-        metrics::counter!(handled,
-            "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service,
-            "grpc_method" => l.grpc_method, "grpc_code" => code_label(code))
-        .increment(1);
-        metrics::histogram!(seconds,
-            "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service, "grpc_method" => l.grpc_method)
-        .record(elapsed.as_secs_f64());
+        let m = &self.metrics;
+        m.handled(code).increment(1);
+        m.handling.record(elapsed.as_secs_f64());
         if self.received > 0 {
-            metrics::counter!(received,
-                "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service, "grpc_method" => l.grpc_method)
-            .increment(self.received);
+            m.received.increment(self.received);
         }
         if self.sent > 0 {
-            metrics::counter!(sent,
-                "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service, "grpc_method" => l.grpc_method)
-            .increment(self.sent);
+            m.sent.increment(self.sent);
         }
         self.span.record("rpc.grpc.status_code", code as i32);
         if code != Code::Ok {

@@ -1,5 +1,7 @@
-//! What every shop gRPC server has besides its own services: health,
-//! reflection, and a shutdown that is graceful but bounded.
+//! What every shop gRPC server has besides its own services, assembled by
+//! [`ServiceDefaults`]: the layer stack ([`server_layers`]), HTTP/2 and
+//! message limits, health, reflection, the admin HTTP port, and a shutdown
+//! that is graceful but bounded.
 
 use std::{future::Future, sync::Arc, time::Duration};
 

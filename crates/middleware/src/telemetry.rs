@@ -79,6 +79,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
+/// Whether [`prometheus`] has run: from then on the global metrics
+/// recorder is fixed (ours, or a host application's installed earlier).
+pub(crate) fn recorder_installed() -> bool {
+    PROMETHEUS.get().is_some()
+}
+
 /// Installs the global subscriber, tracer provider and metrics recorder.
 /// `default_filter` applies when `RUST_LOG` is unset; `service_name` is the
 /// OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
@@ -90,7 +96,22 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
 
     let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
     let tracer = provider.tracer(service_name);
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    // Application spans only (INFO and above, not the transport's own):
+    // hyper, h2 and tower instrument every frame at TRACE, and handing
+    // those to OpenTelemetry would cost more than the calls themselves.
+    // The access line is left out too: the span already carries its
+    // fields. Thread, source location and busy/idle time are not
+    // recorded: the same for every call, and each costs time per span.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            *meta.level() <= tracing::Level::INFO
+                && !is_transport(meta.target())
+                && !(meta.is_event() && meta.target() == "access")
+        }));
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -107,6 +128,20 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
         .with(otel)
         .with(fmt_layer.with_filter(filter))
         .try_init();
+}
+
+/// Targets of the transport and runtime libraries, whose spans describe
+/// frames and polls rather than calls.
+fn is_transport(target: &str) -> bool {
+    const TRANSPORT: [&str; 8] = [
+        "h2", "hyper", "tower", "tonic", "tokio", "mio", "rustls", "sqlx",
+    ];
+    TRANSPORT.iter().any(|t| {
+        target == *t
+            || target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
 }
 
 /// A provider that always assigns trace and span ids, and exports only

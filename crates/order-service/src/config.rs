@@ -87,7 +87,10 @@ pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`.
+    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`. Traces
+    /// are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+    /// set (with the standard `OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 }

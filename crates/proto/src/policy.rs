@@ -52,10 +52,18 @@ include!(concat!(env!("OUT_DIR"), "/method_policy.rs"));
 /// The policy of the RPC at `path` (`/package.Service/Method`), or `None`
 /// for a method that no shop proto declares.
 pub fn lookup(path: &str) -> Option<&'static MethodPolicy> {
+    position(path).map(|i| &METHODS[i])
+}
+
+/// Every method the shop protos declare, sorted by path.
+pub fn methods() -> &'static [MethodPolicy] {
     METHODS
-        .binary_search_by(|m| m.path.cmp(path))
-        .ok()
-        .map(|i| &METHODS[i])
+}
+
+/// Where the method at `path` is in [`methods`]: a small dense index for
+/// per-method tables (metric handles, for instance).
+pub fn position(path: &str) -> Option<usize> {
+    METHODS.binary_search_by(|m| m.path.cmp(path)).ok()
 }
 
 #[cfg(test)]
