@@ -279,10 +279,15 @@ impl<S> Propagate<S> {
     pub fn new(inner: S) -> Propagate<S> {
         Propagate { inner }
     }
+
+    /// The wrapped service.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
 }
 
 /// True when `error` (or its cause) is tonic's "grpc-timeout expired".
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = cause {
         if e.is::<tonic::TimeoutExpired>() {

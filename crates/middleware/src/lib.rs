@@ -4,6 +4,8 @@
 //! - [`admin`]: `/metrics`, `/healthz` and `/readyz` on the admin port.
 //! - [`auth`]: the tower layer that enforces the access rules declared in the
 //!   protos and hands handlers a verified [`shop_auth::Principal`].
+//! - [`client`]: the channel to another service: balancing, retries,
+//!   circuit breaking, context propagation.
 //! - [`config`]: one-line configuration errors with exit code 64.
 //! - [`context`]: deadlines, request ids, the caller's token and trace
 //!   headers, carried from each request into every call it makes.
@@ -27,6 +29,7 @@
 pub mod admin;
 pub mod auth;
 pub mod binary;
+pub mod client;
 pub mod config;
 pub mod context;
 pub mod fault;

@@ -5,7 +5,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_middleware::{binary::ServiceConfig, server::ServerArgs, telemetry::LogFormat};
+use shop_middleware::{
+    binary::ServiceConfig, client::ClientArgs, server::ServerArgs, telemetry::LogFormat,
+};
 
 /// shop order-service: orders and their state machine over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -34,8 +36,10 @@ pub struct Config {
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// user-service gRPC endpoint (users are checked there, and the token
-    /// verification keys come from there).
+    /// user-service: one endpoint URL, several separated by commas (calls
+    /// are balanced over them), or `dns:///host:port` for every address of
+    /// a DNS name, re-resolved every CLIENT_DNS_REFRESH_INTERVAL. Users are
+    /// checked there, and the token verification keys come from there.
     #[arg(
         long,
         env = "USER_SERVICE_URL",
@@ -43,9 +47,10 @@ pub struct Config {
     )]
     pub user_service_url: String,
 
-    /// Timeout for establishing a connection to user-service.
-    #[arg(long, env = "USER_SERVICE_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub user_service_connect_timeout: Duration,
+    /// Connections, balancing, retries and circuit breaking of the channel
+    /// to user-service.
+    #[command(flatten)]
+    pub client: ClientArgs,
 
     /// Comma-separated PEM files of the public keys that verify access
     /// tokens. When unset (the default), keys are fetched from

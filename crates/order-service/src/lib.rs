@@ -26,8 +26,8 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context as _;
 use shop_auth::{KeySet, TokenVerifier, VerificationKey, load_or_generate_secret};
 use shop_middleware::{
-    auth::VerifyToken, config::redact_url, keys::RemoteKeys, pagination::PageTokenCodec,
-    server::ServiceDefaults,
+    auth::VerifyToken, client, client::ClientChannel, config::redact_url, keys::RemoteKeys,
+    pagination::PageTokenCodec, server::ServiceDefaults,
 };
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use tokio::net::TcpListener;
@@ -54,16 +54,8 @@ pub async fn run(
         .with_context(|| format!("opening {}", redact_url(&config.database_url)))?;
     let secret = load_or_generate_secret(&config.page_token_secret_path())
         .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
-    let user_channel = users::channel(
-        &config.user_service_url,
-        config.user_service_connect_timeout,
-    )
-    .map_err(|e| {
-        ConfigError(format!(
-            "USER_SERVICE_URL {:?}: {e}",
-            config.user_service_url
-        ))
-    })?;
+    let user_channel = client::connect("user-service", &config.user_service_url, &config.client)
+        .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
 
     let keys = token_keys(&config, user_channel.clone())?;
     let admin = TcpListener::bind(config.admin_addr)
@@ -140,10 +132,7 @@ impl TokenKeys {
 
 /// Configured keys when `JWT_PUBLIC_KEY_FILES` is set; otherwise keys
 /// fetched from user-service.
-fn token_keys(
-    config: &Config,
-    user_channel: tonic::transport::Channel,
-) -> anyhow::Result<TokenKeys> {
+fn token_keys(config: &Config, user_channel: ClientChannel) -> anyhow::Result<TokenKeys> {
     if config.jwt_public_key_files.is_empty() {
         return Ok(TokenKeys::Remote(Arc::new(RemoteKeys::new(
             user_channel,

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use shop_auth::{Role, SigningKey, TokenIssuer};
 use shop_middleware::{
     auth::{VerifyError, VerifyToken},
+    client::{self, ClientArgs},
     keys::RemoteKeys,
 };
 use shop_proto::order::v1::ListOrdersRequest;
@@ -68,9 +69,12 @@ async fn a_rotated_signing_key_is_fetched_when_first_seen() {
 #[tokio::test]
 async fn unknown_key_ids_trigger_at_most_one_fetch_per_interval() {
     let stack = Stack::spawn().await;
-    let channel = Channel::from_shared(format!("http://{}", stack.user_service.addr))
-        .unwrap()
-        .connect_lazy();
+    let channel = client::connect(
+        "user-service",
+        &format!("http://{}", stack.user_service.addr),
+        &ClientArgs::default(),
+    )
+    .unwrap();
     let keys = RemoteKeys::new(
         channel,
         "shop.user-service",
