@@ -4,6 +4,7 @@
 //! environment variables docker-compose sets.
 
 mod deadlines;
+mod faults;
 mod flow;
 mod health;
 mod lifecycle;
@@ -21,7 +22,12 @@ const PASSWORD: &str = "correct horse battery";
 
 /// Signs `username` up and logs in: the user and an access token.
 async fn customer(stack: &Stack, username: &str) -> (User, String) {
-    let user = UserServiceClient::new(stack.users.channel())
+    customer_on(&stack.users, username).await
+}
+
+/// [`customer`] through one given user-service process.
+async fn customer_on(users: &shop_testkit::Service, username: &str) -> (User, String) {
+    let user = UserServiceClient::new(users.channel())
         .create_user(CreateUserRequest {
             email: format!("{username}@example.com"),
             username: username.into(),
@@ -32,7 +38,7 @@ async fn customer(stack: &Stack, username: &str) -> (User, String) {
         .await
         .expect("sign-up")
         .into_inner();
-    let token = AuthServiceClient::new(stack.users.channel())
+    let token = AuthServiceClient::new(users.channel())
         .login(LoginRequest {
             identifier: username.into(),
             password: PASSWORD.into(),

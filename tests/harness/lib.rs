@@ -242,6 +242,19 @@ impl Service {
         env: &[(&str, String)],
         health_service: &str,
     ) -> Service {
+        Service::start_as(name, name, dir, env, health_service).await
+    }
+
+    /// [`Service::start`] for one of several replicas of `binary_name`:
+    /// `label` names its log file.
+    pub async fn start_as(
+        label: &str,
+        binary_name: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+        health_service: &str,
+    ) -> Service {
+        let name = label;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut env: Vec<(String, String)> = env
             .iter()
@@ -260,7 +273,7 @@ impl Service {
         }
         let mut service = Service {
             name: name.to_owned(),
-            binary: binary(name),
+            binary: binary(binary_name),
             env,
             addr,
             admin,
@@ -335,6 +348,12 @@ impl Service {
         status
     }
 
+    /// Kills the process (SIGKILL: a crash, no drain) and reaps it.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.expect("kill");
+    }
+
     /// Starts the same binary again, same environment and port.
     pub async fn restart(&mut self, dir: &Path, health_service: &str) {
         assert!(self.child.is_none(), "terminate first");
@@ -399,6 +418,26 @@ pub fn order_service_env(
         ("USER_SERVICE_URL", format!("http://{user_service}")),
         ("SHUTDOWN_GRACE", "5s".into()),
     ]
+}
+
+/// The sum of every sample of the Prometheus metric `name` whose labels
+/// include all of `labels` (0 when there is none).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// The bootstrap admin's email in every end-to-end stack.

@@ -11,7 +11,9 @@
 //! - `FAULT_ERROR=GetUser=unavailable:0.25` answers that status instead of
 //!   calling the handler, with the given probability (default 1). The
 //!   special code `panic` panics in the handler's place, to exercise the
-//!   panic guard.
+//!   panic guard; `drop` runs the handler, throws its response away and
+//!   answers UNAVAILABLE, like a connection lost after the work was done
+//!   (to exercise idempotent retries).
 //!
 //! The first matching rule wins, exact paths before names before `*`. The
 //! delay sits inside the deadline, so a caller's deadline still cuts it
@@ -111,6 +113,8 @@ enum Injected {
     Status(Code),
     /// Panic where the handler would run.
     Panic,
+    /// Run the handler, then answer UNAVAILABLE instead of its response.
+    DropResponse,
 }
 
 /// `FAULT_ERROR` rules.
@@ -140,6 +144,8 @@ impl FromStr for FaultErrors {
                 }
                 let injected = if code.eq_ignore_ascii_case("panic") {
                     Injected::Panic
+                } else if code.eq_ignore_ascii_case("drop") {
+                    Injected::DropResponse
                 } else {
                     Injected::Status(parse_code(code)?)
                 };
@@ -268,6 +274,11 @@ where
             match error {
                 Some(Injected::Status(code)) => Ok(Status::new(code, "injected fault").into_http()),
                 Some(Injected::Panic) => panic!("injected panic (FAULT_ERROR)"),
+                Some(Injected::DropResponse) => {
+                    let response = inner.call(req).await?;
+                    drop(response);
+                    Ok(Status::unavailable("injected fault: response dropped").into_http())
+                }
                 None => inner.call(req).await,
             }
         })
@@ -325,6 +336,33 @@ mod tests {
         let errors: FaultErrors = "GetUser=panic".parse().unwrap();
         let layer = FaultLayer::new("test", FaultDelays::default(), errors);
         assert_eq!(layer.error_for("/x.Y/GetUser"), Some(Injected::Panic));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_response_comes_after_the_handler_ran() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tower::ServiceExt as _;
+
+        let ran = Arc::new(AtomicU32::new(0));
+        let handler = {
+            let ran = Arc::clone(&ran);
+            tower::service_fn(move |_: Request<Body>| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) }
+            })
+        };
+        let errors: FaultErrors = "CreateOrder=drop".parse().unwrap();
+        let layer = FaultLayer::new("test", FaultDelays::default(), errors);
+        let request = Request::builder()
+            .uri("/shop.order.v1.OrderService/CreateOrder")
+            .body(Body::empty())
+            .unwrap();
+        let response = layer.layer(handler).oneshot(request).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the handler ran");
+        assert_eq!(
+            crate::observe::grpc_status(response.headers()),
+            Some(Code::Unavailable)
+        );
     }
 
     #[test]

@@ -244,6 +244,17 @@ pub fn count_retry(path: &str) {
     .increment(1);
 }
 
+/// Counts one attempt of an outgoing call of `path` that went out to an
+/// endpoint, in `grpc_client_attempts_total`.
+pub fn count_attempt(path: &str) {
+    let l = MethodLabels::of(path);
+    metrics::counter!("grpc_client_attempts_total",
+        "grpc_type" => l.grpc_type,
+        "grpc_service" => l.grpc_service,
+        "grpc_method" => l.grpc_method)
+    .increment(1);
+}
+
 /// Counts an outgoing call of `path` that failed and was not retried
 /// because the retry throttle said so, in
 /// `grpc_client_retries_throttled_total`.

@@ -93,7 +93,9 @@ pub struct ServerArgs {
     pub fault_delay: FaultDelays,
 
     /// Fault injection, off when empty: injected errors per method with an
-    /// optional probability, e.g. `GetUser=unavailable:0.25`.
+    /// optional probability, e.g. `GetUser=unavailable:0.25`; `panic` panics
+    /// in the handler, `drop` runs the handler and answers UNAVAILABLE
+    /// instead of its response.
     #[arg(long, env = "FAULT_ERROR", default_value = "")]
     pub fault_error: FaultErrors,
 

@@ -74,6 +74,7 @@ pub struct Endpoints {
     reconnect: ReconnectBackoff,
     slots: RwLock<Vec<Arc<EndpointSlot>>>,
     resolved: watch::Sender<bool>,
+    on_recovered: Box<dyn Fn() + Send + Sync>,
 }
 
 /// Settings of the reconnect backoff.
@@ -92,7 +93,8 @@ pub struct ReconnectBackoff {
 impl Endpoints {
     /// The endpoints of `target`; a DNS target is resolved now and every
     /// `refresh` on a background task that ends with the last clone of the
-    /// returned handle.
+    /// returned handle. `on_recovered` runs whenever a taken-out endpoint
+    /// is reconnected.
     pub fn new(
         name: &str,
         target: Target,
@@ -100,6 +102,7 @@ impl Endpoints {
         reconnect: ReconnectBackoff,
         resolver: Arc<dyn Resolve>,
         refresh: Duration,
+        on_recovered: Box<dyn Fn() + Send + Sync>,
     ) -> Arc<Endpoints> {
         let endpoints = Arc::new(Endpoints {
             target: name.to_owned(),
@@ -107,6 +110,7 @@ impl Endpoints {
             reconnect,
             slots: RwLock::new(Vec::new()),
             resolved: watch::Sender::new(false),
+            on_recovered,
         });
         match target {
             Target::Static(uris) => {
@@ -138,6 +142,7 @@ impl Endpoints {
             return Err(AttemptError::NoEndpoint);
         }
         let slot = self.pick().ok_or(AttemptError::NoEndpoint)?;
+        crate::observe::count_attempt(request.uri().path());
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(Arc::clone(&slot));
         let channel = slot.channel.lock().expect("channel lock").clone();
@@ -209,6 +214,7 @@ impl Endpoints {
                             "endpoint reconnected; back in rotation"
                         );
                         endpoints.export_counts();
+                        (endpoints.on_recovered)();
                         return;
                     }
                     Err(error) => tracing::debug!(

@@ -111,6 +111,18 @@ impl CircuitBreaker {
         }
     }
 
+    /// An endpoint just became reachable again: end the open wait now, so
+    /// the next call probes instead of failing fast until the backoff
+    /// runs out.
+    pub fn endpoint_recovered(&self) {
+        let mut state = self.state.lock().expect("breaker lock");
+        if let Phase::Open { .. } = state.phase {
+            state.phase = Phase::Open {
+                until: Instant::now(),
+            };
+        }
+    }
+
     /// True while calls are refused without trying.
     pub fn is_open(&self) -> bool {
         matches!(

@@ -22,7 +22,10 @@
 //!   token, request id and trace headers, the client span and the
 //!   `grpc_client_*` metrics (one per call, not per attempt).
 //!
-//! Metrics: `grpc_client_retries_total`, `grpc_client_retries_throttled_total`
+//! Metrics: `grpc_client_attempts_total` (attempts sent to an endpoint,
+//! per method; calls refused by an open breaker or finding no endpoint
+//! up make none),
+//! `grpc_client_retries_total`, `grpc_client_retries_throttled_total`
 //! (per method), `grpc_client_circuit_breaker_state` (0 closed, 1 half
 //! open, 2 open) and `grpc_client_circuit_breaker_transitions_total`,
 //! `grpc_client_endpoints{state="ready"|"down"}` (per target).
@@ -210,6 +213,13 @@ pub fn connect_with_resolver(
         keepalive_interval: args.client_keepalive_interval,
         keepalive_timeout: args.client_keepalive_timeout,
     });
+    let breaker = CircuitBreaker::new(
+        name,
+        args.client_breaker_failures,
+        args.client_breaker_backoff_initial,
+        args.client_breaker_backoff_max,
+    );
+    let recovered = Arc::downgrade(&breaker);
     let endpoints = Endpoints::new(
         name,
         target,
@@ -222,16 +232,16 @@ pub fn connect_with_resolver(
         },
         resolver,
         args.client_dns_refresh_interval,
+        Box::new(move || {
+            if let Some(breaker) = recovered.upgrade() {
+                breaker.endpoint_recovered();
+            }
+        }),
     );
     let shared = Shared {
         target: name.to_owned(),
         endpoints,
-        breaker: CircuitBreaker::new(
-            name,
-            args.client_breaker_failures,
-            args.client_breaker_backoff_initial,
-            args.client_breaker_backoff_max,
-        ),
+        breaker,
         policy: RetryPolicy {
             max_attempts: args
                 .client_retry_max_attempts

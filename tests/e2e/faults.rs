@@ -1,0 +1,416 @@
+//! Fault tests of order-service's channel to user-service with the real
+//! binaries: a replica killed (SIGKILL) and another restarted (SIGTERM)
+//! under load, every replica killed, responses
+//! lost after the work was done, and answers that must never be retried.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use shop_middleware::client::{self, ClientArgs, IdempotencyKey};
+use shop_proto::order::v1::{
+    GetOrderRequest, ListOrdersRequest, Order, order_service_client::OrderServiceClient,
+};
+use shop_testkit::{
+    Backend, Service, Stack, authed, http_get, metric_sum, order_service_env, user_service_env,
+};
+use tonic::Code;
+
+use crate::{customer, customer_on, order};
+
+const USERS_HEALTH: &str = "shop.user.v1.UserService";
+
+/// `n` user-service replicas on one database and one key directory, and
+/// an order-service balancing over all of them.
+struct Replicated {
+    dir: tempfile::TempDir,
+    users: Vec<Service>,
+    orders: Service,
+}
+
+impl Replicated {
+    async fn start(n: usize) -> Replicated {
+        let dir = tempfile::tempdir().unwrap();
+        let users_db = format!("sqlite://{}", dir.path().join("users.db").display());
+        let orders_db = format!("sqlite://{}", dir.path().join("orders.db").display());
+        let env = user_service_env(users_db, &dir.path().join("user-data"));
+        let mut users = Vec::new();
+        for i in 0..n {
+            let label = format!("user-service-{i}");
+            users.push(
+                Service::start_as(&label, "user-service", dir.path(), &env, USERS_HEALTH).await,
+            );
+        }
+        let urls: Vec<String> = users.iter().map(|u| format!("http://{}", u.addr)).collect();
+        let mut env = order_service_env(orders_db, &dir.path().join("order-data"), users[0].addr);
+        for (key, value) in &mut env {
+            if *key == "USER_SERVICE_URL" {
+                *value = urls.join(",");
+            }
+        }
+        let orders = Service::start(
+            "order-service",
+            dir.path(),
+            &env,
+            "shop.order.v1.OrderService",
+        )
+        .await;
+        Replicated { dir, users, orders }
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.orders.admin, "/metrics").await.1
+    }
+}
+
+/// GetUser access lines `replica` has logged so far.
+fn get_user_calls(replica: &Service) -> usize {
+    replica
+        .log_events()
+        .iter()
+        .filter(|e| e["target"] == "access" && e["method"] == "GetUser")
+        .count()
+}
+
+fn create(
+    user_id: &str,
+    request_id: &str,
+    token: &str,
+) -> tonic::Request<shop_proto::order::v1::CreateOrderRequest> {
+    let mut request = authed(order(user_id, request_id), token);
+    request.set_timeout(Duration::from_secs(5));
+    request
+}
+
+#[tokio::test]
+async fn replicas_killed_or_restarted_under_load_fail_no_order_and_get_traffic_again() {
+    let mut stack = Replicated::start(2).await;
+    let (user, token) = customer_on(&stack.users[0], "steady").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for worker in 0..3 {
+        let (stop, user_id, token) = (Arc::clone(&stop), user.id.clone(), token.clone());
+        let mut orders = OrderServiceClient::new(stack.orders.channel());
+        callers.push(tokio::spawn(async move {
+            let (mut ok, mut failures) = (0u32, Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                match orders
+                    .create_order(create(&user_id, &format!("w{worker}-{i}"), &token))
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(status) => {
+                        failures.push(format!("{:?}: {}", status.code(), status.message()))
+                    }
+                }
+                // Stay under the per-caller rate limit.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failures)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        get_user_calls(&stack.users[1]) > 0,
+        "replica 1 took traffic"
+    );
+    stack.users[1].kill().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before_restart = get_user_calls(&stack.users[1]);
+    stack.users[1].restart(stack.dir.path(), USERS_HEALTH).await;
+    let restarted = Instant::now();
+    let mut back_after = None;
+    while restarted.elapsed() < Duration::from_secs(15) {
+        if get_user_calls(&stack.users[1]) > before_restart {
+            back_after = Some(restarted.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then a rolling restart of the other one: SIGTERM (GOAWAY, drain),
+    // start again.
+    let exit = stack.users[0].terminate(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit}");
+    stack.users[0].restart(stack.dir.path(), USERS_HEALTH).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut failures) = (0, Vec::new());
+    for caller in callers {
+        let (o, f) = caller.await.unwrap();
+        ok += o;
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} CreateOrder failed: {failures:?}",
+        failures.len(),
+        ok as usize + failures.len()
+    );
+    assert!(ok > 30, "the load ran ({ok} orders)");
+    let back_after = back_after.expect("the restarted replica got no GetUser within 15 s");
+    eprintln!(
+        "{ok} orders, none failed; the restarted replica took traffic again {back_after:?} after it was serving"
+    );
+
+    let metrics = stack.metrics().await;
+    let retries = metric_sum(
+        &metrics,
+        "grpc_client_retries_total",
+        &[("grpc_method", "GetUser")],
+    );
+    assert!(
+        retries >= 1.0,
+        "the kill was hidden by retries, so some happened:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_every_replica_down_calls_fail_fast_within_the_retry_budget_and_recover() {
+    let mut stack = Replicated::start(2).await;
+    let (user, token) = customer_on(&stack.users[0], "outage").await;
+    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    orders
+        .create_order(create(&user.id, "before", &token))
+        .await
+        .unwrap();
+
+    for replica in &mut stack.users {
+        replica.kill().await;
+    }
+    let before = stack.metrics().await;
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let status = orders
+            .create_order(create(&user.id, &format!("down-{i}"), &token))
+            .await
+            .unwrap_err();
+        took.push(started.elapsed());
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let after = stack.metrics().await;
+    let delta = |name: &str| {
+        metric_sum(&after, name, &[("grpc_method", "GetUser")])
+            - metric_sum(&before, name, &[("grpc_method", "GetUser")])
+    };
+    let (calls, attempts, retries) = (
+        delta("grpc_client_started_total"),
+        delta("grpc_client_attempts_total"),
+        delta("grpc_client_retries_total"),
+    );
+    eprintln!(
+        "20 CreateOrder: {calls} GetUser calls, {attempts} attempts sent, {retries} retries; times {took:?}"
+    );
+    assert!(calls >= 1.0, "{after}");
+    // The throttle: 10 tokens, one per failure, no retries at half.
+    assert!(retries <= 5.0, "{retries} retries against a dead target");
+    assert!(attempts <= 2.0 + 5.0, "{attempts} attempts went out");
+    assert!(
+        metric_sum(
+            &after,
+            "grpc_client_circuit_breaker_transitions_total",
+            &[("state", "open")]
+        ) >= 1.0,
+        "the breaker opened:\n{after}"
+    );
+    // Once open, calls fail at once instead of waiting on the 5 s deadline.
+    for t in &took[10..] {
+        assert!(
+            *t < Duration::from_millis(500),
+            "a call took {t:?} with the breaker open"
+        );
+    }
+
+    // One replica returns: orders work again within seconds.
+    stack.users[0].restart(stack.dir.path(), USERS_HEALTH).await;
+    let back = Instant::now();
+    let mut i = 0;
+    loop {
+        i += 1;
+        if orders
+            .create_order(create(&user.id, &format!("up-{i}"), &token))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(8),
+            "not recovered 8 s after a replica returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "recovered {:?} after a replica was serving again",
+        back.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn lost_replies_retried_with_the_same_request_id_make_one_order_each() {
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[],
+        &[("FAULT_ERROR", "CreateOrder=drop:0.3")],
+    )
+    .await
+    .unwrap();
+    let (user, token) = customer(&stack, "dropped").await;
+    let args = ClientArgs {
+        client_retry_max_attempts: 5,
+        client_retry_throttle_max_tokens: 1000,
+        client_breaker_failures: 0,
+        ..ClientArgs::default()
+    };
+    let channel = client::connect(
+        "order-service",
+        &format!("http://{}", stack.orders.addr),
+        &args,
+    )
+    .unwrap();
+    let mut orders = OrderServiceClient::new(channel);
+
+    let mut replies: Vec<Vec<Order>> = Vec::new();
+    for i in 0..10 {
+        let request_id = format!("lost-{i}");
+        let mut got = Vec::new();
+        let mut calls = 0;
+        // Each request id until two replies arrived: the client retries by
+        // itself, and the test calls again when all its attempts were lost.
+        while got.len() < 2 {
+            calls += 1;
+            assert!(calls < 30, "{request_id}: no reply in 30 calls");
+            let mut request = create(&user.id, &request_id, &token);
+            request.extensions_mut().insert(IdempotencyKey);
+            match orders.create_order(request).await {
+                Ok(order) => got.push(order.into_inner()),
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            }
+        }
+        assert_eq!(got[0], got[1], "{request_id}: different replies");
+        replies.push(got);
+    }
+
+    let listed = orders
+        .list_orders(authed(
+            ListOrdersRequest {
+                user_id: user.id.clone(),
+                page_size: 100,
+                ..Default::default()
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .orders;
+    assert_eq!(listed.len(), 10, "exactly one order per request id");
+    for got in &replies {
+        assert!(listed.iter().any(|o| o.id == got[0].id));
+    }
+    // Replies were really lost (and so retried) on the way.
+    let (_, metrics) = http_get(stack.orders.admin, "/metrics").await;
+    let dropped = metric_sum(
+        &metrics,
+        "grpc_server_handled_total",
+        &[("grpc_method", "CreateOrder"), ("grpc_code", "Unavailable")],
+    );
+    assert!(dropped >= 1.0, "no reply was dropped:\n{metrics}");
+}
+
+#[tokio::test]
+async fn invalid_argument_not_found_and_permission_denied_are_never_retried() {
+    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let (alice, alice_token) = customer(&stack, "alice-nr").await;
+    let (bob, _) = customer(&stack, "bob-nr").await;
+    let channel = client::connect(
+        "order-service",
+        &format!("http://{}", stack.orders.addr),
+        &ClientArgs::default(),
+    )
+    .unwrap();
+    let mut orders = OrderServiceClient::new(channel);
+
+    let mut bad = order(&alice.id, "nr-bad");
+    bad.items[0].quantity = 0;
+    let mut keyed = authed(bad, &alice_token);
+    keyed.extensions_mut().insert(IdempotencyKey);
+    let invalid = orders.create_order(keyed).await.unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+
+    let missing = orders
+        .get_order(authed(
+            GetOrderRequest {
+                order_id: uuid::Uuid::now_v7().to_string(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let mut for_bob = authed(order(&bob.id, "nr-bob"), &alice_token);
+    for_bob.extensions_mut().insert(IdempotencyKey);
+    let denied = orders.create_order(for_bob).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // Each reached order-service exactly once.
+    let (_, metrics) = http_get(stack.orders.admin, "/metrics").await;
+    for (method, code) in [
+        ("CreateOrder", "InvalidArgument"),
+        ("GetOrder", "NotFound"),
+        ("CreateOrder", "PermissionDenied"),
+    ] {
+        let handled = metric_sum(
+            &metrics,
+            "grpc_server_handled_total",
+            &[("grpc_method", method), ("grpc_code", code)],
+        );
+        assert_eq!(handled, 1.0, "{method} {code} handled {handled} times");
+    }
+    // And through the inter-service hop: GetUser's NOT_FOUND from
+    // user-service (an order for a user id nobody has, placed by an admin).
+    let admin_token =
+        shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(stack.users.channel())
+            .login(shop_proto::auth::v1::LoginRequest {
+                identifier: shop_testkit::ADMIN_EMAIL.into(),
+                password: shop_testkit::ADMIN_PASSWORD.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+    let nobody = uuid::Uuid::now_v7().to_string();
+    let status = orders
+        .create_order(authed(order(&nobody, "nr-nobody"), &admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let (_, users_metrics) = http_get(stack.users.admin, "/metrics").await;
+    assert_eq!(
+        metric_sum(
+            &users_metrics,
+            "grpc_server_handled_total",
+            &[("grpc_method", "GetUser"), ("grpc_code", "NotFound")]
+        ),
+        1.0
+    );
+    let (_, order_metrics) = http_get(stack.orders.admin, "/metrics").await;
+    assert_eq!(
+        metric_sum(
+            &order_metrics,
+            "grpc_client_retries_total",
+            &[("grpc_method", "GetUser")]
+        ),
+        0.0
+    );
+}
