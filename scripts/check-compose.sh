@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks docker-compose.yml without a Docker engine:
+# Checks docker-compose.yml and its mTLS override docker-compose.mtls.yml
+# without a Docker engine:
 #  1. against the Compose Specification JSON schema (check-jsonschema,
 #     installed from PyPI into .tools/venv on first use);
 #  2. every environment variable a service sets is a setting the binary
@@ -18,8 +19,8 @@ if [[ ! -x "$venv/bin/check-jsonschema" ]] \
     "$venv/bin/pip" install --quiet --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
 fi
 
-echo "check-compose.sh: docker-compose.yml against the Compose Specification" >&2
-"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+echo "check-compose.sh: docker-compose.yml and docker-compose.mtls.yml against the Compose Specification" >&2
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.mtls.yml
 
 echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
 cargo build --quiet --locked --bins
@@ -32,6 +33,7 @@ from ruamel.yaml import YAML
 
 bin_dir = Path(sys.argv[1])
 compose = YAML(typ="safe").load(Path("docker-compose.yml").read_text())
+override = YAML(typ="safe").load(Path("docker-compose.mtls.yml").read_text())
 # Read by the tracing subscriber and the OpenTelemetry SDK rather than
 # clap; --help names them in the LOG_FORMAT description.
 TEXT_ONLY = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
@@ -46,28 +48,35 @@ def help_of(binary):
         help_cache[binary] = out.stdout
     return help_cache[binary]
 
+def binary_of(name):
+    build = compose["services"].get(name, {}).get("build") or {}
+    return (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
+
 checked = 0
-for name, service in compose["services"].items():
-    build = service.get("build") or {}
-    binary = (build.get("args") or {}).get("SERVICE") if isinstance(build, dict) else None
-    if not binary:
-        continue
-    text = help_of(binary)
-    env = service.get("environment") or {}
-    keys = env.keys() if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
-    for key in keys:
-        checked += 1
-        ok = key in text if key in TEXT_ONLY else f"[env: {key}" in text
-        if not ok:
-            problems.append(f"{name}: {key} is not a setting of {binary} (not in its --help)")
-    test = (service.get("healthcheck") or {}).get("test") or []
-    if len(test) > 1 and test[0] == "CMD":
-        probe_help = help_of(test[1])
-        for arg in test[2:]:
-            if arg.startswith("--"):
-                checked += 1
-                if arg not in probe_help:
-                    problems.append(f"{name}: health check flag {arg} unknown to {test[1]}")
+for file, doc in (("docker-compose.yml", compose), ("docker-compose.mtls.yml", override)):
+    for name, service in doc["services"].items():
+        if name not in compose["services"]:
+            problems.append(f"{file}: {name} is not a service of docker-compose.yml")
+            continue
+        binary = binary_of(name)
+        if not binary:
+            continue
+        text = help_of(binary)
+        env = service.get("environment") or {}
+        keys = env.keys() if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+        for key in keys:
+            checked += 1
+            ok = key in text if key in TEXT_ONLY else f"[env: {key}" in text
+            if not ok:
+                problems.append(f"{file}: {name}: {key} is not a setting of {binary} (not in its --help)")
+        test = (service.get("healthcheck") or {}).get("test") or []
+        if len(test) > 1 and test[0] == "CMD":
+            probe_help = help_of(test[1])
+            for arg in test[2:]:
+                if arg.startswith("--"):
+                    checked += 1
+                    if arg not in probe_help:
+                        problems.append(f"{file}: {name}: health check flag {arg} unknown to {test[1]}")
 
 if problems:
     print("\n".join(problems), file=sys.stderr)

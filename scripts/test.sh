@@ -115,6 +115,18 @@ else
 Install PostgreSQL (initdb, pg_ctl on PATH) or run as root with apt-get to include it."
 fi
 
+# --- openssl (scripts/gen-certs.sh, used by the TLS end-to-end tests) -------
+
+if ! command -v openssl >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing openssl from Debian packages (for scripts/gen-certs.sh)"
+        apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends openssl >&2
+    else
+        banner "FAIL: the TLS tests need openssl (scripts/gen-certs.sh); install it."
+        exit 1
+    fi
+fi
+
 # --- Tests ------------------------------------------------------------------
 
 # The end-to-end tests (tests/) start the real binaries: build them first.

@@ -10,6 +10,7 @@ mod health;
 mod lifecycle;
 mod observability;
 mod streams;
+mod tls;
 
 use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},

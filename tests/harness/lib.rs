@@ -230,6 +230,7 @@ pub struct Service {
     pub admin: SocketAddr,
     log: PathBuf,
     child: Option<Child>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Service {
@@ -253,6 +254,19 @@ impl Service {
         dir: &Path,
         env: &[(&str, String)],
         health_service: &str,
+    ) -> Service {
+        Service::start_tls(label, binary_name, dir, env, health_service, None).await
+    }
+
+    /// [`Service::start_as`] for a server that speaks TLS: the test's own
+    /// channels (health checks included) use `tls`.
+    pub async fn start_tls(
+        label: &str,
+        binary_name: &str,
+        dir: &Path,
+        env: &[(&str, String)],
+        health_service: &str,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Service {
         let name = label;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -279,6 +293,7 @@ impl Service {
             admin,
             log: dir.join(format!("{name}.log")),
             child: None,
+            tls,
         };
         service.spawn(dir).await;
         service.wait_until_serving(health_service).await;
@@ -303,10 +318,23 @@ impl Service {
         self.child = Some(child);
     }
 
-    /// A lazily connected channel to the service.
+    /// A lazily connected channel to the service (over TLS when it was
+    /// started with TLS).
     pub fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
+        match &self.tls {
+            None => Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect_lazy(),
+            Some(tls) => self.channel_with(tls.clone()),
+        }
+    }
+
+    /// A lazily connected TLS channel to the service with `tls`.
+    pub fn channel_with(&self, tls: tonic::transport::ClientTlsConfig) -> Channel {
+        Channel::from_shared(format!("https://{}", self.addr))
             .unwrap()
+            .tls_config(tls)
+            .expect("TLS settings")
             .connect_lazy()
     }
 
@@ -346,6 +374,22 @@ impl Service {
             .expect("wait");
         self.child = None;
         status
+    }
+
+    /// Sends `signal` (a kill(1) name such as `HUP`) to the process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("running")
+            .to_string();
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .await
+            .expect("kill(1) runs");
+        assert!(sent.success());
     }
 
     /// Kills the process (SIGKILL: a crash, no drain) and reaps it.

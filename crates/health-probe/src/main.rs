@@ -3,9 +3,10 @@
 //! 1 otherwise (with the reason on stderr). Every shop image ships it, so
 //! Docker and Kubernetes probes speak the same protocol as load balancers.
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -29,6 +30,24 @@ struct Args {
     /// How long to wait for the answer, connection included.
     #[arg(long, env = "HEALTH_PROBE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+
+    /// PEM CA certificate the server's certificate must chain to; turns
+    /// TLS on (use an https:// address).
+    #[arg(long, env = "HEALTH_PROBE_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for servers that require one (mTLS).
+    #[arg(long, env = "HEALTH_PROBE_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "HEALTH_PROBE_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+
+    /// Name the server's certificate must carry (default: the address's
+    /// host).
+    #[arg(long, env = "HEALTH_PROBE_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -46,11 +65,32 @@ async fn main() -> ExitCode {
     }
 }
 
+/// tonic's TLS settings from the `--tls-*` flags, when TLS is asked for.
+fn tls(args: &Args) -> Result<Option<ClientTlsConfig>, String> {
+    let Some(ca) = &args.tls_ca_file else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &args.tls_server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(Some(config))
+}
+
 async fn probe(args: &Args) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
+    let mut endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
         .map_err(|e| format!("bad address: {e}"))?
         .connect_timeout(args.timeout)
         .timeout(args.timeout);
+    if let Some(tls) = tls(args)? {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
     let check = async {
         let channel = endpoint
             .connect()

@@ -118,7 +118,7 @@ struct Setup {
     token: String,
 }
 
-/// Accepted connections with TCP_NODELAY, as `serve_with_grace` does in
+/// Accepted connections with TCP_NODELAY, as `ServiceDefaults::serve` does in
 /// production (a plain listener stream leaves Nagle on).
 fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))

@@ -22,6 +22,7 @@
 //! - [`server`]: health, reflection and graceful shutdown for a tonic server.
 //! - [`streams`]: backpressure, limits, cancellation, drain on shutdown and
 //!   panic containment for every streaming RPC.
+//! - [`tls`]: TLS and mTLS for servers and clients, reloaded on change.
 //! - [`telemetry`]: the process-wide `tracing` subscriber.
 //! - [`validation`]: collecting every invalid field of a request.
 //! - [`binary`]: the `main` every service binary shares.
@@ -43,4 +44,5 @@ pub mod server;
 pub mod status;
 pub mod streams;
 pub mod telemetry;
+pub mod tls;
 pub mod validation;

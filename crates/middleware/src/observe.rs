@@ -267,6 +267,18 @@ pub fn count_retry_throttled(path: &str) {
     .increment(1);
 }
 
+/// The caller's address, over plain TCP or TLS.
+pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .map(|tls| tls.get_ref())
+        })
+        .and_then(|info| info.remote_addr())
+}
+
 /// The go-grpc-prometheus spelling of a status code (`OK`, `NotFound`, ...).
 pub fn code_label(code: Code) -> &'static str {
     match code {
@@ -727,11 +739,7 @@ where
             span.record("trace_id", trace.as_str());
         }
 
-        let peer = parts
-            .extensions
-            .get::<TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .map(|a| a.to_string());
+        let peer = peer_addr(&parts.extensions).map(|a| a.to_string());
         let record = CallRecord::start(Side::Server, &path, span.clone(), request_id_text, peer);
         parts.extensions.insert(record.caller_slot());
         let record = Arc::new(Mutex::new(record));

@@ -30,7 +30,7 @@ use governor::{
 use http::{Request, Response};
 use shop_auth::Principal;
 use tokio::sync::Semaphore;
-use tonic::{Code, Status, body::Body, transport::server::TcpConnectInfo};
+use tonic::{Code, Status, body::Body};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{Layer, Service};
 
@@ -160,9 +160,7 @@ where
                 Some(p) => format!("user:{}", p.user_id),
                 None => format!(
                     "peer:{}",
-                    req.extensions()
-                        .get::<TcpConnectInfo>()
-                        .and_then(|i| i.remote_addr())
+                    crate::observe::peer_addr(req.extensions())
                         .map(|a| a.ip().to_string())
                         .unwrap_or_default()
                 ),

@@ -107,6 +107,10 @@ pub struct ServerArgs {
     /// Stream limits and buffering.
     #[command(flatten)]
     pub streams: crate::streams::StreamArgs,
+
+    /// TLS and mutual TLS.
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
 }
 
 /// The layers every shop server runs, outermost first.
@@ -301,6 +305,8 @@ impl ServiceDefaults {
             &self.served,
             &self.health,
         )?;
+        let tls = crate::tls::server_tls(&self.args.tls)
+            .map_err(|e| crate::config::ConfigError(format!("TLS: {e}")))?;
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         tracing::info!(
             service = self.name,
@@ -333,7 +339,29 @@ impl ServiceDefaults {
             // Open streams end with UNAVAILABLE so clients reconnect elsewhere.
             streams.drain();
         };
-        let served = serve_with_grace(router, listener, draining, self.args.shutdown_grace).await;
+        if tls.is_some() {
+            tracing::info!(
+                service = self.name,
+                mutual = self.args.tls.tls_client_ca_file.is_some(),
+                "serving over TLS"
+            );
+        }
+        let served = match tls {
+            Some(tls) => {
+                serve_incoming_with_grace(
+                    router,
+                    crate::tls::incoming(listener, tls),
+                    draining,
+                    self.args.shutdown_grace,
+                )
+                .await
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                serve_incoming_with_grace(router, incoming, draining, self.args.shutdown_grace)
+                    .await
+            }
+        };
         checks.abort();
         let _ = admin_stop.send(());
         let _ = admin_task.await;
@@ -386,17 +414,26 @@ pub fn with_infrastructure<L>(
     Ok(router)
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops
-/// accepting connections and lets in-flight calls finish for at most
-/// `grace`; after that the remaining connections are dropped (tonic alone
-/// would wait forever for open streams).
-pub async fn serve_with_grace<L, ResBody>(
+/// Serves `router` on the connections of `incoming` (plain TCP or TLS)
+/// until `shutdown` completes, then stops accepting connections and lets
+/// in-flight calls finish for at most `grace`; after that the remaining
+/// connections are dropped (tonic alone would wait forever for open
+/// streams).
+pub async fn serve_incoming_with_grace<L, ResBody, I, IO, IE>(
     router: Router<L>,
-    listener: TcpListener,
+    incoming: I,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error>
 where
+    I: futures_util::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
     L: Layer<Routes>,
     L::Service: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
     <L::Service as Service<Request<Body>>>::Future: Send,
@@ -406,7 +443,6 @@ where
     ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serve = router.serve_with_incoming_shutdown(incoming, async move {
         shutdown.await;
         let _ = draining_tx.send(());

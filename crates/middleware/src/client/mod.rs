@@ -170,6 +170,10 @@ pub struct ClientArgs {
     /// Longest wait of an open circuit before a probe.
     #[arg(long, env = "CLIENT_BREAKER_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
     pub client_breaker_backoff_max: Duration,
+
+    /// TLS and mTLS of outgoing channels.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
 }
 
 impl Default for ClientArgs {
@@ -192,7 +196,9 @@ impl Default for ClientArgs {
 
 /// Builds the channel to the service `name` at `target` (see
 /// [`Target::parse`]). Must be called inside a tokio runtime (DNS targets
-/// resolve on a background task). Connections are made on first use.
+/// resolve on a background task, TLS files are watched on another).
+/// Connections are made on first use, over TLS when `CLIENT_TLS_CA_FILE`
+/// is set (then plain `http://` endpoints are TLS too).
 pub fn connect(name: &str, target: &str, args: &ClientArgs) -> Result<ClientChannel, String> {
     connect_with_resolver(name, target, args, Arc::new(SystemResolver))
 }
@@ -205,14 +211,18 @@ pub fn connect_with_resolver(
     resolver: Arc<dyn Resolve>,
 ) -> Result<ClientChannel, String> {
     let target = Target::parse(target)?;
-    if target.wants_tls() {
+    let tls = crate::tls::ClientTls::load(&args.tls, target.host_name())?;
+    if target.wants_tls() && tls.is_none() {
         return Err("https:// endpoints need TLS settings (CLIENT_TLS_CA_FILE)".into());
     }
-    let dialer = Dialer::new(DialSettings {
-        connect_timeout: args.client_connect_timeout,
-        keepalive_interval: args.client_keepalive_interval,
-        keepalive_timeout: args.client_keepalive_timeout,
-    });
+    let dialer = Dialer::new(
+        DialSettings {
+            connect_timeout: args.client_connect_timeout,
+            keepalive_interval: args.client_keepalive_interval,
+            keepalive_timeout: args.client_keepalive_timeout,
+        },
+        tls,
+    );
     let breaker = CircuitBreaker::new(
         name,
         args.client_breaker_failures,
