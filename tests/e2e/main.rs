@@ -8,6 +8,7 @@ mod faults;
 mod flow;
 mod health;
 mod lifecycle;
+mod loadgen;
 mod observability;
 mod streams;
 mod tls;

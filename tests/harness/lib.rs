@@ -376,6 +376,11 @@ impl Service {
         status
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Sends `signal` (a kill(1) name such as `HUP`) to the process.
     pub async fn signal(&self, signal: &str) {
         let pid = self

@@ -317,8 +317,16 @@ async fn resolve_periodically(
             }
         }
         endpoints.resolved.send_replace(true);
+        // Nothing to call yet: try again soon rather than a whole interval
+        // later.
+        let empty = endpoints.slots.read().expect("endpoints lock").is_empty();
         drop(endpoints);
-        tokio::time::sleep(refresh).await;
+        let wait = if empty {
+            refresh.min(Duration::from_secs(1))
+        } else {
+            refresh
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -1,0 +1,21 @@
+//! shop-loadgen: drives a running shop stack (or the bare tonic server it
+//! is compared with) through the generated clients and reports throughput,
+//! latency percentiles and status codes per method.
+//!
+//! - [`config`]: the command line.
+//! - [`scenario`]: what one request is (GetUser, CreateOrder, the mixed
+//!   workload, ...), the virtual users it runs as, and idle WatchOrder
+//!   streams.
+//! - [`drive`]: closed loop (N callers) or open loop (a fixed arrival
+//!   rate, latency measured from the intended send time so that a slow
+//!   server cannot hide its queueing: no coordinated omission).
+//! - [`stats`]: HDR histograms and status counts per method.
+//! - [`report`]: the terminal table and the JSON report.
+//! - [`rss`]: resident memory of a server process, for memory per stream.
+
+pub mod config;
+pub mod drive;
+pub mod report;
+pub mod rss;
+pub mod scenario;
+pub mod stats;

@@ -1,0 +1,427 @@
+//! The requests of each scenario, the accounts they run as, and idle
+//! WatchOrder streams.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow};
+use shop_proto::{
+    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
+    order::v1::{
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem,
+        OrderStatus, WatchOrderRequest, order_service_client::OrderServiceClient,
+    },
+    user::v1::{
+        CreateUserRequest, GetUserRequest, get_user_request::Identifier,
+        user_service_client::UserServiceClient,
+    },
+};
+use tokio_stream::StreamExt as _;
+use tonic::{
+    Code, Request, Streaming,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{config::Scenario, drive::Outcome};
+
+/// A few HTTP/2 connections to one service; calls are spread over them.
+#[derive(Clone)]
+pub struct Connections(Arc<Vec<Channel>>);
+
+impl Connections {
+    /// `n` lazily connected channels to `url`.
+    pub fn new(url: &str, n: usize) -> anyhow::Result<Connections> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .with_context(|| format!("{url:?} is not a URL"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        Ok(Connections(Arc::new(
+            (0..n.max(1)).map(|_| endpoint.connect_lazy()).collect(),
+        )))
+    }
+
+    /// The connection for request `seq`.
+    pub fn pick(&self, seq: u64) -> Channel {
+        self.0[(seq % self.0.len() as u64) as usize].clone()
+    }
+}
+
+/// An account the load runs as.
+pub struct VirtualUser {
+    /// Its user id.
+    pub id: String,
+    bearer: MetadataValue<tonic::metadata::Ascii>,
+    /// Its orders still PENDING (cancellable), newest last.
+    pending: Mutex<Vec<String>>,
+    /// Some of its orders, for GetOrder.
+    known: Mutex<Vec<String>>,
+}
+
+impl VirtualUser {
+    /// `message` with this user's token and `timeout`.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        request.set_timeout(timeout);
+        request
+    }
+}
+
+/// The password of every load account (they are throwaway accounts on a
+/// throwaway stack).
+const PASSWORD: &str = "loadgen-password-1";
+
+/// Signs up and logs in `n` accounts (named after this run, so runs do not
+/// collide), `parallel` at a time (bcrypt makes this slow).
+pub async fn virtual_users(users: &Connections, n: usize) -> anyhow::Result<Vec<Arc<VirtualUser>>> {
+    let run = &uuid::Uuid::now_v7().simple().to_string()[..12];
+    let mut created = Vec::with_capacity(n);
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let channel = users.pick(i as u64);
+        let username = format!("lg{run}u{i}");
+        pending.push(tokio::spawn(async move {
+            let user = UserServiceClient::new(channel.clone())
+                .create_user(CreateUserRequest {
+                    email: format!("{username}@loadgen.test"),
+                    username: username.clone(),
+                    password: PASSWORD.into(),
+                    first_name: "Load".into(),
+                    last_name: "Generator".into(),
+                })
+                .await
+                .map_err(|s| anyhow!("sign-up of {username}: {:?} {}", s.code(), s.message()))?
+                .into_inner();
+            let token = AuthServiceClient::new(channel)
+                .login(LoginRequest {
+                    identifier: username.clone(),
+                    password: PASSWORD.into(),
+                })
+                .await
+                .map_err(|s| anyhow!("login of {username}: {:?} {}", s.code(), s.message()))?
+                .into_inner()
+                .access_token;
+            anyhow::Ok(Arc::new(VirtualUser {
+                id: user.id,
+                bearer: format!("Bearer {token}").parse()?,
+                pending: Mutex::new(Vec::new()),
+                known: Mutex::new(Vec::new()),
+            }))
+        }));
+        if pending.len() == 8 {
+            for task in pending.drain(..) {
+                created.push(task.await??);
+            }
+        }
+    }
+    for task in pending {
+        created.push(task.await??);
+    }
+    Ok(created)
+}
+
+/// The shared state every request of a run uses.
+pub struct Workload {
+    /// Which scenario.
+    pub scenario: Scenario,
+    /// user-service connections (or the bare server's).
+    pub users: Connections,
+    /// order-service connections.
+    pub orders: Connections,
+    /// The accounts (empty for `echo`).
+    pub accounts: Vec<Arc<VirtualUser>>,
+    /// Deadline of each request.
+    pub timeout: Duration,
+    created: AtomicU64,
+}
+
+fn code_of<T>(result: Result<T, tonic::Status>) -> (Code, Option<T>) {
+    match result {
+        Ok(value) => (Code::Ok, Some(value)),
+        Err(status) => (status.code(), None),
+    }
+}
+
+fn an_order(user_id: &str, request_id: String) -> CreateOrderRequest {
+    CreateOrderRequest {
+        user_id: user_id.to_owned(),
+        items: vec![OrderItem {
+            product_id: "sku-load".into(),
+            quantity: 1 + fastrand::i32(0..3),
+            unit_price_cents: 1_999,
+        }],
+        currency_code: "USD".into(),
+        request_id,
+    }
+}
+
+impl Workload {
+    /// A workload of `scenario` over the given connections and accounts.
+    pub fn new(
+        scenario: Scenario,
+        users: Connections,
+        orders: Connections,
+        accounts: Vec<Arc<VirtualUser>>,
+        timeout: Duration,
+    ) -> Arc<Workload> {
+        Arc::new(Workload {
+            scenario,
+            users,
+            orders,
+            accounts,
+            timeout,
+            created: AtomicU64::new(0),
+        })
+    }
+
+    fn account(&self, seq: u64) -> &Arc<VirtualUser> {
+        &self.accounts[(seq % self.accounts.len() as u64) as usize]
+    }
+
+    /// Request number `seq`.
+    pub async fn request(self: Arc<Self>, seq: u64) -> Outcome {
+        match self.scenario {
+            Scenario::Echo => self.echo(seq).await,
+            Scenario::GetUser => self.get_user(seq).await,
+            Scenario::CreateOrder => self.create_order(seq).await,
+            Scenario::GetOrder => self.get_order(seq).await,
+            Scenario::ListOrders => self.list_orders(seq).await,
+            Scenario::Mixed | Scenario::WatchIdle => match fastrand::u8(0..100) {
+                0..30 => self.get_user(seq).await,
+                30..55 => self.get_order(seq).await,
+                55..75 => self.create_order(seq).await,
+                75..90 => self.list_orders(seq).await,
+                _ => self.cancel_order(seq).await,
+            },
+        }
+    }
+
+    async fn echo(&self, seq: u64) -> Outcome {
+        let mut request = Request::new(GetUserRequest {
+            identifier: Some(Identifier::UserId(
+                "01a20000-0000-7000-8000-000000000000".into(),
+            )),
+        });
+        request.set_timeout(self.timeout);
+        let result = UserServiceClient::new(self.users.pick(seq))
+            .get_user(request)
+            .await;
+        ("GetUser", code_of(result).0)
+    }
+
+    async fn get_user(&self, seq: u64) -> Outcome {
+        let account = self.account(seq);
+        let request = account.request(
+            GetUserRequest {
+                identifier: Some(Identifier::UserId(account.id.clone())),
+            },
+            self.timeout,
+        );
+        let result = UserServiceClient::new(self.users.pick(seq))
+            .get_user(request)
+            .await;
+        ("GetUser", code_of(result).0)
+    }
+
+    async fn create_order(&self, seq: u64) -> Outcome {
+        let account = self.account(seq);
+        let n = self.created.fetch_add(1, Ordering::Relaxed);
+        let request_id = format!("lg-{}-{n}", &account.id[..8]);
+        let request = account.request(an_order(&account.id, request_id), self.timeout);
+        let (code, order) = code_of(
+            OrderServiceClient::new(self.orders.pick(seq))
+                .create_order(request)
+                .await,
+        );
+        if let Some(order) = order {
+            let id = order.into_inner().id;
+            account.pending.lock().expect("lock").push(id.clone());
+            let mut known = account.known.lock().expect("lock");
+            if known.len() < 64 {
+                known.push(id);
+            } else {
+                let slot = fastrand::usize(..known.len());
+                known[slot] = id;
+            }
+        }
+        ("CreateOrder", code)
+    }
+
+    async fn get_order(&self, seq: u64) -> Outcome {
+        let account = self.account(seq);
+        let known = {
+            let known = account.known.lock().expect("lock");
+            (!known.is_empty()).then(|| known[fastrand::usize(..known.len())].clone())
+        };
+        let Some(order_id) = known else {
+            return self.create_order(seq).await;
+        };
+        let request = account.request(GetOrderRequest { order_id }, self.timeout);
+        let result = OrderServiceClient::new(self.orders.pick(seq))
+            .get_order(request)
+            .await;
+        ("GetOrder", code_of(result).0)
+    }
+
+    async fn list_orders(&self, seq: u64) -> Outcome {
+        let account = self.account(seq);
+        let request = account.request(
+            ListOrdersRequest {
+                user_id: account.id.clone(),
+                page_size: 20,
+                ..Default::default()
+            },
+            self.timeout,
+        );
+        let result = OrderServiceClient::new(self.orders.pick(seq))
+            .list_orders(request)
+            .await;
+        ("ListOrders", code_of(result).0)
+    }
+
+    async fn cancel_order(&self, seq: u64) -> Outcome {
+        let account = self.account(seq);
+        let Some(order_id) = account.pending.lock().expect("lock").pop() else {
+            return self.create_order(seq).await;
+        };
+        let request = account.request(
+            CancelOrderRequest {
+                order_id,
+                reason: "load test".into(),
+            },
+            self.timeout,
+        );
+        let result = OrderServiceClient::new(self.orders.pick(seq))
+            .cancel_order(request)
+            .await;
+        ("CancelOrder", code_of(result).0)
+    }
+
+    /// Creates one order per account (or `n`, if more), for streams to
+    /// watch: (owner, order id).
+    pub async fn orders_to_watch(
+        &self,
+        n: usize,
+    ) -> anyhow::Result<Vec<(Arc<VirtualUser>, String)>> {
+        let mut orders = Vec::with_capacity(n);
+        for i in 0..n {
+            let account = Arc::clone(self.account(i as u64));
+            let request = account.request(
+                an_order(
+                    &account.id,
+                    format!("lg-watch-{}-{i}", uuid::Uuid::now_v7().simple()),
+                ),
+                self.timeout,
+            );
+            let order = OrderServiceClient::new(self.orders.pick(i as u64))
+                .create_order(request)
+                .await
+                .map_err(|s| anyhow!("creating an order to watch: {:?} {}", s.code(), s.message()))?
+                .into_inner();
+            orders.push((account, order.id));
+        }
+        Ok(orders)
+    }
+
+    /// Opens `n` WatchOrder streams over `orders` (stream i watches order
+    /// i mod len), `parallel` opening at a time; each has received its
+    /// first message (the current state). Streams that failed to open are
+    /// counted, not fatal.
+    pub async fn open_watches(
+        &self,
+        orders: &[(Arc<VirtualUser>, String)],
+        n: usize,
+    ) -> (
+        Vec<(usize, Streaming<shop_proto::order::v1::OrderUpdate>)>,
+        Vec<String>,
+    ) {
+        let mut open = Vec::with_capacity(n);
+        let mut failures = Vec::new();
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let which = i % orders.len();
+            let (account, order_id) = &orders[which];
+            let mut request = Request::new(WatchOrderRequest {
+                order_id: order_id.clone(),
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", account.bearer.clone());
+            let mut client = OrderServiceClient::new(self.orders.pick(i as u64));
+            batch.push(tokio::spawn(async move {
+                let mut stream = client.watch_order(request).await?.into_inner();
+                match stream.next().await {
+                    Some(Ok(_current)) => Ok((which, stream)),
+                    Some(Err(status)) => Err(status),
+                    None => Err(tonic::Status::unknown("stream ended at once")),
+                }
+            }));
+            if batch.len() == 256 || i + 1 == n {
+                for task in batch.drain(..) {
+                    match task.await {
+                        Ok(Ok(stream)) => open.push(stream),
+                        Ok(Err(status)) => {
+                            failures.push(format!("{:?}: {}", status.code(), status.message()))
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        (open, failures)
+    }
+
+    /// Cancels every order in `orders` (their owners' right).
+    pub async fn cancel_all(&self, orders: &[(Arc<VirtualUser>, String)]) -> anyhow::Result<()> {
+        for (i, (account, order_id)) in orders.iter().enumerate() {
+            let request = account.request(
+                CancelOrderRequest {
+                    order_id: order_id.clone(),
+                    reason: "watch test".into(),
+                },
+                self.timeout,
+            );
+            OrderServiceClient::new(self.orders.pick(i as u64))
+                .cancel_order(request)
+                .await
+                .map_err(|s| {
+                    anyhow!("cancelling a watched order: {:?} {}", s.code(), s.message())
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits (at most `within`) for the next message of every stream; counts
+/// those that said CANCELLED.
+pub async fn count_cancellations(
+    streams: Vec<(usize, Streaming<shop_proto::order::v1::OrderUpdate>)>,
+    within: Duration,
+) -> usize {
+    let waits: Vec<_> = streams
+        .into_iter()
+        .map(|(_, mut stream)| {
+            tokio::spawn(async move {
+                matches!(
+                    tokio::time::timeout(within, stream.next()).await,
+                    Ok(Some(Ok(update))) if update.order.as_ref().is_some_and(|o| o.status == OrderStatus::Cancelled as i32)
+                )
+            })
+        })
+        .collect();
+    let mut updated = 0;
+    for wait in waits {
+        if wait.await.unwrap_or(false) {
+            updated += 1;
+        }
+    }
+    updated
+}

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Assembles scripts/bench.sh's per-scenario loadgen reports into one JSON
+document and a markdown table, each throughput also a ratio to the bare
+tonic server measured in the same run, with the targets of
+docs/performance.md next to the numbers.
+
+    bench-report.py WORK_DIR OUT_PREFIX QUICK(0|1)
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def machine():
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+    }
+
+
+def git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main():
+    work, out, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+    scenarios = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+    bare = scenarios.get("bare", {}).get("throughput_rps") or 0.0
+
+    def ratio(name):
+        rps = scenarios.get(name, {}).get("throughput_rps")
+        return round(rps / bare, 3) if rps and bare else None
+
+    ratios = {name: ratio(name) for name in scenarios if name != "bare" and scenarios[name].get("throughput_rps")}
+
+    checks = []
+
+    def check(what, value, target, ok):
+        checks.append({"what": what, "value": value, "target": target,
+                       "met": None if value is None else bool(ok)})
+
+    for backend in ("sqlite", "postgres"):
+        r = ratio(f"get-user-{backend}")
+        if r is not None:
+            check(f"GetUser ({backend}) throughput / bare", r, ">= 0.5", r >= 0.5)
+        r = ratio(f"create-order-{backend}")
+        if r is not None:
+            check(f"CreateOrder ({backend}) throughput / bare", r, ">= 0.25", r >= 0.25)
+    half = scenarios.get("get-user-half-sqlite", {}).get("methods", {}).get("GetUser")
+    if half:
+        p50, p99 = half["latency_ms"]["p50"], half["latency_ms"]["p99"]
+        value = round(p99 / p50, 2) if p50 else None
+        check("GetUser p99 / p50 at half of peak (open loop)", value, "<= 5", value is not None and value <= 5)
+    watch = (scenarios.get("watch-idle") or {}).get("watch")
+    if watch:
+        per = watch.get("rss_per_stream_bytes")
+        kib = None if per is None else round(per / 1024, 2)
+        check("resident memory per idle WatchOrder stream (KiB)", kib, "< 10", kib is not None and kib < 10)
+        check("idle streams that received their order's change", f"{watch['updated']}/{watch['requested']}",
+              "all", watch["updated"] == watch["requested"] and watch["opened"] == watch["requested"])
+
+    document = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "quick": quick,
+        "machine": machine(),
+        "bare_throughput_rps": bare,
+        "ratios_to_bare": ratios,
+        "checks": checks,
+        "scenarios": scenarios,
+    }
+    out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+
+    m = document["machine"]
+    lines = [
+        f"Run {document['date']} at {document['git_sha'][:12]}"
+        f"{' (--quick: short runs, numbers are indicative only)' if quick else ''}; "
+        f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB.",
+        "",
+        "| scenario | req/s | × bare | p50 ms | p90 ms | p99 ms | p99.9 ms | not OK |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, report in scenarios.items():
+        if not report.get("methods"):
+            continue
+        methods = report["methods"]
+        # One latency row per scenario: the only method, or the slowest p99.
+        main = max(methods.values(), key=lambda x: x["latency_ms"]["p99"])
+        lat = main["latency_ms"]
+        not_ok = report["requests"] - report["ok"]
+        times = "1" if name == "bare" else (f"{ratios[name]:.2f}" if ratios.get(name) else "-")
+        mode = f" (open loop, {report['rate']:.0f}/s)" if report.get("rate") else ""
+        lines.append(
+            f"| {name}{mode} | {report['throughput_rps']:.0f} | {times} | {lat['p50']:.2f} | {lat['p90']:.2f} "
+            f"| {lat['p99']:.2f} | {lat['p999']:.2f} | {not_ok} |")
+    if "mixed" in scenarios:
+        lines += ["", "Mixed scenario per method:", "",
+                  "| method | req/s | p50 ms | p99 ms | codes |", "|---|---:|---:|---:|---|"]
+        for method, r in scenarios["mixed"]["methods"].items():
+            codes = " ".join(f"{c}={n}" for c, n in r["codes"].items())
+            lines.append(f"| {method} | {r['throughput_rps']:.0f} | {r['latency_ms']['p50']:.2f} "
+                         f"| {r['latency_ms']['p99']:.2f} | {codes} |")
+    if watch:
+        per = watch.get("rss_per_stream_bytes")
+        lines += ["", f"Idle WatchOrder streams: {watch['opened']}/{watch['requested']} open on "
+                      f"{watch['orders']} orders; order-service RSS {watch.get('rss_before_kib')} → "
+                      f"{watch.get('rss_open_kib')} KiB"
+                      + (f" = {per:.0f} bytes per stream" if per is not None else "")
+                      + f"; {watch['updated']} received their order's change."]
+    lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
+    for c in checks:
+        met = "n/a" if c["met"] is None else ("yes" if c["met"] else "**no**")
+        lines.append(f"| {c['what']} | {c['value']} | {c['target']} | {met} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+    # The harness worked when every scenario answered something.
+    broken = [n for n, r in scenarios.items() if r.get("methods") and r["ok"] == 0]
+    if watch and watch["opened"] == 0:
+        broken.append("watch-idle")
+    if broken:
+        print(f"bench-report.py: no successful request in: {', '.join(broken)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

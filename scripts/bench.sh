@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Benchmarks the shop stack against bare tonic, in one run on one machine.
+#
+#   scripts/bench.sh            # full run (about 10 minutes)
+#   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
+#
+# Builds release binaries, then for each scenario starts the servers it
+# needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
+# two CPUs), warms up, measures, and stops everything it started:
+#
+#   bare           shop-bare-server: tonic with no middleware, GetUser
+#                  answering a fixed user (the yardstick)
+#   get-user       GetUser of oneself: token check + database read
+#   create-order   CreateOrder: GetUser hop to user-service + database write
+#   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
+#   mixed          the realistic mix with WatchOrder streams held open
+#   watch-idle     N idle WatchOrder streams: server memory per stream, and
+#                  every stream receives its order's change
+#
+# get-user and create-order run on SQLite and on PostgreSQL (a throwaway
+# cluster with PostgreSQL's default durability, started like
+# scripts/test.sh does; skipped with a note when PostgreSQL is missing).
+# Results: bench/results/<date>-<git-sha>[-quick].json and .md, every
+# throughput also a ratio to the bare server measured in the same run.
+#
+# The servers run as in docker-compose (access log at info, JSON to a
+# file), except: per-caller rate limits are lifted (the point is capacity,
+# not throttling one caller), the stream limits are raised for watch-idle,
+# and BCRYPT_COST is 10 (only sign-up and login of the load accounts hash,
+# before measuring). No timing is asserted anywhere: numbers are reported.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+quick=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $quick == 1 ]]; then
+    duration=3s warmup=1s concurrency=32 streams=500 users=4
+else
+    duration=20s warmup=5s concurrency=64 streams=${BENCH_WATCH_STREAMS:-10000} users=16
+fi
+
+log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
+
+log "cargo build --release (servers, loadgen, bare server, health probe)"
+cargo build --release --locked -p user-service -p order-service -p shop-loadgen -p shop-health-probe
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+bin="$target_dir/release"
+
+server_cpu=() load_cpu=()
+if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
+    server_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
+    log "servers on CPU 0, load on CPU 1"
+else
+    log "taskset or a second CPU missing: servers and load share the CPUs"
+fi
+
+work="$(mktemp -d /tmp/shop-bench.XXXXXX)"
+pids=()
+last_pid=
+# shellcheck source=lib/postgres.sh
+source "$root/scripts/lib/postgres.sh"
+cleanup() {
+    stop_servers
+    stop_pg
+    rm -rf "$work"
+}
+stop_servers() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+trap cleanup EXIT
+
+# start NAME HEALTH_SERVICE PORT VAR=VALUE... : starts a server and waits
+# until it answers SERVING for HEALTH_SERVICE (`-`: until its port accepts
+# connections); its pid goes to pids and last_pid.
+start() {
+    local name=$1 health=$2 port=$3
+    shift 3
+    env -i PATH="$PATH" HOME="$work" "$@" "${server_cpu[@]}" "$bin/$name" \
+        >>"$work/$name.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    last_pid=$pid
+    for _ in $(seq 1 300); do
+        if [[ $health == - ]]; then
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                return 0
+            fi
+        elif "$bin/shop-health-probe" --addr "http://127.0.0.1:$port" --service "$health" \
+            --timeout 1s >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during start-up:"
+            tail -5 "$work/$name.log" | cut -c1-400 >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+    log "$name not serving after 60 s"
+    return 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json.
+load() {
+    local name=$1
+    shift
+    log "measuring $name"
+    "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --report "$work/$name.json" \
+        --duration "$duration" --warmup "$warmup" --virtual-users "$users" "$@" \
+        | tee "$work/$name.txt" >&2
+}
+
+# The servers' shared settings (docker-compose's, see the header).
+server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=1000000
+    RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_PROCESS=100000
+    SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
+
+# stack BACKEND: starts user-service and order-service on BACKEND; sets
+# users_port, orders_port, orders_pid.
+stack() {
+    local backend=$1 users_db orders_db data="$work/data-$1"
+    mkdir -p "$data"
+    case "$backend" in
+        sqlite)
+            users_db="sqlite://$data/users.db"
+            orders_db="sqlite://$data/orders.db"
+            ;;
+        postgres)
+            local suffix="${RANDOM}"
+            psql_create "bench_users_$suffix" && psql_create "bench_orders_$suffix"
+            users_db="${PG_URL%/postgres}/bench_users_$suffix"
+            orders_db="${PG_URL%/postgres}/bench_orders_$suffix"
+            ;;
+    esac
+    users_port=$(free_port)
+    orders_port=$(free_port)
+    start user-service shop.user.v1.UserService "$users_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$users_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        DATABASE_URL="$users_db" DATA_DIR="$data" BCRYPT_COST=10
+    start order-service shop.order.v1.OrderService "$orders_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$orders_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port"
+    orders_pid=$last_pid
+}
+
+psql_create() {
+    # psql sits next to the real pg_ctl (PATH may hold only symlinks).
+    local dir
+    dir="$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")"
+    as_pg_user "$dir/psql" -q "$PG_URL" -c "CREATE DATABASE $1" >/dev/null
+}
+
+# --- the yardstick -----------------------------------------------------------
+
+bare_port=$(free_port)
+# The bare server has no health service: wait for its port.
+start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
+load bare --scenario echo --users-url "http://127.0.0.1:$bare_port" --concurrency "$concurrency"
+stop_servers
+
+# --- the stack -------------------------------------------------------------
+
+backends=(sqlite)
+if start_pg durable; then
+    backends+=(postgres)
+else
+    log "PostgreSQL not available: PostgreSQL scenarios skipped"
+fi
+
+for backend in "${backends[@]}"; do
+    stack "$backend"
+    urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
+    load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
+    load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
+    if [[ $backend == sqlite ]]; then
+        peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
+            "$work/get-user-sqlite.json")
+        half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
+        load get-user-half-sqlite --scenario get-user "${urls[@]}" --rate "$half"
+        load mixed --scenario mixed "${urls[@]}" --concurrency "$concurrency"
+        load watch-idle --scenario watch-idle "${urls[@]}" --watch-streams "$streams" \
+            --server-pid "$orders_pid"
+    fi
+    stop_servers
+done
+
+# --- results ---------------------------------------------------------------
+
+mkdir -p bench/results
+sha="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+name="$(date -u +%Y-%m-%d)-$sha$([[ $quick == 1 ]] && echo -quick || true)"
+python3 scripts/bench-report.py "$work" "bench/results/$name" "$quick"
+log "results: bench/results/$name.json and bench/results/$name.md"
+cat "bench/results/$name.md"
