@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .codec_path("crate::codec::ShopCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -71,8 +71,14 @@ impl Default for StreamArgs {
 /// buffer is full and fails once the client has gone away.
 #[derive(Debug)]
 pub struct StreamSender<T> {
-    tx: mpsc::Sender<Result<T, Status>>,
+    tx: mpsc::Sender<Slot<T>>,
 }
+
+/// What the channel holds. Boxed: tokio's channel allocates its slots in
+/// blocks of 32 up front, so an unboxed message (an order with its status
+/// alternative is a few hundred bytes) would cost every idle stream several
+/// KiB before it sends anything.
+type Slot<T> = Box<Result<T, Status>>;
 
 impl<T> Clone for StreamSender<T> {
     fn clone(&self) -> StreamSender<T> {
@@ -90,7 +96,10 @@ pub struct ClientGone;
 impl<T> StreamSender<T> {
     /// Sends one message, waiting while the buffer is full.
     pub async fn send(&self, message: T) -> Result<(), ClientGone> {
-        self.tx.send(Ok(message)).await.map_err(|_| ClientGone)
+        self.tx
+            .send(Box::new(Ok(message)))
+            .await
+            .map_err(|_| ClientGone)
     }
 
     /// Resolves when the client has gone away.
@@ -236,7 +245,7 @@ impl Streams {
             };
             if let Some(status) = ending {
                 // The client may be gone already; then nobody needs it.
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Box::new(Err(status))).await;
             }
         });
         Ok(Box::pin(GuardedStream {
@@ -290,7 +299,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// The stream tonic sends from; see the module docs.
 struct GuardedStream<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
+    rx: mpsc::Receiver<Slot<T>>,
     /// Dropped with the stream: aborts the supervisor, whose own
     /// `AbortOnDrop` then aborts the producer.
     _supervisor: AbortOnDrop<()>,
@@ -301,7 +310,7 @@ impl<T> Stream for GuardedStream<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        self.rx.poll_recv(cx).map(|slot| slot.map(|boxed| *boxed))
     }
 }
 

@@ -10,6 +10,8 @@
 
 #![allow(missing_docs, unreachable_pub, clippy::all)]
 
+pub mod codec;
+
 /// `shop.options.v1`: the custom method options (who may call an RPC).
 pub mod options {
     /// Version 1.
