@@ -124,3 +124,25 @@ async fn the_container_health_probe_speaks_grpc_health() {
     assert_eq!(closed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&closed.stderr).contains("cannot connect"));
 }
+
+#[tokio::test]
+async fn sighup_without_tls_is_logged_and_the_services_keep_serving() {
+    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    for service in [&stack.users, &stack.orders] {
+        service.signal("HUP").await;
+        let logged = service
+            .wait_for_log(Duration::from_secs(5), |e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("SIGHUP received"))
+            })
+            .await;
+        assert!(logged.is_some(), "no SIGHUP line:\n{}", service.logs());
+    }
+    // Still there and answering.
+    let (user, token) = customer(&stack, "hangup").await;
+    OrderServiceClient::new(stack.orders.channel())
+        .create_order(authed(order(&user.id, "after-hup"), &token))
+        .await
+        .expect("order-service still serves after SIGHUP");
+}

@@ -324,6 +324,7 @@ impl ServiceDefaults {
         let checks = self
             .readiness
             .watch_dependencies(self.args.health_check_interval, ready);
+        let hangups = tokio::spawn(log_hangups(self.name));
 
         let readiness = self.readiness.clone();
         let streams = self.streams.clone();
@@ -363,6 +364,7 @@ impl ServiceDefaults {
             }
         };
         checks.abort();
+        hangups.abort();
         let _ = admin_stop.send(());
         let _ = admin_task.await;
         tracing::info!(service = self.name, "stopped");
@@ -458,6 +460,20 @@ where
                     Ok(())
                 }
             }
+        }
+    }
+}
+
+/// Takes SIGHUP for as long as the server runs, so that a `kill -HUP`
+/// (log rotation habits, `docker compose kill -s HUP`) never ends the
+/// process: with TLS configured it reloads the certificates (see
+/// [`crate::tls`]); here it is only logged.
+async fn log_hangups(service: &'static str) {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        while hangups.recv().await.is_some() {
+            tracing::info!(service, "SIGHUP received (TLS files, if any, are reloaded)");
         }
     }
 }
