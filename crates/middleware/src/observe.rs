@@ -236,31 +236,26 @@ impl Side {
 /// one, in `grpc_client_retries_total` (labelled like the other
 /// `grpc_client_*` metrics).
 pub fn count_retry(path: &str) {
-    let l = MethodLabels::of(path);
-    metrics::counter!("grpc_client_retries_total",
-        "grpc_type" => l.grpc_type,
-        "grpc_service" => l.grpc_service,
-        "grpc_method" => l.grpc_method)
-    .increment(1);
+    count_client_event("grpc_client_retries_total", path);
 }
 
 /// Counts one attempt of an outgoing call of `path` that went out to an
 /// endpoint, in `grpc_client_attempts_total`.
 pub fn count_attempt(path: &str) {
-    let l = MethodLabels::of(path);
-    metrics::counter!("grpc_client_attempts_total",
-        "grpc_type" => l.grpc_type,
-        "grpc_service" => l.grpc_service,
-        "grpc_method" => l.grpc_method)
-    .increment(1);
+    count_client_event("grpc_client_attempts_total", path);
 }
 
 /// Counts an outgoing call of `path` that failed and was not retried
 /// because the retry throttle said so, in
 /// `grpc_client_retries_throttled_total`.
 pub fn count_retry_throttled(path: &str) {
+    count_client_event("grpc_client_retries_throttled_total", path);
+}
+
+/// Adds one to the per-method client counter `name` for `path`.
+fn count_client_event(name: &'static str, path: &str) {
     let l = MethodLabels::of(path);
-    metrics::counter!("grpc_client_retries_throttled_total",
+    metrics::counter!(name,
         "grpc_type" => l.grpc_type,
         "grpc_service" => l.grpc_service,
         "grpc_method" => l.grpc_method)
