@@ -6,8 +6,10 @@
 # Debian packages because this runs as root with apt-get), the script starts
 # a throwaway cluster as an unprivileged user on a free port, points the
 # tests at it through SHOP_TEST_POSTGRES_URL, and removes it on exit, even
-# on failure. Without PostgreSQL it says loudly that the PostgreSQL suite
-# was skipped; with REQUIRE_POSTGRES=1 that is a failure.
+# on failure. Without PostgreSQL the tests that need it (every one has
+# `postgres` in its name) are left out with `--skip postgres`, so the
+# summary counts them as filtered out, never as passed, and the script says
+# last how many were left out; with REQUIRE_POSTGRES=1 that is a failure.
 #
 # With no arguments it runs `cargo test --workspace`; arguments replace
 # that, e.g. `scripts/test.sh -p shop-testkit`.
@@ -58,17 +60,30 @@ fi
 
 # --- Tests ------------------------------------------------------------------
 
-# The end-to-end tests (tests/) start the real binaries: build them first.
-log "cargo build --workspace --bins"
-cargo build --workspace --bins --locked
-if [[ $# -gt 0 ]]; then
-    log "cargo test $*"
-    cargo test --locked "$@"
-else
-    log "cargo test --workspace"
-    cargo test --workspace --locked
+# The end-to-end tests (tests/) start the real binaries: build them first,
+# with every target so that the binaries and the tests share one build of
+# the dependencies (a bins-only build resolves other features and would
+# compile everything twice). The harness refuses a binary older than its
+# sources.
+log "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets --locked
+args=("$@")
+[[ ${#args[@]} -gt 0 ]] || args=(--workspace)
+skip=()
+if [[ "$have_pg" == 0 ]]; then
+    # Test-binary arguments go after one `--`.
+    if printf '%s\n' "${args[@]}" | grep -qx -- '--'; then
+        skip=(--skip postgres)
+    else
+        skip=(-- --skip postgres)
+    fi
 fi
+log "cargo test ${args[*]} ${skip[*]}"
+cargo test --locked "${args[@]}" "${skip[@]}"
 
 if [[ "$have_pg" == 0 ]]; then
-    banner "WARNING: tests passed, but the PostgreSQL suite was SKIPPED (no PostgreSQL)."
+    left_out=$(cargo test --locked "${args[@]}" -- --list --format terse 2>/dev/null \
+        | grep -c 'postgres.*: test$' || true)
+    banner "WARNING: tests passed, but the PostgreSQL suite was LEFT OUT (no PostgreSQL):
+$left_out tests were filtered out, not run. Install PostgreSQL to run them."
 fi

@@ -37,6 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("method_policy.rs"),
         method_policy_table(&pool)?,
     )?;
+    fs::write(
+        out_dir.join("generated_servers.rs"),
+        generated_server_impls(&pool)?,
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)
@@ -44,6 +48,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::ShopCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
+}
+
+/// Renders one `impl GeneratedServer` per service of the shop protos, so
+/// that the server kit registers any of them without naming it.
+fn generated_server_impls(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+    let mut out = String::new();
+    for service in pool.services() {
+        let Some(package) = service.package_name().strip_prefix("shop.") else {
+            continue;
+        };
+        if package.starts_with("options.") {
+            continue;
+        }
+        let module = format!(
+            "crate::{}::{}_server",
+            package.replace('.', "::"),
+            snake_case(service.name())
+        );
+        let name = service.name();
+        writeln!(
+            out,
+            "impl<T: {module}::{name}> crate::GeneratedServer for {module}::{name}Server<T> {{\n\
+             \x20   fn with_message_limit(self, max: usize) -> Self {{\n\
+             \x20       self.max_decoding_message_size(max).max_encoding_message_size(max)\n\
+             \x20   }}\n\
+             }}"
+        )?;
+    }
+    Ok(out)
+}
+
+/// `UserService` -> `user_service`, as prost and tonic name modules.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Renders `static METHODS: &[MethodPolicy]`, sorted by path for binary

@@ -2,18 +2,18 @@
 
 use std::time::{Duration, Instant};
 
-use shop_middleware::context::Propagate;
+use shop_core::context::Propagate;
 use shop_proto::order::v1::{ListOrdersRequest, order_service_client::OrderServiceClient};
-use shop_testkit::{Backend, Stack, authed};
+use shop_testkit::{Backend, Spec, Stack, authed};
 use tonic::Code;
 
-use crate::{customer, order};
+use crate::{ORDERS, USERS, customer, order};
 
 /// The GetUser calls user-service logged as received (debug level of the
 /// context layer), with the timeout each carried.
 fn received_get_user_timeouts(stack: &Stack) -> Vec<Option<u64>> {
     stack
-        .users
+        .service(USERS)
         .log_events()
         .into_iter()
         .filter(|e| {
@@ -26,13 +26,21 @@ fn received_get_user_timeouts(stack: &Stack) -> Vec<Option<u64>> {
 
 #[tokio::test]
 async fn a_300ms_deadline_against_a_2s_user_service() {
-    let stack = Stack::start(Backend::Sqlite, &[("FAULT_DELAY", "GetUser=2s")], &[])
-        .await
-        .unwrap();
+    // order-service spends 100 ms before it calls user-service, which
+    // takes 2 s: the budget user-service gets must have shrunk by those
+    // 100 ms (a header passed on unchanged would still say 300).
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(USERS).env("FAULT_DELAY", "GetUser=2s"),
+            Spec::new(ORDERS).env("FAULT_DELAY", "CreateOrder=100ms"),
+        ],
+    )
+    .await;
     let (user, token) = customer(&stack, "hurried").await;
     // Through the shop client layer, as services and shopctl call: a
     // plain tonic channel reports its own grpc-timeout expiry as CANCELLED.
-    let mut orders = OrderServiceClient::new(Propagate::new(stack.orders.channel()));
+    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
 
     let mut request = authed(order(&user.id, "deadline-1"), &token);
     request.set_timeout(Duration::from_millis(300));
@@ -45,11 +53,15 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
         "answered after {elapsed:?}"
     );
 
-    // user-service saw the call with the remaining budget, never more.
+    // user-service saw the call with what was left of the budget: at most
+    // 300 ms less the 100 ms order-service spent first.
     let timeouts = received_get_user_timeouts(&stack);
     assert_eq!(timeouts.len(), 1, "{timeouts:?}");
     let carried = timeouts[0].expect("the call carried a grpc-timeout");
-    assert!(carried <= 300, "user-service was given {carried} ms");
+    assert!(
+        (1..=200).contains(&carried),
+        "user-service was given {carried} ms of the caller's 300 ms, 100 ms of which were spent"
+    );
 
     // Nothing was written.
     let list = orders
@@ -62,11 +74,13 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
 
 #[tokio::test]
 async fn a_client_that_goes_away_cancels_the_downstream_handler() {
-    let stack = Stack::start(Backend::Sqlite, &[("FAULT_DELAY", "GetUser=2s")], &[])
-        .await
-        .unwrap();
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[Spec::new(USERS).env("FAULT_DELAY", "GetUser=2s")],
+    )
+    .await;
     let (user, token) = customer(&stack, "impatient").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
 
     // No deadline: the client simply stops waiting after 200 ms and drops
     // the call, which resets the HTTP/2 stream.
@@ -79,7 +93,7 @@ async fn a_client_that_goes_away_cancels_the_downstream_handler() {
     );
 
     let dropped = stack
-        .users
+        .service(USERS)
         .wait_for_log(Duration::from_secs(1), |e| {
             e["message"] == "request cancelled by the client; handler dropped"
                 && e["rpc.method"] == "/shop.user.v1.UserService/GetUser"
@@ -88,7 +102,7 @@ async fn a_client_that_goes_away_cancels_the_downstream_handler() {
     assert!(
         dropped.is_some(),
         "user-service's GetUser handler was not dropped:\n{}",
-        stack.users.logs()
+        stack.service(USERS).logs()
     );
     let elapsed_ms = dropped.unwrap()["elapsed_ms"].as_u64().unwrap();
     assert!(

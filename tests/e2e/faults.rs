@@ -11,60 +11,46 @@ use std::{
     time::{Duration, Instant},
 };
 
-use shop_middleware::client::{self, ClientArgs, IdempotencyKey};
+use shop_client::{self as client, ClientArgs, IdempotencyKey};
 use shop_proto::order::v1::{
     GetOrderRequest, ListOrdersRequest, Order, order_service_client::OrderServiceClient,
 };
-use shop_testkit::{
-    Backend, Service, Stack, authed, http_get, metric_sum, order_service_env, user_service_env,
-};
+use shop_testkit::{Backend, Service, Spec, Stack, authed, http_get, metric_sum};
 use tonic::Code;
 
-use crate::{customer, customer_on, order};
-
-const USERS_HEALTH: &str = "shop.user.v1.UserService";
+use crate::{ORDERS, USERS, customer, customer_on, order};
 
 /// `n` user-service replicas on one database and one key directory, and
 /// an order-service balancing over all of them.
-struct Replicated {
-    dir: tempfile::TempDir,
-    users: Vec<Service>,
-    orders: Service,
+async fn replicated(n: usize) -> Stack {
+    Stack::start(Backend::Sqlite, &[Spec::new(USERS).replicas(n)]).await
 }
 
-impl Replicated {
-    async fn start(n: usize) -> Replicated {
-        let dir = tempfile::tempdir().unwrap();
-        let users_db = format!("sqlite://{}", dir.path().join("users.db").display());
-        let orders_db = format!("sqlite://{}", dir.path().join("orders.db").display());
-        let env = user_service_env(users_db, &dir.path().join("user-data"));
-        let mut users = Vec::new();
-        for i in 0..n {
-            let label = format!("user-service-{i}");
-            users.push(
-                Service::start_as(&label, "user-service", dir.path(), &env, USERS_HEALTH).await,
-            );
-        }
-        let urls: Vec<String> = users.iter().map(|u| format!("http://{}", u.addr)).collect();
-        let mut env = order_service_env(orders_db, &dir.path().join("order-data"), users[0].addr);
-        for (key, value) in &mut env {
-            if *key == "USER_SERVICE_URL" {
-                *value = urls.join(",");
-            }
-        }
-        let orders = Service::start(
-            "order-service",
-            dir.path(),
-            &env,
-            "shop.order.v1.OrderService",
-        )
-        .await;
-        Replicated { dir, users, orders }
-    }
+/// order-service's metrics.
+async fn order_metrics(stack: &Stack) -> String {
+    http_get(stack.service(ORDERS).admin, "/metrics").await.1
+}
 
-    async fn metrics(&self) -> String {
-        http_get(self.orders.admin, "/metrics").await.1
+/// Polls `condition` every 50 ms for at most `within`; whether it held.
+async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    condition()
+}
+
+/// CreateOrder calls order-service has answered OK so far.
+fn orders_placed(stack: &Stack) -> usize {
+    stack
+        .service(ORDERS)
+        .log_events()
+        .iter()
+        .filter(|e| e["target"] == "access" && e["method"] == "CreateOrder" && e["code"] == "OK")
+        .count()
 }
 
 /// GetUser access lines `replica` has logged so far.
@@ -88,14 +74,14 @@ fn create(
 
 #[tokio::test]
 async fn replicas_killed_or_restarted_under_load_fail_no_order_and_get_traffic_again() {
-    let mut stack = Replicated::start(2).await;
-    let (user, token) = customer_on(&stack.users[0], "steady").await;
+    let mut stack = replicated(2).await;
+    let (user, token) = customer_on(&stack.replicas(USERS)[0], "steady").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
     for worker in 0..3 {
         let (stop, user_id, token) = (Arc::clone(&stop), user.id.clone(), token.clone());
-        let mut orders = OrderServiceClient::new(stack.orders.channel());
+        let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
         callers.push(tokio::spawn(async move {
             let (mut ok, mut failures) = (0u32, Vec::new());
             let mut i = 0;
@@ -117,30 +103,44 @@ async fn replicas_killed_or_restarted_under_load_fail_no_order_and_get_traffic_a
         }));
     }
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        get_user_calls(&stack.users[1]) > 0,
-        "replica 1 took traffic"
+        eventually(Duration::from_secs(10), || get_user_calls(
+            &stack.replicas(USERS)[1]
+        ) > 0)
+        .await,
+        "replica 1 took no traffic"
     );
-    stack.users[1].kill().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before_restart = get_user_calls(&stack.users[1]);
-    stack.users[1].restart(stack.dir.path(), USERS_HEALTH).await;
+    stack.replicas_mut(USERS)[1].kill().await;
+    // Load goes on against the one replica left for a while.
+    let orders_so_far = orders_placed(&stack);
+    assert!(
+        eventually(Duration::from_secs(15), || orders_placed(&stack)
+            >= orders_so_far + 20)
+        .await,
+        "orders stopped while replica 1 was down"
+    );
+    let before_restart = get_user_calls(&stack.replicas(USERS)[1]);
+    stack.replicas_mut(USERS)[1].restart().await;
     let restarted = Instant::now();
-    let mut back_after = None;
-    while restarted.elapsed() < Duration::from_secs(15) {
-        if get_user_calls(&stack.users[1]) > before_restart {
-            back_after = Some(restarted.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = eventually(Duration::from_secs(15), || {
+        get_user_calls(&stack.replicas(USERS)[1]) > before_restart
+    })
+    .await;
+    let back_after = back.then(|| restarted.elapsed());
     // Then a rolling restart of the other one: SIGTERM (GOAWAY, drain),
     // start again.
-    let exit = stack.users[0].terminate(Duration::from_secs(10)).await;
+    let exit = stack.replicas_mut(USERS)[0]
+        .terminate(Duration::from_secs(10))
+        .await;
     assert!(exit.success(), "{exit}");
-    stack.users[0].restart(stack.dir.path(), USERS_HEALTH).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.replicas_mut(USERS)[0].restart().await;
+    let orders_so_far = orders_placed(&stack);
+    assert!(
+        eventually(Duration::from_secs(15), || orders_placed(&stack)
+            >= orders_so_far + 10)
+        .await,
+        "orders stopped after the rolling restart"
+    );
     stop.store(true, Ordering::Relaxed);
 
     let (mut ok, mut failures) = (0, Vec::new());
@@ -161,7 +161,7 @@ async fn replicas_killed_or_restarted_under_load_fail_no_order_and_get_traffic_a
         "{ok} orders, none failed; the restarted replica took traffic again {back_after:?} after it was serving"
     );
 
-    let metrics = stack.metrics().await;
+    let metrics = order_metrics(&stack).await;
     let retries = metric_sum(
         &metrics,
         "grpc_client_retries_total",
@@ -175,18 +175,18 @@ async fn replicas_killed_or_restarted_under_load_fail_no_order_and_get_traffic_a
 
 #[tokio::test]
 async fn with_every_replica_down_calls_fail_fast_within_the_retry_budget_and_recover() {
-    let mut stack = Replicated::start(2).await;
-    let (user, token) = customer_on(&stack.users[0], "outage").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut stack = replicated(2).await;
+    let (user, token) = customer_on(&stack.replicas(USERS)[0], "outage").await;
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     orders
         .create_order(create(&user.id, "before", &token))
         .await
         .unwrap();
 
-    for replica in &mut stack.users {
+    for replica in stack.replicas_mut(USERS) {
         replica.kill().await;
     }
-    let before = stack.metrics().await;
+    let before = order_metrics(&stack).await;
     let mut took = Vec::new();
     for i in 0..20 {
         let started = Instant::now();
@@ -197,7 +197,7 @@ async fn with_every_replica_down_calls_fail_fast_within_the_retry_budget_and_rec
         took.push(started.elapsed());
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
-    let after = stack.metrics().await;
+    let after = order_metrics(&stack).await;
     let delta = |name: &str| {
         metric_sum(&after, name, &[("grpc_method", "GetUser")])
             - metric_sum(&before, name, &[("grpc_method", "GetUser")])
@@ -231,7 +231,7 @@ async fn with_every_replica_down_calls_fail_fast_within_the_retry_budget_and_rec
     }
 
     // One replica returns: orders work again within seconds.
-    stack.users[0].restart(stack.dir.path(), USERS_HEALTH).await;
+    stack.replicas_mut(USERS)[0].restart().await;
     let back = Instant::now();
     let mut i = 0;
     loop {
@@ -257,13 +257,12 @@ async fn with_every_replica_down_calls_fail_fast_within_the_retry_budget_and_rec
 
 #[tokio::test]
 async fn lost_replies_retried_with_the_same_request_id_make_one_order_each() {
+    // Every third reply is lost (deterministically: some are, always).
     let stack = Stack::start(
         Backend::Sqlite,
-        &[],
-        &[("FAULT_ERROR", "CreateOrder=drop:0.3")],
+        &[Spec::new(ORDERS).env("FAULT_ERROR", "CreateOrder=drop:1/3")],
     )
-    .await
-    .unwrap();
+    .await;
     let (user, token) = customer(&stack, "dropped").await;
     let args = ClientArgs {
         client_retry_max_attempts: 5,
@@ -273,7 +272,7 @@ async fn lost_replies_retried_with_the_same_request_id_make_one_order_each() {
     };
     let channel = client::connect(
         "order-service",
-        &format!("http://{}", stack.orders.addr),
+        &format!("http://{}", stack.service(ORDERS).addr),
         &args,
     )
     .unwrap();
@@ -318,7 +317,7 @@ async fn lost_replies_retried_with_the_same_request_id_make_one_order_each() {
         assert!(listed.iter().any(|o| o.id == got[0].id));
     }
     // Replies were really lost (and so retried) on the way.
-    let (_, metrics) = http_get(stack.orders.admin, "/metrics").await;
+    let (_, metrics) = http_get(stack.service(ORDERS).admin, "/metrics").await;
     let dropped = metric_sum(
         &metrics,
         "grpc_server_handled_total",
@@ -329,12 +328,12 @@ async fn lost_replies_retried_with_the_same_request_id_make_one_order_each() {
 
 #[tokio::test]
 async fn invalid_argument_not_found_and_permission_denied_are_never_retried() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let (alice, alice_token) = customer(&stack, "alice-nr").await;
     let (bob, _) = customer(&stack, "bob-nr").await;
     let channel = client::connect(
         "order-service",
-        &format!("http://{}", stack.orders.addr),
+        &format!("http://{}", stack.service(ORDERS).addr),
         &ClientArgs::default(),
     )
     .unwrap();
@@ -364,7 +363,7 @@ async fn invalid_argument_not_found_and_permission_denied_are_never_retried() {
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     // Each reached order-service exactly once.
-    let (_, metrics) = http_get(stack.orders.admin, "/metrics").await;
+    let (_, metrics) = http_get(stack.service(ORDERS).admin, "/metrics").await;
     for (method, code) in [
         ("CreateOrder", "InvalidArgument"),
         ("GetOrder", "NotFound"),
@@ -379,23 +378,24 @@ async fn invalid_argument_not_found_and_permission_denied_are_never_retried() {
     }
     // And through the inter-service hop: GetUser's NOT_FOUND from
     // user-service (an order for a user id nobody has, placed by an admin).
-    let admin_token =
-        shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(stack.users.channel())
-            .login(shop_proto::auth::v1::LoginRequest {
-                identifier: shop_testkit::ADMIN_EMAIL.into(),
-                password: shop_testkit::ADMIN_PASSWORD.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .access_token;
+    let admin_token = shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(
+        stack.service(USERS).channel(),
+    )
+    .login(shop_proto::auth::v1::LoginRequest {
+        identifier: shop_testkit::ADMIN_EMAIL.into(),
+        password: shop_testkit::ADMIN_PASSWORD.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .access_token;
     let nobody = uuid::Uuid::now_v7().to_string();
     let status = orders
         .create_order(authed(order(&nobody, "nr-nobody"), &admin_token))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    let (_, users_metrics) = http_get(stack.users.admin, "/metrics").await;
+    let (_, users_metrics) = http_get(stack.service(USERS).admin, "/metrics").await;
     assert_eq!(
         metric_sum(
             &users_metrics,
@@ -404,7 +404,7 @@ async fn invalid_argument_not_found_and_permission_denied_are_never_retried() {
         ),
         1.0
     );
-    let (_, order_metrics) = http_get(stack.orders.admin, "/metrics").await;
+    let (_, order_metrics) = http_get(stack.service(ORDERS).admin, "/metrics").await;
     assert_eq!(
         metric_sum(
             &order_metrics,

@@ -7,11 +7,11 @@ use shop_proto::order::v1::{
 use shop_testkit::{Backend, Stack, authed};
 use tonic::Code;
 
-use crate::{customer, order};
+use crate::{ORDERS, customer, order};
 
 async fn sign_up_order_repeat_list_cancel_and_hide(stack: &Stack) {
     let (alice, token) = customer(stack, "alice").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
 
     let first = orders
         .create_order(authed(order(&alice.id, "checkout-1"), &token))
@@ -115,14 +115,12 @@ async fn sign_up_order_repeat_list_cancel_and_hide(stack: &Stack) {
 
 #[tokio::test]
 async fn the_whole_flow_on_sqlite() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     sign_up_order_repeat_list_cancel_and_hide(&stack).await;
 }
 
 #[tokio::test]
 async fn the_whole_flow_on_postgres() {
-    let Some(stack) = Stack::start(Backend::Postgres, &[], &[]).await else {
-        return;
-    };
+    let stack = Stack::start(Backend::Postgres, &[]).await;
     sign_up_order_repeat_list_cancel_and_hide(&stack).await;
 }

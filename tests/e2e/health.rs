@@ -4,19 +4,20 @@
 
 use std::time::{Duration, Instant};
 
-use shop_middleware::context::Propagate;
+use shop_core::context::Propagate;
 use shop_proto::user::v1::{
     GetUserRequest, get_user_request::Identifier, user_service_client::UserServiceClient,
 };
 use shop_testkit::{
-    Backend, Service, Stack, TcpProxy, authed, fresh_postgres_database, http_get, postgres_url,
-    user_service_env,
+    Backend, Service, Spec, Stack, TcpProxy, authed, fresh_postgres_database, http_get,
+    stack::base_env,
 };
+use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::customer;
+use crate::{USERS, customer};
 
 async fn serving(service: &Service) -> Option<i32> {
     HealthClient::new(service.channel())
@@ -37,11 +38,8 @@ async fn wait_for_status(service: &Service, want: ServingStatus, within: Duratio
 }
 
 #[tokio::test]
-async fn an_unreachable_database_turns_health_not_serving_and_back() {
-    let Some(server) = postgres_url() else {
-        return;
-    };
-    let database = fresh_postgres_database(&server, "e2e_health").await;
+async fn an_unreachable_postgres_turns_health_not_serving_and_back() {
+    let database = fresh_postgres_database("e2e_health").await;
     // Route the service's database connections through a switchable proxy.
     let (host_port, _database_name) = database
         .trim_start_matches("postgres://")
@@ -53,8 +51,8 @@ async fn an_unreachable_database_turns_health_not_serving_and_back() {
     let through_proxy = database.replace(host_port, &proxy.addr.to_string());
 
     let dir = tempfile::tempdir().unwrap();
-    let env = user_service_env(through_proxy, &dir.path().join("data"));
-    let users = Service::start("user-service", dir.path(), &env, "shop.user.v1.UserService").await;
+    let env = base_env(through_proxy, &dir.path().join("data"));
+    let users = Service::start(USERS, dir.path(), &env).await;
     assert_eq!(http_get(users.admin, "/readyz").await.0, 200);
 
     proxy.set_enabled(false);
@@ -76,13 +74,11 @@ async fn sigterm_under_load_fails_no_accepted_call_and_exits_in_time() {
     let grace = Duration::from_secs(5);
     let mut stack = Stack::start(
         Backend::Sqlite,
-        &[("FAULT_DELAY", "GetUser=100ms"), ("SHUTDOWN_GRACE", "5s")],
-        &[],
+        &[Spec::new(USERS).envs(&[("FAULT_DELAY", "GetUser=100ms"), ("SHUTDOWN_GRACE", "5s")])],
     )
-    .await
-    .unwrap();
+    .await;
     let (user, token) = customer(&stack, "loaded").await;
-    let client = UserServiceClient::new(Propagate::new(stack.users.channel()));
+    let client = UserServiceClient::new(Propagate::new(stack.service(USERS).channel()));
 
     // Steady load: 16 callers in a loop until their calls start failing.
     let load: Vec<_> = (0..16)
@@ -110,30 +106,61 @@ async fn sigterm_under_load_fails_no_accepted_call_and_exits_in_time() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let started = Instant::now();
-    let exit = stack.users.terminate(grace + Duration::from_secs(2)).await;
+    let exit = stack
+        .service_mut(USERS)
+        .terminate(grace + Duration::from_secs(2))
+        .await;
     let took = started.elapsed();
     assert!(exit.success(), "exit status {exit}");
     assert!(took <= grace, "exited after {took:?}, grace {grace:?}");
 
-    let mut succeeded = 0;
+    let mut succeeded = 0usize;
+    let mut failures = Vec::new();
     for caller in load {
-        let (ok, _first_failure) = caller.await.unwrap();
-        succeeded += ok;
+        let (ok, failure) = caller.await.unwrap();
+        succeeded += ok as usize;
+        failures.push(failure);
     }
     assert!(succeeded > 16, "the load ran ({succeeded} calls)");
 
-    // Every call the server accepted (and so logged) ended OK: refused or
-    // reset calls never reached it.
-    let events = stack.users.log_events();
-    let get_user: Vec<_> = events
+    // A drain, not an abrupt exit: every GetUser the server received (the
+    // context layer logs each at debug) was answered (one access line
+    // each, written when the call ends), OK, and the answer reached its
+    // caller.
+    let events = stack.service(USERS).log_events();
+    let received = events
+        .iter()
+        .filter(|e| {
+            e["message"] == "request received"
+                && e["rpc.method"] == "/shop.user.v1.UserService/GetUser"
+        })
+        .count();
+    let answered: Vec<_> = events
         .iter()
         .filter(|e| e["target"] == "access" && e["method"] == "GetUser")
         .collect();
-    assert!(
-        get_user.len() as u32 >= succeeded,
-        "{} access lines",
-        get_user.len()
+    assert_eq!(
+        received,
+        answered.len(),
+        "calls received and calls answered differ: cut off, not drained"
     );
-    let failed: Vec<_> = get_user.iter().filter(|e| e["code"] != "OK").collect();
+    let failed: Vec<_> = answered.iter().filter(|e| e["code"] != "OK").collect();
     assert!(failed.is_empty(), "accepted calls failed: {failed:?}");
+    assert_eq!(
+        succeeded,
+        answered.len(),
+        "every answered call reached its caller, and only those succeeded"
+    );
+    // Each caller stopped at its first failure. The server received no
+    // call it did not answer, so every one of those 16 failed calls is one
+    // it never took: the connection went away or the port was closed
+    // (UNAVAILABLE, or CANCELLED when the stream was cut while being
+    // sent), never an application error.
+    assert_eq!(failures.len(), 16);
+    assert!(
+        failures
+            .iter()
+            .all(|code| matches!(code, Code::Unavailable | Code::Cancelled)),
+        "callers saw {failures:?}"
+    );
 }

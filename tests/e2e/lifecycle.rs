@@ -8,14 +8,12 @@ use shop_proto::order::v1::{
 };
 use shop_testkit::{Backend, Stack, authed};
 
-use crate::{customer, order};
+use crate::{ORDERS, USERS, customer, order};
 
 async fn orders_survive_a_restart(backend: Backend) {
-    let Some(mut stack) = Stack::start(backend, &[], &[]).await else {
-        return;
-    };
+    let mut stack = Stack::start(backend, &[]).await;
     let (user, token) = customer(&stack, "durable").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     let mut placed = Vec::new();
     for i in 0..10 {
         placed.push(
@@ -27,17 +25,17 @@ async fn orders_survive_a_restart(backend: Backend) {
         );
     }
 
-    let status = stack.orders.terminate(Duration::from_secs(10)).await;
+    let status = stack
+        .service_mut(ORDERS)
+        .terminate(Duration::from_secs(10))
+        .await;
     assert!(
         status.success(),
         "order-service exit status after SIGTERM: {status}"
     );
-    stack
-        .orders
-        .restart(stack.dir.path(), "shop.order.v1.OrderService")
-        .await;
+    stack.service_mut(ORDERS).restart().await;
 
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     let list = orders
         .list_orders(authed(
             ListOrdersRequest {
@@ -68,7 +66,10 @@ async fn orders_survive_a_restart(backend: Backend) {
         assert_eq!(&got, order);
     }
 
-    let status = stack.users.terminate(Duration::from_secs(10)).await;
+    let status = stack
+        .service_mut(USERS)
+        .terminate(Duration::from_secs(10))
+        .await;
     assert!(
         status.success(),
         "user-service exit status after SIGTERM: {status}"
@@ -89,7 +90,7 @@ async fn orders_survive_a_restart_on_postgres() {
 /// 0 only for a service that answers SERVING.
 #[tokio::test]
 async fn the_container_health_probe_speaks_grpc_health() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let probe = |addr: String, service: &'static str| async move {
         tokio::process::Command::new(shop_testkit::binary("shop-health-probe"))
             .env_clear()
@@ -98,8 +99,8 @@ async fn the_container_health_probe_speaks_grpc_health() {
             .await
             .unwrap()
     };
-    let users = format!("http://{}", stack.users.addr);
-    let orders = format!("http://{}", stack.orders.addr);
+    let users = format!("http://{}", stack.service(USERS).addr);
+    let orders = format!("http://{}", stack.service(ORDERS).addr);
     assert!(
         probe(users.clone(), "shop.user.v1.UserService")
             .await
@@ -116,19 +117,15 @@ async fn the_container_health_probe_speaks_grpc_health() {
 
     let unknown = probe(users, "shop.nope.v1.Nope").await;
     assert_eq!(unknown.status.code(), Some(1));
-    let closed = probe(
-        format!("http://127.0.0.1:{}", shop_testkit::free_port()),
-        "",
-    )
-    .await;
+    let closed = probe(format!("http://{}", shop_testkit::unused_address()), "").await;
     assert_eq!(closed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&closed.stderr).contains("cannot connect"));
 }
 
 #[tokio::test]
 async fn sighup_without_tls_is_logged_and_the_services_keep_serving() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
-    for service in [&stack.users, &stack.orders] {
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
+    for service in [stack.service(USERS), stack.service(ORDERS)] {
         service.signal("HUP").await;
         let logged = service
             .wait_for_log(Duration::from_secs(5), |e| {
@@ -141,7 +138,7 @@ async fn sighup_without_tls_is_logged_and_the_services_keep_serving() {
     }
     // Still there and answering.
     let (user, token) = customer(&stack, "hangup").await;
-    OrderServiceClient::new(stack.orders.channel())
+    OrderServiceClient::new(stack.service(ORDERS).channel())
         .create_order(authed(order(&user.id, "after-hup"), &token))
         .await
         .expect("order-service still serves after SIGHUP");

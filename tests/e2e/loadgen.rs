@@ -4,15 +4,16 @@
 
 use std::path::Path;
 
+use crate::{ORDERS, USERS};
 use shop_testkit::{Backend, Stack, binary};
 
 fn loadgen(stack: &Stack, report: &Path, args: &[&str]) -> serde_json::Value {
     let output = std::process::Command::new(binary("shop-loadgen"))
         .args([
             "--users-url",
-            &format!("http://{}", stack.users.addr),
+            &format!("http://{}", stack.service(USERS).addr),
             "--orders-url",
-            &format!("http://{}", stack.orders.addr),
+            &format!("http://{}", stack.service(ORDERS).addr),
             "--report",
             report.to_str().unwrap(),
             "--warmup",
@@ -35,7 +36,7 @@ fn loadgen(stack: &Stack, report: &Path, args: &[&str]) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_mixed_scenario_runs_every_method_and_reports_percentiles() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let report = loadgen(
         &stack,
         &stack.dir.path().join("mixed.json"),
@@ -80,7 +81,7 @@ async fn the_mixed_scenario_runs_every_method_and_reports_percentiles() {
 
 #[tokio::test]
 async fn open_loop_runs_at_the_asked_rate_and_idle_streams_are_measured() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let report = loadgen(
         &stack,
         &stack.dir.path().join("open.json"),
@@ -101,7 +102,7 @@ async fn open_loop_runs_at_the_asked_rate_and_idle_streams_are_measured() {
     );
     assert_eq!(report["ok"], report["requests"]);
 
-    let pid = stack.orders.pid().unwrap().to_string();
+    let pid = stack.service(ORDERS).pid().unwrap().to_string();
     let report = loadgen(
         &stack,
         &stack.dir.path().join("watch.json"),

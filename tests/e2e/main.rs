@@ -1,7 +1,7 @@
-//! End-to-end tests: the real `user-service` and `order-service` binaries
-//! as separate processes, each with its own database (SQLite, and
-//! PostgreSQL when scripts/test.sh provides one), configured by the same
-//! environment variables docker-compose sets.
+//! End-to-end tests: the real service binaries as separate processes, each
+//! with its own database (SQLite, and PostgreSQL when scripts/test.sh
+//! provides one), configured by the same environment variables
+//! docker-compose sets, handed their sockets already bound.
 
 mod deadlines;
 mod faults;
@@ -10,6 +10,7 @@ mod health;
 mod lifecycle;
 mod loadgen;
 mod observability;
+mod shopctl;
 mod streams;
 mod tls;
 
@@ -17,14 +18,16 @@ use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
 };
-use shop_testkit::Stack;
+use shop_testkit::{PASSWORD, Stack};
 
-/// The password of every test user.
-const PASSWORD: &str = "correct horse battery";
+/// user-service, by name in a [`Stack`].
+const USERS: &str = "user-service";
+/// order-service, by name in a [`Stack`].
+const ORDERS: &str = "order-service";
 
 /// Signs `username` up and logs in: the user and an access token.
 async fn customer(stack: &Stack, username: &str) -> (User, String) {
-    customer_on(&stack.users, username).await
+    customer_on(stack.service(USERS), username).await
 }
 
 /// [`customer`] through one given user-service process.

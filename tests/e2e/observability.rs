@@ -16,16 +16,16 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value as AnyValue,
     trace::v1::{Span, span::SpanKind},
 };
-use shop_middleware::context::Propagate;
+use shop_core::context::Propagate;
 use shop_proto::{
     auth::v1::{LoginRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient},
     order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
     user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
-use shop_testkit::{Backend, Stack, authed, http_get};
+use shop_testkit::{Backend, Spec, Stack, authed, http_get};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{customer, order};
+use crate::{ORDERS, USERS, customer, order};
 
 /// A tiny OTLP trace receiver: keeps every span with its `service.name`.
 #[derive(Default, Clone)]
@@ -95,7 +95,7 @@ async fn one_trace_covers_the_caller_order_service_and_user_service() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let stack = Stack::start(Backend::Sqlite, &otel, &otel).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &Spec::everyone(&otel)).await;
     let (user, token) = customer(&stack, "traced").await;
 
     // The caller's own trace: its traceparent must be the root of it all.
@@ -107,7 +107,7 @@ async fn one_trace_covers_the_caller_order_service_and_user_service() {
             .parse()
             .unwrap(),
     );
-    OrderServiceClient::new(stack.orders.channel())
+    OrderServiceClient::new(stack.service(ORDERS).channel())
         .create_order(request)
         .await
         .unwrap();
@@ -187,9 +187,9 @@ async fn one_trace_covers_the_caller_order_service_and_user_service() {
 
 #[tokio::test]
 async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let (user, token) = customer(&stack, "counted").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     orders
         .create_order(authed(order(&user.id, "m-1"), &token))
         .await
@@ -205,7 +205,7 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
-    let (status, body) = http_get(stack.orders.admin, "/metrics").await;
+    let (status, body) = http_get(stack.service(ORDERS).admin, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
         r#"grpc_server_started_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
@@ -226,17 +226,17 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
         "{body}"
     );
 
-    let (healthz, _) = http_get(stack.orders.admin, "/healthz").await;
-    let (readyz, _) = http_get(stack.orders.admin, "/readyz").await;
+    let (healthz, _) = http_get(stack.service(ORDERS).admin, "/healthz").await;
+    let (readyz, _) = http_get(stack.service(ORDERS).admin, "/readyz").await;
     assert_eq!((healthz, readyz), (200, 200));
 }
 
 #[tokio::test]
 async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
     let debug = [("RUST_LOG", "debug")];
-    let stack = Stack::start(Backend::Sqlite, &debug, &debug).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &Spec::everyone(&debug)).await;
     let password = "correct horse battery staple 42";
-    let users = Propagate::new(stack.users.channel());
+    let users = Propagate::new(stack.service(USERS).channel());
     UserServiceClient::new(users.clone())
         .create_user(CreateUserRequest {
             email: "secret@example.com".into(),
@@ -268,17 +268,21 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
             shop_proto::user::v1::get_user_request::Identifier::Username("secretive".into()),
         ),
     };
-    let user = UserServiceClient::new(stack.users.channel())
+    let user = UserServiceClient::new(stack.service(USERS).channel())
         .get_user(authed(me, &refreshed.access_token))
         .await
         .unwrap()
         .into_inner();
-    OrderServiceClient::new(stack.orders.channel())
+    OrderServiceClient::new(stack.service(ORDERS).channel())
         .create_order(authed(order(&user.id, "s-1"), &refreshed.access_token))
         .await
         .unwrap();
 
-    let logs = format!("{}\n{}", stack.users.logs(), stack.orders.logs());
+    let logs = format!(
+        "{}\n{}",
+        stack.service(USERS).logs(),
+        stack.service(ORDERS).logs()
+    );
     for (what, secret) in [
         ("password", password),
         ("access token", pair.access_token.as_str()),
@@ -294,7 +298,7 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
         assert!(!logs.contains(secret), "the {what} appears in the logs");
     }
 
-    for service in [&stack.users, &stack.orders] {
+    for service in [stack.service(USERS), stack.service(ORDERS)] {
         let events = service.log_events();
         let in_requests: Vec<_> = events
             .iter()

@@ -15,23 +15,25 @@ use shop_proto::{
         user_service_client::UserServiceClient,
     },
 };
-use shop_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Service, Stack, authed};
+use shop_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Service, Spec, Stack, authed};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::{customer, order};
+use crate::{ORDERS, USERS, customer, order};
 
 async fn admin_token(stack: &Stack) -> String {
-    shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(stack.users.channel())
-        .login(shop_proto::auth::v1::LoginRequest {
-            identifier: ADMIN_EMAIL.into(),
-            password: ADMIN_PASSWORD.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token
+    shop_proto::auth::v1::auth_service_client::AuthServiceClient::new(
+        stack.service(USERS).channel(),
+    )
+    .login(shop_proto::auth::v1::LoginRequest {
+        identifier: ADMIN_EMAIL.into(),
+        password: ADMIN_PASSWORD.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .access_token
 }
 
 /// How many "stream opened" events `service` has logged.
@@ -91,11 +93,11 @@ where
 
 #[tokio::test]
 async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
-    let stack = Stack::start(Backend::Sqlite, &[], &[]).await.unwrap();
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
     let (user, token) = customer(&stack, "leaver").await;
     let admin = admin_token(&stack).await;
-    let users = UserServiceClient::new(stack.users.channel());
-    let orders = OrderServiceClient::new(stack.orders.channel());
+    let users = UserServiceClient::new(stack.service(USERS).channel());
+    let orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     let placed = orders
         .clone()
         .create_order(authed(order(&user.id, "leave-1"), &token))
@@ -112,7 +114,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
             },
             &token,
         );
-        goes_away(&stack.orders, "WatchOrder", async move {
+        goes_away(stack.service(ORDERS), "WatchOrder", async move {
             let mut watch = orders.watch_order(request).await.unwrap().into_inner();
             while watch.message().await.unwrap().is_some() {}
         })
@@ -128,7 +130,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
         .await
         .unwrap();
         let request = authed(ReceiverStream::new(rx), &token);
-        goes_away(&stack.users, "UserActivity", async move {
+        goes_away(stack.service(USERS), "UserActivity", async move {
             let _keep_sending = tx;
             let mut events = users.user_activity(request).await.unwrap().into_inner();
             while events.message().await.unwrap().is_some() {}
@@ -140,7 +142,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
     {
         let mut users = users.clone();
         let request = authed(StreamUsersRequest::default(), &admin);
-        goes_away(&stack.users, "StreamUsers", async move {
+        goes_away(stack.service(USERS), "StreamUsers", async move {
             let _stream = users.stream_users(request).await.unwrap().into_inner();
             std::future::pending::<()>().await;
         })
@@ -149,7 +151,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
     {
         let mut orders = orders.clone();
         let request = authed(StreamOrdersRequest::default(), &token);
-        goes_away(&stack.orders, "StreamOrders", async move {
+        goes_away(stack.service(ORDERS), "StreamOrders", async move {
             let _stream = orders.stream_orders(request).await.unwrap().into_inner();
             std::future::pending::<()>().await;
         })
@@ -160,7 +162,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
         let mut users = users.clone();
         let (tx, rx) = mpsc::channel::<CreateUserRequest>(1);
         let request = authed(ReceiverStream::new(rx), &admin);
-        goes_away(&stack.users, "BulkCreateUsers", async move {
+        goes_away(stack.service(USERS), "BulkCreateUsers", async move {
             let _keep_open = tx;
             let _ = users.bulk_create_users(request).await;
         })
@@ -170,7 +172,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
         let mut orders = orders.clone();
         let (tx, rx) = mpsc::channel::<CreateOrderRequest>(1);
         let request = authed(ReceiverStream::new(rx), &token);
-        goes_away(&stack.orders, "BatchCreateOrders", async move {
+        goes_away(stack.service(ORDERS), "BatchCreateOrders", async move {
             let _keep_open = tx;
             let _ = orders.batch_create_orders(request).await;
         })
@@ -186,7 +188,7 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
         .await
         .unwrap();
         let request = authed(ReceiverStream::new(rx), &admin);
-        goes_away(&stack.orders, "ProcessOrders", async move {
+        goes_away(stack.service(ORDERS), "ProcessOrders", async move {
             let _keep_open = tx;
             let mut responses = orders.process_orders(request).await.unwrap().into_inner();
             while responses.message().await.unwrap().is_some() {}
@@ -197,11 +199,13 @@ async fn every_stream_is_cleaned_up_when_its_client_goes_away() {
 
 #[tokio::test]
 async fn sigterm_ends_an_open_watch_with_unavailable_and_exits_within_the_grace() {
-    let mut stack = Stack::start(Backend::Sqlite, &[], &[("SHUTDOWN_GRACE", "3s")])
-        .await
-        .unwrap();
+    let mut stack = Stack::start(
+        Backend::Sqlite,
+        &[Spec::new(ORDERS).env("SHUTDOWN_GRACE", "3s")],
+    )
+    .await;
     let (user, token) = customer(&stack, "watching").await;
-    let mut orders = OrderServiceClient::new(stack.orders.channel());
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     let placed = orders
         .create_order(authed(order(&user.id, "term-1"), &token))
         .await
@@ -224,7 +228,7 @@ async fn sigterm_ends_an_open_watch_with_unavailable_and_exits_within_the_grace(
 
     let started = Instant::now();
     let exit = {
-        let orders_service = &mut stack.orders;
+        let orders_service = stack.service_mut(ORDERS);
         let (end, exit) = tokio::join!(
             async {
                 tokio::time::timeout(Duration::from_secs(5), watch.message())

@@ -8,13 +8,14 @@ use std::{
 };
 
 use shop_proto::order::v1::order_service_client::OrderServiceClient;
-use shop_testkit::{Service, authed, order_service_env, user_service_env};
+use shop_testkit::{
+    Service, authed,
+    stack::{base_env, url_setting},
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::{customer_on, order};
-
-const USERS_HEALTH: &str = "shop.user.v1.UserService";
+use crate::{ORDERS, USERS, customer_on, order};
 
 /// Runs scripts/gen-certs.sh into `dir` for `names`.
 fn gen_certs(dir: &Path, names: &[&str]) {
@@ -92,33 +93,24 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
     gen_certs(&certs, &["user-service", "order-service", "client"]);
     gen_certs(&other, &["client"]);
 
-    let mut env = user_service_env(
+    let mut env = base_env(
         format!("sqlite://{}", dir.path().join("users.db").display()),
         &dir.path().join("user-data"),
     );
     env.extend(server_tls_env(&certs, "user-service", true, "1h"));
     let ours = client_tls(&certs, Some((&certs, "client")));
-    let users = Service::start_tls(
-        "user-service",
-        "user-service",
-        dir.path(),
-        &env,
-        USERS_HEALTH,
-        Some(ours.clone()),
-    )
-    .await;
+    let users = Service::start_tls(USERS, USERS, dir.path(), &env, Some(ours.clone())).await;
 
-    let mut env = order_service_env(
+    let user_service_url = url_setting(USERS);
+    let mut env = base_env(
         format!("sqlite://{}", dir.path().join("orders.db").display()),
         &dir.path().join("order-data"),
-        users.addr,
     );
-    env.retain(|(k, _)| *k != "USER_SERVICE_URL");
     env.extend(server_tls_env(&certs, "order-service", true, "1h"));
     env.extend([
         // The certificate carries IP:127.0.0.1, so the address is the name.
         (
-            "USER_SERVICE_URL",
+            user_service_url.as_str(),
             format!("https://127.0.0.1:{}", users.addr.port()),
         ),
         (
@@ -134,15 +126,7 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
             certs.join("order-service-key.pem").display().to_string(),
         ),
     ]);
-    let orders = Service::start_tls(
-        "order-service",
-        "order-service",
-        dir.path(),
-        &env,
-        "shop.order.v1.OrderService",
-        Some(ours.clone()),
-    )
-    .await;
+    let orders = Service::start_tls(ORDERS, ORDERS, dir.path(), &env, Some(ours.clone())).await;
 
     // The right certificate gets in, and CreateOrder crosses both mTLS hops
     // (order-service started serving only after fetching the token keys
@@ -228,7 +212,7 @@ async fn certificates_are_reloaded_on_sighup_and_on_change_without_a_restart() {
         for file in ["ca.pem", "user-service.pem", "user-service-key.pem"] {
             std::fs::copy(old.join(file), live.join(file)).unwrap();
         }
-        let mut env = user_service_env(
+        let mut env = base_env(
             format!(
                 "sqlite://{}",
                 dir.path().join(format!("{label}.db")).display()
@@ -236,15 +220,8 @@ async fn certificates_are_reloaded_on_sighup_and_on_change_without_a_restart() {
             &dir.path().join(format!("{label}-data")),
         );
         env.extend(server_tls_env(&live, "user-service", false, reload));
-        let service = Service::start_tls(
-            label,
-            "user-service",
-            dir.path(),
-            &env,
-            USERS_HEALTH,
-            Some(client_tls(&old, None)),
-        )
-        .await;
+        let service =
+            Service::start_tls(label, USERS, dir.path(), &env, Some(client_tls(&old, None))).await;
         assert!(
             health(service.channel_with(client_tls(&new, None)))
                 .await

@@ -5,9 +5,11 @@
 //! - [`keys`]: Ed25519 signing keys (loaded from PEM or generated once and
 //!   kept on disk) and the key set that verifiers use, with a `kid` per key so
 //!   keys can rotate.
-//! - [`token`]: JWT access tokens: issue (only user-service holds a private
-//!   key) and verify (every service, from public keys).
-//! - [`principal`]: who is calling, as the middleware hands it to handlers.
+//! - [`token`]: JWT access tokens: issue (only the token issuer holds a
+//!   private key) and verify (every service, from public keys).
+//! - [`principal`]: who is calling, as the server kit hands it to handlers.
+//! - [`verify`]: the [`VerifyToken`] question servers ask, whatever holds
+//!   the keys.
 //!
 //! Nothing here knows about gRPC or databases.
 
@@ -15,11 +17,13 @@ pub mod keys;
 pub mod password;
 pub mod principal;
 pub mod token;
+pub mod verify;
 
 pub use keys::{KeyError, KeySet, SigningKey, VerificationKey, load_or_generate_secret};
 pub use password::{Password, PasswordError, PasswordHasher};
 pub use principal::{Principal, Role};
 pub use token::{Claims, IssuedToken, TokenError, TokenIssuer, TokenVerifier};
+pub use verify::{BoxFuture, VerifyError, VerifyToken};
 
 /// Fills a buffer from the operating system's secure random source.
 ///

@@ -14,6 +14,13 @@ use thiserror::Error;
 
 use crate::{KeySet, Role, SigningKey, principal::Principal};
 
+/// Default `iss` of shop access tokens: the name of the platform's token
+/// issuer (the account service), kept stable so that issuers and verifiers
+/// of different releases agree.
+pub const DEFAULT_ISSUER: &str = "shop.user-service";
+/// Default `aud` of shop access tokens.
+pub const DEFAULT_AUDIENCE: &str = "shop";
+
 /// Default lifetime of an access token.
 pub const DEFAULT_ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// Default clock skew tolerated on `exp` and `nbf`: enough for servers whose

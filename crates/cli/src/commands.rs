@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use shop_middleware::context::Propagate;
+use shop_core::context::Propagate;
 use shop_proto::{
     auth::v1::{
         LoginRequest, LogoutRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient,

@@ -3,22 +3,33 @@
 //! on loopback with the same middleware as in production. No Docker, no
 //! setup: `cargo run -p devstack`.
 //!
-//! Each service keeps reading its own environment variables (see the
-//! README), except the address, database and upstream URL, which devstack
-//! sets.
+//! The services are one table ([`services`]): adding a service to the stack
+//! is one line there. For each, devstack binds the gRPC and admin ports
+//! (`<NAME>_PORT`, `<NAME>_ADMIN_PORT`, e.g. `USER_SERVICE_PORT`), and hands
+//! it the settings every service may take: its addresses, its SQLite file,
+//! the data directory, the URL of every other service (`USER_SERVICE_URL`,
+//! ...) and the bootstrap admin. Each service keeps reading its other
+//! environment variables (see the README).
+
+mod table;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use clap::Parser;
-use shop_middleware::{config::parse_or_exit, server::shutdown_signal, telemetry};
+use clap::{ArgMatches, Command, FromArgMatches as _};
+use shop_core::config::exit_on_parse_error;
+use shop_core::signals::shutdown_signal;
+use shop_server::Listeners;
+use shop_telemetry::LogFormat;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use table::{Entry, services};
+
 /// Runs every shop service in one process (SQLite under DATA_DIR).
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "devstack", version, about)]
 struct Args {
     /// Directory for the SQLite files and generated keys.
@@ -28,22 +39,6 @@ struct Args {
     /// Interface the services listen on; 127.0.0.1 keeps them local.
     #[arg(long, env = "DEVSTACK_HOST", default_value = "127.0.0.1")]
     host: std::net::IpAddr,
-
-    /// user-service gRPC port.
-    #[arg(long, env = "USER_SERVICE_PORT", default_value_t = 50051)]
-    user_service_port: u16,
-
-    /// order-service gRPC port.
-    #[arg(long, env = "ORDER_SERVICE_PORT", default_value_t = 50052)]
-    order_service_port: u16,
-
-    /// user-service admin HTTP port (/metrics, /healthz, /readyz).
-    #[arg(long, env = "USER_SERVICE_ADMIN_PORT", default_value_t = 9101)]
-    user_service_admin_port: u16,
-
-    /// order-service admin HTTP port (/metrics, /healthz, /readyz).
-    #[arg(long, env = "ORDER_SERVICE_ADMIN_PORT", default_value_t = 9102)]
-    order_service_admin_port: u16,
 
     /// Admin account created on first start; its password is generated and
     /// kept in `<DATA_DIR>/devstack-admin-password` unless
@@ -60,15 +55,67 @@ struct Args {
     /// set (with the standard `OTEL_SERVICE_NAME`,
     /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
-    log_format: telemetry::LogFormat,
+    log_format: LogFormat,
+}
+
+/// Where one service of the stack listens.
+struct Placement {
+    grpc: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// The command line: [`Args`] plus a port and an admin port per service.
+fn command(services: &[Entry]) -> Command {
+    let mut command = <Args as clap::CommandFactory>::command();
+    for entry in services {
+        let name = entry.info.name;
+        let env = env_prefix(name);
+        command = command
+            .arg(
+                clap::Arg::new(format!("{name}-port"))
+                    .long(format!("{name}-port"))
+                    .env(format!("{env}_PORT"))
+                    .value_parser(clap::value_parser!(u16))
+                    .default_value(entry.info.grpc_port.to_string())
+                    .help(format!("{name} gRPC port")),
+            )
+            .arg(
+                clap::Arg::new(format!("{name}-admin-port"))
+                    .long(format!("{name}-admin-port"))
+                    .env(format!("{env}_ADMIN_PORT"))
+                    .value_parser(clap::value_parser!(u16))
+                    .default_value(entry.info.admin_port.to_string())
+                    .help(format!(
+                        "{name} admin HTTP port (/metrics, /healthz, /readyz)"
+                    )),
+            );
+    }
+    command
+}
+
+/// `user-service` -> `USER_SERVICE`.
+fn env_prefix(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+fn placement(matches: &ArgMatches, host: std::net::IpAddr, name: &str) -> Placement {
+    let port = |arg: String| *matches.get_one::<u16>(&arg).expect("has a default");
+    Placement {
+        grpc: SocketAddr::new(host, port(format!("{name}-port"))),
+        admin: SocketAddr::new(host, port(format!("{name}-admin-port"))),
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Args = parse_or_exit();
-    telemetry::init("devstack", args.log_format, "info,sqlx=warn");
-    let outcome = run(args).await;
-    telemetry::shutdown();
+    let services = services();
+    let matches = command(&services)
+        .try_get_matches()
+        .unwrap_or_else(|e| exit_on_parse_error(e));
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| exit_on_parse_error(e));
+    shop_telemetry::init("devstack", args.log_format, "info,sqlx=warn");
+    let outcome = run(args, &matches, services).await;
+    shop_telemetry::shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -78,86 +125,85 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let admin_password = admin_password(&args)?;
+    let data_dir = args.data_dir.display().to_string();
+    let placements: Vec<Placement> = services
+        .iter()
+        .map(|s| placement(matches, args.host, s.info.name))
+        .collect();
+
+    // What every service may be told: where each service is, and the
+    // bootstrap admin (only the token issuer has those settings).
+    let mut shared: Vec<(String, String)> = services
+        .iter()
+        .zip(&placements)
+        .map(|(s, p)| {
+            (
+                format!("{}_URL", env_prefix(s.info.name)),
+                format!("http://{}", p.grpc),
+            )
+        })
+        .collect();
+    shared.push(("BOOTSTRAP_ADMIN_EMAIL".into(), args.admin_email.clone()));
+    shared.push(("BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let mut services = JoinSet::new();
+    let mut running = JoinSet::new();
+    for (service, place) in services.iter().zip(&placements) {
+        let name = service.info.name;
+        let listeners = Listeners {
+            grpc: bind(place.grpc, &format!("{}_PORT", env_prefix(name))).await?,
+            admin: bind(place.admin, &format!("{}_ADMIN_PORT", env_prefix(name))).await?,
+        };
+        let mut settings = vec![
+            ("GRPC_ADDR".to_owned(), place.grpc.to_string()),
+            ("ADMIN_ADDR".to_owned(), place.admin.to_string()),
+            (
+                "DATABASE_URL".to_owned(),
+                format!("sqlite://{data_dir}/{}.db", service.info.database),
+            ),
+            ("DATA_DIR".to_owned(), data_dir.clone()),
+        ];
+        settings.extend(shared.iter().cloned());
+        let mut stop = stop_rx.clone();
+        let stopped = Box::pin(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        });
+        let serving = (service.start)(&settings, listeners, stopped)
+            .with_context(|| format!("{name} configuration"))?;
+        running.spawn(async move { (name, serving.await) });
+    }
 
-    let user_addr = SocketAddr::new(args.host, args.user_service_port);
-    let user_listener = TcpListener::bind(user_addr)
-        .await
-        .with_context(|| format!("binding user-service to {user_addr} (USER_SERVICE_PORT)"))?;
-    let data_dir = args.data_dir.display().to_string();
-    let user_config = user_service::Config::try_parse_from([
-        "user-service",
-        "--grpc-addr",
-        &user_addr.to_string(),
-        "--admin-addr",
-        &SocketAddr::new(args.host, args.user_service_admin_port).to_string(),
-        "--database-url",
-        &format!("sqlite://{data_dir}/users.db"),
-        "--data-dir",
-        &data_dir,
-        "--bootstrap-admin-email",
-        &args.admin_email,
-        "--bootstrap-admin-password",
-        &admin_password,
-    ])
-    .context("user-service configuration")?;
-    let user_stop = stop_rx.clone();
-    services.spawn(async move {
-        let result = user_service::run(user_config, user_listener, stopped(user_stop)).await;
-        ("user-service", result)
-    });
-
-    let order_addr = SocketAddr::new(args.host, args.order_service_port);
-    let order_listener = TcpListener::bind(order_addr)
-        .await
-        .with_context(|| format!("binding order-service to {order_addr} (ORDER_SERVICE_PORT)"))?;
-    let order_config = order_service::Config::try_parse_from([
-        "order-service",
-        "--grpc-addr",
-        &order_addr.to_string(),
-        "--admin-addr",
-        &SocketAddr::new(args.host, args.order_service_admin_port).to_string(),
-        "--database-url",
-        &format!("sqlite://{data_dir}/orders.db"),
-        "--data-dir",
-        &data_dir,
-        "--user-service-url",
-        &format!("http://{user_addr}"),
-    ])
-    .context("order-service configuration")?;
-    services.spawn(async move {
-        let result = order_service::run(order_config, order_listener, stopped(stop_rx)).await;
-        ("order-service", result)
-    });
-
-    wait_until_serving(user_addr, "shop.user.v1.UserService").await?;
-    wait_until_serving(order_addr, "shop.order.v1.OrderService").await?;
-    print_banner(&args, user_addr, order_addr, &admin_password);
+    for (service, place) in services.iter().zip(&placements) {
+        wait_until_serving(place.grpc, service.info.name).await?;
+    }
+    print_banner(&args, &services, &placements, &admin_password);
 
     tokio::select! {
-        _ = shutdown_signal() => {}
-        Some(done) = services.join_next() => {
+        _ = shutdown => {}
+        Some(done) = running.join_next() => {
             let (name, result) = done.context("a service task panicked")?;
             result.with_context(|| format!("{name} stopped unexpectedly"))?;
             anyhow::bail!("{name} stopped unexpectedly");
         }
     }
     let _ = stop_tx.send(true);
-    while let Some(done) = services.join_next().await {
+    while let Some(done) = running.join_next().await {
         let (name, result) = done.context("a service task panicked")?;
         result.with_context(|| format!("{name} failed while stopping"))?;
     }
     println!("devstack stopped");
     Ok(())
+}
+
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} ({setting})"))
 }
 
 /// BOOTSTRAP_ADMIN_PASSWORD if set, else the password generated on first
@@ -192,15 +238,16 @@ fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> 
     std::fs::write(path, contents)
 }
 
-/// Polls grpc.health.v1 until `service` answers SERVING (30 s at most).
-async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<()> {
+/// Polls grpc.health.v1 (the whole server) until it answers SERVING (30 s
+/// at most).
+async fn wait_until_serving(addr: SocketAddr, name: &str) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
     let mut health = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let answer = health
             .check(HealthCheckRequest {
-                service: service.into(),
+                service: String::new(),
             })
             .await;
         if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
@@ -208,36 +255,42 @@ async fn wait_until_serving(addr: SocketAddr, service: &str) -> anyhow::Result<(
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "{service} at {addr} not serving after 30 s: {answer:?}"
+            "{name} at {addr} not serving after 30 s: {answer:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn print_banner(args: &Args, user_addr: SocketAddr, order_addr: SocketAddr, admin_password: &str) {
+fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin_password: &str) {
+    println!(
+        "\nshop devstack is up (data directory: {})\n",
+        args.data_dir.display()
+    );
+    for (service, place) in services.iter().zip(placements) {
+        println!(
+            "  {:<18} grpc://{}   ({}health, reflection)",
+            service.info.name, place.grpc, service.serves
+        );
+        println!(
+            "  {:<18} http://{}/metrics  /healthz  /readyz",
+            "", place.admin
+        );
+    }
+    let users = placements[0].grpc;
+    let orders = placements.get(1).map_or(users, |p| p.grpc);
     println!(
         "\n\
-         shop devstack is up (data directory: {data})\n\
-         \n\
-         \x20 user-service   grpc://{user_addr}   (UserService, AuthService, health, reflection)\n\
-         \x20                http://{user_admin}/metrics  /healthz  /readyz\n\
-         \x20 order-service  grpc://{order_addr}   (OrderService, health, reflection)\n\
-         \x20                http://{order_admin}/metrics  /healthz  /readyz\n\
-         \n\
          \x20 admin login   {email} / {admin_password}\n\
          \n\
          Try it (grpcurl, https://github.com/fullstorydev/grpcurl):\n\
-         \x20 grpcurl -plaintext {user_addr} list\n\
+         \x20 grpcurl -plaintext {users} list\n\
          \x20 grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"username\":\"ada\",\"password\":\"correct horse\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\"}}' \\\n\
-         \x20   {user_addr} shop.user.v1.UserService/CreateUser\n\
-         \x20 TOKEN=$(grpcurl -plaintext -d '{{\"identifier\":\"ada\",\"password\":\"correct horse\"}}' {user_addr} shop.auth.v1.AuthService/Login | jq -r .accessToken)\n\
+         \x20   {users} shop.user.v1.UserService/CreateUser\n\
+         \x20 TOKEN=$(grpcurl -plaintext -d '{{\"identifier\":\"ada\",\"password\":\"correct horse\"}}' {users} shop.auth.v1.AuthService/Login | jq -r .accessToken)\n\
          \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"items\":[{{\"product_id\":\"sku-1\",\"quantity\":2,\"unit_price_cents\":499}}],\"currency_code\":\"EUR\",\"request_id\":\"first-order\",\"user_id\":\"<id from CreateUser>\"}}' \\\n\
-         \x20   {order_addr} shop.order.v1.OrderService/CreateOrder\n\
+         \x20   {orders} shop.order.v1.OrderService/CreateOrder\n\
          \n\
          Ctrl-C stops everything.\n",
-        data = args.data_dir.display(),
         email = args.admin_email,
-        user_admin = SocketAddr::new(args.host, args.user_service_admin_port),
-        order_admin = SocketAddr::new(args.host, args.order_service_admin_port),
     );
 }

@@ -12,6 +12,9 @@
 //! - [`stats`]: HDR histograms and status counts per method.
 //! - [`report`]: the terminal table and the JSON report.
 //! - [`rss`]: resident memory of a server process, for memory per stream.
+//! - [`stub`]: the stand-in UserService of the bare tonic server (the
+//!   yardstick), also used by the stack benchmark and the client kit's
+//!   tests.
 
 pub mod config;
 pub mod drive;
@@ -19,3 +22,4 @@ pub mod report;
 pub mod rss;
 pub mod scenario;
 pub mod stats;
+pub mod stub;

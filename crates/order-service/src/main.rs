@@ -1,12 +1,8 @@
 //! The order-service binary. All the work is in the library's
-//! [`order_service::run`]; [`shop_middleware::binary::service_main`] does
-//! configuration, logging, the socket, signals and exit codes.
+//! [`order_service::run`]; [`shop_server::binary::service_main`] does
+//! configuration, telemetry, the sockets, signals and exit codes.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    shop_middleware::binary::service_main::<order_service::Config, _, _>(
-        "order-service",
-        order_service::run,
-    )
-    .await
+    shop_server::binary::service_main::<order_service::Config, _, _>(order_service::run).await
 }

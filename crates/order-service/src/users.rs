@@ -8,7 +8,7 @@
 //! user-service endpoints, retried when they are unavailable (GetUser has
 //! no side effects) and failed fast while they are all down.
 
-use shop_middleware::client::ClientChannel;
+use shop_client::ClientChannel;
 use shop_proto::user::v1::{
     GetUserRequest, UserStatus, get_user_request::Identifier,
     user_service_client::UserServiceClient,

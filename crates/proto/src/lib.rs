@@ -28,7 +28,7 @@ pub mod user {
     }
 }
 
-/// `shop.auth.v1`: AuthService (served by user-service).
+/// `shop.auth.v1`: AuthService (the token issuer's API).
 pub mod auth {
     /// Version 1.
     pub mod v1 {
@@ -45,6 +45,17 @@ pub mod order {
 }
 
 pub mod policy;
+
+/// A generated gRPC server of the shop protos, as the server kit registers
+/// it: its name (from `NamedService`, for health and reflection) and its
+/// message size limits. Implemented by build.rs for every service, so no
+/// shared crate needs to name one.
+pub trait GeneratedServer: tonic::server::NamedService {
+    /// The server with `max` bytes as its receive and send limit.
+    fn with_message_limit(self, max: usize) -> Self;
+}
+
+include!(concat!(env!("OUT_DIR"), "/generated_servers.rs"));
 
 /// The encoded `FileDescriptorSet` of every shop proto and its imports, with
 /// custom options kept; register it with gRPC reflection.

@@ -1,6 +1,6 @@
 //! The one place where user-service's failures become gRPC statuses.
 
-use shop_middleware::status;
+use shop_core::status;
 use thiserror::Error;
 use tonic::Status;
 

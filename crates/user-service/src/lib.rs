@@ -8,8 +8,7 @@
 //!   `shop.auth.v1.AuthService`).
 //! - [`error`]: the one mapping from failures to gRPC statuses.
 //!
-//! [`run`] wires them together; the binary only parses the configuration,
-//! binds the socket and passes the shutdown signal.
+//! [`run`] wires them together; the binary is the kit's `service_main`.
 
 pub mod activity;
 mod bootstrap;
@@ -23,39 +22,43 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context as _;
 use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, VerificationKey};
-use shop_middleware::{pagination::PageTokenCodec, protect::KeyedLimit, server::ServiceDefaults};
+use shop_core::{config::redact_url, pagination::PageTokenCodec};
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
     user::v1::user_service_server::UserServiceServer,
 };
-use tokio::net::TcpListener;
-use tonic::server::NamedService;
+use shop_server::{Listeners, Server, ServiceInfo, layers::protect::KeyedLimit};
 
 use activity::ActivityFeed;
 pub use config::Config;
 use grpc::{Accounts, AuthGrpc, UserGrpc};
 
-pub use shop_middleware::config::ConfigError;
+pub use shop_server::ConfigError;
 
-/// Runs user-service on `listener` until `shutdown` completes: opens and
+/// user-service as the kit, devstack and deployments know it.
+pub const SERVICE: ServiceInfo = ServiceInfo {
+    name: "user-service",
+    grpc_port: 50051,
+    admin_port: 9101,
+    database: "users",
+};
+
+/// Runs user-service on `listeners` until `shutdown` completes: opens and
 /// migrates the database, loads (or generates) the signing key, creates the
 /// bootstrap admin, then serves UserService, AuthService, health and
 /// reflection. On shutdown, health turns NOT_SERVING and in-flight calls
-/// get `config.server.shutdown_grace` to finish.
+/// get `SHUTDOWN_GRACE` to finish.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = repo::connect(&config.database_url, config.database_max_connections)
+    let database_url = config.service.database_url(&SERVICE);
+    let store = repo::connect(&database_url, config.service.database_max_connections)
         .await
-        .with_context(|| {
-            format!(
-                "opening {}",
-                shop_middleware::config::redact_url(&config.database_url)
-            )
-        })?;
+        .with_context(|| format!("opening {}", redact_url(&database_url)))?;
 
+    let tokens = &config.service.tokens;
     let signing_key = Arc::new(load_signing_key(&config)?);
     let mut keys: KeySet = [signing_key.verification_key().clone()]
         .into_iter()
@@ -68,9 +71,9 @@ pub async fn run(
     }
     let verifier = Arc::new(TokenVerifier::new(
         keys,
-        &config.jwt_issuer,
-        &config.jwt_audience,
-        config.jwt_leeway,
+        &tokens.jwt_issuer,
+        &tokens.jwt_audience,
+        tokens.jwt_leeway,
     ));
     let hasher = PasswordHasher::new(config.bcrypt_cost)
         .map_err(|e| ConfigError(format!("BCRYPT_COST: {e}")))?;
@@ -90,39 +93,30 @@ pub async fn run(
         .await?;
     }
 
-    let admin = TcpListener::bind(config.admin_addr)
-        .await
-        .map_err(|e| ConfigError(format!("ADMIN_ADDR {}: {e}", config.admin_addr)))?;
-    let served = [
-        <UserServiceServer<UserGrpc> as NamedService>::NAME,
-        <AuthServiceServer<AuthGrpc> as NamedService>::NAME,
-    ];
-    let defaults = ServiceDefaults::new("user-service", &config.server, verifier.clone(), &served);
+    let mut server = Server::new(SERVICE, &config.service, verifier.clone());
     let accounts = Arc::new(Accounts {
         store: Arc::clone(&store),
         hasher,
         issuer: TokenIssuer::new(
             Arc::clone(&signing_key),
-            config.jwt_issuer.clone(),
-            config.jwt_audience.clone(),
+            tokens.jwt_issuer.clone(),
+            tokens.jwt_audience.clone(),
             config.access_token_ttl,
         ),
         verifier,
         page_tokens: PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens")),
         refresh_token_ttl: config.refresh_token_ttl,
         activity: ActivityFeed::new(config.activity_buffer),
-        streams: defaults.streams(),
+        streams: server.streams(),
         login_limit: KeyedLimit::new(
             f64::from(config.login_attempts_per_minute) / 60.0,
             config.login_attempts_per_minute,
             "login attempts for this account",
         ),
     });
-
-    let router = defaults
-        .server()
-        .add_service(defaults.limited(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts)))))
-        .add_service(defaults.limited(AuthServiceServer::new(AuthGrpc::new(accounts))));
+    server
+        .add(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts))))
+        .add(AuthServiceServer::new(AuthGrpc::new(accounts)));
     tracing::info!(
         database = store.backend(),
         kid = signing_key.kid(),
@@ -132,9 +126,7 @@ pub async fn run(
         let store = Arc::clone(&store);
         async move { store.ping().await.is_ok() }
     };
-    defaults
-        .serve(router, listener, admin, ready, shutdown)
-        .await
+    server.serve(listeners, ready, shutdown).await
 }
 
 fn load_signing_key(config: &Config) -> anyhow::Result<SigningKey> {

@@ -1,12 +1,8 @@
 //! The user-service binary. All the work is in the library's
-//! [`user_service::run`]; [`shop_middleware::binary::service_main`] does
-//! configuration, logging, the socket, signals and exit codes.
+//! [`user_service::run`]; [`shop_server::binary::service_main`] does
+//! configuration, telemetry, the sockets, signals and exit codes.
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    shop_middleware::binary::service_main::<user_service::Config, _, _>(
-        "user-service",
-        user_service::run,
-    )
-    .await
+    shop_server::binary::service_main::<user_service::Config, _, _>(user_service::run).await
 }

@@ -7,12 +7,8 @@
 use std::net::SocketAddr;
 
 use clap::Parser as _;
-use shop_proto::user::v1::{
-    self as pb,
-    user_service_server::{UserService, UserServiceServer},
-};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use shop_loadgen::stub::FixedUsers;
+use shop_proto::user::v1::user_service_server::UserServiceServer;
 
 /// A bare tonic UserService that answers GetUser with a fixed user.
 #[derive(Debug, clap::Parser)]
@@ -23,74 +19,14 @@ struct Args {
     addr: SocketAddr,
 }
 
-#[derive(Default)]
-struct Fixed;
-
-#[tonic::async_trait]
-impl UserService for Fixed {
-    async fn create_user(
-        &self,
-        _: Request<pb::CreateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    async fn get_user(&self, _: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
-        Ok(Response::new(pb::User {
-            id: "01a20000-0000-7000-8000-000000000000".into(),
-            email: "bench@example.com".into(),
-            username: "bench".into(),
-            first_name: "Bench".into(),
-            last_name: "Mark".into(),
-            status: pb::UserStatus::Active as i32,
-            roles: vec![pb::Role::Customer as i32],
-            ..Default::default()
-        }))
-    }
-    async fn update_user(
-        &self,
-        _: Request<pb::UpdateUserRequest>,
-    ) -> Result<Response<pb::User>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    async fn delete_user(&self, _: Request<pb::DeleteUserRequest>) -> Result<Response<()>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    async fn list_users(
-        &self,
-        _: Request<pb::ListUsersRequest>,
-    ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    type StreamUsersStream = ReceiverStream<Result<pb::User, Status>>;
-    async fn stream_users(
-        &self,
-        _: Request<pb::StreamUsersRequest>,
-    ) -> Result<Response<Self::StreamUsersStream>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    async fn bulk_create_users(
-        &self,
-        _: Request<Streaming<pb::CreateUserRequest>>,
-    ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-    type UserActivityStream = ReceiverStream<Result<pb::UserActivityEvent, Status>>;
-    async fn user_activity(
-        &self,
-        _: Request<Streaming<pb::UserActivityRequest>>,
-    ) -> Result<Response<Self::UserActivityStream>, Status> {
-        Err(Status::unimplemented("bare server: GetUser only"))
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     eprintln!("shop-bare-server: listening on {}", args.addr);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .add_service(UserServiceServer::new(Fixed))
-        .serve_with_shutdown(args.addr, shop_middleware::server::shutdown_signal())
+        .add_service(UserServiceServer::new(FixedUsers::default()))
+        .serve_with_shutdown(args.addr, shop_core::signals::shutdown_signal())
         .await?;
     Ok(())
 }

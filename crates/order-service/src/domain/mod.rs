@@ -13,4 +13,4 @@ pub use order::{
 };
 pub use status::{OrderStatus, TransitionError};
 
-pub use shop_middleware::validation::{FieldViolation, Violations};
+pub use shop_core::validation::{FieldViolation, Violations};

@@ -4,12 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{SubsecRound as _, Utc};
 use shop_auth::Principal;
-use shop_middleware::{
-    auth::principal,
-    pagination::{PageTokenCodec, page_size},
+use shop_core::pagination::{PageTokenCodec, page_size};
+use shop_proto::order::v1::{self as pb, order_service_server::OrderService};
+use shop_server::{
+    principal,
     streams::{ResponseStream, Streams, guarded},
 };
-use shop_proto::order::v1::{self as pb, order_service_server::OrderService};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;

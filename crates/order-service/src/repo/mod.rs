@@ -136,9 +136,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn OrderRep
             PostgresStore::connect(url, max_connections).await?,
         ))
     } else {
-        Err(RepoError::UnsupportedUrl(
-            shop_middleware::config::redact_url(url),
-        ))
+        Err(RepoError::UnsupportedUrl(shop_core::config::redact_url(
+            url,
+        )))
     }
 }
 

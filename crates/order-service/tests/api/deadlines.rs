@@ -11,9 +11,7 @@ use crate::helpers::{Backend, Stack, authed, order_request};
 
 #[tokio::test]
 async fn a_slow_user_service_turns_into_deadline_exceeded_and_no_order() {
-    let stack = Stack::spawn_with(Backend::Sqlite, &["--fault-delay", "GetUser=2s"], &[])
-        .await
-        .unwrap();
+    let stack = Stack::spawn_with(Backend::Sqlite, &["--fault-delay", "GetUser=2s"], &[]).await;
     let (user, token) = stack.customer("hurried").await;
 
     let mut request = authed(order_request(&user.id, "slow-1"), &token);
@@ -46,8 +44,7 @@ async fn the_server_cap_bounds_calls_that_send_no_deadline() {
         &["--fault-delay", "GetUser=2s"],
         &["--request-timeout-cap", "300ms"],
     )
-    .await
-    .unwrap();
+    .await;
     let (user, token) = stack.customer("uncapped").await;
     let started = Instant::now();
     let status = stack
@@ -71,8 +68,7 @@ async fn injected_errors_from_user_service_surface_as_unavailable() {
         &["--fault-error", "GetUser=unavailable"],
         &[],
     )
-    .await
-    .unwrap();
+    .await;
     let (user, token) = stack.customer("unlucky").await;
     let status = stack
         .orders
@@ -91,7 +87,7 @@ async fn injected_errors_from_user_service_surface_as_unavailable() {
 async fn a_stopped_user_service_is_unavailable_not_internal() {
     let mut stack = Stack::spawn().await;
     let (user, token) = stack.customer("orphan").await;
-    stack.user_service.stop().await;
+    stack.user_service.stop().await.unwrap();
     let mut request = authed(order_request(&user.id, "gone"), &token);
     request.set_timeout(Duration::from_secs(5));
     let status = stack

@@ -4,30 +4,26 @@
 
 use std::{sync::Arc, time::Duration};
 
-use shop_auth::{Role, SigningKey, TokenIssuer};
-use shop_middleware::{
-    auth::{VerifyError, VerifyToken},
-    client::{self, ClientArgs},
-    keys::RemoteKeys,
-};
+use shop_auth::{Role, SigningKey, TokenIssuer, VerifyError, VerifyToken};
+use shop_client::{ClientArgs, keys::RemoteKeys};
 use shop_proto::order::v1::ListOrdersRequest;
-use tokio::net::TcpListener;
+use shop_server::Listeners;
+use shop_testkit::{App, apps};
 use tonic::{Code, transport::Channel};
 
 use crate::helpers::{Backend, Stack, authed, start_user_service};
 
 #[tokio::test]
 async fn a_rotated_signing_key_is_fetched_when_first_seen() {
-    let mut stack = Stack::spawn_with(Backend::Sqlite, &[], &["--jwt-key-refresh-interval", "0s"])
-        .await
-        .unwrap();
+    let mut stack =
+        Stack::spawn_with(Backend::Sqlite, &[], &["--jwt-key-refresh-interval", "0s"]).await;
     let (_, old_token) = stack.customer("rotating").await;
     let addr = stack.user_service.addr;
 
     // user-service comes back on the same address with a new key (another
     // data directory), the way a rotation without JWT_EXTRA_PUBLIC_KEY_FILES
     // would look.
-    stack.user_service.stop().await;
+    stack.user_service.stop().await.unwrap();
     let other_dir = tempfile::tempdir().unwrap();
     for file in ["users.db", "users.db-wal", "users.db-shm"] {
         let from = stack.dir.path().join(file);
@@ -35,12 +31,8 @@ async fn a_rotated_signing_key_is_fetched_when_first_seen() {
             std::fs::copy(from, other_dir.path().join(file)).unwrap();
         }
     }
-    stack.user_service = start_user_service(
-        TcpListener::bind(addr).await.unwrap(),
-        other_dir.path(),
-        &[],
-    )
-    .await;
+    stack.user_service =
+        start_user_service(crate::helpers::rebind(addr).await, other_dir.path(), &[]).await;
     let new_token = stack.login("rotating", crate::helpers::PASSWORD).await;
     assert_ne!(
         jsonwebtoken::decode_header(&old_token).unwrap().kid,
@@ -69,7 +61,7 @@ async fn a_rotated_signing_key_is_fetched_when_first_seen() {
 #[tokio::test]
 async fn unknown_key_ids_trigger_at_most_one_fetch_per_interval() {
     let stack = Stack::spawn().await;
-    let channel = client::connect(
+    let channel = shop_client::connect(
         "user-service",
         &format!("http://{}", stack.user_service.addr),
         &ClientArgs::default(),
@@ -118,12 +110,9 @@ async fn unknown_key_ids_trigger_at_most_one_fetch_per_interval() {
 #[tokio::test]
 async fn configured_public_keys_replace_fetching() {
     let dir = tempfile::tempdir().unwrap();
-    let users = crate::helpers::start_user_service(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        dir.path(),
-        &[],
-    )
-    .await;
+    let users =
+        crate::helpers::start_user_service(Listeners::ephemeral().await.unwrap(), dir.path(), &[])
+            .await;
     let channel = Channel::from_shared(format!("http://{}", users.addr))
         .unwrap()
         .connect_lazy();
@@ -140,7 +129,7 @@ async fn configured_public_keys_replace_fetching() {
     let pem_arg = pem_path.display().to_string();
     let db = format!("sqlite://{}", dir.path().join("orders.db").display());
     let orders_svc = crate::helpers::start_order_service(
-        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Listeners::ephemeral().await.unwrap(),
         users.addr,
         &db,
         dir.path(),
@@ -201,32 +190,17 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
     };
 
     let dir = tempfile::tempdir().unwrap();
-    // user-service is not up yet: its port is free.
-    let users_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let orders_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let orders_addr = orders_listener.local_addr().unwrap();
+    // user-service is not up yet: its sockets are bound, nobody serves.
+    let users_listeners = Listeners::ephemeral().await.unwrap();
+    let users_addr = users_listeners.grpc_addr();
     let db = format!("sqlite://{}", dir.path().join("orders.db").display());
-    let config = <order_service::Config as clap::Parser>::try_parse_from([
-        "order-service",
-        "--database-url",
-        &db,
-        "--data-dir",
-        &dir.path().join("order-data").display().to_string(),
-        "--user-service-url",
-        &format!("http://{users_addr}"),
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--health-check-interval",
-        "200ms",
-    ])
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(order_service::run(config, orders_listener, async move {
-        let _ = stopped.await;
-    }));
+    let config = apps::order_service_config(&db, &dir.path().join("order-data"), users_addr, &[]);
+    let mut orders = App::launch(
+        order_service::run,
+        config,
+        Listeners::ephemeral().await.unwrap(),
+    );
+    let orders_addr = orders.addr;
 
     let channel = Channel::from_shared(format!("http://{orders_addr}"))
         .unwrap()
@@ -272,12 +246,7 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
     assert_eq!(early.code(), Code::Unavailable, "{early:?}");
 
     // user-service arrives; order-service fetches the keys and turns SERVING.
-    let _users = start_user_service(
-        TcpListener::bind(users_addr).await.unwrap(),
-        dir.path(),
-        &[],
-    )
-    .await;
+    let _users = start_user_service(users_listeners, dir.path(), &[]).await;
     shop_testkit::wait_until_serving(
         channel,
         "shop.order.v1.OrderService",
@@ -287,6 +256,5 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
     .await;
     assert_eq!(status("").await.unwrap(), ServingStatus::Serving as i32);
 
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+    orders.stop().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! One repository suite, run against SQLite and PostgreSQL: every check is
-//! written once and instantiated per backend by `repo_suite!`.
+//! written once and instantiated per backend by the test kit's
+//! `repo_suite!`.
 
 use std::sync::Arc;
 
@@ -13,13 +14,14 @@ use order_service::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{Backend, database_url};
+use shop_testkit::Backend;
 
-async fn store(backend: Backend) -> Option<(Arc<dyn OrderRepo>, tempfile::TempDir)> {
+/// A store on a fresh, migrated database on `backend`.
+async fn store(backend: Backend) -> (Arc<dyn OrderRepo>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = database_url(backend, dir.path()).await?;
+    let url = backend.database_url("orders", dir.path()).await;
     let store = connect(&url, 5).await.expect("connect and migrate");
-    Some((store, dir))
+    (store, dir)
 }
 
 fn now() -> DateTime<Utc> {
@@ -240,32 +242,8 @@ pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
     store.ping().await.unwrap();
 }
 
-macro_rules! repo_suite {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let (store, _dir) = super::store(super::Backend::Sqlite).await.unwrap();
-                    super::$check(store.as_ref()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let Some((store, _dir)) = super::store(super::Backend::Postgres).await else {
-                        return;
-                    };
-                    super::$check(store.as_ref()).await;
-                }
-            )*
-        }
-    };
-}
-
-repo_suite!(
+shop_testkit::repo_suite!(
+    store;
     places_and_reads_orders_with_their_items,
     a_repeated_request_id_finds_the_first_order,
     concurrent_places_with_one_request_id_create_one_order,

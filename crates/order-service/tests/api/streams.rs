@@ -10,6 +10,8 @@ use shop_proto::order::v1::{
 };
 use tonic::{Code, transport::Channel};
 
+use shop_server::Listeners;
+
 use crate::helpers::{Backend, Stack, authed, order_request, start_order_service};
 
 /// Reads a server stream to its end: the messages, then the final status
@@ -274,13 +276,11 @@ async fn watch_order_is_for_the_owner_and_checks_the_id() {
 }
 
 #[tokio::test]
-async fn a_change_through_one_replica_reaches_a_watcher_on_another() {
-    let Some(stack) = Stack::spawn_with(Backend::Postgres, &[], &[]).await else {
-        return;
-    };
+async fn a_change_through_one_replica_reaches_a_watcher_on_another_on_postgres() {
+    let stack = Stack::spawn_with(Backend::Postgres, &[], &[]).await;
     // A second order-service process on the same database.
     let replica = start_order_service(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Listeners::ephemeral().await.unwrap(),
         stack.user_service.addr,
         &stack.orders_db,
         stack.dir.path(),
@@ -481,9 +481,7 @@ async fn batch_create_orders_refuses_more_than_a_thousand_items() {
 
 #[tokio::test]
 async fn streams_beyond_the_per_caller_limit_are_resource_exhausted() {
-    let stack = Stack::spawn_with(Backend::Sqlite, &[], &["--stream-max-per-principal", "2"])
-        .await
-        .unwrap();
+    let stack = Stack::spawn_with(Backend::Sqlite, &[], &["--stream-max-per-principal", "2"]).await;
     let (user, token) = stack.customer("hoarder").await;
     let mut orders = stack.orders.clone();
     let order = orders

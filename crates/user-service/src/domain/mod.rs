@@ -13,4 +13,4 @@ pub use user::{
     roles_to_storage,
 };
 
-pub use shop_middleware::validation::{FieldViolation, Violations};
+pub use shop_core::validation::{FieldViolation, Violations};

@@ -9,7 +9,8 @@ mod users;
 use std::{sync::Arc, time::Duration};
 
 use shop_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
-use shop_middleware::{pagination::PageTokenCodec, protect::KeyedLimit, streams::Streams};
+use shop_core::pagination::PageTokenCodec;
+use shop_server::{layers::protect::KeyedLimit, streams::Streams};
 
 pub use auth::AuthGrpc;
 pub use users::UserGrpc;

@@ -5,15 +5,14 @@ use std::{collections::HashSet, sync::Arc};
 use chrono::{SubsecRound as _, Utc};
 use futures_util::StreamExt as _;
 use shop_auth::{Password, Principal, Role};
-use shop_middleware::{
-    auth::principal,
-    pagination::page_size,
-    streams::{ResponseStream, guarded},
-    validation::FieldViolation,
-};
+use shop_core::{pagination::page_size, validation::FieldViolation};
 use shop_proto::user::v1::{
     self as pb, get_user_request::Identifier, user_activity_event, user_activity_request,
     user_service_server::UserService,
+};
+use shop_server::{
+    principal,
+    streams::{ResponseStream, guarded},
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};

@@ -10,16 +10,30 @@ use tonic_health::pb::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_user-service");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Reads the binary's JSON log lines until the "serving" one and returns
+/// the gRPC address it bound.
+async fn serving_address(child: &mut tokio::process::Child) -> String {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let deadline = Duration::from_secs(30);
+    tokio::time::timeout(deadline, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "serving" {
+                return event["grpc"].as_str().expect("grpc address").to_owned();
+            }
+        }
+        panic!("user-service exited before serving");
+    })
+    .await
+    .expect("serving within 30 s")
 }
 
-async fn wait_until_serving(port: u16, child: &mut tokio::process::Child) {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+async fn wait_until_serving(addr: &str) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect_lazy();
     let mut health = HealthClient::new(channel);
@@ -33,9 +47,6 @@ async fn wait_until_serving(port: u16, child: &mut tokio::process::Child) {
         if matches!(&answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32) {
             return;
         }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("user-service exited during start-up: {status}");
-        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "not serving after 30 s: {answer:?}"
@@ -47,21 +58,24 @@ async fn wait_until_serving(port: u16, child: &mut tokio::process::Child) {
 #[tokio::test]
 async fn starts_with_no_flags_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    // Only the port is set, so that parallel tests do not collide on 50051;
-    // everything else is the default: SQLite and a generated key in ./data.
+    // Only the ports are set (0: the OS picks, so that parallel tests do
+    // not collide on 50051); everything else is the default: SQLite and a
+    // generated key in ./data. The binary binds the port itself and logs
+    // which one it got.
     let mut child = Command::new(BIN)
         .current_dir(dir.path())
         .env_clear()
-        .env("GRPC_ADDR", format!("127.0.0.1:{port}"))
+        .env("GRPC_ADDR", "127.0.0.1:0")
         .env("ADMIN_ADDR", "127.0.0.1:0")
         .env("BCRYPT_COST", "4")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_until_serving(port, &mut child).await;
+    let addr = serving_address(&mut child).await;
+    wait_until_serving(&addr).await;
     assert!(dir.path().join("data/users.db").exists());
     assert!(dir.path().join("data/user-service-jwt.pem").exists());
 
@@ -115,4 +129,8 @@ async fn bad_settings_exit_64_with_one_line_naming_them() {
     ])
     .await;
     assert!(stderr.contains("BOOTSTRAP_ADMIN_EMAIL"), "{stderr}");
+
+    // Socket activation hands in two sockets, gRPC then admin.
+    let stderr = config_error(&[("LISTEN_FDS", "1")]).await;
+    assert!(stderr.contains("LISTEN_FDS"), "{stderr}");
 }

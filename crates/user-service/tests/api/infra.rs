@@ -128,8 +128,7 @@ async fn reflection_can_be_switched_off() {
         crate::helpers::Backend::Sqlite,
         &["--grpc-reflection", "false"],
     )
-    .await
-    .unwrap();
+    .await;
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
     let request = v1::ServerReflectionRequest {
         host: String::new(),

@@ -23,9 +23,7 @@ fn get(id: &str) -> GetUserRequest {
 
 #[tokio::test]
 async fn a_panicking_handler_is_one_internal_answer_and_the_server_goes_on() {
-    let app = TestApp::spawn_on(Backend::Sqlite, &["--fault-error", "GetUser=panic"])
-        .await
-        .unwrap();
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--fault-error", "GetUser=panic"]).await;
     let (user, token) = app.customer("survivor").await;
     let mut users = app.users.clone();
     for _ in 0..3 {
@@ -77,8 +75,7 @@ async fn a_caller_over_its_rate_gets_resource_exhausted_with_retry_info() {
         Backend::Sqlite,
         &["--rate-limit-per-second", "1", "--rate-limit-burst", "6"],
     )
-    .await
-    .unwrap();
+    .await;
     // Sign-ups and logins are anonymous: they share the peer's bucket.
     let (user, token) = app.customer("chatty").await;
     let (other, other_token) = app.customer("quiet").await;
@@ -104,9 +101,7 @@ async fn a_caller_over_its_rate_gets_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn logins_for_one_account_are_limited_whoever_tries() {
-    let app = TestApp::spawn_on(Backend::Sqlite, &["--login-attempts-per-minute", "3"])
-        .await
-        .unwrap();
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--login-attempts-per-minute", "3"]).await;
     app.sign_up("target").await;
     let mut auth = app.auth.clone();
     let mut codes = Vec::new();
@@ -145,8 +140,7 @@ async fn load_beyond_the_concurrency_limit_is_shed_with_unavailable() {
             "GetUser=500ms",
         ],
     )
-    .await
-    .unwrap();
+    .await;
     let (user, token) = app.customer("crowd").await;
     // Collected, so that all four are in flight at once.
     let calls: Vec<_> = (0..4)

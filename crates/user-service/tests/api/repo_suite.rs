@@ -1,5 +1,6 @@
 //! One repository suite, run against SQLite and PostgreSQL: every check is
-//! written once and instantiated per backend by `repo_suite!`.
+//! written once and instantiated per backend by the test kit's
+//! `repo_suite!`.
 
 use std::sync::Arc;
 
@@ -11,14 +12,14 @@ use user_service::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{Backend, database_url};
+use shop_testkit::Backend;
 
-/// A store on a fresh database, or `None` when the backend is unavailable.
-async fn store(backend: Backend) -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+/// A store on a fresh, migrated database on `backend`.
+async fn store(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = database_url(backend, &dir).await?;
+    let url = backend.database_url("users", dir.path()).await;
     let store = connect(&url, 5).await.expect("connect and migrate");
-    Some((store, dir))
+    (store, dir)
 }
 
 fn now() -> DateTime<Utc> {
@@ -352,32 +353,8 @@ pub(crate) async fn expired_and_revoked_refresh_tokens_do_not_rotate(store: &dyn
     );
 }
 
-macro_rules! repo_suite {
-    ($($check:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let (store, _dir) = super::store(super::Backend::Sqlite).await.unwrap();
-                    super::$check(store.as_ref()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $check() {
-                    let Some((store, _dir)) = super::store(super::Backend::Postgres).await else {
-                        return;
-                    };
-                    super::$check(store.as_ref()).await;
-                }
-            )*
-        }
-    };
-}
-
-repo_suite!(
+shop_testkit::repo_suite!(
+    store;
     creates_and_finds_by_every_key,
     unique_fields_conflict_by_name,
     updates_only_set_fields_and_not_deleted_users,

@@ -1,0 +1,131 @@
+//! Building `tonic::Status` the same way in every service.
+//!
+//! INVALID_ARGUMENT carries every bad field at once as
+//! `google.rpc.BadRequest` field violations; unexpected failures are logged
+//! with their cause and answered INTERNAL with a generic message, so no
+//! database or library text reaches a caller. [`grpc_status`] reads the
+//! status a response carries, and [`normalize_status`] fixes the one code
+//! tonic gets wrong.
+
+use std::fmt::Display;
+
+use http::{HeaderMap, HeaderValue};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+
+use crate::validation;
+
+/// INVALID_ARGUMENT with one `google.rpc.BadRequest` field violation per
+/// invalid field. The message lists them too, for clients that do not read
+/// details.
+pub fn invalid_argument(
+    violations: impl IntoIterator<Item = validation::FieldViolation>,
+) -> Status {
+    let violations: Vec<FieldViolation> = violations
+        .into_iter()
+        .map(|v| FieldViolation::new(v.field, v.description))
+        .collect();
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid request: {message}"),
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// INTERNAL with a generic message; `cause` is logged, never sent.
+pub fn internal(cause: impl Display) -> Status {
+    tracing::error!(error = %cause, "internal error");
+    Status::internal("internal error")
+}
+
+/// UNAVAILABLE for a dependency (such as the database) that cannot be
+/// reached; `cause` is logged, never sent. Clients may retry.
+pub fn unavailable(cause: impl Display) -> Status {
+    tracing::warn!(error = %cause, "dependency unavailable");
+    Status::unavailable("service temporarily unavailable, retry later")
+}
+
+/// The `grpc-status` in `headers` (response headers of a trailers-only
+/// answer, or trailers), if there is one.
+pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from)
+}
+
+/// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's
+/// status code guide (and every other implementation) says
+/// RESOURCE_EXHAUSTED. Rewrites it in place, so callers, metrics and logs
+/// all see RESOURCE_EXHAUSTED.
+pub fn normalize_status(headers: &mut HeaderMap) {
+    if grpc_status(headers) != Some(Code::OutOfRange) {
+        return;
+    }
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if too_large {
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_lists_every_field_in_details() {
+        let mut v = validation::Violations::new();
+        v.add("email", "is not valid");
+        v.add("username", "is too short");
+        let status = invalid_argument(v.into_result().unwrap_err());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().expect("BadRequest details");
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["email", "username"]);
+        assert!(status.message().contains("email: is not valid"));
+    }
+
+    #[test]
+    fn internal_hides_the_cause() {
+        let status = internal("duplicate key value violates constraint users_pkey");
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("users_pkey"));
+    }
+
+    #[test]
+    fn oversized_message_status_becomes_resource_exhausted() {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-status", HeaderValue::from_static("11"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large"),
+        );
+        normalize_status(&mut h);
+        assert_eq!(grpc_status(&h), Some(Code::ResourceExhausted));
+
+        let mut other = HeaderMap::new();
+        other.insert("grpc-status", HeaderValue::from_static("11"));
+        normalize_status(&mut other);
+        assert_eq!(
+            grpc_status(&other),
+            Some(Code::OutOfRange),
+            "only the size error"
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! The cost of the shop server stack per unary call, against bare tonic,
+//! in one run on the same machine.
+//!
+//! Both servers serve the same `UserService.GetUser` handler (the
+//! workspace's stand-in `FixedUsers`: a fixed answer, no database), on loopback, with client and server on one
+//! single-threaded runtime, so the time per call is the CPU both sides
+//! spend on it: the client's share is identical in both, the difference is
+//! the stack (observation, deadline, auth with a verified Ed25519 token,
+//! rate limit, concurrency limit, panic guard). Telemetry is initialised as
+//! in production (OpenTelemetry spans with trace ids, Prometheus metrics),
+//! with log lines filtered to warnings so that the terminal is not the
+//! bottleneck. Calls run 32 at a time.
+//!
+//! `cargo bench -p shop-server --bench stack` runs criterion on each
+//! server, then a paired comparison (see [`paired_ratio`]) that prints
+//! both times and the ratio. `BENCH_NO_TELEMETRY=1` leaves telemetry
+//! uninitialised, to separate the cost of the layers from the cost of
+//! spans and metrics.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser as _;
+use criterion::Criterion;
+use shop_auth::{KeySet, Role, SigningKey, TokenIssuer, TokenVerifier};
+use shop_loadgen::stub::FixedUsers;
+use shop_proto::user::v1::{
+    self as pb, user_service_client::UserServiceClient, user_service_server::UserServiceServer,
+};
+use shop_server::{Server, ServiceArgs, ServiceInfo};
+use shop_telemetry::LogFormat;
+use tokio::{net::TcpListener, runtime::Runtime};
+use tonic::{
+    Request,
+    transport::{Channel, server::TcpIncoming},
+};
+
+/// In-flight calls per batch.
+const CONCURRENCY: usize = 32;
+
+#[derive(clap::Parser)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+const BENCH: ServiceInfo = ServiceInfo {
+    name: "bench",
+    grpc_port: 0,
+    admin_port: 0,
+    database: "bench",
+};
+
+struct Setup {
+    bare: UserServiceClient<Channel>,
+    full: UserServiceClient<Channel>,
+    token: String,
+}
+
+/// Accepted connections with TCP_NODELAY, as `Server::serve` does in
+/// production (a plain listener stream leaves Nagle on).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+async fn setup() -> Setup {
+    let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare_listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserServiceServer::new(FixedUsers::default()))
+            .serve_with_incoming(incoming(bare_listener)),
+    );
+
+    let key = Arc::new(SigningKey::generate());
+    let keys: KeySet = [key.verification_key().clone()].into_iter().collect();
+    let verifier = Arc::new(TokenVerifier::new(
+        keys,
+        "bench",
+        "bench",
+        Duration::from_secs(30),
+    ));
+    let token = TokenIssuer::new(key, "bench", "bench", Duration::from_secs(3600))
+        .issue("01a20000-0000-7000-8000-000000000000", &[Role::Customer])
+        .unwrap()
+        .token;
+    // Production settings, except limits a benchmark would trip.
+    let mut args = Args::parse_from(["bench"]).service;
+    args.server.rate_limit_per_second = 1e9;
+    args.server.rate_limit_burst = u32::MAX;
+    let mut server = Server::new(BENCH, &args, verifier);
+    server.add(UserServiceServer::new(FixedUsers::default()));
+    let full_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let full_addr = full_listener.local_addr().unwrap();
+    tokio::spawn(
+        server
+            .into_router()
+            .serve_with_incoming(incoming(full_listener)),
+    );
+
+    let channel = |addr| {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    Setup {
+        bare: UserServiceClient::new(channel(bare_addr)),
+        full: UserServiceClient::new(channel(full_addr)),
+        token,
+    }
+}
+
+async fn calls(client: &UserServiceClient<Channel>, token: &str, n: u64) -> Duration {
+    let started = Instant::now();
+    let mut remaining = n;
+    while remaining > 0 {
+        let batch = remaining.min(CONCURRENCY as u64);
+        let calls: Vec<_> = (0..batch)
+            .map(|_| {
+                let mut client = client.clone();
+                let mut request = Request::new(pb::GetUserRequest {
+                    identifier: Some(pb::get_user_request::Identifier::Username("bench".into())),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                async move { client.get_user(request).await.expect("call succeeds") }
+            })
+            .collect();
+        futures_util::future::join_all(calls).await;
+        remaining -= batch;
+    }
+    started.elapsed()
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Rounds of the paired comparison, and calls per server in each round.
+const ROUNDS: usize = 40;
+const CALLS_PER_ROUND: u64 = 3_000;
+
+/// The ratio, measured in pairs: each round times the same number of calls
+/// on both servers back to back (alternating which goes first), so that a
+/// noisy neighbour slows both sides of a pair alike; the median of the
+/// per-round ratios is what is reported.
+async fn paired_ratio(setup: &Setup) {
+    let (mut bare, mut full, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (b, f) = if round % 2 == 0 {
+            let b = calls(&setup.bare, &setup.token, CALLS_PER_ROUND).await;
+            (b, calls(&setup.full, &setup.token, CALLS_PER_ROUND).await)
+        } else {
+            let f = calls(&setup.full, &setup.token, CALLS_PER_ROUND).await;
+            (calls(&setup.bare, &setup.token, CALLS_PER_ROUND).await, f)
+        };
+        let per_call = |d: Duration| d.as_secs_f64() / CALLS_PER_ROUND as f64;
+        bare.push(per_call(b));
+        full.push(per_call(f));
+        ratios.push(f.as_secs_f64() / b.as_secs_f64());
+    }
+    let ratio = median(ratios);
+    println!(
+        "\npaired, {ROUNDS} rounds of {CALLS_PER_ROUND} calls (client + server, one core): \
+         bare tonic {:.1} µs per call, shop stack {:.1} µs per call (medians); \
+         median ratio {ratio:.2} (+{:.0}%)",
+        median(bare) * 1e6,
+        median(full) * 1e6,
+        (ratio - 1.0) * 100.0
+    );
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime: Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let setup = runtime.block_on(async {
+        if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
+            shop_telemetry::init("bench", LogFormat::Json, "warn");
+        }
+        setup().await
+    });
+    let mut group = c.benchmark_group("unary GetUser per call");
+    for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let client = client.clone();
+                let token = setup.token.clone();
+                async move { calls(&client, &token, iters).await }
+            });
+        });
+    }
+    group.finish();
+    runtime.block_on(paired_ratio(&setup));
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+}

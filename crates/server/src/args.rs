@@ -1,0 +1,183 @@
+//! The settings every shop service shares, as one clap struct that each
+//! service flattens into its own configuration: [`ServiceArgs`] (where to
+//! listen, the database, the data directory, token verification, logs) and
+//! the [`ServerArgs`] inside it (limits, timeouts, reflection, faults,
+//! streams, TLS). A service adds only its own flags.
+//!
+//! The addresses and the database have per-service defaults (each service
+//! its own ports and SQLite file): the fields are optional here and
+//! resolved from the service's [`crate::service::ServiceInfo`], which also
+//! fills them into `--help`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use shop_telemetry::LogFormat;
+
+use crate::service::ServiceInfo;
+
+/// What every service is configured with; flatten it into the service's
+/// configuration (`#[command(flatten)] pub service: ServiceArgs`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Address the gRPC server listens on (the default is the service's
+    /// own port on every interface).
+    #[arg(long, env = "GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`,
+    /// `/readyz`).
+    #[arg(long, env = "ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Database URL: `sqlite://path/to/file.db` (created when missing) or
+    /// `postgres://user:password@host/db`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// Directory for state the service generates itself (development keys
+    /// and secrets).
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Access token verification.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+
+    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`. Traces
+    /// are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+    /// set (with the standard `OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// Reflection, shutdown grace, timeouts, limits, fault injection,
+    /// streams, TLS.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl ServiceArgs {
+    /// The gRPC address: configured, or all interfaces on the service's
+    /// own port.
+    pub fn grpc_addr(&self, service: &ServiceInfo) -> SocketAddr {
+        self.grpc_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], service.grpc_port)))
+    }
+
+    /// The admin HTTP address: configured, or all interfaces on the
+    /// service's own admin port.
+    pub fn admin_addr(&self, service: &ServiceInfo) -> SocketAddr {
+        self.admin_addr
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], service.admin_port)))
+    }
+
+    /// The database URL: configured, or the service's SQLite file under
+    /// `data/`.
+    pub fn database_url(&self, service: &ServiceInfo) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| service.default_database_url())
+    }
+}
+
+/// What an access token must say to be accepted (and, on the token
+/// issuer, what it writes into the tokens it issues).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The only `iss` accepted in access tokens.
+    #[arg(long, env = "JWT_ISSUER", default_value = shop_auth::token::DEFAULT_ISSUER)]
+    pub jwt_issuer: String,
+
+    /// The only `aud` accepted in access tokens.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = shop_auth::token::DEFAULT_AUDIENCE)]
+    pub jwt_audience: String,
+
+    /// Clock skew tolerated when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+}
+
+/// Server settings every shop service shares (part of [`ServiceArgs`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Serve gRPC reflection (v1 and v1alpha) so that grpcurl and similar
+    /// tools can discover the API.
+    #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub grpc_reflection: bool,
+
+    /// How long in-flight calls may run after SIGTERM/SIGINT before the
+    /// remaining connections are dropped.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// After SIGTERM, how long to keep accepting calls while reporting
+    /// NOT_SERVING, so that load balancers notice before the port closes.
+    #[arg(long, env = "DRAIN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// How often the database (and other dependencies) are checked for
+    /// readiness; health is NOT_SERVING while a check fails.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// Most calls in handlers at once; more are shed with UNAVAILABLE.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Sustained calls per second per caller (user, or peer address when
+    /// anonymous); more are RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
+    pub rate_limit_per_second: f64,
+
+    /// Calls a caller may make at once above the sustained rate.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400)]
+    pub rate_limit_burst: u32,
+
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Interval of HTTP/2 keepalive pings to clients.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection
+    /// is closed.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+
+    /// Longest a unary call may run: the caller's grpc-timeout is honoured
+    /// up to this, and it is the deadline when the caller sends none.
+    #[arg(long, env = "REQUEST_TIMEOUT_CAP", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout_cap: Duration,
+
+    /// Fault injection, off when empty: added latency per method, e.g.
+    /// `GetThing=2s,*=10ms` (method name, /full/path or *).
+    #[arg(long, env = "FAULT_DELAY", default_value = "")]
+    pub fault_delay: crate::layers::fault::FaultDelays,
+
+    /// Fault injection, off when empty: injected errors per method with an
+    /// optional probability or `k/n` (the first k of every n calls), e.g.
+    /// `GetThing=unavailable:0.25` or `PutThing=drop:1/3`; `panic` panics
+    /// in the handler, `drop` runs the handler and answers UNAVAILABLE
+    /// instead of its response.
+    #[arg(long, env = "FAULT_ERROR", default_value = "")]
+    pub fault_error: crate::layers::fault::FaultErrors,
+
+    /// Largest message, in bytes, the server accepts or sends; a larger
+    /// one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Stream limits and buffering.
+    #[command(flatten)]
+    pub streams: crate::streams::StreamArgs,
+
+    /// TLS and mutual TLS.
+    #[command(flatten)]
+    pub tls: shop_tls::ServerTlsArgs,
+}

@@ -1,0 +1,345 @@
+//! Authentication and coarse authorization for every RPC.
+//!
+//! The layer looks up the called method in the policy table that shop-proto
+//! generates from the protos' `(shop.options.v1.access)` options:
+//!
+//! - `PUBLIC`: passes; a valid bearer token, if sent, still yields a
+//!   [`Principal`] for the handler.
+//! - `AUTHENTICATED`: needs a valid bearer token (UNAUTHENTICATED otherwise).
+//! - `ADMIN`: also needs the admin role (PERMISSION_DENIED otherwise).
+//! - undeclared (`ACCESS_UNSPECIFIED`): refused, so a forgotten annotation
+//!   fails closed.
+//!
+//! Methods of services outside the shop protos are answered UNIMPLEMENTED,
+//! except infrastructure services the server registers as public (health,
+//! reflection). Handlers do the fine-grained checks (self or admin) with the
+//! [`Principal`] they find in the request extensions.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, header::AUTHORIZATION};
+use shop_auth::{BoxFuture, Principal, TokenError, VerifyError, VerifyToken};
+use shop_proto::policy::{self, Access};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+
+/// Tokens verified recently, so that a client sending the same token on
+/// every call pays for the signature check once, not per call (an Ed25519
+/// verification costs tens of microseconds). Entries expire with their
+/// token; the map is bounded.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+}
+
+/// Most tokens kept verified at once.
+const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: i64) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(token).filter(|p| p.expires_at > now).cloned()
+    }
+
+    fn insert(&self, token: &str, principal: &Principal, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+            entries.retain(|_, p| p.expires_at > now);
+            if entries.len() >= VERIFIED_TOKENS_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), principal.clone());
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds [`Auth`] services.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<dyn VerifyToken>,
+    public_services: Arc<[&'static str]>,
+    verified: Arc<VerifiedTokens>,
+}
+
+impl AuthLayer {
+    /// A layer that verifies tokens with `verifier` and lets calls to
+    /// `public_services` (fully qualified service names, such as
+    /// `grpc.health.v1.Health`) through without a token.
+    pub fn new(verifier: Arc<dyn VerifyToken>, public_services: &[&'static str]) -> AuthLayer {
+        AuthLayer {
+            verifier,
+            public_services: public_services.into(),
+            verified: Arc::new(VerifiedTokens::default()),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] builds.
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, ReqBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let layer = self.layer.clone();
+        // The inner service was made ready for this call; take it and leave
+        // a fresh clone behind (the usual tower pattern for async layers).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let path = req.uri().path().to_owned();
+            let token = bearer_token(req.headers()).map(str::to_owned);
+            match layer.authorize(&path, token.as_deref()).await {
+                Ok(principal) => {
+                    if let Some(principal) = principal {
+                        if let Some(slot) =
+                            req.extensions().get::<shop_telemetry::call::CallerSlot>()
+                        {
+                            slot.set(&principal.user_id);
+                        }
+                        req.extensions_mut().insert(principal);
+                    }
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+impl AuthLayer {
+    async fn authorize(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Option<Principal>, Status> {
+        let Some(method) = policy::lookup(path) else {
+            let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+            if self.public_services.contains(&service) {
+                return Ok(None);
+            }
+            return Err(Status::unimplemented(format!("unknown method {path}")));
+        };
+        match method.access {
+            Access::Public => match token {
+                Some(t) => Ok(self.verify(t).await.ok()),
+                None => Ok(None),
+            },
+            Access::Authenticated => self.authenticate(token).await.map(Some),
+            Access::Admin => {
+                let principal = self.authenticate(token).await?;
+                if principal.is_admin() {
+                    Ok(Some(principal))
+                } else {
+                    Err(Status::permission_denied(
+                        "this method requires the admin role",
+                    ))
+                }
+            }
+            Access::Unspecified => {
+                tracing::error!(
+                    method = path,
+                    "RPC has no (shop.options.v1.access) option; refusing it"
+                );
+                Err(Status::permission_denied(
+                    "this method declares no access rule",
+                ))
+            }
+        }
+    }
+
+    async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let now = unix_now();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let principal = self.verifier.verify(token).await?;
+        self.verified.insert(token, &principal, now);
+        Ok(principal)
+    }
+
+    async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
+        let token = token.ok_or_else(|| {
+            Status::unauthenticated("missing bearer token in the authorization metadata")
+        })?;
+        self.verify(token).await.map_err(|err| {
+            tracing::debug!(error = %err, "access token refused");
+            match err {
+                VerifyError::Token(TokenError::Expired) => {
+                    Status::unauthenticated("access token expired")
+                }
+                VerifyError::Token(_) => Status::unauthenticated("invalid access token"),
+                VerifyError::KeysUnavailable => {
+                    Status::unavailable("cannot verify tokens yet; retry shortly")
+                }
+            }
+        })
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header (scheme matched
+/// case-insensitively), if there is one.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The caller of a request that passed the auth layer.
+///
+/// Returns UNAUTHENTICATED when there is none, which for an
+/// `AUTHENTICATED` or `ADMIN` method only happens if the layer is missing
+/// from the server: a wiring bug that must not turn into open access.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::new(Code::Unauthenticated, "not authenticated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shop_auth::{KeySet, Role, SigningKey, TokenIssuer, TokenVerifier};
+
+    use super::*;
+
+    fn layer_with_issuer() -> (AuthLayer, TokenIssuer) {
+        let key = Arc::new(SigningKey::generate());
+        let keys: KeySet = [key.verification_key().clone()].into_iter().collect();
+        let verifier = TokenVerifier::new(keys, "iss", "aud", Duration::from_secs(30));
+        let issuer = TokenIssuer::new(key, "iss", "aud", Duration::from_secs(60));
+        (
+            AuthLayer::new(Arc::new(verifier), &["grpc.health.v1.Health"]),
+            issuer,
+        )
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_required() {
+        let mut h = http::HeaderMap::new();
+        h.insert(AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+    }
+
+    #[tokio::test]
+    async fn public_methods_need_no_token() {
+        let (layer, _) = layer_with_issuer();
+        let r = layer
+            .authorize("/shop.user.v1.UserService/CreateUser", None)
+            .await;
+        assert_eq!(r.unwrap(), None);
+        // A bad token on a public method is ignored, not an error.
+        let r = layer
+            .authorize("/shop.auth.v1.AuthService/Login", Some("junk"))
+            .await;
+        assert_eq!(r.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn authenticated_methods_need_a_valid_token() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.user.v1.UserService/GetUser";
+        let err = layer.authorize(path, None).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        let err = layer.authorize(path, Some("x.y.z")).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+
+        let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let p = layer.authorize(path, Some(&token)).await.unwrap().unwrap();
+        assert_eq!(p.user_id, "u1");
+    }
+
+    #[tokio::test]
+    async fn admin_methods_need_the_admin_role() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.user.v1.UserService/ListUsers";
+        let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let err = layer.authorize(path, Some(&customer)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let admin = issuer
+            .issue("a", &[Role::Customer, Role::Admin])
+            .unwrap()
+            .token;
+        assert!(layer.authorize(path, Some(&admin)).await.is_ok());
+    }
+
+    #[test]
+    fn verified_tokens_expire_with_the_token_and_stay_bounded() {
+        let cache = VerifiedTokens::default();
+        let principal = |exp| Principal {
+            user_id: "u".into(),
+            roles: vec![],
+            token_id: "t".into(),
+            expires_at: exp,
+        };
+        cache.insert("t1", &principal(100), 50);
+        assert!(cache.get("t1", 99).is_some());
+        assert!(cache.get("t1", 100).is_none(), "expired");
+        for i in 0..VERIFIED_TOKENS_CAPACITY + 10 {
+            cache.insert(&format!("k{i}"), &principal(1_000), 50);
+        }
+        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_TOKENS_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
+        let (layer, _) = layer_with_issuer();
+        let err = layer
+            .authorize("/shop.user.v1.UserService/Nope", None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        let err = layer.authorize("/other.Svc/Call", None).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(
+            layer
+                .authorize("/grpc.health.v1.Health/Check", None)
+                .await
+                .is_ok()
+        );
+    }
+}

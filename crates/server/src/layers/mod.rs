@@ -1,0 +1,88 @@
+//! The tower layers of every shop server, each in its own module, and
+//! [`server_layers`], the one function that stacks them (its doc comment
+//! says why in this order). They work on HTTP requests and bodies, so they
+//! see unary calls and all three kinds of stream alike.
+
+pub mod auth;
+pub mod context;
+pub mod fault;
+pub mod observe;
+pub mod protect;
+
+use std::sync::Arc;
+
+use shop_auth::VerifyToken;
+use tower::{
+    ServiceBuilder,
+    layer::util::{Identity, Stack},
+};
+
+use self::{
+    auth::AuthLayer,
+    context::ContextLayer,
+    fault::FaultLayer,
+    observe::ObserveLayer,
+    protect::{ConcurrencyLimitLayer, PanicGuardLayer, RateLimitLayer},
+};
+use crate::args::ServerArgs;
+
+/// The layers every shop server runs, outermost first.
+pub type ServerLayers = ServiceBuilder<
+    Stack<
+        FaultLayer,
+        Stack<
+            PanicGuardLayer,
+            Stack<
+                ConcurrencyLimitLayer,
+                Stack<
+                    RateLimitLayer,
+                    Stack<AuthLayer, Stack<ContextLayer, Stack<ObserveLayer, Identity>>>,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The server stack, outermost first, and why in this order:
+///
+/// 1. observe (request id, trace context, span, metrics, access log):
+///    first, so that everything below, refusals included, is counted,
+///    logged with the request id and traced;
+/// 2. context (the deadline): covers all the work below it, and carries
+///    the caller's token, request id and trace into outgoing calls;
+/// 3. auth: refuse what the caller may not call before doing any work;
+/// 4. rate limit: after auth, so that the bucket is the caller's own
+///    (anonymous callers share their peer address's);
+/// 5. concurrency limit: sheds load that got this far, before it reaches
+///    a handler;
+/// 6. panic guard: right around the handler, so a panic there is one
+///    INTERNAL answer;
+/// 7. fault injection: next to the handler, so that it simulates a slow or
+///    failing service (a caller's deadline still cuts it short).
+///
+/// `public` names the services that answer without a token and without a
+/// rate limit (health and reflection, see
+/// [`crate::server::infrastructure_services`]).
+pub fn server_layers(
+    service: &str,
+    args: &ServerArgs,
+    verifier: Arc<dyn VerifyToken>,
+    public: &[&'static str],
+) -> ServerLayers {
+    ServiceBuilder::new()
+        .layer(ObserveLayer)
+        .layer(ContextLayer::new(args.request_timeout_cap))
+        .layer(AuthLayer::new(verifier, public))
+        .layer(RateLimitLayer::new(
+            args.rate_limit_per_second,
+            args.rate_limit_burst,
+            public,
+        ))
+        .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests))
+        .layer(PanicGuardLayer)
+        .layer(FaultLayer::new(
+            service,
+            args.fault_delay.clone(),
+            args.fault_error.clone(),
+        ))
+}

@@ -1,0 +1,124 @@
+//! Seeing every call a server answers: the request id (the caller's when
+//! sane, else a new one, echoed back), the `grpc.server` span with the
+//! OpenTelemetry RPC attributes and the caller's W3C trace context as its
+//! parent, the grpc-ecosystem metrics and the `access` log line (see
+//! `shop_telemetry` for the machinery). Outermost layer, so that refusals
+//! by the layers below are seen too.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use shop_core::context::{REQUEST_ID, request_id_of};
+use shop_telemetry::{
+    body::{observe_request, observe_response},
+    call::CallRecord,
+    labels::MethodLabels,
+    metrics::Side,
+    propagation::{HeaderReader, trace_id},
+};
+use tonic::{body::Body, transport::server::TcpConnectInfo};
+use tower::{Layer, Service};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The caller's address, over plain TCP or TLS.
+pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .map(|tls| tls.get_ref())
+        })
+        .and_then(|info| info.remote_addr())
+}
+
+/// Builds [`Observe`] services: the outermost server layer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
+    }
+}
+
+/// The server's observation of every call; see the module docs.
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let labels = MethodLabels::of(&path);
+
+        // Request id: the caller's when it is sane, else a fresh one.
+        let request_id = request_id_of(&parts.headers);
+        parts.headers.insert(REQUEST_ID, request_id.clone());
+        let request_id_text = request_id.to_str().unwrap_or_default().to_owned();
+
+        // Trace context from the caller, then the span of this call.
+        let parent = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderReader(&parts.headers))
+        });
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = labels.grpc_service,
+            rpc.method = labels.grpc_method,
+            rpc.grpc.status_code = Empty,
+            request_id = %request_id_text,
+            trace_id = Empty,
+        );
+        let _ = span.set_parent(parent);
+        let trace = trace_id(&span);
+        if !trace.is_empty() {
+            span.record("trace_id", trace.as_str());
+        }
+
+        let peer = peer_addr(&parts.extensions).map(|a| a.to_string());
+        let record = CallRecord::start(Side::Server, &path, span.clone(), request_id_text, peer);
+        parts.extensions.insert(record.caller_slot());
+        let record = Arc::new(Mutex::new(record));
+
+        let body = observe_request(body, &record, Side::Server);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(Request::from_parts(parts, body))
+        };
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let mut response = future.await?;
+                response.headers_mut().insert(REQUEST_ID, request_id);
+                Ok(observe_response(response, record, Side::Server))
+            },
+            span,
+        ))
+    }
+}

@@ -1,0 +1,383 @@
+//! Protecting a server from its callers and from itself:
+//!
+//! - [`RateLimitLayer`]: a token bucket per caller (the authenticated user,
+//!   else the peer address). A refusal is RESOURCE_EXHAUSTED carrying
+//!   `google.rpc.RetryInfo` with the wait, and is counted in
+//!   `grpc_server_rate_limited_total`. [`KeyedLimit`] is the same bucket
+//!   for handler-level keys (Login per identifier).
+//! - [`ConcurrencyLimitLayer`]: at most `MAX_CONCURRENT_REQUESTS` calls in
+//!   a handler at once; beyond that the call is shed at once with
+//!   UNAVAILABLE (retry elsewhere), counted in `grpc_server_load_shed_total`,
+//!   instead of queueing until every caller times out.
+//! - [`PanicGuardLayer`]: a panic in a handler becomes INTERNAL for that
+//!   call only; the connection and the process go on.
+
+use std::{
+    future::Future,
+    num::NonZeroU32,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::FutureExt as _;
+use governor::{
+    DefaultKeyedRateLimiter, Quota,
+    clock::{Clock as _, DefaultClock},
+};
+use http::{Request, Response};
+use shop_auth::Principal;
+use tokio::sync::Semaphore;
+use tonic::{Code, Status, body::Body};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use tower::{Layer, Service};
+
+use shop_telemetry::labels::MethodLabels;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A token bucket per key: `per_second` sustained, `burst` at once.
+#[derive(Clone)]
+pub struct KeyedLimit {
+    limiter: Arc<DefaultKeyedRateLimiter<String>>,
+    what: &'static str,
+}
+
+impl std::fmt::Debug for KeyedLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedLimit")
+            .field("what", &self.what)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyedLimit {
+    /// A limit of `per_second` calls per key with bursts of `burst`
+    /// (`per_second` may be fractional, e.g. 0.2 for one every 5 s).
+    /// `what` names it in refusals ("requests", "login attempts").
+    pub fn new(per_second: f64, burst: u32, what: &'static str) -> KeyedLimit {
+        let period = Duration::from_secs_f64(1.0 / per_second.max(1e-6));
+        let quota = Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst >= 1"));
+        let limiter = Arc::new(DefaultKeyedRateLimiter::keyed(quota));
+        // Forget keys that are idle again, so the map does not grow with
+        // every caller ever seen.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&limiter);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    let Some(limiter) = weak.upgrade() else {
+                        return;
+                    };
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+            });
+        }
+        KeyedLimit { limiter, what }
+    }
+
+    /// Ok, or RESOURCE_EXHAUSTED with `RetryInfo` saying how long to wait.
+    pub fn check(&self, key: &str) -> Result<(), Status> {
+        match self.limiter.check_key(&key.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "too many {}; retry in {} ms",
+                        self.what,
+                        wait.as_millis().max(1)
+                    ),
+                    ErrorDetails::with_retry_info(Some(wait.max(Duration::from_millis(1)))),
+                ))
+            }
+        }
+    }
+}
+
+/// Builds [`RateLimit`] services.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limit: KeyedLimit,
+    exempt: Arc<[&'static str]>,
+}
+
+impl RateLimitLayer {
+    /// Per-caller buckets; calls to `exempt` services (health, reflection)
+    /// are not counted.
+    pub fn new(per_second: f64, burst: u32, exempt: &[&'static str]) -> RateLimitLayer {
+        RateLimitLayer {
+            limit: KeyedLimit::new(per_second, burst, "requests"),
+            exempt: exempt.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// See [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    layer: RateLimitLayer,
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if !self.layer.exempt.contains(&service) {
+            let key = match req.extensions().get::<Principal>() {
+                Some(p) => format!("user:{}", p.user_id),
+                None => format!(
+                    "peer:{}",
+                    super::observe::peer_addr(req.extensions())
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default()
+                ),
+            };
+            if let Err(status) = self.layer.limit.check(&key) {
+                let labels = MethodLabels::of(path);
+                metrics::counter!("grpc_server_rate_limited_total",
+                    "grpc_service" => labels.grpc_service, "grpc_method" => labels.grpc_method)
+                .increment(1);
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+/// Builds [`ConcurrencyLimit`] services.
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimitLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl ConcurrencyLimitLayer {
+    /// At most `max` calls in handlers at once.
+    pub fn new(max: usize) -> ConcurrencyLimitLayer {
+        ConcurrencyLimitLayer {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+        }
+    }
+}
+
+impl<S> Layer<S> for ConcurrencyLimitLayer {
+    type Service = ConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> ConcurrencyLimit<S> {
+        ConcurrencyLimit {
+            inner,
+            permits: Arc::clone(&self.permits),
+        }
+    }
+}
+
+/// See [`ConcurrencyLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S, B> Service<Request<B>> for ConcurrencyLimit<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            metrics::counter!("grpc_server_load_shed_total").increment(1);
+            return Box::pin(std::future::ready(Ok(Status::unavailable(
+                "server overloaded; retry (preferably on another replica)",
+            )
+            .into_http())));
+        };
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            // Held until the handler has answered (for a stream: opened).
+            let _permit = permit;
+            future.await
+        })
+    }
+}
+
+/// Builds [`PanicGuard`] services.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PanicGuardLayer;
+
+impl<S> Layer<S> for PanicGuardLayer {
+    type Service = PanicGuard<S>;
+
+    fn layer(&self, inner: S) -> PanicGuard<S> {
+        PanicGuard { inner }
+    }
+}
+
+/// See [`PanicGuardLayer`].
+#[derive(Debug, Clone)]
+pub struct PanicGuard<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for PanicGuard<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        // A panic while building the future is caught too.
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => future,
+            Err(panic) => {
+                tracing::error!(rpc.method = %path, panic = %panic_text(&panic), "handler panicked");
+                return Box::pin(std::future::ready(Ok(
+                    Status::internal("internal error").into_http()
+                )));
+            }
+        };
+        Box::pin(async move {
+            match AssertUnwindSafe(future).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    tracing::error!(rpc.method = %path, panic = %panic_text(&panic), "handler panicked");
+                    Ok(Status::internal("internal error").into_http())
+                }
+            }
+        })
+    }
+}
+
+fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{ServiceExt as _, service_fn};
+
+    use super::*;
+    use shop_core::status::grpc_status;
+
+    fn request() -> Request<Body> {
+        Request::builder()
+            .uri("http://t/shop.user.v1.UserService/GetUser")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_bucket_refuses_with_retry_info_then_refills() {
+        let limit = KeyedLimit::new(20.0, 2, "requests");
+        assert!(limit.check("a").is_ok());
+        assert!(limit.check("a").is_ok());
+        let refused = limit.check("a").unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        let retry = refused
+            .get_error_details()
+            .retry_info()
+            .cloned()
+            .expect("RetryInfo");
+        let delay = retry.retry_delay.expect("a delay");
+        assert!(
+            delay > Duration::ZERO && delay <= Duration::from_millis(50),
+            "{delay:?}"
+        );
+        assert!(limit.check("b").is_ok(), "buckets are per key");
+        tokio::time::sleep(delay + Duration::from_millis(5)).await;
+        assert!(limit.check("a").is_ok(), "refilled");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal() {
+        let handler = service_fn(|_req: Request<Body>| async {
+            if true {
+                panic!("handler bug");
+            }
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let response = PanicGuardLayer
+            .layer(handler)
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(response.headers()), Some(Code::Internal));
+    }
+
+    #[tokio::test]
+    async fn over_the_concurrency_limit_calls_are_shed_at_once() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let handler = service_fn(move |_req: Request<Body>| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            }
+        });
+        let service = ConcurrencyLimitLayer::new(1).layer(handler);
+        let first = tokio::spawn(service.clone().oneshot(request()));
+        tokio::task::yield_now().await;
+        let shed = service.clone().oneshot(request()).await.unwrap();
+        assert_eq!(grpc_status(shed.headers()), Some(Code::Unavailable));
+        release.send(true).unwrap();
+        let ok = first.await.unwrap().unwrap();
+        assert_eq!(grpc_status(ok.headers()), None);
+        let again = service.oneshot(request()).await.unwrap();
+        assert_eq!(grpc_status(again.headers()), None, "the permit came back");
+    }
+}

@@ -1,0 +1,139 @@
+//! One observed call: its span, its grpc-ecosystem metrics and, on the
+//! server, its `access` log line, finished exactly once.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tonic::Code;
+use tracing::Span;
+
+use crate::{
+    labels::{MethodLabels, code_label},
+    metrics::{MethodMetrics, Side},
+};
+
+/// Who made the call, filled in by the auth layer for the access log.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<Mutex<Option<String>>>);
+
+impl CallerSlot {
+    /// Records the authenticated caller.
+    pub fn set(&self, principal: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal.to_owned());
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// One observed call: started when created, finished exactly once (by the
+/// status, or as CANCELLED when dropped unfinished).
+#[derive(Debug)]
+pub struct CallRecord {
+    side: Side,
+    labels: MethodLabels,
+    metrics: Arc<MethodMetrics>,
+    start: Instant,
+    span: Span,
+    request_id: String,
+    peer: Option<String>,
+    caller: CallerSlot,
+    received: u64,
+    sent: u64,
+    finished: bool,
+}
+
+impl CallRecord {
+    /// Starts observing a call of `path` (and counts it started).
+    pub fn start(
+        side: Side,
+        path: &str,
+        span: Span,
+        request_id: String,
+        peer: Option<String>,
+    ) -> CallRecord {
+        let labels = MethodLabels::of(path);
+        let metrics = MethodMetrics::of(side, labels);
+        metrics.started.increment(1);
+        CallRecord {
+            side,
+            labels,
+            metrics,
+            start: Instant::now(),
+            span,
+            request_id,
+            peer,
+            caller: CallerSlot::default(),
+            received: 0,
+            sent: 0,
+            finished: false,
+        }
+    }
+
+    /// The slot the auth layer fills with the caller.
+    pub fn caller_slot(&self) -> CallerSlot {
+        self.caller.clone()
+    }
+
+    /// The call's span.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    pub(crate) fn count(&mut self, received: u64, sent: u64) {
+        self.received += received;
+        self.sent += sent;
+    }
+
+    /// Records the end of the call with `code`; later calls do nothing.
+    pub fn finish(&mut self, code: Code) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let elapsed = self.start.elapsed();
+        let l = self.labels;
+        let m = &self.metrics;
+        m.handled(code).increment(1);
+        m.handling.record(elapsed.as_secs_f64());
+        if self.received > 0 {
+            m.received.increment(self.received);
+        }
+        if self.sent > 0 {
+            m.sent.increment(self.sent);
+        }
+        self.span.record("rpc.grpc.status_code", code as i32);
+        if code != Code::Ok {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        if self.side == Side::Server {
+            let principal = self.caller.get();
+            let _entered = self.span.enter();
+            tracing::info!(
+                target: "access",
+                service = l.grpc_service,
+                method = l.grpc_method,
+                code = code_label(code),
+                duration_ms = duration_ms(elapsed),
+                peer = self.peer.as_deref().unwrap_or("-"),
+                principal = principal.as_deref().unwrap_or("-"),
+                request_id = %self.request_id,
+                "rpc"
+            );
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // Dropped unfinished: the response was abandoned (client gone).
+        self.finish(Code::Cancelled);
+    }
+}
+
+fn duration_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}

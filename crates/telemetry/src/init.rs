@@ -1,0 +1,186 @@
+//! Process-wide telemetry, set up once by a binary (or devstack) with
+//! [`init`]:
+//!
+//! - the `tracing` subscriber: `RUST_LOG` filters, `LOG_FORMAT` picks
+//!   `pretty` (a terminal) or `json` (log shippers); in JSON every line
+//!   carries the fields of the span it was emitted in, so every line of a
+//!   request has its `request_id` and `trace_id`;
+//! - OpenTelemetry tracing: spans always get W3C trace ids (so logs carry
+//!   them and `traceparent` propagates); they are exported over OTLP/gRPC
+//!   only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, honouring the standard
+//!   `OTEL_*` variables (service name, resource attributes, sampler, batch
+//!   delay). Unset, nothing is exported and nothing complains;
+//! - the Prometheus metrics recorder behind `/metrics`.
+
+use std::{str::FromStr, sync::OnceLock, time::Duration};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected pretty or json)"
+            )),
+        }
+    }
+}
+
+/// Latency buckets (seconds) for the `*_handling_seconds` histograms: from
+/// a fast cached read to a slow cross-service write.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// The Prometheus recorder, installed on first use (also without `init`,
+/// so that in-process tests and library users get metrics too).
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_handling_seconds".into()), LATENCY_BUCKETS)
+            .expect("static buckets are valid");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder already installed (a host application's): keep
+        // theirs; this handle then renders nothing, which is correct.
+        let _ = metrics::set_global_recorder(recorder);
+        // Histograms and idle entries need periodic upkeep, which nothing
+        // else does for a recorder installed this way.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let upkeep = handle.clone();
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+        }
+        handle
+    })
+}
+
+/// Whether [`prometheus`] has run: from then on the global metrics
+/// recorder is fixed (ours, or a host application's installed earlier).
+pub fn recorder_installed() -> bool {
+    PROMETHEUS.get().is_some()
+}
+
+/// Installs the global subscriber, tracer provider and metrics recorder.
+/// `default_filter` applies when `RUST_LOG` is unset; `service_name` is the
+/// OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+/// Calling it again (several services in one process) keeps the first set.
+/// Must run inside a Tokio runtime (the OTLP exporter uses tonic).
+pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str) {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    prometheus();
+
+    let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
+    let tracer = provider.tracer(service_name);
+    // Application spans only (INFO and above, not the transport's own):
+    // hyper, h2 and tower instrument every frame at TRACE, and handing
+    // those to OpenTelemetry would cost more than the calls themselves.
+    // The access line is left out too: the span already carries its
+    // fields. Thread, source location and busy/idle time are not
+    // recorded: the same for every call, and each costs time per span.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_tracked_inactivity(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            *meta.level() <= tracing::Level::INFO
+                && !is_transport(meta.target())
+                && !(meta.is_event() && meta.target() == "access")
+        }));
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let fmt_layer = match format {
+        LogFormat::Pretty => fmt::layer().with_target(true).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt_layer.with_filter(filter))
+        .try_init();
+}
+
+/// Targets of the transport and runtime libraries, whose spans describe
+/// frames and polls rather than calls.
+fn is_transport(target: &str) -> bool {
+    const TRANSPORT: [&str; 8] = [
+        "h2", "hyper", "tower", "tonic", "tokio", "mio", "rustls", "sqlx",
+    ];
+    TRANSPORT.iter().any(|t| {
+        target == *t
+            || target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
+}
+
+/// A provider that always assigns trace and span ids, and exports only
+/// when an OTLP endpoint is configured.
+fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
+    let resource = Resource::builder().build();
+    // OTEL_SERVICE_NAME wins; otherwise the binary's own name.
+    let resource = if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        resource
+    } else {
+        Resource::builder().with_service_name(service_name).build()
+    };
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let endpoint_set = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if !endpoint_set {
+        return builder.build();
+    }
+    match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+    {
+        Ok(exporter) => builder.with_batch_exporter(exporter).build(),
+        Err(e) => {
+            eprintln!("telemetry: OTLP exporter not started ({e}); spans are not exported");
+            builder.build()
+        }
+    }
+}
+
+/// Flushes and stops span export; call before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let _ = provider.force_flush();
+        let _ = provider.shutdown();
+    }
+}

@@ -1,0 +1,25 @@
+//! Telemetry of shop processes, for the server kit and the client kit alike.
+//!
+//! - [`init`]: the process-wide `tracing` subscriber (pretty or JSON lines),
+//!   OpenTelemetry spans exported over OTLP when configured, and the
+//!   Prometheus recorder behind `/metrics`.
+//! - [`labels`]: metric labels of a method, from the generated method
+//!   table, never from the request.
+//! - [`metrics`]: the grpc-ecosystem (go-grpc-prometheus) metric names and
+//!   handles, and the client's attempt and retry counters.
+//! - [`call`]: one observed call (span, metrics, access log), finished
+//!   exactly once.
+//! - [`body`]: bodies wrapped to count messages and read the final status.
+//! - [`propagation`]: W3C trace context on HTTP headers.
+//!
+//! The layers that use these sit in the kits: the server's observe layer
+//! in `shop-server`, the client's in `shop-client`.
+
+pub mod body;
+pub mod call;
+pub mod init;
+pub mod labels;
+pub mod metrics;
+pub mod propagation;
+
+pub use init::{LogFormat, init, prometheus, shutdown};

@@ -1,0 +1,132 @@
+//! The server side: `TLS_CERT_FILE`, `TLS_KEY_FILE`, `TLS_CLIENT_CA_FILE`
+//! (mutual TLS), and the accepted connections after their handshake.
+
+use std::{io, path::PathBuf, sync::Arc, time::Duration};
+
+use rustls::{ServerConfig, server::WebPkiClientVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    files::{certificates, private_key, provider, roots},
+    parse_duration,
+    reload::Reloading,
+};
+
+/// Longest a TLS handshake of an accepted connection may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server TLS settings (flattened into every server's configuration).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate chain the server presents; with TLS_KEY_FILE, turns
+    /// TLS on (plaintext when unset).
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificate(s): when set, every client must present a
+    /// certificate signed by one of them (mutual TLS).
+    #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// How often the TLS files are checked for changes (SIGHUP reloads at
+    /// once).
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+}
+
+/// Builds the server configuration from the files of `args` (which must
+/// name a certificate and key).
+pub fn server_config(args: &ServerTlsArgs) -> Result<ServerConfig, String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert_file, &args.tls_key_file) else {
+        return Err("TLS_CERT_FILE and TLS_KEY_FILE are both needed".into());
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &args.tls_client_ca_file {
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+                .build()
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certificates(cert)?, private_key(key)?)
+        .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The server side: reloading configuration for accepted connections.
+pub type ServerTls = Arc<Reloading<ServerConfig>>;
+
+/// Loads the server TLS configuration when `args` asks for TLS.
+pub fn server_tls(args: &ServerTlsArgs) -> Result<Option<ServerTls>, String> {
+    if args.tls_cert_file.is_none() {
+        return Ok(None);
+    }
+    let files = [
+        &args.tls_cert_file,
+        &args.tls_key_file,
+        &args.tls_client_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect();
+    let owned = args.clone();
+    Reloading::start("server", files, args.tls_reload_interval, move || {
+        server_config(&owned)
+    })
+    .map(Some)
+}
+
+/// The accepted connections of `listener`, after a TLS handshake with the
+/// current configuration of `tls`. Handshakes run on their own tasks (a
+/// slow client does not hold up others); failed ones are logged and
+/// dropped. Accepting stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: ServerTls,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(tls.current());
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%peer, %error, "TLS handshake refused");
+                    }
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
+}
