@@ -64,7 +64,9 @@ impl From<RepoError> for ServiceError {
             RepoError::Conflict(UniqueField::Username) => {
                 ServiceError::AlreadyExists("this username is taken")
             }
-            err @ RepoError::Unavailable(_) => ServiceError::Unavailable(err),
+            RepoError::Store(err) if err.is_unavailable() => {
+                ServiceError::Unavailable(RepoError::Store(err))
+            }
             other => ServiceError::Internal(other.into()),
         }
     }
@@ -90,6 +92,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+    use crate::repo::StoreError;
 
     #[test]
     fn conflicts_become_already_exists() {
@@ -99,13 +102,17 @@ mod tests {
 
     #[test]
     fn database_errors_never_reach_the_caller() {
-        let err = RepoError::Corrupt("users row 42 has status \"weird\"".into());
+        let err = RepoError::Store(StoreError::Corrupt(
+            "users row 42 has status \"weird\"".into(),
+        ));
         let status: Status = ServiceError::from(err).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("weird"));
 
-        let status: Status =
-            ServiceError::from(RepoError::Unavailable(sqlx::Error::PoolTimedOut)).into();
+        let status: Status = ServiceError::from(RepoError::Store(StoreError::Unavailable(
+            sqlx::Error::PoolTimedOut,
+        )))
+        .into();
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("pool"));
     }

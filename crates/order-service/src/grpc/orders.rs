@@ -21,7 +21,7 @@ use crate::{
         Violations, fingerprint, total_cents, validate_items,
     },
     error::ServiceError,
-    repo::{OrderRepo, RESYNC},
+    repo::{Notice, OrderRepo},
     users::{UserClient, ensure_active},
 };
 
@@ -435,6 +435,7 @@ impl OrderService for OrderGrpc {
         // is then both in the feed and after the version we read.
         let mut changes = self.store.changes();
         let mut order = self.visible_order(&caller, id).await?;
+        let key = id.to_string();
         let store = Arc::clone(&self.store);
         let resync = self.watch_resync;
         let stream = self.streams.open(&caller.user_id, move |tx| async move {
@@ -444,8 +445,9 @@ impl OrderService for OrderGrpc {
             loop {
                 tokio::select! {
                     notice = changes.recv() => match notice {
-                        Ok(changed) if changed == id || changed == RESYNC => {}
-                        Ok(_) => continue,
+                        Ok(Notice::Changed(changed)) if *changed == *key => {}
+                        Ok(Notice::Resync) => {}
+                        Ok(Notice::Changed(_)) => continue,
                         // Missed notices: the events table still has it all.
                         Err(RecvError::Lagged(_)) => {}
                         Err(RecvError::Closed) => {

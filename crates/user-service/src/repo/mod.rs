@@ -1,13 +1,13 @@
 //! Storage of users and refresh tokens.
 //!
-//! Each aggregate has one trait ([`UserRepo`], [`RefreshTokenRepo`]) with a
-//! PostgreSQL and a SQLite implementation; [`connect`] picks one from the
-//! `DATABASE_URL` scheme and runs that backend's embedded migrations. SQL
+//! Each aggregate has one trait ([`UserRepo`], [`RefreshTokenRepo`]) and
+//! one SQL implementation for SQLite and PostgreSQL alike ([`SqlStore`],
+//! through `shop-storage`); [`connect`] opens the database the
+//! `DATABASE_URL` names and runs that backend's embedded migrations. SQL
 //! lives only here, and nothing here builds a `tonic::Status`: errors are
 //! [`RepoError`]s that the service maps.
 
-mod postgres;
-mod sqlite;
+mod sql;
 
 use std::sync::Arc;
 
@@ -22,8 +22,8 @@ use crate::domain::{
     roles_from_storage,
 };
 
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+pub use shop_storage::StoreError;
+pub use sql::SqlStore;
 
 /// A unique field that a write collided on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,39 +34,29 @@ pub enum UniqueField {
     Username,
 }
 
-/// What can go wrong in storage.
+/// What can go wrong in storage: a unique field taken, or anything the
+/// storage kit reports.
 #[derive(Debug, Error)]
 pub enum RepoError {
     /// A unique constraint refused the write.
     #[error("{0:?} already taken")]
     Conflict(UniqueField),
-    /// The database cannot be reached (pool timeout, I/O, closed pool).
-    #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
-    /// Any other database error.
-    #[error("database error: {0}")]
-    Database(#[source] sqlx::Error),
-    /// A stored value the code does not understand.
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
-    /// Applying migrations failed.
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The URL names no supported database.
-    #[error("unsupported DATABASE_URL scheme in {0:?}: expected sqlite: or postgres:")]
-    UnsupportedUrl(String),
+    /// The database failed (unreachable, corrupt row, migrations, ...).
+    #[error(transparent)]
+    Store(StoreError),
 }
 
-impl RepoError {
-    /// Sorts a sqlx error into unavailable or other; unique violations are
-    /// recognised by each backend before this.
-    fn from_sqlx(err: sqlx::Error) -> RepoError {
-        match err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => RepoError::Unavailable(err),
-            other => RepoError::Database(other),
+impl From<StoreError> for RepoError {
+    /// Unique violations become [`RepoError::Conflict`] by the name the
+    /// backend gives them (a constraint on PostgreSQL, the column on
+    /// SQLite).
+    fn from(err: StoreError) -> RepoError {
+        match err.unique_violation() {
+            Some("users_email_key" | "users.email") => RepoError::Conflict(UniqueField::Email),
+            Some("users_username_key" | "users.username") => {
+                RepoError::Conflict(UniqueField::Username)
+            }
+            _ => RepoError::Store(err),
         }
     }
 }
@@ -210,20 +200,19 @@ pub trait Store: UserRepo + RefreshTokenRepo {
     fn backend(&self) -> &'static str;
 }
 
+/// user-service's migrations, per backend.
+static MIGRATIONS: shop_storage::Migrations = shop_storage::Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
 /// SQLite file and its directory when missing, and applies migrations.
 pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, RepoError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
-    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        Ok(Arc::new(
-            PostgresStore::connect(url, max_connections).await?,
-        ))
-    } else {
-        Err(RepoError::UnsupportedUrl(shop_core::config::redact_url(
-            url,
-        )))
-    }
+    let db = shop_storage::connect(url, max_connections, &MIGRATIONS).await?;
+    Ok(Arc::new(SqlStore::new(db)))
 }
 
 /// The columns every user query selects, as a literal for `concat!` (sqlx
@@ -235,39 +224,23 @@ macro_rules! user_columns {
 }
 use user_columns;
 
-/// A `users` row as both backends decode it.
-struct UserRow {
-    id: Uuid,
-    email: String,
-    username: String,
-    first_name: String,
-    last_name: String,
-    bio: String,
-    status: String,
-    roles: String,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl UserRow {
-    fn into_user(self) -> Result<User, RepoError> {
-        let status = UserStatus::parse(&self.status).ok_or_else(|| {
-            RepoError::Corrupt(format!("user {} status {:?}", self.id, self.status))
-        })?;
-        let roles = roles_from_storage(&self.roles).ok_or_else(|| {
-            RepoError::Corrupt(format!("user {} roles {:?}", self.id, self.roles))
-        })?;
-        Ok(User {
-            id: self.id,
-            email: self.email,
-            username: self.username,
-            first_name: self.first_name,
-            last_name: self.last_name,
-            bio: self.bio,
-            status,
-            roles,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// A `users` row (selected with [`user_columns`]) as a [`User`].
+fn user_row(row: shop_storage::Row<'_>) -> Result<User, StoreError> {
+    let id: Uuid = row.get("id")?;
+    let status: String = row.get("status")?;
+    let roles: String = row.get("roles")?;
+    Ok(User {
+        id,
+        email: row.get("email")?,
+        username: row.get("username")?,
+        first_name: row.get("first_name")?,
+        last_name: row.get("last_name")?,
+        bio: row.get("bio")?,
+        status: UserStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("user {id} status {status:?}")))?,
+        roles: roles_from_storage(&roles)
+            .ok_or_else(|| StoreError::Corrupt(format!("user {id} roles {roles:?}")))?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
 }

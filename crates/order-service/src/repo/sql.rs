@@ -1,0 +1,315 @@
+//! The order-service store: one SQL text for SQLite and PostgreSQL (see
+//! `shop-storage` for what differs between them and where that is
+//! handled). Its change feed is `shop-storage`'s notices: each status
+//! change notifies in its own transaction, so the notice reaches every
+//! replica sharing a PostgreSQL database (or every watcher of the one
+//! process on SQLite) when, and only if, it commits.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use shop_storage::{Db, Notice, Notices, On, Row, StoreError, query};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{OrderRepo, RepoError};
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+};
+
+/// The channel status changes are announced on.
+const CHANNEL: &str = "shop_order_events";
+
+/// How many change notices a slow watcher may fall behind before it must
+/// re-read (it never loses a change: the events table is the truth).
+const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// The columns every order query selects, as a literal for `concat!`.
+macro_rules! order_columns {
+    () => {
+        "id, user_id, currency_code, total_cents, status, created_at, updated_at, request_hash, version"
+    };
+}
+
+/// Orders (`$where` picks them, its placeholders bound by the caller)
+/// joined with their items in one statement, so that a page and its items
+/// come from one snapshot: one row per item, orders in `$order`, items in
+/// line order.
+macro_rules! orders_with_items {
+    ($where:literal, $order:literal) => {
+        concat!(
+            "SELECT o.id, o.user_id, o.currency_code, o.total_cents, o.status, o.created_at, \
+             o.updated_at, o.request_hash, o.version, \
+             i.product_id, i.quantity, i.unit_price_cents \
+             FROM (SELECT ",
+            order_columns!(),
+            " FROM orders WHERE ",
+            $where,
+            ") o LEFT JOIN order_items i ON i.order_id = o.id ORDER BY ",
+            $order,
+            ", i.line_no"
+        )
+    };
+}
+
+/// [`OrderRepo`] on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Db,
+    changes: Notices,
+}
+
+impl SqlStore {
+    /// The store on `db` (connected and migrated), listening for changes.
+    pub async fn new(db: Db) -> Result<SqlStore, RepoError> {
+        let changes = db.listen(CHANNEL, CHANGE_FEED_CAPACITY).await?;
+        Ok(SqlStore { db, changes })
+    }
+
+    /// The items of one order, in line order.
+    async fn items(&self, order_id: Uuid) -> Result<Vec<OrderItem>, RepoError> {
+        query(
+            "SELECT product_id, quantity, unit_price_cents FROM order_items \
+             WHERE order_id = $1 ORDER BY line_no",
+        )
+        .bind(order_id)
+        .fetch_all(&self.db, item)
+        .await
+    }
+
+    /// The orders a query of [`orders_with_items`] returns, with their
+    /// request fingerprints, in its order.
+    async fn orders<'a>(
+        on: impl Into<On<'a>>,
+        joined: shop_storage::Query,
+    ) -> Result<Vec<(Order, String)>, RepoError> {
+        let rows = joined
+            .fetch_all(on, |row| {
+                let item = match row.get::<Option<String>>("product_id")? {
+                    Some(_) => Some(item(row)?),
+                    None => None,
+                };
+                Ok((order(row)?, item))
+            })
+            .await?;
+        let mut orders: Vec<(Order, String)> = Vec::new();
+        for ((order, hash), item) in rows {
+            match orders.last_mut() {
+                Some((last, _)) if last.id == order.id => last.items.extend(item),
+                _ => {
+                    let mut order = order;
+                    order.items.extend(item);
+                    orders.push((order, hash));
+                }
+            }
+        }
+        Ok(orders)
+    }
+}
+
+/// An `orders` row (selected with [`order_columns`]) as an [`Order`]
+/// without its items, and its request fingerprint.
+fn order(row: Row<'_>) -> Result<(Order, String), StoreError> {
+    let id: Uuid = row.get("id")?;
+    let status: String = row.get("status")?;
+    Ok((
+        Order {
+            id,
+            user_id: row.get("user_id")?,
+            items: Vec::new(),
+            total_cents: row.get("total_cents")?,
+            currency_code: row.get("currency_code")?,
+            status: OrderStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("order {id} status {status:?}")))?,
+            created_at: row.get("created_at")?,
+            updated_at: row.get("updated_at")?,
+            version: row.get("version")?,
+        },
+        row.get("request_hash")?,
+    ))
+}
+
+fn item(row: Row<'_>) -> Result<OrderItem, StoreError> {
+    Ok(OrderItem {
+        product_id: row.get("product_id")?,
+        quantity: row.get("quantity")?,
+        unit_price_cents: row.get("unit_price_cents")?,
+    })
+}
+
+fn event(row: Row<'_>) -> Result<OrderEvent, StoreError> {
+    let status: String = row.get("status")?;
+    Ok(OrderEvent {
+        version: row.get("version")?,
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("event status {status:?}")))?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl OrderRepo for SqlStore {
+    async fn place_order(&self, new: &NewOrder) -> Result<PlacedOrder, RepoError> {
+        let mut tx = self.db.begin().await?;
+        // A concurrent insert of the same key waits on the unique index
+        // (PostgreSQL) or the write lock (SQLite) until the first commits,
+        // then does nothing: one order, always.
+        let inserted = query(concat!(
+            "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
+             total_cents, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+             ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
+            order_columns!()
+        ))
+        .bind(new.id)
+        .bind(new.user_id)
+        .bind(new.request_id.as_str())
+        .bind(&new.request_hash)
+        .bind(new.currency_code.as_str())
+        .bind(new.total_cents)
+        .bind(new.now)
+        .fetch_optional(&mut tx, order)
+        .await?;
+
+        let Some((mut created, _)) = inserted else {
+            tx.rollback().await?;
+            let (order, request_hash) = self
+                .find_by_request_id(new.user_id, new.request_id.as_str())
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Corrupt("request id conflicted but no order has it".into())
+                })?;
+            return Ok(PlacedOrder::Existing {
+                order,
+                request_hash,
+            });
+        };
+        for (line_no, item) in new.items.iter().enumerate() {
+            query(
+                "INSERT INTO order_items (order_id, line_no, product_id, quantity, \
+                 unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(new.id)
+            .bind(line_no as i32)
+            .bind(&item.product_id)
+            .bind(item.quantity)
+            .bind(item.unit_price_cents)
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await?;
+        created.items = new.items.clone();
+        Ok(PlacedOrder::Created(created))
+    }
+
+    async fn find_by_request_id(
+        &self,
+        user_id: Uuid,
+        request_id: &str,
+    ) -> Result<Option<(Order, String)>, RepoError> {
+        let joined = query(orders_with_items!(
+            "user_id = $1 AND request_id = $2",
+            "o.id"
+        ))
+        .bind(user_id)
+        .bind(request_id);
+        Ok(SqlStore::orders(&self.db, joined).await?.pop())
+    }
+
+    async fn get_order(&self, id: Uuid) -> Result<Option<Order>, RepoError> {
+        let joined = query(orders_with_items!("id = $1", "o.id")).bind(id);
+        Ok(SqlStore::orders(&self.db, joined)
+            .await?
+            .pop()
+            .map(|(order, _)| order))
+    }
+
+    async fn list_orders(
+        &self,
+        filter: &OrderFilter,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Order>, RepoError> {
+        let joined = query(orders_with_items!(
+            "user_id = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+            "o.id DESC"
+        ))
+        .bind(filter.user_id)
+        .bind(filter.status.map(OrderStatus::as_str))
+        .bind(before)
+        .bind(i64::from(limit));
+        Ok(SqlStore::orders(&self.db, joined)
+            .await?
+            .into_iter()
+            .map(|(order, _)| order)
+            .collect())
+    }
+
+    async fn update_status(
+        &self,
+        id: Uuid,
+        from: OrderStatus,
+        to: OrderStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Order>, RepoError> {
+        let mut tx = self.db.begin().await?;
+        let updated = query(concat!(
+            "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
+             cancel_reason = COALESCE($3, cancel_reason) \
+             WHERE id = $4 AND status = $5 RETURNING ",
+            order_columns!()
+        ))
+        .bind(to.as_str())
+        .bind(now)
+        .bind(reason)
+        .bind(id)
+        .bind(from.as_str())
+        .fetch_optional(&mut tx, order)
+        .await?;
+        let Some((mut order, _)) = updated else {
+            return Ok(None);
+        };
+        query(
+            "INSERT INTO order_events (order_id, version, status, updated_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(order.version)
+        .bind(to.as_str())
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        tx.notify(CHANNEL, &id.to_string()).await?;
+        tx.commit().await?;
+        order.items = self.items(id).await?;
+        Ok(Some(order))
+    }
+
+    async fn events_after(
+        &self,
+        order_id: Uuid,
+        version: i64,
+    ) -> Result<Vec<OrderEvent>, RepoError> {
+        query(
+            "SELECT version, status, updated_at FROM order_events \
+             WHERE order_id = $1 AND version > $2 ORDER BY version",
+        )
+        .bind(order_id)
+        .bind(version)
+        .fetch_all(&self.db, event)
+        .await
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Notice> {
+        self.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        self.db.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.db.backend().as_str()
+    }
+}

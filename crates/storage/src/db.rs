@@ -1,0 +1,124 @@
+//! Opening a database of either backend and running its migrations.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    migrate::Migrator,
+    postgres::{PgPool, PgPoolOptions},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+
+use crate::{StoreError, notices::LocalChannels};
+
+/// How long a caller waits for a pooled connection (and SQLite for a
+/// locked database) before the database counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which database engine a [`Db`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: containers and clusters, several replicas per database.
+    Postgres,
+    /// A SQLite file: the all-in-one stack and single-instance deployments.
+    Sqlite,
+}
+
+impl Backend {
+    /// `postgres` or `sqlite`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A service's migrations, one directory per backend (DDL differs):
+/// `Migrations { postgres: &POSTGRES, sqlite: &SQLITE }` with each a
+/// `static` from `sqlx::migrate!`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// For PostgreSQL.
+    pub postgres: &'static Migrator,
+    /// For SQLite.
+    pub sqlite: &'static Migrator,
+}
+
+/// A connection pool to one database of either backend. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub(crate) pool: Pool,
+    pub(crate) local: Arc<LocalChannels>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Opens the database named by `url` (`sqlite:` or `postgres:`) with at
+/// most `max_connections` pooled connections, creating a SQLite file and
+/// its directory when missing, and applies the migrations for its backend.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    migrations: &Migrations,
+) -> Result<Db, StoreError> {
+    let pool = if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Database)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed write survives a power cut, not just a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(ACQUIRE_TIMEOUT)
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        migrations.sqlite.run(&pool).await?;
+        Pool::Sqlite(pool)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        migrations.postgres.run(&pool).await?;
+        Pool::Postgres(pool)
+    } else {
+        return Err(StoreError::UnsupportedUrl(shop_core::config::redact_url(
+            url,
+        )));
+    };
+    Ok(Db {
+        pool,
+        local: Arc::default(),
+    })
+}
+
+impl Db {
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Postgres(_) => Backend::Postgres,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        crate::query("SELECT 1").execute(self).await.map(drop)
+    }
+}

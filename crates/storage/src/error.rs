@@ -1,0 +1,68 @@
+//! What can go wrong in storage, the same for every repository: the
+//! database is unreachable (callers may retry), something else failed, a
+//! stored value does not parse, migrations failed, or the URL names no
+//! supported database. Repositories add their own meaning on top (a unique
+//! violation as "this email is taken").
+
+use thiserror::Error;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database cannot be reached (pool timeout, I/O, closed pool).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value the code does not understand.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported database.
+    #[error("unsupported DATABASE_URL scheme in {0:?}: expected sqlite: or postgres:")]
+    UnsupportedUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> StoreError {
+        match err {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(err),
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+                StoreError::Corrupt(err.to_string())
+            }
+            other => StoreError::Database(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// True when the database could not be reached (worth a retry later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The unique constraint a write collided on, as the backend names it:
+    /// the constraint's name on PostgreSQL (`users_email_key`), the
+    /// columns on SQLite (`users.email`, or `t.a, t.b` for a constraint on
+    /// two columns). A repository maps both spellings to its meaning.
+    pub fn unique_violation(&self) -> Option<&str> {
+        let StoreError::Database(err) = self else {
+            return None;
+        };
+        let db = err.as_database_error()?;
+        if !db.is_unique_violation() {
+            return None;
+        }
+        db.constraint().or_else(|| {
+            db.message()
+                .strip_prefix("UNIQUE constraint failed: ")
+                .map(str::trim)
+        })
+    }
+}

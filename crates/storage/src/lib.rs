@@ -1,0 +1,40 @@
+//! One SQL text for SQLite and PostgreSQL, so that each repository is
+//! written once.
+//!
+//! A query is written with `$1`, `$2`, ... placeholders (both backends
+//! read them) in SQL both dialects accept, and run on a [`Db`] or inside a
+//! [`Tx`]; values are bound through [`Value`] and rows read through
+//! [`Row`], which is where the two backends differ, and the only place:
+//!
+//! - **ids**: a UUID is a `uuid` column on PostgreSQL and hyphenated
+//!   lower-case text on SQLite (text order is time order for UUID v7);
+//! - **integers**: `Value::Int4` for `INTEGER` columns, `Value::Int8` for
+//!   `BIGINT` (PostgreSQL types parameters; SQLite does not care);
+//! - **unique violations**: [`StoreError::unique_violation`] names the
+//!   constraint (PostgreSQL) or the columns (SQLite, `users.email`);
+//! - **pool options and start-up**: [`connect`] opens either (a SQLite file
+//!   is created with its directory, in WAL mode with `synchronous=FULL`)
+//!   and runs the service's migrations for that backend (DDL differs, so
+//!   each service keeps one migration directory per backend);
+//! - **change notices**: [`Db::listen`] and [`Tx::notify`] are
+//!   `LISTEN`/`NOTIFY` on PostgreSQL (every replica hears, when the
+//!   transaction commits) and an in-process channel on SQLite (one
+//!   process per file).
+//!
+//! What is not portable (arrays, `::` casts, `pg_notify`, `json_each`) is
+//! not used in query text; a query that truly must differ is written twice
+//! and says why.
+
+mod db;
+mod error;
+mod notices;
+mod query;
+mod row;
+mod value;
+
+pub use db::{Backend, Db, Migrations, connect};
+pub use error::StoreError;
+pub use notices::{Notice, Notices};
+pub use query::{On, Query, Tx, query};
+pub use row::{Column, Row};
+pub use value::Value;

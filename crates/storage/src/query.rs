@@ -1,0 +1,264 @@
+//! Queries written once, run on either backend, on the pool ([`Db`]) or
+//! inside a transaction ([`Tx`]).
+//!
+//! ```text
+//! let user = query("SELECT id, email FROM users WHERE id = $1")
+//!     .bind(id)
+//!     .fetch_optional(&db, |row| Ok((row.get::<Uuid>("id")?, row.get::<String>("email")?)))
+//!     .await?;
+//! ```
+
+use std::sync::Arc;
+
+use futures_util::{StreamExt as _, stream::BoxStream};
+use sqlx::{Postgres, Sqlite, Transaction, postgres::PgArguments, sqlite::SqliteArguments};
+
+use crate::{Db, Row, StoreError, Value, db::Pool, notices::LocalChannels};
+
+/// A query: SQL text with `$n` placeholders both backends read, and the
+/// values bound to them.
+#[derive(Debug, Clone)]
+#[must_use = "a query does nothing until it is executed or fetched"]
+pub struct Query {
+    sql: &'static str,
+    args: Vec<Value>,
+}
+
+/// A query of `sql` (a literal: no query text is ever built from input).
+pub fn query(sql: &'static str) -> Query {
+    Query {
+        sql,
+        args: Vec::new(),
+    }
+}
+
+/// Where a query runs: on the pool, or inside a transaction.
+#[derive(Debug)]
+pub enum On<'a> {
+    /// On a pooled connection.
+    Db(&'a Db),
+    /// Inside a transaction.
+    Tx(&'a mut Tx),
+}
+
+impl<'a> From<&'a Db> for On<'a> {
+    fn from(db: &'a Db) -> On<'a> {
+        On::Db(db)
+    }
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> On<'a> {
+        On::Tx(tx)
+    }
+}
+
+/// Runs `$body` with `$q` the query for the backend of `$on`, `$exec` its
+/// executor (pool or transaction) and `$row` the [`Row`] constructor.
+macro_rules! on_backend {
+    ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr) => {
+        match $on {
+            On::Db(db) => match &db.pool {
+                Pool::Postgres(pool) => {
+                    let ($q, $exec, $row) = ($query.postgres(), pool, Row::Pg);
+                    $body
+                }
+                Pool::Sqlite(pool) => {
+                    let ($q, $exec, $row) = ($query.sqlite(), pool, Row::Sqlite);
+                    $body
+                }
+            },
+            On::Tx(tx) => match &mut tx.inner {
+                TxInner::Postgres(t) => {
+                    let ($q, $exec, $row) = ($query.postgres(), &mut **t, Row::Pg);
+                    $body
+                }
+                TxInner::Sqlite(t) => {
+                    let ($q, $exec, $row) = ($query.sqlite(), &mut **t, Row::Sqlite);
+                    $body
+                }
+            },
+        }
+    };
+}
+
+impl Query {
+    /// Binds the next placeholder.
+    pub fn bind(mut self, value: impl Into<Value>) -> Query {
+        self.args.push(value.into());
+        self
+    }
+
+    fn postgres(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
+        self.args
+            .into_iter()
+            .fold(sqlx::query(self.sql), |q, value| match value {
+                Value::Text(v) => q.bind(v),
+                Value::Int4(v) => q.bind(v),
+                Value::Int8(v) => q.bind(v),
+                Value::Bool(v) => q.bind(v),
+                Value::Id(v) => q.bind(v),
+                Value::Time(v) => q.bind(v),
+            })
+    }
+
+    fn sqlite(self) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+        self.args
+            .into_iter()
+            .fold(sqlx::query(self.sql), |q, value| match value {
+                Value::Text(v) => q.bind(v),
+                Value::Int4(v) => q.bind(v),
+                Value::Int8(v) => q.bind(v),
+                Value::Bool(v) => q.bind(v),
+                // Hyphenated lower-case text: text order is time order for
+                // UUID v7, as `uuid` order is on PostgreSQL.
+                Value::Id(v) => q.bind(v.map(|id| id.hyphenated())),
+                Value::Time(v) => q.bind(v),
+            })
+    }
+
+    /// Runs the query; how many rows it changed.
+    pub async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, StoreError> {
+        on_backend!(on.into(), self, |q, exec, _row| Ok(q
+            .execute(exec)
+            .await?
+            .rows_affected()))
+    }
+
+    /// The first row, read by `read`, if there is one.
+    pub async fn fetch_optional<'a, T>(
+        self,
+        on: impl Into<On<'a>>,
+        read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        on_backend!(on.into(), self, |q, exec, row| {
+            let found = q.fetch_optional(exec).await?;
+            found.as_ref().map(|r| read(row(r))).transpose()
+        })
+    }
+
+    /// The one row, read by `read` (a missing row is an error).
+    pub async fn fetch_one<'a, T>(
+        self,
+        on: impl Into<On<'a>>,
+        read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        on_backend!(on.into(), self, |q, exec, row| {
+            let found = q.fetch_one(exec).await?;
+            read(row(&found))
+        })
+    }
+
+    /// Every row, each read by `read`.
+    pub async fn fetch_all<'a, T>(
+        self,
+        on: impl Into<On<'a>>,
+        mut read: impl FnMut(Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        on_backend!(on.into(), self, |q, exec, row| {
+            let rows = q.fetch_all(exec).await?;
+            rows.iter().map(|r| read(row(r))).collect()
+        })
+    }
+
+    /// The rows as a stream, read from the database as it is polled (not
+    /// collected first), each read by `read`.
+    pub fn fetch<'a, T, F>(self, db: &'a Db, mut read: F) -> BoxStream<'a, Result<T, StoreError>>
+    where
+        T: Send + 'a,
+        F: FnMut(Row<'_>) -> Result<T, StoreError> + Send + 'a,
+    {
+        match &db.pool {
+            Pool::Postgres(pool) => self
+                .postgres()
+                .fetch(pool)
+                .map(move |r| {
+                    r.map_err(StoreError::from)
+                        .and_then(|row| read(Row::Pg(&row)))
+                })
+                .boxed(),
+            Pool::Sqlite(pool) => self
+                .sqlite()
+                .fetch(pool)
+                .map(move |r| {
+                    r.map_err(StoreError::from)
+                        .and_then(|row| read(Row::Sqlite(&row)))
+                })
+                .boxed(),
+        }
+    }
+}
+
+/// A transaction on either backend; dropped without [`Tx::commit`], it is
+/// rolled back.
+#[derive(Debug)]
+pub struct Tx {
+    inner: TxInner,
+    /// Notices to send once committed (SQLite; PostgreSQL queues them
+    /// itself).
+    pending: Vec<(&'static str, String)>,
+    local: Arc<LocalChannels>,
+}
+
+#[derive(Debug)]
+enum TxInner {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
+impl Db {
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let inner = match &self.pool {
+            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin().await?),
+        };
+        Ok(Tx {
+            inner,
+            pending: Vec::new(),
+            local: Arc::clone(&self.local),
+        })
+    }
+}
+
+impl Tx {
+    /// Sends `payload` to the listeners of `channel` (see
+    /// [`Db::listen`]) when, and only if, this transaction commits.
+    pub async fn notify(&mut self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
+        match self.inner {
+            // Delivered by PostgreSQL at commit, to every listening
+            // connection of every replica.
+            TxInner::Postgres(_) => query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&mut *self)
+                .await
+                .map(drop),
+            TxInner::Sqlite(_) => {
+                self.pending.push((channel, payload.to_owned()));
+                Ok(())
+            }
+        }
+    }
+
+    /// Commits, then (SQLite) sends the notices.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Postgres(t) => t.commit().await?,
+            TxInner::Sqlite(t) => t.commit().await?,
+        }
+        for (channel, payload) in &self.pending {
+            self.local.send(channel, payload);
+        }
+        Ok(())
+    }
+
+    /// Rolls back (also what dropping it does, without waiting).
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Postgres(t) => t.rollback().await?,
+            TxInner::Sqlite(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
+}
