@@ -7,6 +7,8 @@
 //!   id, trace headers) that a request carries into every call made while
 //!   serving it, and [`context::Propagate`], the client layer that puts it
 //!   on the wire.
+//! - [`error`]: [`error::AppError`], why a use case failed, in the terms
+//!   every service shares, and its one mapping to gRPC statuses.
 //! - [`grpc_timeout`]: the `grpc-timeout` header.
 //! - [`status`]: building and reading `tonic::Status` the same way
 //!   everywhere (field violations, internal errors that are logged but
@@ -18,6 +20,7 @@
 
 pub mod config;
 pub mod context;
+pub mod error;
 pub mod grpc_timeout;
 pub mod pagination;
 pub mod signals;

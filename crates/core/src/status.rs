@@ -7,7 +7,7 @@
 //! status a response carries, and [`normalize_status`] fixes the one code
 //! tonic gets wrong.
 
-use std::fmt::Display;
+use std::{fmt::Display, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 use tonic::{Code, Status};
@@ -48,6 +48,17 @@ pub fn internal(cause: impl Display) -> Status {
 pub fn unavailable(cause: impl Display) -> Status {
     tracing::warn!(error = %cause, "dependency unavailable");
     Status::unavailable("service temporarily unavailable, retry later")
+}
+
+/// RESOURCE_EXHAUSTED saying what ran out and, as `google.rpc.RetryInfo`,
+/// when to come back.
+pub fn resource_exhausted(what: &str, retry_after: Duration) -> Status {
+    let wait = retry_after.max(Duration::from_millis(1));
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!("{what}; retry in {} ms", wait.as_millis()),
+        ErrorDetails::with_retry_info(Some(wait)),
+    )
 }
 
 /// The `grpc-status` in `headers` (response headers of a trailers-only

@@ -5,17 +5,19 @@
 //! - [`config`]: flags and environment variables.
 //! - [`domain`]: order rules (state machine, money, idempotency), no gRPC
 //!   and no SQL.
-//! - [`repo`]: the storage trait with PostgreSQL and SQLite backends.
-//! - [`grpc`]: the tonic service (`shop.order.v1.OrderService`).
+//! - [`app`]: the use cases (idempotent placing, reading, status changes),
+//!   free of gRPC types.
+//! - [`repo`]: the storage trait, one SQL text for SQLite and PostgreSQL.
+//! - [`grpc`]: the tonic service (`shop.order.v1.OrderService`): decode,
+//!   call a use case, encode.
 //! - [`users`]: the user-service client, with the caller's context
 //!   propagated.
-//! - [`error`]: the one mapping from failures to gRPC statuses.
 //!
 //! [`run`] wires them together; the binary is the kit's `service_main`.
 
+pub mod app;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod grpc;
 pub mod repo;
 pub mod users;
@@ -29,6 +31,7 @@ use shop_core::{config::redact_url, pagination::PageTokenCodec};
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use shop_server::{Listeners, Server, ServiceInfo};
 
+use app::Orders;
 pub use config::Config;
 use grpc::OrderGrpc;
 
@@ -74,9 +77,12 @@ pub async fn run(
     )?;
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
-    server.add(OrderServiceServer::new(OrderGrpc::new(
+    let orders = Orders::new(
         Arc::clone(&store),
-        users::client(user_channel),
+        Arc::new(users::UserClient::new(user_channel)),
+    );
+    server.add(OrderServiceServer::new(OrderGrpc::new(
+        orders,
         PageTokenCodec::new(secret),
         server.streams(),
         config.watch_resync_interval,

@@ -1,14 +1,16 @@
 //! order-service's client of user-service: the check that the user an
-//! order is for exists and is active.
+//! order is for exists and is active ([`crate::app::ActiveUsers`]).
 //!
-//! The channel comes from [`shop_middleware::client::connect`]: each call
-//! carries the caller's remaining deadline, token, request id and trace
-//! headers (user-service authorizes on behalf of the end user, and a spent
-//! budget fails here without a network round trip), is balanced over the
+//! The channel comes from [`shop_client::connect`]: each call carries the
+//! caller's remaining deadline, token, request id and trace headers
+//! (user-service authorizes on behalf of the end user, and a spent budget
+//! fails here without a network round trip), is balanced over the
 //! user-service endpoints, retried when they are unavailable (GetUser has
 //! no side effects) and failed fast while they are all down.
 
+use async_trait::async_trait;
 use shop_client::ClientChannel;
+use shop_core::error::{AppError, DependencyFailure};
 use shop_proto::user::v1::{
     GetUserRequest, UserStatus, get_user_request::Identifier,
     user_service_client::UserServiceClient,
@@ -16,30 +18,40 @@ use shop_proto::user::v1::{
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::error::ServiceError;
+use crate::app::ActiveUsers;
+
+/// user-service as order-service's callers know it.
+const SERVICE: &str = "user-service";
 
 /// The UserService client every handler shares.
-pub type UserClient = UserServiceClient<ClientChannel>;
+#[derive(Debug, Clone)]
+pub struct UserClient(UserServiceClient<ClientChannel>);
 
-/// A UserService client over `channel`.
-pub fn client(channel: ClientChannel) -> UserClient {
-    UserServiceClient::new(channel)
+impl UserClient {
+    /// A UserService client over `channel`.
+    pub fn new(channel: ClientChannel) -> UserClient {
+        UserClient(UserServiceClient::new(channel))
+    }
 }
 
-/// Checks that `user_id` names an existing, ACTIVE user, as seen by the
-/// caller whose token travels with the call.
-pub async fn ensure_active(client: &UserClient, user_id: Uuid) -> Result<(), ServiceError> {
-    let request = GetUserRequest {
-        identifier: Some(Identifier::UserId(user_id.to_string())),
-    };
-    match client.clone().get_user(request).await {
-        Ok(user) if user.get_ref().status == UserStatus::Active as i32 => Ok(()),
-        Ok(_) => Err(ServiceError::FailedPrecondition(
-            "the user is not active".into(),
-        )),
-        Err(status) if status.code() == Code::NotFound => Err(ServiceError::FailedPrecondition(
-            "the user does not exist".into(),
-        )),
-        Err(status) => Err(ServiceError::Upstream(status)),
+#[async_trait]
+impl ActiveUsers for UserClient {
+    async fn ensure_active(&self, user_id: Uuid) -> Result<(), AppError> {
+        let request = GetUserRequest {
+            identifier: Some(Identifier::UserId(user_id.to_string())),
+        };
+        match self.0.clone().get_user(request).await {
+            Ok(user) if user.get_ref().status == UserStatus::Active as i32 => Ok(()),
+            Ok(_) => Err(AppError::FailedPrecondition(
+                "the user is not active".into(),
+            )),
+            Err(status) if status.code() == Code::NotFound => Err(AppError::FailedPrecondition(
+                "the user does not exist".into(),
+            )),
+            Err(status) => Err(AppError::Dependency {
+                service: SERVICE,
+                failure: DependencyFailure::of(&status),
+            }),
+        }
     }
 }

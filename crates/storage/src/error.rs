@@ -66,3 +66,15 @@ impl StoreError {
         })
     }
 }
+
+impl From<StoreError> for shop_core::error::AppError {
+    /// An unreachable database is UNAVAILABLE (retry later); anything else
+    /// from storage is unexpected. The cause is logged, never sent.
+    fn from(err: StoreError) -> shop_core::error::AppError {
+        if err.is_unavailable() {
+            shop_core::error::AppError::Unavailable(err.into())
+        } else {
+            shop_core::error::AppError::Internal(err.into())
+        }
+    }
+}

@@ -1,102 +1,35 @@
-//! The one place where user-service's failures become gRPC statuses.
+//! What user-service's storage failures mean to its callers. Every other
+//! failure maps to a gRPC status the same way in every service
+//! (`shop_core::error::AppError`).
 
-use shop_core::status;
-use thiserror::Error;
-use tonic::Status;
+use shop_core::error::AppError;
 
-use crate::{
-    domain::FieldViolation,
-    repo::{RepoError, UniqueField},
-};
+use crate::repo::{RepoError, UniqueField};
 
-/// Why a request failed, in the service's terms.
-#[derive(Debug, Error)]
-pub enum ServiceError {
-    /// One or more fields are invalid.
-    #[error("invalid argument")]
-    InvalidArgument(Vec<FieldViolation>),
-    /// The resource does not exist, is deleted, or is not the caller's.
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// A unique field is taken.
-    #[error("{0}")]
-    AlreadyExists(&'static str),
-    /// The caller may not do this.
-    #[error("{0}")]
-    PermissionDenied(&'static str),
-    /// Credentials or tokens were refused. One message per kind of
-    /// refusal, so that the reason cannot be probed.
-    #[error("{0}")]
-    Unauthenticated(&'static str),
-    /// A rate limit refused the call (the status carries RetryInfo).
-    #[error("rate limited")]
-    Limited(Status),
-    /// The database cannot be reached.
-    #[error("unavailable: {0}")]
-    Unavailable(#[source] RepoError),
-    /// Anything unexpected.
-    #[error("internal: {0}")]
-    Internal(#[source] anyhow::Error),
-}
-
-impl ServiceError {
-    /// Shorthand for a single invalid field.
-    pub fn invalid(field: &str, description: &str) -> ServiceError {
-        ServiceError::InvalidArgument(vec![FieldViolation {
-            field: field.to_owned(),
-            description: description.to_owned(),
-        }])
-    }
-}
-
-impl From<Vec<FieldViolation>> for ServiceError {
-    fn from(violations: Vec<FieldViolation>) -> ServiceError {
-        ServiceError::InvalidArgument(violations)
-    }
-}
-
-impl From<RepoError> for ServiceError {
-    fn from(err: RepoError) -> ServiceError {
+impl From<RepoError> for AppError {
+    fn from(err: RepoError) -> AppError {
         match err {
             RepoError::Conflict(UniqueField::Email) => {
-                ServiceError::AlreadyExists("a user with this email already exists")
+                AppError::AlreadyExists("a user with this email already exists")
             }
             RepoError::Conflict(UniqueField::Username) => {
-                ServiceError::AlreadyExists("this username is taken")
+                AppError::AlreadyExists("this username is taken")
             }
-            RepoError::Store(err) if err.is_unavailable() => {
-                ServiceError::Unavailable(RepoError::Store(err))
-            }
-            other => ServiceError::Internal(other.into()),
-        }
-    }
-}
-
-impl From<ServiceError> for Status {
-    fn from(err: ServiceError) -> Status {
-        match err {
-            ServiceError::InvalidArgument(violations) => status::invalid_argument(violations),
-            ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
-            ServiceError::AlreadyExists(message) => Status::already_exists(message),
-            ServiceError::PermissionDenied(message) => Status::permission_denied(message),
-            ServiceError::Unauthenticated(message) => Status::unauthenticated(message),
-            ServiceError::Limited(status) => status,
-            ServiceError::Unavailable(cause) => status::unavailable(cause),
-            ServiceError::Internal(cause) => status::internal(format!("{cause:#}")),
+            RepoError::Store(err) => err.into(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
+    use tonic::{Code, Status};
 
     use super::*;
     use crate::repo::StoreError;
 
     #[test]
     fn conflicts_become_already_exists() {
-        let status: Status = ServiceError::from(RepoError::Conflict(UniqueField::Email)).into();
+        let status: Status = AppError::from(RepoError::Conflict(UniqueField::Email)).into();
         assert_eq!(status.code(), Code::AlreadyExists);
     }
 
@@ -105,14 +38,12 @@ mod tests {
         let err = RepoError::Store(StoreError::Corrupt(
             "users row 42 has status \"weird\"".into(),
         ));
-        let status: Status = ServiceError::from(err).into();
+        let status: Status = AppError::from(err).into();
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("weird"));
 
-        let status: Status = ServiceError::from(RepoError::Store(StoreError::Unavailable(
-            sqlx::Error::PoolTimedOut,
-        )))
-        .into();
+        let err = RepoError::Store(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        let status: Status = AppError::from(err).into();
         assert_eq!(status.code(), Code::Unavailable);
         assert!(!status.message().contains("pool"));
     }

@@ -3,14 +3,17 @@
 //! Layout (the same in every shop service):
 //! - [`config`]: flags and environment variables.
 //! - [`domain`]: account rules, no gRPC and no SQL.
-//! - [`repo`]: the storage traits with PostgreSQL and SQLite backends.
+//! - [`app`]: the use cases (sign-up, accounts, login, refresh), free of
+//!   gRPC types.
+//! - [`repo`]: the storage traits, one SQL text for SQLite and PostgreSQL.
 //! - [`grpc`]: the tonic services (`shop.user.v1.UserService` and
-//!   `shop.auth.v1.AuthService`).
-//! - [`error`]: the one mapping from failures to gRPC statuses.
+//!   `shop.auth.v1.AuthService`): decode, call a use case, encode.
+//! - [`error`]: what storage failures mean to callers.
 //!
 //! [`run`] wires them together; the binary is the kit's `service_main`.
 
 pub mod activity;
+pub mod app;
 mod bootstrap;
 pub mod config;
 pub mod domain;
@@ -30,8 +33,9 @@ use shop_proto::{
 use shop_server::{Listeners, Server, ServiceInfo, layers::protect::KeyedLimit};
 
 use activity::ActivityFeed;
+use app::Accounts;
 pub use config::Config;
-use grpc::{Accounts, AuthGrpc, UserGrpc};
+use grpc::{AuthGrpc, UserGrpc};
 
 pub use shop_server::ConfigError;
 
@@ -104,18 +108,18 @@ pub async fn run(
             config.access_token_ttl,
         ),
         verifier,
-        page_tokens: PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens")),
         refresh_token_ttl: config.refresh_token_ttl,
         activity: ActivityFeed::new(config.activity_buffer),
-        streams: server.streams(),
         login_limit: KeyedLimit::new(
             f64::from(config.login_attempts_per_minute) / 60.0,
             config.login_attempts_per_minute,
             "login attempts for this account",
         ),
     });
+    let page_tokens = PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens"));
+    let users = UserGrpc::new(Arc::clone(&accounts), page_tokens, server.streams());
     server
-        .add(UserServiceServer::new(UserGrpc::new(Arc::clone(&accounts))))
+        .add(UserServiceServer::new(users))
         .add(AuthServiceServer::new(AuthGrpc::new(accounts)));
     tracing::info!(
         database = store.backend(),

@@ -1,10 +1,12 @@
 //! `shop.order.v1.OrderService`.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use chrono::{SubsecRound as _, Utc};
 use shop_auth::Principal;
-use shop_core::pagination::{PageTokenCodec, page_size};
+use shop_core::{
+    error::AppError,
+    pagination::{PageTokenCodec, page_size},
+};
 use shop_proto::order::v1::{self as pb, order_service_server::OrderService};
 use shop_server::{
     principal,
@@ -16,13 +18,12 @@ use uuid::Uuid;
 
 use super::convert::{order_to_proto, parse_id, status_from_proto};
 use crate::{
+    app::{Orders, PlaceOrder, Repeat, StatusChange},
     domain::{
-        CurrencyCode, NewOrder, Order, OrderFilter, OrderStatus, PlacedOrder, RequestId,
-        Violations, fingerprint, total_cents, validate_items,
+        CurrencyCode, Order, OrderFilter, OrderStatus, RequestId, Violations, total_cents,
+        validate_items,
     },
-    error::ServiceError,
-    repo::{Notice, OrderRepo},
-    users::{UserClient, ensure_active},
+    repo::Notice,
 };
 
 /// Orders read per database round trip while streaming a user's orders.
@@ -32,157 +33,47 @@ pub(crate) const MAX_BATCH_ORDERS: usize = 1000;
 
 /// Longest cancellation reason, in characters.
 const MAX_REASON_CHARS: usize = 500;
-/// Attempts at a compare-and-set status change before giving up.
-const STATUS_CAS_ATTEMPTS: usize = 3;
 
-/// The OrderService implementation.
-#[derive(Clone)]
+/// The OrderService implementation: decodes requests into the values the
+/// use cases take ([`Orders`]), calls them, encodes what they return.
+#[derive(Clone, Debug)]
 pub struct OrderGrpc {
-    store: Arc<dyn OrderRepo>,
-    users: UserClient,
+    orders: Orders,
     page_tokens: PageTokenCodec,
     streams: Streams,
     watch_resync: Duration,
 }
 
-impl std::fmt::Debug for OrderGrpc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OrderGrpc")
-            .field("backend", &self.store.backend())
-            .finish_non_exhaustive()
-    }
-}
-
 impl OrderGrpc {
-    /// A service over `store` that checks users through `users`. Watchers
-    /// re-read their order every `watch_resync` even without a change
-    /// notice, as a safety net.
+    /// The service over the use cases `orders`. Watchers re-read their
+    /// order every `watch_resync` even without a change notice, as a
+    /// safety net.
     pub fn new(
-        store: Arc<dyn OrderRepo>,
-        users: UserClient,
+        orders: Orders,
         page_tokens: PageTokenCodec,
         streams: Streams,
         watch_resync: Duration,
     ) -> OrderGrpc {
         OrderGrpc {
-            store,
-            users,
+            orders,
             page_tokens,
             streams,
             watch_resync,
         }
     }
 
-    async fn create(
-        &self,
-        caller: &Principal,
-        req: pb::CreateOrderRequest,
-    ) -> Result<Order, ServiceError> {
-        let mut v = Violations::new();
-        let user_id = v.check("user_id", parse_id(&req.user_id));
-        let raw_items: Vec<_> = req
-            .items
-            .into_iter()
-            .map(|i| (i.product_id, i.quantity, i.unit_price_cents))
-            .collect();
-        let items = validate_items(&raw_items, &mut v);
-        let currency = v.check("currency_code", CurrencyCode::parse(&req.currency_code));
-        let request_id = if req.request_id.is_empty() {
-            Some(RequestId::generate())
-        } else {
-            v.check("request_id", RequestId::parse(&req.request_id))
-        };
-        let total = if v.is_empty() {
-            let total = total_cents(&items);
-            if total.is_none() {
-                v.add("items", "the order total does not fit in 64 bits");
-            }
-            total
-        } else {
-            None
-        };
-        v.into_result()?;
-        let (Some(user_id), Some(currency), Some(request_id), Some(total)) =
-            (user_id, currency, request_id, total)
-        else {
-            unreachable!("every field parsed when there is no violation");
-        };
-
-        if !caller.may_act_for(&user_id.to_string()) {
-            return Err(ServiceError::PermissionDenied(
-                "orders can only be placed for yourself",
-            ));
-        }
-        let request_hash = fingerprint(user_id, currency, &items);
-
-        // A retry of an order that was placed: answer with the first result
-        // at once, without asking user-service again.
-        if let Some((order, stored_hash)) = self
-            .store
-            .find_by_request_id(user_id, request_id.as_str())
-            .await?
-        {
-            return same_request(order, &stored_hash, &request_hash);
-        }
-
-        ensure_active(&self.users, user_id).await?;
-
-        let new = NewOrder {
-            id: Uuid::now_v7(),
-            user_id,
-            request_id,
-            request_hash: request_hash.clone(),
-            items,
-            currency_code: currency,
-            total_cents: total,
-            now: Utc::now().trunc_subsecs(6),
-        };
-        match self.store.place_order(&new).await? {
-            PlacedOrder::Created(order) => {
-                tracing::info!(order_id = %order.id, user_id = %order.user_id, total_cents = order.total_cents, "order created");
-                Ok(order)
-            }
-            // A concurrent twin won the race.
-            PlacedOrder::Existing {
-                order,
-                request_hash: stored_hash,
-            } => same_request(order, &stored_hash, &request_hash),
-        }
-    }
-
-    async fn get(
-        &self,
-        caller: &Principal,
-        req: pb::GetOrderRequest,
-    ) -> Result<Order, ServiceError> {
-        let id = parse_id(&req.order_id).map_err(|e| ServiceError::invalid("order_id", &e))?;
-        self.visible_order(caller, id).await
-    }
-
-    async fn visible_order(&self, caller: &Principal, id: Uuid) -> Result<Order, ServiceError> {
-        self.store
-            .get_order(id)
-            .await?
-            .filter(|order| caller.may_act_for(&order.user_id.to_string()))
-            .ok_or(ServiceError::NotFound("order"))
-    }
-
     async fn list(
         &self,
         caller: &Principal,
         req: pb::ListOrdersRequest,
-    ) -> Result<pb::ListOrdersResponse, ServiceError> {
+    ) -> Result<pb::ListOrdersResponse, AppError> {
         let mut v = Violations::new();
-        let user_id = if req.user_id.is_empty() {
-            Uuid::parse_str(&caller.user_id).ok()
-        } else {
-            v.check("user_id", parse_id(&req.user_id))
-        };
+        let user_id = whose(caller, &req.user_id, &mut v);
         let page_size = page_size(req.page_size, &mut v);
         let status = v.check("status", status_from_proto(req.status)).flatten();
         let Some(user_id) = user_id else {
             v.into_result()?;
-            return Err(ServiceError::invalid("user_id", "is required"));
+            return Err(AppError::invalid("user_id", "is required"));
         };
         let scope = format!(
             "shop.order.v1.ListOrders|{user_id}|{}",
@@ -192,14 +83,11 @@ impl OrderGrpc {
             .page_tokens
             .decode_id(scope.as_bytes(), &req.page_token, &mut v);
         v.into_result()?;
-        if !caller.may_act_for(&user_id.to_string()) {
-            return Err(ServiceError::NotFound("orders"));
-        }
 
         let filter = OrderFilter { user_id, status };
         let mut orders = self
-            .store
-            .list_orders(&filter, before, page_size + 1)
+            .orders
+            .list(caller, &filter, before, page_size + 1)
             .await?;
         let next_page_token =
             self.page_tokens
@@ -208,75 +96,6 @@ impl OrderGrpc {
             orders: orders.iter().map(order_to_proto).collect(),
             next_page_token,
         })
-    }
-
-    async fn cancel(
-        &self,
-        caller: &Principal,
-        req: pb::CancelOrderRequest,
-    ) -> Result<Order, ServiceError> {
-        let mut v = Violations::new();
-        let id = v.check("order_id", parse_id(&req.order_id));
-        let reason = req.reason.trim();
-        if reason.chars().count() > MAX_REASON_CHARS {
-            v.add(
-                "reason",
-                format!("must be at most {MAX_REASON_CHARS} characters"),
-            );
-        }
-        v.into_result()?;
-        let Some(id) = id else {
-            unreachable!("order_id parsed when there is no violation");
-        };
-        let reason = (!reason.is_empty()).then_some(reason);
-
-        for _ in 0..STATUS_CAS_ATTEMPTS {
-            let order = self.visible_order(caller, id).await?;
-            if order.status == OrderStatus::Cancelled {
-                // Idempotent: a retried cancel gets the cancelled order.
-                return Ok(order);
-            }
-            let to = order
-                .status
-                .transition(OrderStatus::Cancelled)
-                .map_err(|e| ServiceError::FailedPrecondition(e.to_string()))?;
-            let now = Utc::now().trunc_subsecs(6);
-            if let Some(updated) = self
-                .store
-                .update_status(id, order.status, to, reason, now)
-                .await?
-            {
-                tracing::info!(order_id = %id, by = %caller.user_id, "order cancelled");
-                return Ok(updated);
-            }
-            // Moved by someone else between our read and our write: look again.
-        }
-        Err(ServiceError::Internal(anyhow::anyhow!(
-            "order {id} kept changing while being cancelled"
-        )))
-    }
-}
-
-impl OrderGrpc {
-    /// Validates a StreamOrders request: whose orders, which status.
-    fn stream_filter(
-        &self,
-        caller: &Principal,
-        req: &pb::StreamOrdersRequest,
-    ) -> Result<OrderFilter, ServiceError> {
-        let mut v = Violations::new();
-        let user_id = if req.user_id.is_empty() {
-            Uuid::parse_str(&caller.user_id).ok()
-        } else {
-            v.check("user_id", parse_id(&req.user_id))
-        };
-        let status = v.check("status", status_from_proto(req.status)).flatten();
-        v.into_result()?;
-        let user_id = user_id.ok_or_else(|| ServiceError::invalid("user_id", "is required"))?;
-        if !caller.may_act_for(&user_id.to_string()) {
-            return Err(ServiceError::NotFound("orders"));
-        }
-        Ok(OrderFilter { user_id, status })
     }
 
     /// One ProcessOrders request: a refused or malformed move is an error
@@ -302,35 +121,91 @@ impl OrderGrpc {
             Ok(None) => return Ok(refused(None, "new_status is required".into())),
             Err(e) => return Ok(refused(None, format!("new_status: {e}"))),
         };
-        for _ in 0..STATUS_CAS_ATTEMPTS {
-            let order = match self.visible_order(caller, id).await {
-                Ok(order) => order,
-                Err(ServiceError::NotFound(_)) => {
-                    return Ok(refused(None, "order not found".into()));
-                }
-                Err(other) => return Err(other.into()),
-            };
-            if let Err(e) = order.status.transition(to) {
-                return Ok(refused(Some(&order), e.to_string()));
-            }
-            let now = Utc::now().trunc_subsecs(6);
-            let moved = self
-                .store
-                .update_status(id, order.status, to, None, now)
-                .await
-                .map_err(|e| Status::from(ServiceError::from(e)))?;
-            if let Some(updated) = moved {
-                tracing::info!(order_id = %id, from = %order.status, to = %to, by = %caller.user_id, "order moved");
-                return Ok(pb::ProcessOrderResponse {
-                    order_id: req.order_id.clone(),
-                    success: true,
-                    error_message: String::new(),
-                    order: Some(order_to_proto(&updated)),
-                });
-            }
+        match self
+            .orders
+            .change_status(caller, id, to, None, Repeat::Refuse)
+            .await
+        {
+            Ok(StatusChange::Done(moved)) => Ok(pb::ProcessOrderResponse {
+                order_id: req.order_id.clone(),
+                success: true,
+                error_message: String::new(),
+                order: Some(order_to_proto(&moved)),
+            }),
+            Ok(StatusChange::Refused { order, why }) => Ok(refused(Some(&order), why)),
+            Err(AppError::NotFound(_)) => Ok(refused(None, "order not found".into())),
+            Err(AppError::Aborted(why)) => Ok(refused(None, why.into())),
+            Err(other) => Err(other.into()),
         }
-        Ok(refused(None, "the order kept changing; try again".into()))
     }
+}
+
+/// Whose orders a list or stream is about: the named user, or the caller
+/// when none is named.
+fn whose(caller: &Principal, user_id: &str, v: &mut Violations) -> Option<Uuid> {
+    if user_id.is_empty() {
+        Uuid::parse_str(&caller.user_id).ok()
+    } else {
+        v.check("user_id", parse_id(user_id))
+    }
+}
+
+/// Decodes a CreateOrderRequest, every invalid field at once.
+fn decode_order(req: pb::CreateOrderRequest) -> Result<PlaceOrder, AppError> {
+    let mut v = Violations::new();
+    let user_id = v.check("user_id", parse_id(&req.user_id));
+    let raw_items: Vec<_> = req
+        .items
+        .into_iter()
+        .map(|i| (i.product_id, i.quantity, i.unit_price_cents))
+        .collect();
+    let items = validate_items(&raw_items, &mut v);
+    let currency = v.check("currency_code", CurrencyCode::parse(&req.currency_code));
+    let request_id = if req.request_id.is_empty() {
+        Some(RequestId::generate())
+    } else {
+        v.check("request_id", RequestId::parse(&req.request_id))
+    };
+    let total = if v.is_empty() {
+        let total = total_cents(&items);
+        if total.is_none() {
+            v.add("items", "the order total does not fit in 64 bits");
+        }
+        total
+    } else {
+        None
+    };
+    v.into_result()?;
+    let (Some(user_id), Some(currency), Some(request_id), Some(total_cents)) =
+        (user_id, currency, request_id, total)
+    else {
+        unreachable!("every field parsed when there is no violation");
+    };
+    Ok(PlaceOrder {
+        user_id,
+        items,
+        currency,
+        total_cents,
+        request_id,
+    })
+}
+
+/// Decodes a CancelOrderRequest: the order and the optional reason.
+fn decode_cancel(req: &pb::CancelOrderRequest) -> Result<(Uuid, Option<&str>), AppError> {
+    let mut v = Violations::new();
+    let id = v.check("order_id", parse_id(&req.order_id));
+    let reason = req.reason.trim();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        v.add(
+            "reason",
+            format!("must be at most {MAX_REASON_CHARS} characters"),
+        );
+    }
+    v.into_result()?;
+    let Some(id) = id else {
+        unreachable!("order_id parsed when there is no violation");
+    };
+    Ok((id, (!reason.is_empty()).then_some(reason)))
 }
 
 fn order_update(order: &Order) -> pb::OrderUpdate {
@@ -341,23 +216,7 @@ fn order_update(order: &Order) -> pb::OrderUpdate {
 }
 
 fn repo_status(e: crate::repo::RepoError) -> Status {
-    ServiceError::from(e).into()
-}
-
-/// The answer to a repeated request id: the first order if the payload is
-/// the same, ALREADY_EXISTS if the id is being reused for something else.
-fn same_request(
-    order: Order,
-    stored_hash: &str,
-    request_hash: &str,
-) -> Result<Order, ServiceError> {
-    if stored_hash == request_hash {
-        Ok(order)
-    } else {
-        Err(ServiceError::AlreadyExists(
-            "request_id was already used for a different order",
-        ))
-    }
+    AppError::from(e).into()
 }
 
 #[tonic::async_trait]
@@ -367,16 +226,19 @@ impl OrderService for OrderGrpc {
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
         let caller = principal(&request)?.clone();
-        let order = self.create(&caller, request.into_inner()).await?;
-        Ok(Response::new(order_to_proto(&order)))
+        let order = decode_order(request.into_inner())?;
+        let placed = self.orders.place(&caller, order).await?;
+        Ok(Response::new(order_to_proto(&placed)))
     }
 
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let caller = principal(&request)?.clone();
-        let order = self.get(&caller, request.into_inner()).await?;
+        let caller = principal(&request)?;
+        let id =
+            parse_id(&request.get_ref().order_id).map_err(|e| AppError::invalid("order_id", &e))?;
+        let order = self.orders.get(caller, id).await?;
         Ok(Response::new(order_to_proto(&order)))
     }
 
@@ -397,8 +259,15 @@ impl OrderService for OrderGrpc {
         request: Request<pb::StreamOrdersRequest>,
     ) -> Result<Response<Self::StreamOrdersStream>, Status> {
         let caller = principal(&request)?.clone();
-        let filter = self.stream_filter(&caller, request.get_ref())?;
-        let store = Arc::clone(&self.store);
+        let req = request.get_ref();
+        let mut v = Violations::new();
+        let user_id = whose(&caller, &req.user_id, &mut v);
+        let status = v.check("status", status_from_proto(req.status)).flatten();
+        v.into_result().map_err(AppError::from)?;
+        let user_id = user_id.ok_or_else(|| AppError::invalid("user_id", "is required"))?;
+        let filter = OrderFilter { user_id, status };
+        self.orders.authorize_list(&caller, &filter)?;
+        let store = self.orders.store().clone();
         let stream = self.streams.open(&caller.user_id, move |tx| async move {
             // Newest first, a page at a time: memory stays bounded however
             // many orders there are, and the send waits for the client.
@@ -429,14 +298,14 @@ impl OrderService for OrderGrpc {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let caller = principal(&request)?.clone();
-        let id = parse_id(&request.get_ref().order_id)
-            .map_err(|e| ServiceError::invalid("order_id", &e))?;
+        let id =
+            parse_id(&request.get_ref().order_id).map_err(|e| AppError::invalid("order_id", &e))?;
         // Subscribe before the first read: a change committed in between
         // is then both in the feed and after the version we read.
-        let mut changes = self.store.changes();
-        let mut order = self.visible_order(&caller, id).await?;
+        let store = self.orders.store().clone();
+        let mut changes = store.changes();
+        let mut order = self.orders.get(&caller, id).await?;
         let key = id.to_string();
-        let store = Arc::clone(&self.store);
         let resync = self.watch_resync;
         let stream = self.streams.open(&caller.user_id, move |tx| async move {
             if tx.send(order_update(&order)).await.is_err() || order.status.is_terminal() {
@@ -490,7 +359,11 @@ impl OrderService for OrderGrpc {
                          {MAX_BATCH_ORDERS} were processed (retrying them is safe with request ids)"
                     )));
                 }
-                match this.create(&caller, item).await {
+                let placed = match decode_order(item) {
+                    Ok(order) => this.orders.place(&caller, order).await,
+                    Err(invalid) => Err(invalid),
+                };
+                match placed {
                     Ok(order) => response.orders.push(order_to_proto(&order)),
                     Err(e) => {
                         let status = Status::from(e);
@@ -539,8 +412,15 @@ impl OrderService for OrderGrpc {
         &self,
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::Order>, Status> {
-        let caller = principal(&request)?.clone();
-        let order = self.cancel(&caller, request.into_inner()).await?;
-        Ok(Response::new(order_to_proto(&order)))
+        let caller = principal(&request)?;
+        let (id, reason) = decode_cancel(request.get_ref())?;
+        match self
+            .orders
+            .change_status(caller, id, OrderStatus::Cancelled, reason, Repeat::Accept)
+            .await?
+        {
+            StatusChange::Done(order) => Ok(Response::new(order_to_proto(&order))),
+            StatusChange::Refused { why, .. } => Err(AppError::FailedPrecondition(why).into()),
+        }
     }
 }

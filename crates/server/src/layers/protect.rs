@@ -29,9 +29,9 @@ use governor::{
 };
 use http::{Request, Response};
 use shop_auth::Principal;
+use shop_core::error::AppError;
 use tokio::sync::Semaphore;
-use tonic::{Code, Status, body::Body};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use shop_telemetry::labels::MethodLabels;
@@ -82,22 +82,15 @@ impl KeyedLimit {
         KeyedLimit { limiter, what }
     }
 
-    /// Ok, or RESOURCE_EXHAUSTED with `RetryInfo` saying how long to wait.
-    pub fn check(&self, key: &str) -> Result<(), Status> {
+    /// Ok, or [`AppError::RateLimited`] saying how long to wait
+    /// (RESOURCE_EXHAUSTED with `RetryInfo` once it is a status).
+    pub fn check(&self, key: &str) -> Result<(), AppError> {
         match self.limiter.check_key(&key.to_owned()) {
             Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                Err(Status::with_error_details(
-                    Code::ResourceExhausted,
-                    format!(
-                        "too many {}; retry in {} ms",
-                        self.what,
-                        wait.as_millis().max(1)
-                    ),
-                    ErrorDetails::with_retry_info(Some(wait.max(Duration::from_millis(1)))),
-                ))
-            }
+            Err(not_until) => Err(AppError::RateLimited {
+                what: self.what,
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
         }
     }
 }
@@ -165,12 +158,12 @@ where
                         .unwrap_or_default()
                 ),
             };
-            if let Err(status) = self.layer.limit.check(&key) {
+            if let Err(limited) = self.layer.limit.check(&key) {
                 let labels = MethodLabels::of(path);
                 metrics::counter!("grpc_server_rate_limited_total",
                     "grpc_service" => labels.grpc_service, "grpc_method" => labels.grpc_method)
                 .increment(1);
-                return Box::pin(std::future::ready(Ok(status.into_http())));
+                return Box::pin(std::future::ready(Ok(Status::from(limited).into_http())));
             }
         }
         Box::pin(self.inner.call(req))
@@ -309,10 +302,12 @@ fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
 mod tests {
     use std::convert::Infallible;
 
+    use tonic_types::StatusExt as _;
     use tower::{ServiceExt as _, service_fn};
 
     use super::*;
     use shop_core::status::grpc_status;
+    use tonic::Code;
 
     fn request() -> Request<Body> {
         Request::builder()
@@ -326,7 +321,7 @@ mod tests {
         let limit = KeyedLimit::new(20.0, 2, "requests");
         assert!(limit.check("a").is_ok());
         assert!(limit.check("a").is_ok());
-        let refused = limit.check("a").unwrap_err();
+        let refused = Status::from(limit.check("a").unwrap_err());
         assert_eq!(refused.code(), Code::ResourceExhausted);
         let retry = refused
             .get_error_details()

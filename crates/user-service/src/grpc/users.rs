@@ -2,33 +2,29 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use chrono::{SubsecRound as _, Utc};
 use futures_util::StreamExt as _;
-use shop_auth::{Password, Principal, Role};
-use shop_core::{pagination::page_size, validation::FieldViolation};
+use shop_auth::{Password, Principal};
+use shop_core::{
+    pagination::{PageTokenCodec, page_size},
+    validation::FieldViolation,
+};
 use shop_proto::user::v1::{
     self as pb, get_user_request::Identifier, user_activity_event, user_activity_request,
     user_service_server::UserService,
 };
 use shop_server::{
     principal,
-    streams::{ResponseStream, guarded},
+    streams::{ResponseStream, Streams, guarded},
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::{
-    Accounts,
-    convert::{parse_id, role_from_proto, status_from_proto, timestamp, user_to_proto},
-};
+use super::convert::{parse_id, role_from_proto, status_from_proto, timestamp, user_to_proto};
 use crate::{
     activity::{ActivityEvent, ActivityKind},
-    domain::{
-        Bio, Email, NewUser, PersonName, User, UserFilter, UserPatch, UserStatus, Username,
-        Violations,
-    },
-    error::ServiceError,
+    app::{Accounts, AppError, SignUp},
+    domain::{Bio, Email, PersonName, UserFilter, UserPatch, UserStatus, Username, Violations},
     repo::{RepoError, UserKey},
 };
 
@@ -41,221 +37,130 @@ const MAX_STREAM_LIMIT: u32 = 1000;
 /// Most items in one BulkCreateUsers stream; more and nothing is created.
 pub(crate) const MAX_BULK_USERS: usize = 10_000;
 
-/// A sign-up that passed validation, before its password is hashed.
-struct SignUp {
-    email: Email,
-    username: Username,
-    password: Password,
-    first_name: PersonName,
-    last_name: PersonName,
+/// Decodes every field of a CreateUserRequest at once.
+fn decode_sign_up(req: pb::CreateUserRequest) -> Result<SignUp, Vec<FieldViolation>> {
+    let mut v = Violations::new();
+    let email = v.check("email", Email::parse(&req.email));
+    let username = v.check("username", Username::parse(&req.username));
+    let password = v.check(
+        "password",
+        Password::parse(req.password).map_err(|e| e.to_string()),
+    );
+    let first_name = v.check("first_name", PersonName::parse(&req.first_name));
+    let last_name = v.check("last_name", PersonName::parse(&req.last_name));
+    v.into_result()?;
+    match (email, username, password, first_name, last_name) {
+        (Some(email), Some(username), Some(password), Some(first_name), Some(last_name)) => {
+            Ok(SignUp {
+                email,
+                username,
+                password,
+                first_name,
+                last_name,
+            })
+        }
+        _ => unreachable!("every field parsed when there is no violation"),
+    }
 }
 
-impl SignUp {
-    /// Validates every field of a CreateUserRequest at once.
-    fn parse(req: pb::CreateUserRequest) -> Result<SignUp, Vec<FieldViolation>> {
-        let mut v = Violations::new();
-        let email = v.check("email", Email::parse(&req.email));
-        let username = v.check("username", Username::parse(&req.username));
-        let password = v.check(
-            "password",
-            Password::parse(req.password).map_err(|e| e.to_string()),
-        );
-        let first_name = v.check("first_name", PersonName::parse(&req.first_name));
-        let last_name = v.check("last_name", PersonName::parse(&req.last_name));
-        v.into_result()?;
-        match (email, username, password, first_name, last_name) {
-            (Some(email), Some(username), Some(password), Some(first_name), Some(last_name)) => {
-                Ok(SignUp {
-                    email,
-                    username,
-                    password,
-                    first_name,
-                    last_name,
-                })
-            }
-            _ => unreachable!("every field parsed when there is no violation"),
+/// Decodes an UpdateUserRequest into the user and the patch of its set
+/// fields.
+fn decode_update(req: pb::UpdateUserRequest) -> Result<(Uuid, UserPatch), AppError> {
+    let mut v = Violations::new();
+    let id = v.check("user_id", parse_id(&req.user_id));
+    let mut patch = UserPatch {
+        username: req
+            .username
+            .as_deref()
+            .and_then(|u| v.check("username", Username::parse(u))),
+        first_name: req
+            .first_name
+            .as_deref()
+            .and_then(|n| v.check("first_name", PersonName::parse(n))),
+        last_name: req
+            .last_name
+            .as_deref()
+            .and_then(|n| v.check("last_name", PersonName::parse(n))),
+        bio: req
+            .bio
+            .as_deref()
+            .and_then(|b| v.check("bio", Bio::parse(b))),
+        ..UserPatch::default()
+    };
+    if let Some(status) = req.status {
+        match status_from_proto(status) {
+            Ok(Some(UserStatus::Deleted)) => v.add("status", "cannot be DELETED; use DeleteUser"),
+            Ok(Some(status)) => patch.status = Some(status),
+            Ok(None) => v.add("status", "must be a status when set"),
+            Err(e) => v.add("status", e),
         }
     }
-
-    /// The user to store, with the password hashed (on the blocking pool).
-    async fn into_new_user(self, accounts: &Accounts) -> Result<NewUser, ServiceError> {
-        let password_hash = accounts
-            .hasher
-            .hash(&self.password)
-            .await
-            .map_err(|e| ServiceError::Internal(e.into()))?;
-        Ok(NewUser {
-            id: Uuid::now_v7(),
-            email: self.email,
-            username: self.username,
-            password_hash,
-            first_name: self.first_name,
-            last_name: self.last_name,
-            roles: vec![Role::Customer],
-            status: UserStatus::Active,
-            now: Utc::now().trunc_subsecs(6),
-        })
+    if let Some(set) = &req.roles {
+        if set.roles.is_empty() {
+            v.add("roles.roles", "must hold at least one role");
+        }
+        let mut roles = Vec::new();
+        for (i, raw) in set.roles.iter().enumerate() {
+            match role_from_proto(*raw) {
+                Ok(role) if !roles.contains(&role) => roles.push(role),
+                Ok(_) => {}
+                Err(e) => v.add(format!("roles.roles[{i}]"), e),
+            }
+        }
+        patch.roles = Some(roles);
     }
+    v.into_result()?;
+    let Some(id) = id else {
+        unreachable!("user_id parsed when there is no violation");
+    };
+    Ok((id, patch))
 }
 
 /// The UserService implementation.
 #[derive(Debug, Clone)]
 pub struct UserGrpc {
     accounts: Arc<Accounts>,
+    page_tokens: PageTokenCodec,
+    streams: Streams,
 }
 
 impl UserGrpc {
-    /// A service over the shared account state.
-    pub fn new(accounts: Arc<Accounts>) -> UserGrpc {
-        UserGrpc { accounts }
+    /// The service over the account use cases; `page_tokens` signs
+    /// ListUsers cursors, `streams` keeps every stream in bounds.
+    pub fn new(accounts: Arc<Accounts>, page_tokens: PageTokenCodec, streams: Streams) -> UserGrpc {
+        UserGrpc {
+            accounts,
+            page_tokens,
+            streams,
+        }
     }
 
-    async fn create(&self, req: pb::CreateUserRequest) -> Result<User, ServiceError> {
-        let new = SignUp::parse(req)?.into_new_user(&self.accounts).await?;
-        let user = self.accounts.store.create_user(&new).await?;
-        tracing::info!(user_id = %user.id, "user created");
-        self.accounts.activity.publish(ActivityKind::Created, &user);
-        Ok(user)
-    }
-
-    async fn get(&self, caller: &Principal, req: pb::GetUserRequest) -> Result<User, ServiceError> {
+    async fn get(&self, caller: &Principal, req: pb::GetUserRequest) -> Result<pb::User, AppError> {
         let email;
         let username;
         let key = match req.identifier {
             None => {
-                return Err(ServiceError::invalid(
+                return Err(AppError::invalid(
                     "identifier",
                     "set one of user_id, email or username",
                 ));
             }
             Some(Identifier::UserId(id)) => {
-                UserKey::Id(parse_id(&id).map_err(|e| ServiceError::invalid("user_id", &e))?)
+                UserKey::Id(parse_id(&id).map_err(|e| AppError::invalid("user_id", &e))?)
             }
             Some(Identifier::Email(raw)) => {
-                email = Email::parse(&raw).map_err(|e| ServiceError::invalid("email", &e))?;
+                email = Email::parse(&raw).map_err(|e| AppError::invalid("email", &e))?;
                 UserKey::Email(&email)
             }
             Some(Identifier::Username(raw)) => {
-                username =
-                    Username::parse(&raw).map_err(|e| ServiceError::invalid("username", &e))?;
+                username = Username::parse(&raw).map_err(|e| AppError::invalid("username", &e))?;
                 UserKey::Username(&username)
             }
         };
-        self.accounts
-            .store
-            .find_user(key)
-            .await?
-            .filter(|user| user.is_visible() && caller.may_act_for(&user.id.to_string()))
-            .ok_or(ServiceError::NotFound("user"))
+        Ok(user_to_proto(&self.accounts.get(caller, key).await?))
     }
 
-    async fn update(
-        &self,
-        caller: &Principal,
-        req: pb::UpdateUserRequest,
-    ) -> Result<User, ServiceError> {
-        let mut v = Violations::new();
-        let id = v.check("user_id", parse_id(&req.user_id));
-        let mut patch = UserPatch {
-            username: req
-                .username
-                .as_deref()
-                .and_then(|u| v.check("username", Username::parse(u))),
-            first_name: req
-                .first_name
-                .as_deref()
-                .and_then(|n| v.check("first_name", PersonName::parse(n))),
-            last_name: req
-                .last_name
-                .as_deref()
-                .and_then(|n| v.check("last_name", PersonName::parse(n))),
-            bio: req
-                .bio
-                .as_deref()
-                .and_then(|b| v.check("bio", Bio::parse(b))),
-            ..UserPatch::default()
-        };
-        if let Some(status) = req.status {
-            match status_from_proto(status) {
-                Ok(Some(UserStatus::Deleted)) => {
-                    v.add("status", "cannot be DELETED; use DeleteUser")
-                }
-                Ok(Some(status)) => patch.status = Some(status),
-                Ok(None) => v.add("status", "must be a status when set"),
-                Err(e) => v.add("status", e),
-            }
-        }
-        if let Some(set) = &req.roles {
-            if set.roles.is_empty() {
-                v.add("roles.roles", "must hold at least one role");
-            }
-            let mut roles = Vec::new();
-            for (i, raw) in set.roles.iter().enumerate() {
-                match role_from_proto(*raw) {
-                    Ok(role) if !roles.contains(&role) => roles.push(role),
-                    Ok(_) => {}
-                    Err(e) => v.add(format!("roles.roles[{i}]"), e),
-                }
-            }
-            patch.roles = Some(roles);
-        }
-        v.into_result()?;
-        let Some(id) = id else {
-            unreachable!("user_id parsed when there is no violation");
-        };
-
-        if !caller.may_act_for(&id.to_string()) {
-            return Err(ServiceError::NotFound("user"));
-        }
-        if (patch.status.is_some() || patch.roles.is_some()) && !caller.is_admin() {
-            return Err(ServiceError::PermissionDenied(
-                "only admins may change status or roles",
-            ));
-        }
-        let now = Utc::now().trunc_subsecs(6);
-        let user = self
-            .accounts
-            .store
-            .update_user(id, &patch, now)
-            .await?
-            .ok_or(ServiceError::NotFound("user"))?;
-        if user.status != UserStatus::Active {
-            // A disabled account keeps no session alive.
-            self.accounts
-                .store
-                .revoke_user_refresh_tokens(id, now)
-                .await?;
-        }
-        tracing::info!(user_id = %id, by = %caller.user_id, "user updated");
-        self.accounts.activity.publish(ActivityKind::Updated, &user);
-        Ok(user)
-    }
-
-    async fn delete(
-        &self,
-        caller: &Principal,
-        req: pb::DeleteUserRequest,
-    ) -> Result<(), ServiceError> {
-        let id = parse_id(&req.user_id).map_err(|e| ServiceError::invalid("user_id", &e))?;
-        if !caller.may_act_for(&id.to_string()) {
-            return Err(ServiceError::NotFound("user"));
-        }
-        let now = Utc::now().trunc_subsecs(6);
-        if !self.accounts.store.soft_delete_user(id, now).await? {
-            return Err(ServiceError::NotFound("user"));
-        }
-        self.accounts
-            .store
-            .revoke_user_refresh_tokens(id, now)
-            .await?;
-        tracing::info!(user_id = %id, by = %caller.user_id, "user deleted");
-        if let Some(user) = self.accounts.store.find_user(UserKey::Id(id)).await? {
-            self.accounts.activity.publish(ActivityKind::Deleted, &user);
-        }
-        Ok(())
-    }
-
-    async fn list(&self, req: pb::ListUsersRequest) -> Result<pb::ListUsersResponse, ServiceError> {
+    async fn list(&self, req: pb::ListUsersRequest) -> Result<pb::ListUsersResponse, AppError> {
         let mut v = Violations::new();
         let page_size = page_size(req.page_size, &mut v);
         let search = req.search.trim().to_lowercase();
@@ -276,19 +181,13 @@ impl UserGrpc {
             filter.search.as_deref().unwrap_or("")
         );
         let after = self
-            .accounts
             .page_tokens
             .decode_id(scope.as_bytes(), &req.page_token, &mut v);
         v.into_result()?;
 
-        let store = &self.accounts.store;
-        let (mut users, total) = tokio::try_join!(
-            store.list_users(&filter, after, page_size + 1),
-            store.count_users(&filter)
-        )?;
+        let (mut users, total) = self.accounts.list(&filter, after, page_size + 1).await?;
         let next_page_token =
-            self.accounts
-                .page_tokens
+            self.page_tokens
                 .next_page(scope.as_bytes(), &mut users, page_size, |u| u.id);
         Ok(pb::ListUsersResponse {
             users: users.iter().map(user_to_proto).collect(),
@@ -300,7 +199,7 @@ impl UserGrpc {
 
 impl UserGrpc {
     /// Validates a StreamUsers request into a filter and a limit.
-    fn stream_request(req: &pb::StreamUsersRequest) -> Result<(UserFilter, u32), ServiceError> {
+    fn stream_request(req: &pb::StreamUsersRequest) -> Result<(UserFilter, u32), AppError> {
         let mut v = Violations::new();
         let limit = match req.limit {
             n if n < 0 => {
@@ -349,7 +248,7 @@ impl UserGrpc {
                 )));
             }
             let email = item.email.clone();
-            match SignUp::parse(item) {
+            match decode_sign_up(item) {
                 Ok(sign_up) => valid.push((index, email, sign_up)),
                 Err(violations) => response.errors.push(pb::BulkCreateUserError {
                     index: index as i32,
@@ -370,24 +269,17 @@ impl UserGrpc {
         let mut hashed = futures_util::stream::iter(valid)
             .map(|(index, email, sign_up)| {
                 let accounts = Arc::clone(&accounts);
-                async move { (index, email, sign_up.into_new_user(&accounts).await) }
+                async move { (index, email, accounts.new_user(sign_up).await) }
             })
             .buffered(parallel);
         while let Some((index, email, new)) = hashed.next().await {
             let created = match new {
-                Ok(new) => accounts
-                    .store
-                    .create_user(&new)
-                    .await
-                    .map_err(ServiceError::from),
+                Ok(new) => accounts.create(&new).await,
                 Err(e) => Err(e),
             };
             match created {
-                Ok(user) => {
-                    accounts.activity.publish(ActivityKind::Created, &user);
-                    response.users.push(user_to_proto(&user));
-                }
-                Err(ServiceError::AlreadyExists(message)) => {
+                Ok(user) => response.users.push(user_to_proto(&user)),
+                Err(AppError::AlreadyExists(message)) => {
                     response.errors.push(pb::BulkCreateUserError {
                         index: index as i32,
                         email,
@@ -436,18 +328,11 @@ async fn change_subscription(
     req: pb::UserActivityRequest,
 ) -> Result<(), Status> {
     use user_activity_request::Action;
-    let id = parse_id(&req.user_id).map_err(|e| ServiceError::invalid("user_id", &e))?;
+    let id = parse_id(&req.user_id).map_err(|e| AppError::invalid("user_id", &e))?;
     match Action::try_from(req.action) {
         Ok(Action::Subscribe) => {
-            let visible = caller.may_act_for(&id.to_string())
-                && accounts
-                    .store
-                    .find_user(UserKey::Id(id))
-                    .await
-                    .map_err(|e| Status::from(ServiceError::from(e)))?
-                    .is_some_and(|u| u.is_visible());
-            if !visible {
-                return Err(ServiceError::NotFound("user").into());
+            if !accounts.may_watch(caller, id).await? {
+                return Err(AppError::NotFound("user").into());
             }
             subscribed.insert(id);
             Ok(())
@@ -456,7 +341,7 @@ async fn change_subscription(
             subscribed.remove(&id);
             Ok(())
         }
-        _ => Err(ServiceError::invalid("action", "must be SUBSCRIBE or UNSUBSCRIBE").into()),
+        _ => Err(AppError::invalid("action", "must be SUBSCRIBE or UNSUBSCRIBE").into()),
     }
 }
 
@@ -466,7 +351,8 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let user = self.create(request.into_inner()).await?;
+        let sign_up = decode_sign_up(request.into_inner()).map_err(AppError::from)?;
+        let user = self.accounts.sign_up(sign_up).await?;
         Ok(Response::new(user_to_proto(&user)))
     }
 
@@ -475,8 +361,9 @@ impl UserService for UserGrpc {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let caller = principal(&request)?.clone();
-        let user = self.get(&caller, request.into_inner()).await?;
-        Ok(Response::new(user_to_proto(&user)))
+        Ok(Response::new(
+            self.get(&caller, request.into_inner()).await?,
+        ))
     }
 
     async fn update_user(
@@ -484,7 +371,8 @@ impl UserService for UserGrpc {
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
         let caller = principal(&request)?.clone();
-        let user = self.update(&caller, request.into_inner()).await?;
+        let (id, patch) = decode_update(request.into_inner())?;
+        let user = self.accounts.update(&caller, id, &patch).await?;
         Ok(Response::new(user_to_proto(&user)))
     }
 
@@ -492,8 +380,10 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = principal(&request)?.clone();
-        self.delete(&caller, request.into_inner()).await?;
+        let caller = principal(&request)?;
+        let id =
+            parse_id(&request.get_ref().user_id).map_err(|e| AppError::invalid("user_id", &e))?;
+        self.accounts.delete(caller, id).await?;
         Ok(Response::new(()))
     }
 
@@ -513,20 +403,17 @@ impl UserService for UserGrpc {
         let caller = principal(&request)?.clone();
         let (filter, limit) = Self::stream_request(request.get_ref())?;
         let store = Arc::clone(&self.accounts.store);
-        let stream = self
-            .accounts
-            .streams
-            .open(&caller.user_id, move |tx| async move {
-                // Rows come from the database cursor as the client reads them.
-                let mut rows = store.stream_users(filter, limit);
-                while let Some(row) = rows.next().await {
-                    let user = row.map_err(|e: RepoError| Status::from(ServiceError::from(e)))?;
-                    if tx.send(user_to_proto(&user)).await.is_err() {
-                        break;
-                    }
+        let stream = self.streams.open(&caller.user_id, move |tx| async move {
+            // Rows come from the database cursor as the client reads them.
+            let mut rows = store.stream_users(filter, limit);
+            while let Some(row) = rows.next().await {
+                let user = row.map_err(|e: RepoError| Status::from(AppError::from(e)))?;
+                if tx.send(user_to_proto(&user)).await.is_err() {
+                    break;
                 }
-                Ok(())
-            })?;
+            }
+            Ok(())
+        })?;
         Ok(Response::new(stream))
     }
 
@@ -535,7 +422,7 @@ impl UserService for UserGrpc {
         request: Request<Streaming<pb::CreateUserRequest>>,
     ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
         let caller = principal(&request)?.clone();
-        let _permit = self.accounts.streams.admit(&caller.user_id)?;
+        let _permit = self.streams.admit(&caller.user_id)?;
         let accounts = Arc::clone(&self.accounts);
         let inbound = request.into_inner();
         let response = guarded(UserGrpc::bulk_create(accounts, inbound)).await?;
@@ -552,7 +439,7 @@ impl UserService for UserGrpc {
         let mut inbound = request.into_inner();
         let accounts = Arc::clone(&self.accounts);
         let mut events = accounts.activity.subscribe();
-        let stream = self.accounts.streams.open(&caller.user_id.clone(), move |tx| async move {
+        let stream = self.streams.open(&caller.user_id.clone(), move |tx| async move {
             let mut subscribed = HashSet::new();
             let mut requests_open = true;
             loop {

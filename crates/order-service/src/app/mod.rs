@@ -1,0 +1,10 @@
+//! The use cases of order-service: they take domain values, apply the
+//! rules, talk to storage and to user-service, and return domain errors
+//! ([`AppError`]); no gRPC type crosses into here. The gRPC handlers
+//! decode requests into the values these take and encode what they
+//! return.
+
+mod orders;
+
+pub use orders::{ActiveUsers, Orders, PlaceOrder, Repeat, StatusChange};
+pub use shop_core::error::AppError;

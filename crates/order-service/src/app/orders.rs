@@ -1,0 +1,229 @@
+//! Placing orders idempotently, reading them on behalf of a caller, and
+//! moving them through their states.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{SubsecRound as _, Utc};
+use shop_auth::Principal;
+use uuid::Uuid;
+
+use super::AppError;
+use crate::{
+    domain::{
+        CurrencyCode, NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
+        fingerprint,
+    },
+    repo::OrderRepo,
+};
+
+/// Attempts at a compare-and-set status change before giving up.
+const STATUS_CAS_ATTEMPTS: usize = 3;
+
+/// The check that the user an order is for exists and may order (the
+/// user-service client, in production).
+#[async_trait]
+pub trait ActiveUsers: Send + Sync {
+    /// Ok when `user_id` names an existing, active user, as seen by the
+    /// caller of the request being served.
+    async fn ensure_active(&self, user_id: Uuid) -> Result<(), AppError>;
+}
+
+/// A validated order to place.
+#[derive(Debug, Clone)]
+pub struct PlaceOrder {
+    /// Whose order it is.
+    pub user_id: Uuid,
+    /// Its lines, valid.
+    pub items: Vec<OrderItem>,
+    /// Its currency.
+    pub currency: CurrencyCode,
+    /// The total of the lines, computed.
+    pub total_cents: i64,
+    /// The idempotency key.
+    pub request_id: RequestId,
+}
+
+/// What a status change does when the order is already in the target
+/// state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// Answer the order as it is (a retried cancel).
+    Accept,
+    /// Refuse it like any other move the state machine does not allow.
+    Refuse,
+}
+
+/// What a status change came to, when the order exists and the caller
+/// may see it.
+#[derive(Debug, Clone)]
+pub enum StatusChange {
+    /// Moved (or, with [`Repeat::Accept`], already there).
+    Done(Order),
+    /// The state machine does not allow the move from where it is.
+    Refused {
+        /// The order as it is.
+        order: Order,
+        /// Why not, for the caller.
+        why: String,
+    },
+}
+
+/// The order use cases.
+#[derive(Clone)]
+pub struct Orders {
+    store: Arc<dyn OrderRepo>,
+    users: Arc<dyn ActiveUsers>,
+}
+
+impl std::fmt::Debug for Orders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orders")
+            .field("backend", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Orders {
+    /// The use cases over `store`, checking users with `users`.
+    pub fn new(store: Arc<dyn OrderRepo>, users: Arc<dyn ActiveUsers>) -> Orders {
+        Orders { store, users }
+    }
+
+    /// The storage, for the streams that read it directly.
+    pub fn store(&self) -> &Arc<dyn OrderRepo> {
+        &self.store
+    }
+
+    /// Places `order` for `caller`, once per request id: a repeat with the
+    /// same payload gets the first order, also under concurrent repeats; a
+    /// repeat with another payload is ALREADY_EXISTS.
+    pub async fn place(&self, caller: &Principal, order: PlaceOrder) -> Result<Order, AppError> {
+        if !caller.may_act_for(&order.user_id.to_string()) {
+            return Err(AppError::PermissionDenied(
+                "orders can only be placed for yourself",
+            ));
+        }
+        let request_hash = fingerprint(order.user_id, order.currency, &order.items);
+
+        // A retry of an order that was placed: answer with the first result
+        // at once, without asking user-service again.
+        if let Some((placed, stored_hash)) = self
+            .store
+            .find_by_request_id(order.user_id, order.request_id.as_str())
+            .await?
+        {
+            return same_request(placed, &stored_hash, &request_hash);
+        }
+
+        self.users.ensure_active(order.user_id).await?;
+
+        let new = NewOrder {
+            id: Uuid::now_v7(),
+            user_id: order.user_id,
+            request_id: order.request_id,
+            request_hash: request_hash.clone(),
+            items: order.items,
+            currency_code: order.currency,
+            total_cents: order.total_cents,
+            now: Utc::now().trunc_subsecs(6),
+        };
+        match self.store.place_order(&new).await? {
+            PlacedOrder::Created(order) => {
+                tracing::info!(order_id = %order.id, user_id = %order.user_id, total_cents = order.total_cents, "order created");
+                Ok(order)
+            }
+            // A concurrent twin won the race.
+            PlacedOrder::Existing {
+                order,
+                request_hash: stored_hash,
+            } => same_request(order, &stored_hash, &request_hash),
+        }
+    }
+
+    /// The order `id`, if `caller` may see it (NOT_FOUND otherwise).
+    pub async fn get(&self, caller: &Principal, id: Uuid) -> Result<Order, AppError> {
+        self.store
+            .get_order(id)
+            .await?
+            .filter(|order| caller.may_act_for(&order.user_id.to_string()))
+            .ok_or(AppError::NotFound("order"))
+    }
+
+    /// Up to `limit` of the orders `filter` selects, newest first, below
+    /// the cursor `before`, if `caller` may see them.
+    pub async fn list(
+        &self,
+        caller: &Principal,
+        filter: &OrderFilter,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Order>, AppError> {
+        self.authorize_list(caller, filter)?;
+        Ok(self.store.list_orders(filter, before, limit).await?)
+    }
+
+    /// NOT_FOUND unless `caller` may see the orders `filter` selects.
+    pub fn authorize_list(&self, caller: &Principal, filter: &OrderFilter) -> Result<(), AppError> {
+        if caller.may_act_for(&filter.user_id.to_string()) {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("orders"))
+        }
+    }
+
+    /// Moves the order `id` to `to` on behalf of `caller`, as the state
+    /// machine allows, with `reason` kept for a cancellation (CancelOrder
+    /// and ProcessOrders both come here). The move is a
+    /// compare-and-set: an order moved by someone else between the read
+    /// and the write is read again (a few times), so two concurrent moves
+    /// never both apply to the same state.
+    pub async fn change_status(
+        &self,
+        caller: &Principal,
+        id: Uuid,
+        to: OrderStatus,
+        reason: Option<&str>,
+        repeat: Repeat,
+    ) -> Result<StatusChange, AppError> {
+        for _ in 0..STATUS_CAS_ATTEMPTS {
+            let order = self.get(caller, id).await?;
+            if order.status == to && repeat == Repeat::Accept {
+                return Ok(StatusChange::Done(order));
+            }
+            let to = match order.status.transition(to) {
+                Ok(to) => to,
+                Err(e) => {
+                    return Ok(StatusChange::Refused {
+                        order,
+                        why: e.to_string(),
+                    });
+                }
+            };
+            let now = Utc::now().trunc_subsecs(6);
+            if let Some(moved) = self
+                .store
+                .update_status(id, order.status, to, reason, now)
+                .await?
+            {
+                tracing::info!(order_id = %id, from = %order.status, to = %to, by = %caller.user_id, "order moved");
+                return Ok(StatusChange::Done(moved));
+            }
+            // Moved by someone else between our read and our write: look again.
+        }
+        tracing::warn!(order_id = %id, %to, "the order kept changing while being moved");
+        Err(AppError::Aborted("the order kept changing; try again"))
+    }
+}
+
+/// The answer to a repeated request id: the first order if the payload is
+/// the same, ALREADY_EXISTS if the id is being reused for something else.
+fn same_request(order: Order, stored_hash: &str, request_hash: &str) -> Result<Order, AppError> {
+    if stored_hash == request_hash {
+        Ok(order)
+    } else {
+        Err(AppError::AlreadyExists(
+            "request_id was already used for a different order",
+        ))
+    }
+}

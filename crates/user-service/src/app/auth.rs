@@ -1,0 +1,130 @@
+//! Login, refresh-token rotation and logout.
+
+use chrono::{SubsecRound as _, Utc};
+use shop_auth::IssuedToken;
+use uuid::Uuid;
+
+use super::{Accounts, AppError};
+use crate::{
+    activity::ActivityKind,
+    domain::{RefreshToken, User, UserStatus, hash_refresh_token},
+    repo::{NewRefreshToken, Rotation, UserKey},
+};
+
+/// The one answer to every failed login, whatever the cause.
+const INVALID_CREDENTIALS: &str = "invalid credentials";
+/// The one answer to every refused refresh token.
+pub const INVALID_REFRESH_TOKEN: &str = "invalid or expired refresh token";
+
+/// What a login or a refresh hands out.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The signed access token.
+    pub access: IssuedToken,
+    /// The opaque refresh token (only its hash is stored).
+    pub refresh_token: String,
+}
+
+impl Accounts {
+    /// Logs in with `identifier` (a lower-cased email or username) and
+    /// `password`: UNAUTHENTICATED with one message for an unknown user, a
+    /// wrong password or a disabled account alike, in the same time;
+    /// RESOURCE_EXHAUSTED past the attempts allowed for the identifier.
+    pub async fn login(&self, identifier: &str, password: &str) -> Result<Tokens, AppError> {
+        // Per identifier, so that guessing one account's password is slow
+        // whichever addresses the guesses come from.
+        self.login_limit.check(identifier)?;
+
+        let credentials = self.store.find_credentials(identifier).await?;
+        // Always run bcrypt, against a dummy hash for unknown users, so that
+        // the answer takes as long whether or not the account exists.
+        let password_ok = self
+            .hasher
+            .verify(
+                password,
+                credentials.as_ref().map(|c| c.password_hash.as_str()),
+            )
+            .await;
+        let user = match credentials {
+            Some(c) if password_ok && c.user.status == UserStatus::Active => c.user,
+            _ => return Err(AppError::Unauthenticated(INVALID_CREDENTIALS)),
+        };
+
+        let refresh = RefreshToken::generate();
+        let now = Utc::now().trunc_subsecs(6);
+        self.store
+            .insert_refresh_token(&NewRefreshToken {
+                token_hash: refresh.hash.clone(),
+                family_id: Uuid::now_v7(),
+                user_id: user.id,
+                created_at: now,
+                expires_at: now + self.refresh_ttl(),
+            })
+            .await?;
+        tracing::info!(user_id = %user.id, "login");
+        self.activity.publish(ActivityKind::LoggedIn, &user);
+        self.tokens(&user, refresh.token)
+    }
+
+    /// Rotates the refresh token `presented`: a new pair for a live token
+    /// of an active user; a second use of a rotated token revokes its
+    /// whole login.
+    pub async fn refresh(&self, presented: &str) -> Result<Tokens, AppError> {
+        let presented = hash_refresh_token(presented);
+        let next = RefreshToken::generate();
+        let now = Utc::now().trunc_subsecs(6);
+        match self
+            .store
+            .rotate_refresh_token(&presented, &next.hash, now + self.refresh_ttl(), now)
+            .await?
+        {
+            Rotation::Rotated { user_id, family_id } => {
+                let user = self
+                    .store
+                    .find_user(UserKey::Id(user_id))
+                    .await?
+                    .filter(|u| u.status == UserStatus::Active);
+                let Some(user) = user else {
+                    self.store.revoke_refresh_family(&next.hash, now).await?;
+                    return Err(AppError::Unauthenticated(INVALID_REFRESH_TOKEN));
+                };
+                tracing::debug!(user_id = %user.id, %family_id, "refresh token rotated");
+                self.tokens(&user, next.token)
+            }
+            Rotation::Reused { family_id } => {
+                tracing::warn!(
+                    %family_id,
+                    "a rotated refresh token was presented again; its whole family is revoked"
+                );
+                Err(AppError::Unauthenticated(INVALID_REFRESH_TOKEN))
+            }
+            Rotation::Revoked | Rotation::Expired | Rotation::Unknown => {
+                Err(AppError::Unauthenticated(INVALID_REFRESH_TOKEN))
+            }
+        }
+    }
+
+    /// Revokes the login the refresh token `presented` belongs to.
+    pub async fn logout(&self, presented: &str) -> Result<(), AppError> {
+        let now = Utc::now().trunc_subsecs(6);
+        self.store
+            .revoke_refresh_family(&hash_refresh_token(presented), now)
+            .await?;
+        Ok(())
+    }
+
+    fn tokens(&self, user: &User, refresh_token: String) -> Result<Tokens, AppError> {
+        let access = self
+            .issuer
+            .issue(&user.id.to_string(), &user.roles)
+            .map_err(AppError::internal)?;
+        Ok(Tokens {
+            access,
+            refresh_token,
+        })
+    }
+
+    fn refresh_ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.refresh_token_ttl).unwrap_or(chrono::Duration::days(7))
+    }
+}
