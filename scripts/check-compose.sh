@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks docker-compose.yml and its mTLS override docker-compose.mtls.yml
 # without a Docker engine:
+#  0. they (and the PostgreSQL init script) are what scripts/gen-deploy.py
+#     makes of deploy/services.tsv;
 #  1. against the Compose Specification JSON schema (check-jsonschema,
 #     installed from PyPI into .tools/venv on first use);
 #  2. every environment variable a service sets is a setting the binary
@@ -19,11 +21,16 @@ if [[ ! -x "$venv/bin/check-jsonschema" ]] \
     "$venv/bin/pip" install --quiet --disable-pip-version-check "check-jsonschema==$CHECK_JSONSCHEMA_VERSION"
 fi
 
+echo "check-compose.sh: the generated files against deploy/services.tsv" >&2
+python3 scripts/gen-deploy.py --check
+
 echo "check-compose.sh: docker-compose.yml and docker-compose.mtls.yml against the Compose Specification" >&2
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.mtls.yml
 
 echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
-cargo build --quiet --locked --bins
+# Every target, as scripts/test.sh builds them: one build of the
+# dependencies serves both (a bins-only build resolves other features).
+cargo build --quiet --locked --workspace --all-targets
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
     | "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 "$venv/bin/python" - "$target_dir/debug" <<'PY'

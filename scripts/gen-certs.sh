@@ -4,8 +4,8 @@
 #
 #   scripts/gen-certs.sh [DIR] [NAME...]
 #
-# DIR defaults to ./certs (git-ignored). NAMEs default to user-service,
-# order-service and client. The CA is created once and reused, so running
+# DIR defaults to ./certs (git-ignored). NAMEs default to every service of
+# deploy/services.tsv, and client. The CA is created once and reused, so running
 # the script again issues fresh certificates (rotation) under the same CA;
 # delete DIR to start over. Each certificate is valid for its NAME,
 # localhost, 127.0.0.1 and ::1, for both server and client use (a service
@@ -24,7 +24,8 @@ dir=${1:-certs}
 shift || true
 names=("$@")
 if [[ ${#names[@]} -eq 0 ]]; then
-    names=(user-service order-service client)
+    read -r -a names <<<"$(python3 "$(dirname "${BASH_SOURCE[0]}")/gen-deploy.py" --names)"
+    names+=(client)
 fi
 days=${CERT_DAYS:-397}
 

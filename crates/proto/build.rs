@@ -2,18 +2,40 @@
 //! system `protoc` is needed), generates the tonic/prost code, writes the
 //! encoded descriptor set for reflection, and turns each RPC's
 //! `shop.options.v1.access` and `idempotency_level` options into the method
-//! policy table that the middleware reads.
+//! policy table that the kits read.
+//!
+//! Every `.proto` under `proto/shop` is compiled, and the module tree of
+//! the generated code is generated too, so a new service's proto needs no
+//! line here or in `lib.rs`.
 
-use std::{env, fmt::Write as _, fs, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    env,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use prost_reflect::{DescriptorPool, Value};
 
-const PROTO_FILES: &[&str] = &[
-    "shop/options/v1/options.proto",
-    "shop/user/v1/user.proto",
-    "shop/auth/v1/auth.proto",
-    "shop/order/v1/order.proto",
-];
+/// The `.proto` files under `dir`, relative to `root`, sorted.
+fn proto_files(root: &Path, dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(proto_files(root, &path)?);
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            files.push(
+                path.strip_prefix(root)?
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+            );
+        }
+    }
+    files.sort();
+    Ok(files)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -21,9 +43,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
+    let files = proto_files(&proto_root, &proto_root.join("shop"))?;
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
-    compiler.open_files(PROTO_FILES)?;
+    compiler.open_files(&files)?;
 
     // `encode_file_descriptor_set` keeps extension options (our `access`),
     // which the prost_types conversion would drop.
@@ -41,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("generated_servers.rs"),
         generated_server_impls(&pool)?,
     )?;
+    fs::write(out_dir.join("modules.rs"), module_tree(&pool)?)?;
 
     tonic_prost_build::configure()
         .build_client(true)
@@ -48,6 +72,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::ShopCodec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
+}
+
+/// Renders the module tree of the generated code: `shop.user.v1` becomes
+/// `user::v1`, each including its file from `OUT_DIR`, documented with the
+/// services it defines.
+fn module_tree(pool: &DescriptorPool) -> Result<String, Box<dyn std::error::Error>> {
+    let mut packages: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for file in pool.files() {
+        let package = file.package_name();
+        if package.starts_with("shop.") {
+            packages.entry(package.to_owned()).or_default();
+        }
+    }
+    for service in pool.services() {
+        if let Some(services) = packages.get_mut(service.package_name()) {
+            services.push(service.name().to_owned());
+        }
+    }
+    // Nested modules, opened and closed as the sorted package paths go.
+    let mut out = String::new();
+    let mut open: Vec<String> = Vec::new();
+    for (package, services) in &packages {
+        let path: Vec<String> = package
+            .trim_start_matches("shop.")
+            .split('.')
+            .map(str::to_owned)
+            .collect();
+        let common = open.iter().zip(&path).take_while(|(a, b)| a == b).count();
+        for _ in common..open.len() {
+            out.push_str("}\n");
+        }
+        open.truncate(common);
+        for (depth, segment) in path.iter().enumerate().skip(common) {
+            let shown = format!("shop.{}", path[..=depth].join("."));
+            if depth + 1 == path.len() {
+                let what = if services.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", services.join(", "))
+                };
+                writeln!(out, "/// `{shown}`{what}.")?;
+            } else {
+                writeln!(out, "/// `{shown}`.")?;
+            }
+            writeln!(out, "pub mod {segment} {{")?;
+            open.push(segment.clone());
+        }
+        writeln!(out, "tonic::include_proto!({package:?});")?;
+    }
+    for _ in 0..open.len() {
+        out.push_str("}\n");
+    }
+    Ok(out)
 }
 
 /// Renders one `impl GeneratedServer` per service of the shop protos, so

@@ -14,11 +14,8 @@ mod shopctl;
 mod streams;
 mod tls;
 
-use shop_proto::{
-    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
-    user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
-};
-use shop_testkit::{PASSWORD, Stack};
+use shop_proto::user::v1::User;
+use shop_testkit::Stack;
 
 /// user-service, by name in a [`Stack`].
 const USERS: &str = "user-service";
@@ -32,27 +29,7 @@ async fn customer(stack: &Stack, username: &str) -> (User, String) {
 
 /// [`customer`] through one given user-service process.
 async fn customer_on(users: &shop_testkit::Service, username: &str) -> (User, String) {
-    let user = UserServiceClient::new(users.channel())
-        .create_user(CreateUserRequest {
-            email: format!("{username}@example.com"),
-            username: username.into(),
-            password: PASSWORD.into(),
-            first_name: "E2E".into(),
-            last_name: username.into(),
-        })
-        .await
-        .expect("sign-up")
-        .into_inner();
-    let token = AuthServiceClient::new(users.channel())
-        .login(LoginRequest {
-            identifier: username.into(),
-            password: PASSWORD.into(),
-        })
-        .await
-        .expect("login")
-        .into_inner()
-        .access_token;
-    (user, token)
+    shop_testkit::accounts::customer(users.channel(), username).await
 }
 
 /// An order for `user_id`: 3 x 499 = 1497 cents.

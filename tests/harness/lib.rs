@@ -3,6 +3,8 @@
 //!
 //! - [`postgres`]: a fresh PostgreSQL database per test; tests that need
 //!   one have `postgres` in their name and fail, never pass, without one.
+//! - [`accounts`]: users signed up and logged in, for any test that needs
+//!   callers.
 //! - [`app`] and [`apps`]: a service running in the test process on
 //!   sockets bound first, and one spawn helper per service.
 //! - [`process`] and [`stack`]: the real binaries as separate processes,
@@ -18,6 +20,7 @@
 //!
 //! `TEST_LOG=1` turns the services' logs on for in-process tests.
 
+pub mod accounts;
 pub mod app;
 pub mod apps;
 pub mod binaries;

@@ -166,3 +166,50 @@ impl Stack {
             .unwrap_or_else(|| panic!("no service named {name} in the stack"))
     }
 }
+
+/// The rows of `deploy/services.tsv`: name, gRPC port, admin port,
+/// database (what the deployment files are generated from).
+pub fn deployment_table() -> Vec<(String, u16, u16, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/services.tsv");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(cols.len(), 7, "{line:?}: seven columns");
+            (
+                cols[0].to_owned(),
+                cols[1].parse().expect("a gRPC port"),
+                cols[2].parse().expect("an admin port"),
+                cols[3].to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_harness_and_the_deployment_table_list_the_same_services() {
+        let ours: Vec<(String, u16, u16, String)> = SERVICES
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_owned(),
+                    s.grpc_port,
+                    s.admin_port,
+                    s.database.to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ours,
+            deployment_table(),
+            "deploy/services.tsv and shop_testkit::stack::SERVICES disagree"
+        );
+    }
+}

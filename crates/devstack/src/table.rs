@@ -52,3 +52,28 @@ pub(crate) fn services() -> Vec<Entry> {
         Entry::of::<order_service::Config, _, _>("OrderService, ", order_service::run),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devstack_runs_every_service_of_the_deployment_table() {
+        let ours: Vec<(String, u16, u16, String)> = services()
+            .iter()
+            .map(|e| {
+                (
+                    e.info.name.to_owned(),
+                    e.info.grpc_port,
+                    e.info.admin_port,
+                    e.info.database.to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ours,
+            shop_testkit::stack::deployment_table(),
+            "deploy/services.tsv and devstack's table disagree"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use shop_client::{ClientArgs, keys::KeySourceArgs};
-use shop_server::{ServiceArgs, ServiceConfig, ServiceInfo};
+use shop_server::ServiceArgs;
 
 /// shop order-service: orders and their state machine over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -61,13 +61,7 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    const SERVICE: ServiceInfo = crate::SERVICE;
-
-    fn service_args(&self) -> &ServiceArgs {
-        &self.service
-    }
-}
+shop_server::service_config!(Config, crate::SERVICE, service);
 
 #[cfg(test)]
 mod tests {

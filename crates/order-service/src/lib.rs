@@ -24,10 +24,9 @@ pub mod users;
 
 use std::{future::Future, sync::Arc};
 
-use anyhow::Context as _;
 use shop_auth::load_or_generate_secret;
 use shop_client::keys::{Expected, TokenKeys};
-use shop_core::{config::redact_url, pagination::PageTokenCodec};
+use shop_core::pagination::PageTokenCodec;
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use shop_server::{Listeners, Server, ServiceInfo};
 
@@ -38,12 +37,7 @@ use grpc::OrderGrpc;
 pub use shop_server::ConfigError;
 
 /// order-service as the kit, devstack and deployments know it.
-pub const SERVICE: ServiceInfo = ServiceInfo {
-    name: "order-service",
-    grpc_port: 50052,
-    admin_port: 9102,
-    database: "orders",
-};
+pub const SERVICE: ServiceInfo = ServiceInfo::new("order-service", 50052, 9102, "orders");
 
 /// Runs order-service on `listeners` until `shutdown` completes: opens and
 /// migrates the database, sets up token verification (configured keys, or
@@ -57,9 +51,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
-    let store = repo::connect(&database_url, config.service.database_max_connections)
-        .await
-        .with_context(|| format!("opening {}", redact_url(&database_url)))?;
+    let store = repo::connect(&database_url, config.service.database_max_connections).await?;
     let secret = load_or_generate_secret(&config.page_token_secret_path())
         .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
     let user_channel =

@@ -46,12 +46,7 @@ struct Args {
     service: ServiceArgs,
 }
 
-const BENCH: ServiceInfo = ServiceInfo {
-    name: "bench",
-    grpc_port: 0,
-    admin_port: 0,
-    database: "bench",
-};
+const BENCH: ServiceInfo = ServiceInfo::new("bench", 0, 0, "bench");
 
 struct Setup {
     bare: UserServiceClient<Channel>,

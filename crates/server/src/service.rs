@@ -30,6 +30,22 @@ pub struct ServiceInfo {
 }
 
 impl ServiceInfo {
+    /// The service `name` on its default `grpc_port` and `admin_port`, with
+    /// the database `database`.
+    pub const fn new(
+        name: &'static str,
+        grpc_port: u16,
+        admin_port: u16,
+        database: &'static str,
+    ) -> ServiceInfo {
+        ServiceInfo {
+            name,
+            grpc_port,
+            admin_port,
+            database,
+        }
+    }
+
     /// `sqlite://data/<database>.db`.
     pub fn default_database_url(&self) -> String {
         format!("sqlite://data/{}.db", self.database)
@@ -44,6 +60,22 @@ pub trait ServiceConfig: Parser + Send + 'static {
 
     /// The settings every service shares.
     fn service_args(&self) -> &ServiceArgs;
+}
+
+/// Implements [`ServiceConfig`] for a service's configuration `$config`
+/// whose flattened [`ServiceArgs`] field is `$field`, for the service
+/// `$service`: `shop_server::service_config!(Config, crate::SERVICE, service);`.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty, $service:expr, $field:ident) => {
+        impl $crate::ServiceConfig for $config {
+            const SERVICE: $crate::ServiceInfo = $service;
+
+            fn service_args(&self) -> &$crate::ServiceArgs {
+                &self.$field
+            }
+        }
+    };
 }
 
 /// The sockets a service serves on, bound by its caller (the binary,

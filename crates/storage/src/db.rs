@@ -62,11 +62,24 @@ pub(crate) enum Pool {
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) with at
 /// most `max_connections` pooled connections, creating a SQLite file and
 /// its directory when missing, and applies the migrations for its backend.
+/// An error names the URL, its password redacted.
 pub async fn connect(
     url: &str,
     max_connections: u32,
     migrations: &Migrations,
 ) -> Result<Db, StoreError> {
+    open(url, max_connections, migrations)
+        .await
+        .map_err(|e| match e {
+            StoreError::UnsupportedUrl(_) => e,
+            other => StoreError::Open {
+                url: shop_core::config::redact_url(url),
+                source: Box::new(other),
+            },
+        })
+}
+
+async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Result<Db, StoreError> {
     let pool = if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Database)?

@@ -21,6 +21,16 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Opening the database failed (the URL with its password redacted,
+    /// and why).
+    #[error("opening {url}: {source}")]
+    Open {
+        /// The database URL, password redacted.
+        url: String,
+        /// What went wrong.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// The URL names no supported database.
     #[error("unsupported DATABASE_URL scheme in {0:?}: expected sqlite: or postgres:")]
     UnsupportedUrl(String),
@@ -44,7 +54,11 @@ impl From<sqlx::Error> for StoreError {
 impl StoreError {
     /// True when the database could not be reached (worth a retry later).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Open { source, .. } => source.is_unavailable(),
+            _ => false,
+        }
     }
 
     /// The unique constraint a write collided on, as the backend names it:

@@ -38,3 +38,24 @@ pub use notices::{Notice, Notices};
 pub use query::{On, Query, Tx, query};
 pub use row::{Column, Row};
 pub use value::Value;
+
+/// A service's [`Migrations`] from its `migrations/postgres` and
+/// `migrations/sqlite` directories (embedded at build time), for a
+/// `static`: `static MIGRATIONS: Migrations = shop_storage::migrations!();`.
+/// The service crate depends on `sqlx` for the embedding.
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        $crate::Migrations {
+            postgres: {
+                static POSTGRES: ::sqlx::migrate::Migrator =
+                    ::sqlx::migrate!("./migrations/postgres");
+                &POSTGRES
+            },
+            sqlite: {
+                static SQLITE: ::sqlx::migrate::Migrator = ::sqlx::migrate!("./migrations/sqlite");
+                &SQLITE
+            },
+        }
+    };
+}

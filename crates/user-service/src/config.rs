@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_server::{ServiceArgs, ServiceConfig, ServiceInfo};
+use shop_server::ServiceArgs;
 
 /// shop user-service: accounts, sign-up, login and tokens over gRPC.
 #[derive(Debug, Clone, Parser)]
@@ -85,13 +85,7 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    const SERVICE: ServiceInfo = crate::SERVICE;
-
-    fn service_args(&self) -> &ServiceArgs {
-        &self.service
-    }
-}
+shop_server::service_config!(Config, crate::SERVICE, service);
 
 #[cfg(test)]
 mod tests {

@@ -23,9 +23,8 @@ pub mod repo;
 
 use std::{future::Future, sync::Arc};
 
-use anyhow::Context as _;
 use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, VerificationKey};
-use shop_core::{config::redact_url, pagination::PageTokenCodec};
+use shop_core::pagination::PageTokenCodec;
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
     user::v1::user_service_server::UserServiceServer,
@@ -40,12 +39,7 @@ use grpc::{AuthGrpc, UserGrpc};
 pub use shop_server::ConfigError;
 
 /// user-service as the kit, devstack and deployments know it.
-pub const SERVICE: ServiceInfo = ServiceInfo {
-    name: "user-service",
-    grpc_port: 50051,
-    admin_port: 9101,
-    database: "users",
-};
+pub const SERVICE: ServiceInfo = ServiceInfo::new("user-service", 50051, 9101, "users");
 
 /// Runs user-service on `listeners` until `shutdown` completes: opens and
 /// migrates the database, loads (or generates) the signing key, creates the
@@ -58,9 +52,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
-    let store = repo::connect(&database_url, config.service.database_max_connections)
-        .await
-        .with_context(|| format!("opening {}", redact_url(&database_url)))?;
+    let store = repo::connect(&database_url, config.service.database_max_connections).await?;
 
     let tokens = &config.service.tokens;
     let signing_key = Arc::new(load_signing_key(&config)?);

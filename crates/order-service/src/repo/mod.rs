@@ -83,12 +83,7 @@ pub trait OrderRepo: Send + Sync {
 }
 
 /// order-service's migrations, per backend.
-static MIGRATIONS: shop_storage::Migrations = shop_storage::Migrations {
-    postgres: &POSTGRES,
-    sqlite: &SQLITE,
-};
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
 /// SQLite file and its directory when missing, applies migrations and

@@ -4,18 +4,15 @@
 use std::{net::SocketAddr, path::Path};
 
 use shop_proto::{
-    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     order::v1::{CreateOrderRequest, OrderItem, order_service_client::OrderServiceClient},
-    user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
+    user::v1::{User, user_service_client::UserServiceClient},
 };
 use shop_server::Listeners;
-use shop_testkit::{App, apps};
+use shop_testkit::{App, accounts, apps};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
-pub(crate) use shop_testkit::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Backend, PASSWORD, authed, violated_fields,
-};
+pub(crate) use shop_testkit::{Backend, PASSWORD, authed, violated_fields};
 
 /// user-service on `listeners` with its database and key in `dir`,
 /// serving.
@@ -60,7 +57,6 @@ pub(crate) struct Stack {
     pub(crate) user_service: App,
     pub(crate) order_service: App,
     pub(crate) users: UserServiceClient<Channel>,
-    pub(crate) auth: AuthServiceClient<Channel>,
     pub(crate) orders: OrderServiceClient<Channel>,
     pub(crate) orders_db: String,
     pub(crate) dir: TempDir,
@@ -91,7 +87,6 @@ impl Stack {
         .await;
         Stack {
             users: UserServiceClient::new(user_service.channel()),
-            auth: AuthServiceClient::new(user_service.channel()),
             orders: OrderServiceClient::new(order_service.channel()),
             user_service,
             order_service,
@@ -102,40 +97,19 @@ impl Stack {
 
     /// Signs up `username` and returns the user with an access token.
     pub(crate) async fn customer(&self, username: &str) -> (User, String) {
-        let user = self
-            .users
-            .clone()
-            .create_user(CreateUserRequest {
-                email: format!("{username}@example.com"),
-                username: username.into(),
-                password: PASSWORD.into(),
-                first_name: "Test".into(),
-                last_name: username.into(),
-            })
-            .await
-            .expect("sign-up")
-            .into_inner();
-        let token = self.login(username, PASSWORD).await;
-        (user, token)
+        accounts::customer(self.user_service.channel(), username).await
     }
 
     /// An access token for `identifier`.
     pub(crate) async fn login(&self, identifier: &str, password: &str) -> String {
-        self.auth
-            .clone()
-            .login(LoginRequest {
-                identifier: identifier.into(),
-                password: password.into(),
-            })
+        accounts::login(self.user_service.channel(), identifier, password)
             .await
-            .expect("login")
-            .into_inner()
             .access_token
     }
 
     /// An access token of the bootstrap admin.
     pub(crate) async fn admin_token(&self) -> String {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+        accounts::admin_token(self.user_service.channel()).await
     }
 }
 

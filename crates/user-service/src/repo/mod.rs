@@ -201,12 +201,7 @@ pub trait Store: UserRepo + RefreshTokenRepo {
 }
 
 /// user-service's migrations, per backend.
-static MIGRATIONS: shop_storage::Migrations = shop_storage::Migrations {
-    postgres: &POSTGRES,
-    sqlite: &SQLITE,
-};
-static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
 /// SQLite file and its directory when missing, and applies migrations.

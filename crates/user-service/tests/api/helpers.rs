@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use shop_proto::{
     auth::v1::{LoginRequest, TokenPair, auth_service_client::AuthServiceClient},
-    user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
+    user::v1::{User, user_service_client::UserServiceClient},
 };
-use shop_testkit::App;
+use shop_testkit::{App, accounts};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -71,31 +71,12 @@ impl TestApp {
 
     /// Signs up a user with [`PASSWORD`].
     pub(crate) async fn sign_up(&self, username: &str) -> User {
-        self.users
-            .clone()
-            .create_user(CreateUserRequest {
-                email: format!("{username}@example.com"),
-                username: username.into(),
-                password: PASSWORD.into(),
-                first_name: "Test".into(),
-                last_name: username.into(),
-            })
-            .await
-            .expect("sign-up succeeds")
-            .into_inner()
+        accounts::sign_up(self.channel.clone(), username).await
     }
 
     /// Logs in and returns the token pair.
     pub(crate) async fn login(&self, identifier: &str, password: &str) -> TokenPair {
-        self.auth
-            .clone()
-            .login(LoginRequest {
-                identifier: identifier.into(),
-                password: password.into(),
-            })
-            .await
-            .expect("login succeeds")
-            .into_inner()
+        accounts::login(self.channel.clone(), identifier, password).await
     }
 
     /// Logs in with [`PASSWORD`], ignoring the answer (to cause a login
@@ -113,13 +94,11 @@ impl TestApp {
 
     /// Signs up `username` and returns the user with an access token.
     pub(crate) async fn customer(&self, username: &str) -> (User, String) {
-        let user = self.sign_up(username).await;
-        let tokens = self.login(username, PASSWORD).await;
-        (user, tokens.access_token)
+        accounts::customer(self.channel.clone(), username).await
     }
 
     /// An access token of the bootstrap admin.
     pub(crate) async fn admin_token(&self) -> String {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.access_token
+        accounts::admin_token(self.channel.clone()).await
     }
 }

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Generates the deployment files from deploy/services.tsv, one line per
+service, so that adding a service is one line there:
+
+  docker-compose.yml                     PostgreSQL and every service
+  docker-compose.mtls.yml                mutual TLS on every hop
+  deploy/postgres/init/01-databases.sql  one database per service
+
+  scripts/gen-deploy.py           write them
+  scripts/gen-deploy.py --check   exit 1 if any differs (CI)
+  scripts/gen-deploy.py --names   print the service names (gen-certs.sh)
+
+Columns: name, gRPC port, admin port, database, the services it calls
+(comma-separated, or -), the gRPC service its health check asks about,
+and its role (`issuer` for the token issuer, which gets the bootstrap
+admin and keeps its signing key in its volume; - otherwise). Standard
+library only.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "deploy" / "services.tsv"
+
+
+def services():
+    rows = []
+    for line in TABLE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, grpc, admin, database, calls, health, role = line.split()
+        rows.append(
+            {
+                "name": name,
+                "grpc": int(grpc),
+                "admin": int(admin),
+                "database": database,
+                "calls": [] if calls == "-" else calls.split(","),
+                "health": health,
+                "role": role,
+            }
+        )
+    by_name = {s["name"] for s in rows}
+    for s in rows:
+        for callee in s["calls"]:
+            if callee not in by_name:
+                sys.exit(f"gen-deploy.py: {s['name']} calls {callee}, which is not in {TABLE}")
+    return rows
+
+
+def volume(name):
+    """`user-service` -> `user-data`: the service's data volume."""
+    return name.split("-")[0] + "-data"
+
+
+def url_setting(name):
+    return name.upper().replace("-", "_") + "_URL"
+
+
+def compose(rows):
+    grpc_of = {s["name"]: s["grpc"] for s in rows}
+    out = [
+        "# The shop stack in containers: PostgreSQL (one database per service)",
+        "# and every service, each from deploy/Dockerfile.",
+        "#",
+        "#   scripts/compose-env.sh          # once: generates .env with fresh secrets",
+        "#   docker compose up --build",
+        "#",
+        "# Generated from deploy/services.tsv by scripts/gen-deploy.py: edit the",
+        "# table or the script, not this file. Every variable set here is a",
+        "# documented flag of the binary (README, `--help`); CI checks both this",
+        "# file against the Compose specification and each variable against the",
+        "# binaries' --help.",
+        "",
+        "name: shop",
+        "",
+        "services:",
+        "  postgres:",
+        "    image: postgres:15-bookworm",
+        "    environment:",
+        "      POSTGRES_USER: shop",
+        "      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?run scripts/compose-env.sh first}",
+        "    volumes:",
+        "      - pgdata:/var/lib/postgresql/data",
+        "      - ./deploy/postgres/init:/docker-entrypoint-initdb.d:ro",
+        "    healthcheck:",
+        "      # The last database the init script creates: ready means initialised.",
+        f'      test: ["CMD-SHELL", "pg_isready -U shop -d {rows[-1]["database"]}"]',
+        "      interval: 5s",
+        "      timeout: 3s",
+        "      retries: 10",
+        "    restart: unless-stopped",
+    ]
+    for s in rows:
+        name, grpc, admin = s["name"], s["grpc"], s["admin"]
+        out += [
+            "",
+            f"  {name}:",
+            "    build:",
+            "      context: .",
+            "      dockerfile: deploy/Dockerfile",
+            "      args:",
+            f"        SERVICE: {name}",
+            f'        GRPC_PORT: "{grpc}"',
+            f"    image: shop/{name}:dev",
+            "    environment:",
+            f"      GRPC_ADDR: 0.0.0.0:{grpc}",
+            f"      ADMIN_ADDR: 0.0.0.0:{admin}",
+            f"      DATABASE_URL: postgres://shop:${{POSTGRES_PASSWORD}}@postgres:5432/{s['database']}",
+            "      DATA_DIR: /var/lib/shop",
+            f"      OTEL_SERVICE_NAME: {name}",
+        ]
+        if s["role"] == "issuer":
+            out += [
+                "      BOOTSTRAP_ADMIN_EMAIL: ${BOOTSTRAP_ADMIN_EMAIL:-admin@shop.local}",
+                "      BOOTSTRAP_ADMIN_PASSWORD: ${BOOTSTRAP_ADMIN_PASSWORD:?run scripts/compose-env.sh first}",
+            ]
+        for callee in s["calls"]:
+            out += [
+                f"      # Every address of the service name: `docker compose up --scale",
+                f"      # {callee}=2` is balanced and re-resolved.",
+                f"      {url_setting(callee)}: dns:///{callee}:{grpc_of[callee]}",
+            ]
+        out += [
+            "      REQUEST_TIMEOUT_CAP: 30s",
+            "      SHUTDOWN_GRACE: 30s",
+            "      LOG_FORMAT: json",
+            "      RUST_LOG: info,sqlx=warn",
+            "      # Traces go to an OTLP collector when one is named in .env or the",
+            "      # shell (e.g. http://otel-collector:4317); empty exports nothing.",
+            "      OTEL_EXPORTER_OTLP_ENDPOINT: ${OTEL_EXPORTER_OTLP_ENDPOINT:-}",
+            "    volumes:",
+        ]
+        if s["role"] == "issuer":
+            out.append("      # The generated token signing key lives here and survives restarts.")
+        out += [
+            f"      - {volume(name)}:/var/lib/shop",
+            "    ports:",
+            f'      - "{grpc}:{grpc}"',
+            f'      - "{admin}:{admin}"   # /metrics, /healthz, /readyz',
+            "    depends_on:",
+            "      postgres:",
+            "        condition: service_healthy",
+        ]
+        for callee in s["calls"]:
+            out += [f"      {callee}:", "        condition: service_healthy"]
+        out += [
+            "    healthcheck:",
+            f'      test: ["CMD", "shop-health-probe", "--addr", "http://127.0.0.1:{grpc}", "--service", "{s["health"]}"]',
+            "      interval: 5s",
+            "      timeout: 3s",
+            "      retries: 10",
+            "      start_period: 10s",
+            "    # SHUTDOWN_GRACE plus time to exit.",
+            "    stop_grace_period: 35s",
+            "    restart: unless-stopped",
+        ]
+    out += ["", "volumes:", "  pgdata:"]
+    out += [f"  {volume(s['name'])}:" for s in rows]
+    return "\n".join(out) + "\n"
+
+
+def compose_mtls(rows):
+    names = " ".join(s["name"] for s in rows)
+    out = [
+        "# Mutual TLS on every hop (callers -> services -> the services they",
+        "# call) with development certificates, layered over docker-compose.yml:",
+        "#",
+        "#   GEN_CERTS_FOR_CONTAINERS=1 scripts/gen-certs.sh certs",
+        "#   docker compose -f docker-compose.yml -f docker-compose.mtls.yml up --build",
+        "#",
+        "# Callers need a certificate of the same CA:",
+        "#   grpcurl -cacert certs/ca.pem -cert certs/client.pem -key certs/client-key.pem \\",
+        f"#     localhost:{rows[-1]['grpc']} list",
+        "# Rotate with `scripts/gen-certs.sh certs` again: the services pick the new",
+        "# files up within TLS_RELOAD_INTERVAL (or at once on SIGHUP:",
+        f"# `docker compose kill -s HUP {names}`), no restart.",
+        "#",
+        "# Generated from deploy/services.tsv by scripts/gen-deploy.py.",
+        "",
+        "services:",
+    ]
+    for i, s in enumerate(rows):
+        name = s["name"]
+        if i:
+            out.append("")
+        out += [
+            f"  {name}:",
+            "    environment:",
+            f"      TLS_CERT_FILE: /etc/shop/tls/{name}.pem",
+            f"      TLS_KEY_FILE: /etc/shop/tls/{name}-key.pem",
+            "      TLS_CLIENT_CA_FILE: /etc/shop/tls/ca.pem",
+        ]
+        if s["calls"]:
+            callees = ", ".join(s["calls"])
+            out += [
+                f"      # Its channels to {callees}: verify their certificates (each",
+                "      # issued for the service's name) and present our own.",
+                "      CLIENT_TLS_CA_FILE: /etc/shop/tls/ca.pem",
+                f"      CLIENT_TLS_CERT_FILE: /etc/shop/tls/{name}.pem",
+                f"      CLIENT_TLS_KEY_FILE: /etc/shop/tls/{name}-key.pem",
+            ]
+        out += [
+            "    volumes:",
+            "      - ./certs:/etc/shop/tls:ro",
+            "    healthcheck:",
+            f'      test: ["CMD", "shop-health-probe", "--addr", "https://127.0.0.1:{s["grpc"]}", "--service", "{s["health"]}",',
+            '             "--tls-ca-file", "/etc/shop/tls/ca.pem",',
+            f'             "--tls-cert-file", "/etc/shop/tls/{name}.pem", "--tls-key-file", "/etc/shop/tls/{name}-key.pem"]',
+        ]
+    return "\n".join(out) + "\n"
+
+
+def databases(rows):
+    out = [
+        "-- One database per service, created when the PostgreSQL volume is first",
+        "-- initialised (docker-entrypoint-initdb.d). Each service migrates its own",
+        "-- schema at start-up. Generated from deploy/services.tsv by",
+        "-- scripts/gen-deploy.py.",
+    ]
+    out += [f"CREATE DATABASE {s['database']};" for s in rows]
+    return "\n".join(out) + "\n"
+
+
+def main():
+    rows = services()
+    if "--names" in sys.argv:
+        print(" ".join(s["name"] for s in rows))
+        return
+    files = {
+        ROOT / "docker-compose.yml": compose(rows),
+        ROOT / "docker-compose.mtls.yml": compose_mtls(rows),
+        ROOT / "deploy" / "postgres" / "init" / "01-databases.sql": databases(rows),
+    }
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if "--check" in sys.argv:
+        for p in stale:
+            print(f"gen-deploy.py: {p.relative_to(ROOT)} is not what deploy/services.tsv says; "
+                  "run scripts/gen-deploy.py", file=sys.stderr)
+        sys.exit(1 if stale else 0)
+    for p in stale:
+        p.write_text(files[p])
+        print(f"gen-deploy.py: wrote {p.relative_to(ROOT)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
