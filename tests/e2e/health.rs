@@ -103,7 +103,14 @@ async fn sigterm_under_load_fails_no_accepted_call_and_exits_in_time() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load is running: the server has answered a good number of calls.
+    let running = stack
+        .service(USERS)
+        .wait_for_logs(Duration::from_secs(10), 32, |e| {
+            e["target"] == "access" && e["method"] == "GetUser"
+        })
+        .await;
+    assert!(running, "the load never got going");
 
     let started = Instant::now();
     let exit = stack

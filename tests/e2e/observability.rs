@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value as AnyValue,
     trace::v1::{Span, span::SpanKind},
 };
+use shop_auth::{Role, SigningKey, TokenIssuer};
 use shop_core::context::Propagate;
 use shop_proto::{
     auth::v1::{LoginRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient},
@@ -278,6 +279,76 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
         .await
         .unwrap();
 
+    // What is refused must not be logged either: failed logins (a wrong
+    // password, an unknown user), a forged token, an expired one signed
+    // with the real key, and a refresh token presented a second time.
+    let wrong_password = "wrong horse battery staple 99";
+    let unknown_password = "nobody's password 77";
+    for (identifier, attempt) in [("secretive", wrong_password), ("nobody", unknown_password)] {
+        let refused = auth
+            .login(LoginRequest {
+                identifier: identifier.into(),
+                password: attempt.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let forged = TokenIssuer::new(
+        Arc::new(SigningKey::generate()),
+        shop_auth::token::DEFAULT_ISSUER,
+        shop_auth::token::DEFAULT_AUDIENCE,
+        Duration::from_secs(600),
+    )
+    .issue(&user.id, &[Role::Customer, Role::Admin])
+    .unwrap()
+    .token;
+    let real_key = SigningKey::load(
+        &stack
+            .dir
+            .path()
+            .join("user-service-data/user-service-jwt.pem"),
+    )
+    .expect("user-service's generated signing key");
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 3600;
+    let expired = TokenIssuer::new(
+        Arc::new(real_key),
+        shop_auth::token::DEFAULT_ISSUER,
+        shop_auth::token::DEFAULT_AUDIENCE,
+        Duration::from_secs(60),
+    )
+    .issue_at(&user.id, &[Role::Customer], an_hour_ago)
+    .unwrap()
+    .token;
+    for bad in [&forged, &expired] {
+        let me = shop_proto::user::v1::GetUserRequest {
+            identifier: Some(shop_proto::user::v1::get_user_request::Identifier::UserId(
+                user.id.clone(),
+            )),
+        };
+        let refused = UserServiceClient::new(stack.service(USERS).channel())
+            .get_user(authed(me, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let refused = OrderServiceClient::new(stack.service(ORDERS).channel())
+            .create_order(authed(order(&user.id, "s-bad"), bad))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let reused = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: pair.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::Unauthenticated);
+
     let logs = format!(
         "{}\n{}",
         stack.service(USERS).logs(),
@@ -285,6 +356,16 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
     );
     for (what, secret) in [
         ("password", password),
+        ("wrong password of a failed login", wrong_password),
+        ("password of an unknown user", unknown_password),
+        ("bootstrap admin password", shop_testkit::ADMIN_PASSWORD),
+        ("forged token", forged.as_str()),
+        ("expired token", expired.as_str()),
+        ("forged token signature", forged.rsplit('.').next().unwrap()),
+        (
+            "expired token signature",
+            expired.rsplit('.').next().unwrap(),
+        ),
         ("access token", pair.access_token.as_str()),
         ("refreshed access token", refreshed.access_token.as_str()),
         ("refresh token", pair.refresh_token.as_str()),

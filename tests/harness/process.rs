@@ -268,6 +268,26 @@ impl Service {
             .collect()
     }
 
+    /// Waits (at most `within`) until `count` log events satisfy `pred`;
+    /// whether they did.
+    pub async fn wait_for_logs(
+        &self,
+        within: Duration,
+        count: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.log_events().iter().filter(|e| pred(e)).count() >= count {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits (at most `within`) for a log event that satisfies `pred`.
     pub async fn wait_for_log(
         &self,

@@ -154,7 +154,17 @@ impl TokenIssuer {
     /// Signs a token for `subject` with `roles`, valid from now for the
     /// configured lifetime.
     pub fn issue(&self, subject: &str, roles: &[Role]) -> Result<IssuedToken, TokenError> {
-        let now = unix_now();
+        self.issue_at(subject, roles, unix_now())
+    }
+
+    /// [`TokenIssuer::issue`] as of `now` (seconds since the Unix epoch),
+    /// for tokens that are already expired or not valid yet (tests).
+    pub fn issue_at(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        now: i64,
+    ) -> Result<IssuedToken, TokenError> {
         let claims = Claims {
             sub: subject.to_owned(),
             roles: roles.to_vec(),
