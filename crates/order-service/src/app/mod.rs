@@ -6,5 +6,5 @@
 
 mod orders;
 
-pub use orders::{ActiveUsers, Orders, PlaceOrder, Repeat, StatusChange};
+pub use orders::{ActiveUsers, OrderWatch, Orders, PlaceOrder, Repeat, StatusChange};
 pub use shop_core::error::AppError;

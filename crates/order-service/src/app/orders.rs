@@ -1,11 +1,12 @@
 //! Placing orders idempotently, reading them on behalf of a caller, and
 //! moving them through their states.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{SubsecRound as _, Utc};
 use shop_auth::Principal;
+use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
 use super::AppError;
@@ -14,7 +15,7 @@ use crate::{
         CurrencyCode, NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
         fingerprint,
     },
-    repo::OrderRepo,
+    repo::{Notice, OrderRepo},
 };
 
 /// Attempts at a compare-and-set status change before giving up.
@@ -88,11 +89,6 @@ impl Orders {
     /// The use cases over `store`, checking users with `users`.
     pub fn new(store: Arc<dyn OrderRepo>, users: Arc<dyn ActiveUsers>) -> Orders {
         Orders { store, users }
-    }
-
-    /// The storage, for the streams that read it directly.
-    pub fn store(&self) -> &Arc<dyn OrderRepo> {
-        &self.store
     }
 
     /// Places `order` for `caller`, once per request id: a repeat with the
@@ -213,6 +209,79 @@ impl Orders {
         }
         tracing::warn!(order_id = %id, %to, "the order kept changing while being moved");
         Err(AppError::Aborted("the order kept changing; try again"))
+    }
+}
+
+impl Orders {
+    /// Starts watching the order `id` on behalf of `caller`: its current
+    /// state, then every change from any replica ([`OrderWatch::changes`]).
+    /// The watch subscribes to change notices before it reads, so a change
+    /// committed in between is not missed; `resync` is how often it
+    /// re-reads without a notice, a safety net for notices lost while the
+    /// database connection was down.
+    pub async fn watch(
+        &self,
+        caller: &Principal,
+        id: Uuid,
+        resync: Duration,
+    ) -> Result<OrderWatch, AppError> {
+        let notices = self.store.changes();
+        let order = self.get(caller, id).await?;
+        Ok(OrderWatch {
+            order,
+            key: id.to_string(),
+            notices,
+            store: Arc::clone(&self.store),
+            resync,
+        })
+    }
+}
+
+/// One order being watched.
+pub struct OrderWatch {
+    order: Order,
+    key: String,
+    notices: broadcast::Receiver<Notice>,
+    store: Arc<dyn OrderRepo>,
+    resync: Duration,
+}
+
+impl OrderWatch {
+    /// The order as last seen.
+    pub fn current(&self) -> &Order {
+        &self.order
+    }
+
+    /// Waits for the order to change (a notice for it, a resync notice, a
+    /// lagging feed, or the resync interval) and returns the states it went
+    /// through since last seen, oldest first; empty when nothing changed.
+    /// The events table says what changed, so a lost notice costs a
+    /// re-read, never a change.
+    pub async fn changes(&mut self) -> Result<Vec<Order>, AppError> {
+        loop {
+            tokio::select! {
+                notice = self.notices.recv() => match notice {
+                    Ok(Notice::Changed(changed)) if *changed == *self.key => break,
+                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => break,
+                    Ok(Notice::Changed(_)) => continue,
+                    Err(RecvError::Closed) => {
+                        return Err(AppError::Unavailable("the order change feed closed".into()));
+                    }
+                },
+                _ = tokio::time::sleep(self.resync) => break,
+            }
+        }
+        let events = self
+            .store
+            .events_after(self.order.id, self.order.version)
+            .await?;
+        Ok(events
+            .iter()
+            .map(|event| {
+                self.order.apply(event);
+                self.order.clone()
+            })
+            .collect())
     }
 }
 

@@ -1,5 +1,5 @@
 //! The tonic side of order-service: decode the request, authorize, call the
-//! domain, the store and user-service, map errors.
+//! use cases (`crate::app`), encode what they return.
 
 mod convert;
 mod orders;

@@ -12,7 +12,6 @@ use shop_server::{
     principal,
     streams::{ResponseStream, Streams, guarded},
 };
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -23,7 +22,6 @@ use crate::{
         CurrencyCode, Order, OrderFilter, OrderStatus, RequestId, Violations, total_cents,
         validate_items,
     },
-    repo::Notice,
 };
 
 /// Orders read per database round trip while streaming a user's orders.
@@ -215,10 +213,6 @@ fn order_update(order: &Order) -> pb::OrderUpdate {
     }
 }
 
-fn repo_status(e: crate::repo::RepoError) -> Status {
-    AppError::from(e).into()
-}
-
 #[tonic::async_trait]
 impl OrderService for OrderGrpc {
     async fn create_order(
@@ -267,27 +261,26 @@ impl OrderService for OrderGrpc {
         let user_id = user_id.ok_or_else(|| AppError::invalid("user_id", "is required"))?;
         let filter = OrderFilter { user_id, status };
         self.orders.authorize_list(&caller, &filter)?;
-        let store = self.orders.store().clone();
-        let stream = self.streams.open(&caller.user_id, move |tx| async move {
-            // Newest first, a page at a time: memory stays bounded however
-            // many orders there are, and the send waits for the client.
-            let mut before = None;
-            loop {
-                let page = store
-                    .list_orders(&filter, before, STREAM_PAGE)
-                    .await
-                    .map_err(repo_status)?;
-                for order in &page {
-                    if tx.send(order_to_proto(order)).await.is_err() {
+        let orders = self.orders.clone();
+        let stream = self
+            .streams
+            .open(&caller.user_id.clone(), move |tx| async move {
+                // Newest first, a page at a time: memory stays bounded however
+                // many orders there are, and the send waits for the client.
+                let mut before = None;
+                loop {
+                    let page = orders.list(&caller, &filter, before, STREAM_PAGE).await?;
+                    for order in &page {
+                        if tx.send(order_to_proto(order)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    if page.len() < STREAM_PAGE as usize {
                         return Ok(());
                     }
+                    before = page.last().map(|o| o.id);
                 }
-                if page.len() < STREAM_PAGE as usize {
-                    return Ok(());
-                }
-                before = page.last().map(|o| o.id);
-            }
-        })?;
+            })?;
         Ok(Response::new(stream))
     }
 
@@ -300,39 +293,19 @@ impl OrderService for OrderGrpc {
         let caller = principal(&request)?.clone();
         let id =
             parse_id(&request.get_ref().order_id).map_err(|e| AppError::invalid("order_id", &e))?;
-        // Subscribe before the first read: a change committed in between
-        // is then both in the feed and after the version we read.
-        let store = self.orders.store().clone();
-        let mut changes = store.changes();
-        let mut order = self.orders.get(&caller, id).await?;
-        let key = id.to_string();
-        let resync = self.watch_resync;
+        let mut watch = self.orders.watch(&caller, id, self.watch_resync).await?;
         let stream = self.streams.open(&caller.user_id, move |tx| async move {
-            if tx.send(order_update(&order)).await.is_err() || order.status.is_terminal() {
+            let first = watch.current();
+            if tx.send(order_update(first)).await.is_err() || first.status.is_terminal() {
                 return Ok(());
             }
             loop {
-                tokio::select! {
-                    notice = changes.recv() => match notice {
-                        Ok(Notice::Changed(changed)) if *changed == *key => {}
-                        Ok(Notice::Resync) => {}
-                        Ok(Notice::Changed(_)) => continue,
-                        // Missed notices: the events table still has it all.
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => {
-                            return Err(Status::unavailable("order change feed closed"));
-                        }
-                    },
-                    _ = tokio::time::sleep(resync) => {}
+                let states = tokio::select! {
+                    states = watch.changes() => states?,
                     _ = tx.closed() => return Ok(()),
-                }
-                for event in store
-                    .events_after(id, order.version)
-                    .await
-                    .map_err(repo_status)?
-                {
-                    order.apply(&event);
-                    if tx.send(order_update(&order)).await.is_err() || order.status.is_terminal() {
+                };
+                for order in &states {
+                    if tx.send(order_update(order)).await.is_err() || order.status.is_terminal() {
                         return Ok(());
                     }
                 }

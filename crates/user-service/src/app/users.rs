@@ -132,6 +132,19 @@ impl Accounts {
         Ok(())
     }
 
+    /// Up to `limit` users `filter` selects, in id order, read from the
+    /// database as the stream is polled (not collected first).
+    pub fn stream_users(
+        &self,
+        filter: UserFilter,
+        limit: u32,
+    ) -> impl futures_util::Stream<Item = Result<User, AppError>> + Send + '_ {
+        use futures_util::StreamExt as _;
+        self.store
+            .stream_users(filter, limit)
+            .map(|row| row.map_err(AppError::from))
+    }
+
     /// Up to `limit` users `filter` selects after the cursor `after`, and
     /// how many it selects in all.
     pub async fn list(

@@ -25,7 +25,7 @@ use crate::{
     activity::{ActivityEvent, ActivityKind},
     app::{Accounts, AppError, SignUp},
     domain::{Bio, Email, PersonName, UserFilter, UserPatch, UserStatus, Username, Violations},
-    repo::{RepoError, UserKey},
+    repo::UserKey,
 };
 
 /// Longest ListUsers search string, in characters.
@@ -402,12 +402,12 @@ impl UserService for UserGrpc {
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
         let caller = principal(&request)?.clone();
         let (filter, limit) = Self::stream_request(request.get_ref())?;
-        let store = Arc::clone(&self.accounts.store);
+        let accounts = Arc::clone(&self.accounts);
         let stream = self.streams.open(&caller.user_id, move |tx| async move {
             // Rows come from the database cursor as the client reads them.
-            let mut rows = store.stream_users(filter, limit);
+            let mut rows = std::pin::pin!(accounts.stream_users(filter, limit));
             while let Some(row) = rows.next().await {
-                let user = row.map_err(|e: RepoError| Status::from(AppError::from(e)))?;
+                let user = row?;
                 if tx.send(user_to_proto(&user)).await.is_err() {
                     break;
                 }
