@@ -153,7 +153,8 @@ impl Server {
         RFut: Future<Output = bool> + Send,
     {
         let name = self.service.name;
-        let router = self.tonic().add_routes(self.routes.clone().routes());
+        let mut tonic = self.tonic();
+        let router = tonic.add_routes(self.routes.routes());
         let router = with_infrastructure(
             router,
             self.args.grpc_reflection,
