@@ -7,6 +7,7 @@ mod deadlines;
 mod faults;
 mod flow;
 mod health;
+mod hostile;
 mod lifecycle;
 mod loadgen;
 mod observability;

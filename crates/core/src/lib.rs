@@ -10,6 +10,8 @@
 //! - [`error`]: [`error::AppError`], why a use case failed, in the terms
 //!   every service shares, and its one mapping to gRPC statuses.
 //! - [`grpc_timeout`]: the `grpc-timeout` header.
+//! - [`frames`]: the length prefixes of a gRPC byte stream, read as it
+//!   arrives.
 //! - [`status`]: building and reading `tonic::Status` the same way
 //!   everywhere (field violations, internal errors that are logged but
 //!   never sent, the `grpc-status` header).
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod frames;
 pub mod grpc_timeout;
 pub mod pagination;
 pub mod signals;

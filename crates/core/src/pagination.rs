@@ -36,7 +36,7 @@ pub fn page_size(requested: i32, v: &mut Violations) -> u32 {
 const VERSION: u8 = 1;
 const TAG_LEN: usize = 16;
 /// Longest token accepted; anything longer is refused before decoding.
-const MAX_TOKEN_CHARS: usize = 512;
+pub const MAX_TOKEN_CHARS: usize = 512;
 
 /// Why a page token was refused. Every variant is the client's fault and
 /// maps to INVALID_ARGUMENT.

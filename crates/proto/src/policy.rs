@@ -1,5 +1,7 @@
-//! Who may call each RPC and whether it is safe to retry, as declared in the
-//! protos (`option (shop.options.v1.access)` and `option idempotency_level`).
+//! Who may call each RPC, how large its request may be and whether it is
+//! safe to retry, as declared in the protos (`option
+//! (shop.options.v1.access)`, `option (shop.options.v1.max_request_bytes)`
+//! and `option idempotency_level`).
 //!
 //! The table is generated at build time, so the middleware has no hand-kept
 //! list of method names: a new service gets its access rules by annotating
@@ -45,6 +47,9 @@ pub struct MethodPolicy {
     pub client_streaming: bool,
     /// The server sends a stream.
     pub server_streaming: bool,
+    /// The largest request message accepted, encoded, in bytes (for a
+    /// client stream: each message); see `shop.options.v1.max_request_bytes`.
+    pub max_request_bytes: u32,
 }
 
 include!(concat!(env!("OUT_DIR"), "/method_policy.rs"));
@@ -81,6 +86,21 @@ mod tests {
             undeclared.is_empty(),
             "RPCs without `option (shop.options.v1.access)`: {undeclared:?}"
         );
+    }
+
+    #[test]
+    fn every_rpc_declares_its_largest_request() {
+        let undeclared: Vec<_> = METHODS
+            .iter()
+            .filter(|m| m.max_request_bytes == 0)
+            .map(|m| m.path)
+            .collect();
+        assert!(
+            undeclared.is_empty(),
+            "RPCs without `option (shop.options.v1.max_request_bytes)`: {undeclared:?}"
+        );
+        let create_order = lookup("/shop.order.v1.OrderService/CreateOrder").unwrap();
+        assert_eq!(create_order.max_request_bytes, 32 * 1024);
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub struct ServerArgs {
     pub fault_error: crate::layers::fault::FaultErrors,
 
     /// Largest message, in bytes, the server accepts or sends; a larger
-    /// one is refused with RESOURCE_EXHAUSTED.
+    /// one is refused with RESOURCE_EXHAUSTED. Each RPC accepts at most
+    /// its proto's max_request_bytes, under this cap.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 

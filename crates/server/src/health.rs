@@ -2,15 +2,21 @@
 //! readiness that `/readyz` and the health statuses share.
 //!
 //! tonic-health answers Watch for an unknown service with NOT_FOUND; the
-//! protocol says a Watch must instead send SERVICE_UNKNOWN and stay open,
-//! sending the status once the service is registered. [`Health`] does
-//! that. Its statuses follow [`Readiness`]: a service is SERVING only while
-//! its dependencies (the database) answer and the process is not draining.
+//! protocol says a Watch must instead send SERVICE_UNKNOWN and stay open.
+//! [`Health`] does that. Its statuses follow [`Readiness`]: a service is
+//! SERVING only while its dependencies (the database) answer and the
+//! process is not draining.
+//!
+//! Health is public, so nothing a caller sends may stay behind: the names
+//! served are the ones registered before serving, a Check or Watch of any
+//! other name is answered without being remembered, a name longer than
+//! [`MAX_SERVICE_NAME_BYTES`] is INVALID_ARGUMENT, and every Watch is a
+//! stream like any other ([`Streams`]: per-caller and per-process limits,
+//! backpressure, ended on shutdown), keyed by the caller's address.
 
 use std::{
     collections::HashMap,
     future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +25,6 @@ use std::{
 };
 
 use tokio::sync::watch;
-use tokio_stream::{Stream, wrappers::WatchStream};
 use tonic::{Request, Response, Status};
 use tonic_health::pb::{
     HealthCheckRequest, HealthCheckResponse,
@@ -27,17 +32,27 @@ use tonic_health::pb::{
     health_server::{Health as HealthApi, HealthServer},
 };
 
+use crate::streams::{ResponseStream, Streams};
+
+/// Longest service name a health request may carry (a fully qualified
+/// gRPC service name is far shorter).
+pub const MAX_SERVICE_NAME_BYTES: usize = 256;
+
 /// The health statuses of one server, by service name (`""` is the server
 /// as a whole).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Health {
     services: Arc<Mutex<HashMap<String, watch::Sender<ServingStatus>>>>,
+    streams: Streams,
 }
 
 impl Health {
-    /// An empty registry.
-    pub fn new() -> Health {
-        Health::default()
+    /// An empty registry whose Watch streams are kept within `streams`.
+    pub fn new(streams: Streams) -> Health {
+        Health {
+            services: Arc::default(),
+            streams,
+        }
     }
 
     /// Sets (and registers) `service`'s status; watchers see it at once.
@@ -62,13 +77,19 @@ impl Health {
         services.get(service).map(|tx| *tx.borrow())
     }
 
-    fn subscribe(&self, service: &str) -> watch::Receiver<ServingStatus> {
-        let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        services
-            .entry(service.to_owned())
-            // Unknown so far: watchers see SERVICE_UNKNOWN until it is set.
-            .or_insert_with(|| watch::channel(ServingStatus::ServiceUnknown).0)
-            .subscribe()
+    /// The updates of a registered service; `None` for any other name,
+    /// which is not remembered.
+    fn subscribe(&self, service: &str) -> Option<watch::Receiver<ServingStatus>> {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services.get(service).map(watch::Sender::subscribe)
+    }
+
+    /// How many names the registry holds (what a caller could grow).
+    pub fn names(&self) -> usize {
+        self.services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// The `grpc.health.v1.Health` service for a tonic router.
@@ -77,7 +98,22 @@ impl Health {
     }
 }
 
-type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+/// The requested name, if it is not too long to be one.
+fn service_name(request: &Request<HealthCheckRequest>) -> Result<&str, Status> {
+    let name = request.get_ref().service.as_str();
+    if name.len() > MAX_SERVICE_NAME_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "service name longer than {MAX_SERVICE_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(name)
+}
+
+fn response(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status as i32,
+    }
+}
 
 #[tonic::async_trait]
 impl HealthApi for Health {
@@ -85,27 +121,47 @@ impl HealthApi for Health {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        match self.status(&request.get_ref().service) {
+        match self.status(service_name(&request)?) {
             Some(ServingStatus::ServiceUnknown) | None => Err(Status::not_found("unknown service")),
-            Some(status) => Ok(Response::new(HealthCheckResponse {
-                status: status as i32,
-            })),
+            Some(status) => Ok(Response::new(response(status))),
         }
     }
 
-    type WatchStream = WatchResponseStream;
+    type WatchStream = ResponseStream<HealthCheckResponse>;
 
     async fn watch(
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let updates = WatchStream::new(self.subscribe(&request.get_ref().service));
-        let stream = tokio_stream::StreamExt::map(updates, |status| {
-            Ok(HealthCheckResponse {
-                status: status as i32,
-            })
-        });
-        Ok(Response::new(Box::pin(stream)))
+        let updates = self.subscribe(service_name(&request)?);
+        let caller = format!(
+            "peer:{}",
+            request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        );
+        let stream = self.streams.open(&caller, move |tx| async move {
+            let Some(mut updates) = updates else {
+                // Served names are fixed once serving: this one stays
+                // unknown until the caller leaves or the server drains.
+                if tx
+                    .send(response(ServingStatus::ServiceUnknown))
+                    .await
+                    .is_ok()
+                {
+                    tx.closed().await;
+                }
+                return Ok(());
+            };
+            loop {
+                let status = *updates.borrow_and_update();
+                if tx.send(response(status)).await.is_err() || updates.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        })?;
+        Ok(Response::new(stream))
     }
 }
 
@@ -234,38 +290,95 @@ mod tests {
     use tokio_stream::StreamExt as _;
 
     use super::*;
+    use crate::streams::StreamArgs;
+
+    fn health() -> Health {
+        Health::new(Streams::new("test", &StreamArgs::default()))
+    }
+
+    fn request(service: &str) -> Request<HealthCheckRequest> {
+        Request::new(HealthCheckRequest {
+            service: service.into(),
+        })
+    }
 
     #[tokio::test]
-    async fn watch_of_an_unknown_service_says_so_and_follows_its_registration() {
-        let health = Health::new();
+    async fn watch_follows_a_registered_service() {
+        let health = health();
+        health.set("a.Service", ServingStatus::NotServing);
         let mut watch = health
-            .watch(Request::new(HealthCheckRequest {
-                service: "later.Service".into(),
-            }))
+            .watch(request("a.Service"))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(
             watch.next().await.unwrap().unwrap().status,
-            ServingStatus::ServiceUnknown as i32
+            ServingStatus::NotServing as i32
         );
-        health.set("later.Service", ServingStatus::Serving);
+        health.set("a.Service", ServingStatus::Serving);
         assert_eq!(
             watch.next().await.unwrap().unwrap().status,
             ServingStatus::Serving as i32
         );
-        let check = health
-            .check(Request::new(HealthCheckRequest {
-                service: "nope".into(),
-            }))
-            .await
-            .unwrap_err();
-        assert_eq!(check.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn unknown_names_are_answered_and_never_remembered() {
+        let health = health();
+        health.set("", ServingStatus::Serving);
+        for i in 0..100 {
+            let name = format!("unknown.Service{i}");
+            let mut watch = health.watch(request(&name)).await.unwrap().into_inner();
+            assert_eq!(
+                watch.next().await.unwrap().unwrap().status,
+                ServingStatus::ServiceUnknown as i32
+            );
+            let check = health.check(request(&name)).await.unwrap_err();
+            assert_eq!(check.code(), tonic::Code::NotFound);
+        }
+        assert_eq!(health.names(), 1, "only the registered name is kept");
+    }
+
+    #[tokio::test]
+    async fn a_long_name_is_refused_without_being_echoed() {
+        let health = health();
+        let long = "x".repeat(MAX_SERVICE_NAME_BYTES + 1);
+        let refused = health.check(request(&long)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(!refused.message().contains(&long[..32]));
+        let Err(refused) = health.watch(request(&long)).await else {
+            panic!("a watch of a long name was accepted");
+        };
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn watches_count_toward_the_stream_limits() {
+        let streams = Streams::new(
+            "test",
+            &StreamArgs {
+                stream_max_per_principal: 2,
+                ..StreamArgs::default()
+            },
+        );
+        let health = Health::new(streams.clone());
+        let first = health.watch(request("a")).await.unwrap();
+        let _second = health.watch(request("b")).await.unwrap();
+        let Err(third) = health.watch(request("c")).await else {
+            panic!("a third watch was accepted");
+        };
+        assert_eq!(third.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(streams.active(), 2);
+        drop(first);
+        assert!(
+            health.watch(request("c")).await.is_ok(),
+            "a place came back"
+        );
     }
 
     #[tokio::test]
     async fn readiness_drives_every_status() {
-        let health = Health::new();
+        let health = health();
         let readiness = Readiness::new(health.clone(), &["a.Service"]);
         assert!(!readiness.is_ready());
         assert_eq!(health.status("a.Service"), Some(ServingStatus::NotServing));

@@ -68,13 +68,14 @@ impl Server {
     /// The server of `service`, configured by `args`, verifying tokens with
     /// `verifier`.
     pub fn new(service: ServiceInfo, args: &ServiceArgs, verifier: Arc<dyn VerifyToken>) -> Server {
-        let health = Health::new();
+        let streams = Streams::new(service.name, &args.server.streams);
+        let health = Health::new(streams.clone());
         let readiness = Readiness::new(health.clone(), &[]);
         Server {
             service,
             args: args.server.clone(),
             verifier,
-            streams: Streams::new(service.name, &args.server.streams),
+            streams,
             health,
             readiness,
             routes: RoutesBuilder::default(),

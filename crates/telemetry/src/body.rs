@@ -11,51 +11,13 @@ use std::{
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use shop_core::status::{grpc_status, normalize_status};
+use shop_core::{
+    frames::FrameHeaders,
+    status::{grpc_status, normalize_status},
+};
 use tonic::{Code, body::Body};
 
 use crate::{call::CallRecord, metrics::Side};
-
-/// Counts gRPC messages in a byte stream of length-prefixed frames
-/// (1 flag byte, 4 length bytes, payload), across chunk boundaries.
-#[derive(Debug, Default)]
-struct MessageCounter {
-    /// Header bytes of the current frame seen so far (0..5).
-    header: [u8; 5],
-    header_len: usize,
-    /// Payload bytes of the current frame still to skip.
-    remaining: u64,
-}
-
-impl MessageCounter {
-    /// Feeds a chunk; returns how many messages it completed the header of.
-    fn feed(&mut self, mut chunk: &[u8]) -> u64 {
-        let mut messages = 0;
-        while !chunk.is_empty() {
-            if self.remaining > 0 {
-                let skip = (self.remaining as usize).min(chunk.len());
-                self.remaining -= skip as u64;
-                chunk = &chunk[skip..];
-                continue;
-            }
-            let take = (5 - self.header_len).min(chunk.len());
-            self.header[self.header_len..self.header_len + take].copy_from_slice(&chunk[..take]);
-            self.header_len += take;
-            chunk = &chunk[take..];
-            if self.header_len == 5 {
-                messages += 1;
-                self.remaining = u64::from(u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]));
-                self.header_len = 0;
-            }
-        }
-        messages
-    }
-}
 
 /// Which direction a wrapped body carries, for the counts.
 #[derive(Debug, Clone, Copy)]
@@ -71,7 +33,7 @@ enum Direction {
 pub struct ObservedBody {
     inner: Body,
     record: Arc<Mutex<CallRecord>>,
-    counter: MessageCounter,
+    frames: FrameHeaders,
     direction: Direction,
     /// True for the body that carries the final status.
     finishes: bool,
@@ -87,7 +49,7 @@ impl ObservedBody {
         ObservedBody {
             inner,
             record,
-            counter: MessageCounter::default(),
+            frames: FrameHeaders::default(),
             direction,
             finishes,
         }
@@ -112,7 +74,7 @@ impl HttpBody for ObservedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let n = this.counter.feed(data);
+                    let n = this.frames.count(data);
                     if n > 0 {
                         let direction = this.direction;
                         this.with_record(|r| match direction {
@@ -191,30 +153,4 @@ pub fn observe_request(body: Body, record: &Arc<Mutex<CallRecord>>, side: Side) 
         direction,
         false,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(len: u32) -> Vec<u8> {
-        let mut f = vec![0u8];
-        f.extend_from_slice(&len.to_be_bytes());
-        f.extend(std::iter::repeat_n(7u8, len as usize));
-        f
-    }
-
-    #[test]
-    fn messages_are_counted_across_chunk_boundaries() {
-        let mut bytes = frame(3);
-        bytes.extend(frame(0));
-        bytes.extend(frame(10));
-        for split in 0..bytes.len() {
-            let mut counter = MessageCounter::default();
-            let n = counter.feed(&bytes[..split]) + counter.feed(&bytes[split..]);
-            assert_eq!(n, 3, "split at {split}");
-        }
-        let mut counter = MessageCounter::default();
-        assert_eq!(bytes.chunks(1).map(|c| counter.feed(c)).sum::<u64>(), 3);
-    }
 }

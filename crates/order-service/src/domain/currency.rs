@@ -2,6 +2,8 @@
 //! (no funds, precious metals or testing codes). Money itself is always an
 //! integer number of minor units (`*_cents`) next to one of these codes.
 
+use shop_core::validation::echo;
+
 /// Active ISO 4217 currency codes, sorted for binary search.
 const ISO_4217: &[&str] = &[
     "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BGN",
@@ -32,7 +34,7 @@ impl CurrencyCode {
         ISO_4217
             .binary_search(&upper.as_str())
             .map(|i| CurrencyCode(ISO_4217[i]))
-            .map_err(|_| format!("{raw:?} is not a known ISO 4217 currency code"))
+            .map_err(|_| format!("{} is not a known ISO 4217 currency code", echo(raw)))
     }
 
     /// The code.

@@ -144,17 +144,29 @@ pub struct OrderFilter {
     pub status: Option<OrderStatus>,
 }
 
-/// Checks the items of a request, recording every problem by index.
-pub fn validate_items(items: &[(String, i32, i64)], v: &mut Violations) -> Vec<OrderItem> {
-    if items.is_empty() {
+/// Checks the items of a request, recording problems by index. Too many
+/// items is the one violation reported for the list: its items are not
+/// looked at (nor copied), and neither are items once `v` is full.
+pub fn validate_items(
+    items: impl ExactSizeIterator<Item = (String, i32, i64)>,
+    v: &mut Violations,
+) -> Vec<OrderItem> {
+    if items.len() == 0 {
         v.add("items", "must hold at least one item");
     }
     if items.len() > MAX_ITEMS {
-        v.add("items", format!("must hold at most {MAX_ITEMS} items"));
+        v.add(
+            "items",
+            format!("must hold at most {MAX_ITEMS} items, not {}", items.len()),
+        );
+        return Vec::new();
     }
     let mut out = Vec::with_capacity(items.len());
-    for (i, (product_id, quantity, unit_price_cents)) in items.iter().enumerate() {
-        let chars = product_id.chars().count();
+    for (i, (product_id, quantity, unit_price_cents)) in items.enumerate() {
+        if v.is_full() {
+            break;
+        }
+        let chars = product_id.chars().take(MAX_PRODUCT_ID_CHARS + 1).count();
         if chars == 0 || chars > MAX_PRODUCT_ID_CHARS {
             v.add(
                 format!("items[{i}].product_id"),
@@ -169,19 +181,19 @@ pub fn validate_items(items: &[(String, i32, i64)], v: &mut Violations) -> Vec<O
                 "must not contain spaces or control characters",
             );
         }
-        if !(1..=MAX_QUANTITY).contains(quantity) {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
             v.add(
                 format!("items[{i}].quantity"),
                 format!("must be between 1 and {MAX_QUANTITY}"),
             );
         }
-        if *unit_price_cents <= 0 {
+        if unit_price_cents <= 0 {
             v.add(format!("items[{i}].unit_price_cents"), "must be positive");
         }
         out.push(OrderItem {
-            product_id: product_id.clone(),
-            quantity: *quantity,
-            unit_price_cents: *unit_price_cents,
+            product_id,
+            quantity,
+            unit_price_cents,
         });
     }
     out
@@ -246,11 +258,12 @@ mod tests {
     fn every_bad_item_is_reported_with_its_index() {
         let mut v = Violations::new();
         validate_items(
-            &[
+            [
                 ("ok".into(), 1, 100),
                 (String::new(), 0, 0),
                 ("with space".into(), 1001, -5),
-            ],
+            ]
+            .into_iter(),
             &mut v,
         );
         let fields: Vec<_> = v
@@ -275,12 +288,49 @@ mod tests {
     #[test]
     fn item_count_is_bounded() {
         let mut v = Violations::new();
-        validate_items(&[], &mut v);
+        validate_items(std::iter::empty(), &mut v);
         assert!(!v.is_empty());
         let mut v = Violations::new();
         let many: Vec<_> = (0..=MAX_ITEMS).map(|i| (format!("p{i}"), 1, 1)).collect();
-        validate_items(&many, &mut v);
+        validate_items(many.into_iter(), &mut v);
         assert!(!v.is_empty());
+    }
+
+    #[test]
+    fn too_many_items_is_one_violation_and_no_item_is_looked_at() {
+        // A million empty items: one report for the list, none per item.
+        let mut v = Violations::new();
+        let looked_at = std::cell::Cell::new(0usize);
+        let items = (0..1_000_000).map(|_| {
+            looked_at.set(looked_at.get() + 1);
+            (String::new(), 0, 0)
+        });
+        let kept = validate_items(items, &mut v);
+        assert!(kept.is_empty());
+        assert_eq!(looked_at.get(), 0);
+        let report = v.into_result().unwrap_err();
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert_eq!(
+            report[0].description,
+            format!("must hold at most {MAX_ITEMS} items, not 1000000")
+        );
+    }
+
+    #[test]
+    fn bad_items_stop_being_looked_at_once_the_report_is_full() {
+        let mut v = Violations::new();
+        let looked_at = std::cell::Cell::new(0usize);
+        let items = (0..MAX_ITEMS).map(|_| {
+            looked_at.set(looked_at.get() + 1);
+            (String::new(), 0, 0)
+        });
+        validate_items(items, &mut v);
+        // Three violations per item: the report fills during the 7th.
+        assert_eq!(looked_at.get(), 8);
+        assert_eq!(
+            v.into_result().unwrap_err().len(),
+            shop_core::validation::MAX_REPORTED_VIOLATIONS + 1
+        );
     }
 
     #[test]

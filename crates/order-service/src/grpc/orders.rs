@@ -152,12 +152,12 @@ fn whose(caller: &Principal, user_id: &str, v: &mut Violations) -> Option<Uuid> 
 fn decode_order(req: pb::CreateOrderRequest) -> Result<PlaceOrder, AppError> {
     let mut v = Violations::new();
     let user_id = v.check("user_id", parse_id(&req.user_id));
-    let raw_items: Vec<_> = req
-        .items
-        .into_iter()
-        .map(|i| (i.product_id, i.quantity, i.unit_price_cents))
-        .collect();
-    let items = validate_items(&raw_items, &mut v);
+    let items = validate_items(
+        req.items
+            .into_iter()
+            .map(|i| (i.product_id, i.quantity, i.unit_price_cents)),
+        &mut v,
+    );
     let currency = v.check("currency_code", CurrencyCode::parse(&req.currency_code));
     let request_id = if req.request_id.is_empty() {
         Some(RequestId::generate())
@@ -394,6 +394,76 @@ impl OrderService for OrderGrpc {
         {
             StatusChange::Done(order) => Ok(Response::new(order_to_proto(&order))),
             StatusChange::Refused { why, .. } => Err(AppError::FailedPrecondition(why).into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use shop_core::pagination::MAX_TOKEN_CHARS;
+
+    use super::*;
+    use crate::domain::{MAX_ITEMS, MAX_PRODUCT_ID_CHARS, MAX_QUANTITY, MAX_REQUEST_ID_CHARS};
+
+    /// The `max_request_bytes` the proto declares for `method`.
+    fn declared(method: &str) -> usize {
+        shop_proto::policy::lookup(&format!("/shop.order.v1.OrderService/{method}"))
+            .expect("a declared method")
+            .max_request_bytes as usize
+    }
+
+    /// The widest character UTF-8 has: 4 bytes.
+    const WIDE: char = '\u{1D11E}';
+
+    #[test]
+    fn the_largest_valid_requests_fit_their_declared_limits() {
+        let id = Uuid::now_v7().to_string();
+        let largest_order = pb::CreateOrderRequest {
+            user_id: id.clone(),
+            items: vec![
+                pb::OrderItem {
+                    product_id: WIDE.to_string().repeat(MAX_PRODUCT_ID_CHARS),
+                    quantity: MAX_QUANTITY,
+                    // The largest price whose total still fits.
+                    unit_price_cents: i64::MAX / (i64::from(MAX_QUANTITY) * MAX_ITEMS as i64),
+                };
+                MAX_ITEMS
+            ],
+            currency_code: "USD".into(),
+            request_id: "~".repeat(MAX_REQUEST_ID_CHARS),
+        };
+        assert!(decode_order(largest_order.clone()).is_ok(), "valid");
+        for method in ["CreateOrder", "BatchCreateOrders"] {
+            assert!(
+                largest_order.encoded_len() <= declared(method),
+                "{method}: {} > {}",
+                largest_order.encoded_len(),
+                declared(method)
+            );
+        }
+
+        let largest_cancel = pb::CancelOrderRequest {
+            order_id: id.clone(),
+            reason: WIDE.to_string().repeat(MAX_REASON_CHARS),
+        };
+        assert!(decode_cancel(&largest_cancel).is_ok(), "valid");
+        assert!(largest_cancel.encoded_len() <= declared("CancelOrder"));
+
+        let largest_list = pb::ListOrdersRequest {
+            user_id: id.clone(),
+            page_size: i32::MAX,
+            page_token: "A".repeat(MAX_TOKEN_CHARS),
+            status: i32::MAX,
+        };
+        assert!(largest_list.encoded_len() <= declared("ListOrders"));
+        let by_id = pb::GetOrderRequest {
+            order_id: id.clone(),
+        }
+        .encoded_len();
+        for method in ["GetOrder", "WatchOrder", "StreamOrders", "ProcessOrders"] {
+            // An id and at most an enum or a small integer besides.
+            assert!(by_id + 16 <= declared(method), "{method}");
         }
     }
 }

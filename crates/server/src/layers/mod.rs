@@ -8,6 +8,7 @@ pub mod context;
 pub mod fault;
 pub mod observe;
 pub mod protect;
+pub mod size;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use self::{
     fault::FaultLayer,
     observe::ObserveLayer,
     protect::{ConcurrencyLimitLayer, PanicGuardLayer, RateLimitLayer},
+    size::RequestSizeLayer,
 };
 use crate::args::ServerArgs;
 
@@ -36,7 +38,10 @@ pub type ServerLayers = ServiceBuilder<
                 ConcurrencyLimitLayer,
                 Stack<
                     RateLimitLayer,
-                    Stack<AuthLayer, Stack<ContextLayer, Stack<ObserveLayer, Identity>>>,
+                    Stack<
+                        AuthLayer,
+                        Stack<ContextLayer, Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>>,
+                    >,
                 >,
             >,
         >,
@@ -48,16 +53,19 @@ pub type ServerLayers = ServiceBuilder<
 /// 1. observe (request id, trace context, span, metrics, access log):
 ///    first, so that everything below, refusals included, is counted,
 ///    logged with the request id and traced;
-/// 2. context (the deadline): covers all the work below it, and carries
+/// 2. request size: every layer and handler below reads a body whose
+///    messages are refused from their length prefix when larger than the
+///    method declares;
+/// 3. context (the deadline): covers all the work below it, and carries
 ///    the caller's token, request id and trace into outgoing calls;
-/// 3. auth: refuse what the caller may not call before doing any work;
-/// 4. rate limit: after auth, so that the bucket is the caller's own
+/// 4. auth: refuse what the caller may not call before doing any work;
+/// 5. rate limit: after auth, so that the bucket is the caller's own
 ///    (anonymous callers share their peer address's);
-/// 5. concurrency limit: sheds load that got this far, before it reaches
+/// 6. concurrency limit: sheds load that got this far, before it reaches
 ///    a handler;
-/// 6. panic guard: right around the handler, so a panic there is one
+/// 7. panic guard: right around the handler, so a panic there is one
 ///    INTERNAL answer;
-/// 7. fault injection: next to the handler, so that it simulates a slow or
+/// 8. fault injection: next to the handler, so that it simulates a slow or
 ///    failing service (a caller's deadline still cuts it short).
 ///
 /// `public` names the services that answer without a token and without a
@@ -71,6 +79,7 @@ pub fn server_layers(
 ) -> ServerLayers {
     ServiceBuilder::new()
         .layer(ObserveLayer)
+        .layer(RequestSizeLayer::new(args.max_message_bytes))
         .layer(ContextLayer::new(args.request_timeout_cap))
         .layer(AuthLayer::new(verifier, public))
         .layer(RateLimitLayer::new(

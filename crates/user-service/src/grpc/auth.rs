@@ -121,3 +121,34 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(pb::PublicKeys { keys }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn declared(method: &str) -> usize {
+        shop_proto::policy::lookup(&format!("/shop.auth.v1.AuthService/{method}"))
+            .expect("a declared method")
+            .max_request_bytes as usize
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_their_declared_limits() {
+        let login = pb::LoginRequest {
+            identifier: "i".repeat(Email::MAX_LEN),
+            password: "p".repeat(MAX_PASSWORD_BYTES),
+        };
+        assert!(decode_login(&login).is_ok(), "valid");
+        assert!(login.encoded_len() <= declared("Login"));
+        let refresh = "r".repeat(MAX_REFRESH_TOKEN_CHARS);
+        assert!(check_refresh_token_field(&refresh).is_ok(), "valid");
+        let refresh = pb::RefreshTokenRequest {
+            refresh_token: refresh,
+        };
+        assert!(refresh.encoded_len() <= declared("RefreshToken"));
+        assert!(refresh.encoded_len() <= declared("Logout"));
+        assert!(declared("GetPublicKeys") > 0);
+    }
+}

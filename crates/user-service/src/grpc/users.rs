@@ -34,6 +34,9 @@ const MAX_SEARCH_CHARS: usize = 100;
 const DEFAULT_STREAM_LIMIT: u32 = 100;
 /// Largest StreamUsers limit; more is INVALID_ARGUMENT.
 const MAX_STREAM_LIMIT: u32 = 1000;
+/// Most entries in an UpdateUser role set (there are two roles; a few
+/// repeats are tolerated).
+const MAX_ROLES: usize = 8;
 /// Most items in one BulkCreateUsers stream; more and nothing is created.
 pub(crate) const MAX_BULK_USERS: usize = 10_000;
 
@@ -98,16 +101,26 @@ fn decode_update(req: pb::UpdateUserRequest) -> Result<(Uuid, UserPatch), AppErr
     if let Some(set) = &req.roles {
         if set.roles.is_empty() {
             v.add("roles.roles", "must hold at least one role");
-        }
-        let mut roles = Vec::new();
-        for (i, raw) in set.roles.iter().enumerate() {
-            match role_from_proto(*raw) {
-                Ok(role) if !roles.contains(&role) => roles.push(role),
-                Ok(_) => {}
-                Err(e) => v.add(format!("roles.roles[{i}]"), e),
+        } else if set.roles.len() > MAX_ROLES {
+            // Checked before the entries, which are then not looked at.
+            v.add(
+                "roles.roles",
+                format!(
+                    "must hold at most {MAX_ROLES} roles, not {}",
+                    set.roles.len()
+                ),
+            );
+        } else {
+            let mut roles = Vec::new();
+            for (i, raw) in set.roles.iter().enumerate() {
+                match role_from_proto(*raw) {
+                    Ok(role) if !roles.contains(&role) => roles.push(role),
+                    Ok(_) => {}
+                    Err(e) => v.add(format!("roles.roles[{i}]"), e),
+                }
             }
+            patch.roles = Some(roles);
         }
-        patch.roles = Some(roles);
     }
     v.into_result()?;
     let Some(id) = id else {
@@ -470,5 +483,117 @@ impl UserService for UserGrpc {
             }
         })?;
         Ok(Response::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use shop_auth::password::MAX_PASSWORD_BYTES;
+    use shop_core::pagination::MAX_TOKEN_CHARS;
+
+    use super::*;
+
+    /// The `max_request_bytes` the proto declares for `method`.
+    fn declared(method: &str) -> usize {
+        shop_proto::policy::lookup(&format!("/shop.user.v1.UserService/{method}"))
+            .expect("a declared method")
+            .max_request_bytes as usize
+    }
+
+    /// The widest character UTF-8 has: 4 bytes.
+    const WIDE: char = '\u{1D11E}';
+
+    fn wide(chars: usize) -> String {
+        WIDE.to_string().repeat(chars)
+    }
+
+    /// A valid address of the longest length accepted.
+    fn longest_email() -> String {
+        let email = format!(
+            "{}@{}.{}.{}.ee",
+            "a".repeat(64),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(58)
+        );
+        assert_eq!(email.len(), Email::MAX_LEN);
+        email
+    }
+
+    #[test]
+    fn the_largest_valid_requests_fit_their_declared_limits() {
+        let sign_up = pb::CreateUserRequest {
+            email: longest_email(),
+            username: format!("u{}", "9".repeat(Username::MAX_LEN - 1)),
+            password: "p".repeat(MAX_PASSWORD_BYTES),
+            first_name: wide(PersonName::MAX_CHARS),
+            last_name: wide(PersonName::MAX_CHARS),
+        };
+        assert!(decode_sign_up(sign_up.clone()).is_ok(), "valid");
+        for method in ["CreateUser", "BulkCreateUsers"] {
+            assert!(sign_up.encoded_len() <= declared(method), "{method}");
+        }
+
+        let update = pb::UpdateUserRequest {
+            user_id: Uuid::now_v7().to_string(),
+            username: Some(sign_up.username.clone()),
+            first_name: Some(wide(PersonName::MAX_CHARS)),
+            last_name: Some(wide(PersonName::MAX_CHARS)),
+            bio: Some(wide(Bio::MAX_CHARS)),
+            status: Some(pb::UserStatus::Suspended as i32),
+            roles: Some(pb::RoleSet {
+                roles: vec![pb::Role::Admin as i32; MAX_ROLES],
+            }),
+        };
+        assert!(decode_update(update.clone()).is_ok(), "valid");
+        assert!(update.encoded_len() <= declared("UpdateUser"));
+
+        let list = pb::ListUsersRequest {
+            page_size: i32::MAX,
+            page_token: "A".repeat(MAX_TOKEN_CHARS),
+            status: i32::MAX,
+            search: wide(MAX_SEARCH_CHARS),
+        };
+        assert!(list.encoded_len() <= declared("ListUsers"));
+        let stream = pb::StreamUsersRequest {
+            status: i32::MAX,
+            search: wide(MAX_SEARCH_CHARS),
+            limit: i32::MAX,
+        };
+        assert!(stream.encoded_len() <= declared("StreamUsers"));
+
+        let by_email = pb::GetUserRequest {
+            identifier: Some(pb::get_user_request::Identifier::Email(longest_email())),
+        };
+        assert!(by_email.encoded_len() <= declared("GetUser"));
+        let activity = pb::UserActivityRequest {
+            action: i32::MAX,
+            user_id: Uuid::now_v7().to_string(),
+        };
+        assert!(activity.encoded_len() <= declared("UserActivity"));
+        assert!(
+            pb::DeleteUserRequest {
+                user_id: Uuid::now_v7().to_string()
+            }
+            .encoded_len()
+                <= declared("DeleteUser")
+        );
+    }
+
+    #[test]
+    fn a_huge_role_set_is_one_violation_and_its_entries_are_not_looked_at() {
+        let update = pb::UpdateUserRequest {
+            user_id: Uuid::now_v7().to_string(),
+            roles: Some(pb::RoleSet {
+                roles: vec![99; 1_000_000],
+            }),
+            ..Default::default()
+        };
+        let Err(AppError::InvalidArgument(report)) = decode_update(update) else {
+            panic!("a million roles were accepted");
+        };
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert_eq!(report[0].field, "roles.roles");
     }
 }

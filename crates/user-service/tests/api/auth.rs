@@ -187,7 +187,9 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_family() {
 async fn unknown_refresh_tokens_are_unauthenticated() {
     let app = TestApp::spawn().await;
     let mut auth = app.auth.clone();
-    for token in ["made-up-token", &"z".repeat(10_000)] {
+    // Longer than any token we issue, but within the request size limit:
+    // refused like any unknown token.
+    for token in ["made-up-token", &"z".repeat(900)] {
         let status = auth
             .refresh_token(RefreshTokenRequest {
                 refresh_token: token.into(),
@@ -196,6 +198,14 @@ async fn unknown_refresh_tokens_are_unauthenticated() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated);
     }
+    // Past the method's declared request size: refused before it is read.
+    let huge = auth
+        .refresh_token(RefreshTokenRequest {
+            refresh_token: "z".repeat(10_000),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::ResourceExhausted, "{huge:?}");
     let empty = auth
         .refresh_token(RefreshTokenRequest::default())
         .await

@@ -201,23 +201,40 @@ async fn bulk_create_refuses_more_than_ten_thousand_items_and_creates_nothing() 
 
 #[tokio::test]
 async fn bulk_create_refuses_an_oversized_message() {
-    let app = TestApp::spawn_on(Backend::Sqlite, &["--max-message-bytes", "4096"]).await;
+    let app = TestApp::spawn().await;
     let admin = app.admin_token().await;
     let mut huge = sign_up("huge");
     huge.first_name = "x".repeat(10_000);
     let status = app
         .users
         .clone()
-        .bulk_create_users(authed(tokio_stream::iter(vec![huge]), &admin))
+        .bulk_create_users(authed(tokio_stream::iter(vec![sign_up("fine"), huge]), &admin))
         .await
         .unwrap_err();
-    // tonic says OUT_OF_RANGE; the shop stack answers gRPC's
-    // RESOURCE_EXHAUSTED, with tonic's explanation.
+    // Each message of the stream is held to the declared 4 KiB.
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        status.message().contains("message length too large"),
+        status
+            .message()
+            .contains("larger than this method accepts (4096 bytes)"),
         "{status:?}"
     );
+}
+
+#[tokio::test]
+async fn max_message_bytes_caps_every_declared_limit() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--max-message-bytes", "2048"]).await;
+    let admin = app.admin_token().await;
+    let mut large = sign_up("large");
+    large.first_name = "x".repeat(3_000);
+    let status = app
+        .users
+        .clone()
+        .bulk_create_users(authed(tokio_stream::iter(vec![large]), &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("(2048 bytes)"), "{status:?}");
 }
 
 #[tokio::test]
