@@ -30,6 +30,22 @@ pub fn user_service_config(
     data_dir: &Path,
     flags: &[&str],
 ) -> user_service::Config {
+    user_service_config_with(
+        database_url,
+        data_dir,
+        Some((ADMIN_EMAIL, ADMIN_PASSWORD)),
+        flags,
+    )
+}
+
+/// user-service's configuration with `bootstrap` as its bootstrap admin
+/// (email, password), or none.
+pub fn user_service_config_with(
+    database_url: &str,
+    data_dir: &Path,
+    bootstrap: Option<(&str, &str)>,
+    flags: &[&str],
+) -> user_service::Config {
     let data_dir = data_dir.display().to_string();
     let mut args = vec![
         "--database-url",
@@ -38,11 +54,15 @@ pub fn user_service_config(
         &data_dir,
         "--bcrypt-cost",
         "4",
-        "--bootstrap-admin-email",
-        ADMIN_EMAIL,
-        "--bootstrap-admin-password",
-        ADMIN_PASSWORD,
     ];
+    if let Some((email, password)) = bootstrap {
+        args.extend([
+            "--bootstrap-admin-email",
+            email,
+            "--bootstrap-admin-password",
+            password,
+        ]);
+    }
     args.extend(COMMON);
     args.extend_from_slice(flags);
     config(&args)

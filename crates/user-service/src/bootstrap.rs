@@ -8,13 +8,17 @@ use uuid::Uuid;
 
 use crate::{
     ConfigError,
-    domain::{Email, NewUser, PersonName, UserPatch, UserStatus, Username},
+    domain::{Email, NewUser, PersonName, UserStatus, Username},
     repo::{RepoError, Store, UserKey},
 };
 
-/// Ensures an active admin account with `email` exists: creates it with
-/// `password` and `username`, or gives an existing account the admin role.
-/// The password of an existing account is never changed.
+/// Ensures an admin account with `email` exists: creates it with
+/// `password` and `username`. The bootstrap creates, it never promotes: an
+/// existing account that is not an admin is left as it is (a demoted
+/// admin stays demoted) when another active admin exists, and the service
+/// refuses to start when none does (sign-up is public, so whoever signed up
+/// with the address first would otherwise become admin). The password of
+/// an existing account is never changed.
 pub(crate) async fn ensure_admin(
     store: &dyn Store,
     hasher: &PasswordHasher,
@@ -28,20 +32,28 @@ pub(crate) async fn ensure_admin(
 
     if let Some(user) = store.find_user(UserKey::Email(&email)).await? {
         if user.status == UserStatus::Deleted {
-            tracing::warn!(email = %email.as_str(), "bootstrap admin account is deleted; not restoring it");
+            tracing::warn!(user_id = %user.id, "bootstrap admin account is deleted; not restoring it");
             return Ok(());
         }
-        if !user.roles.contains(&Role::Admin) {
-            let mut roles = user.roles.clone();
-            roles.push(Role::Admin);
-            let patch = UserPatch {
-                roles: Some(roles),
-                ..UserPatch::default()
-            };
-            store.update_user(user.id, &patch, now).await?;
-            tracing::info!(user_id = %user.id, "bootstrap admin: existing account given the admin role");
+        if user.roles.contains(&Role::Admin) {
+            return Ok(());
         }
-        return Ok(());
+        if store.count_active_admins().await? > 0 {
+            tracing::warn!(
+                user_id = %user.id,
+                "the BOOTSTRAP_ADMIN_EMAIL account is not an admin (demoted, or signed up \
+                 by someone); the bootstrap never promotes an account, leaving it as it is"
+            );
+            return Ok(());
+        }
+        return Err(ConfigError(
+            "BOOTSTRAP_ADMIN_EMAIL belongs to an existing account that is not an admin, and \
+             there is no active admin: the bootstrap creates an admin account, it never \
+             promotes one (whoever signed up with the address would become admin). Set \
+             BOOTSTRAP_ADMIN_EMAIL to an address that has no account yet"
+                .into(),
+        )
+        .into());
     }
 
     let password = Password::parse(password)

@@ -41,8 +41,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
-    /// Email of an admin account to create at start-up if it does not exist
-    /// (an existing account with this email is given the admin role).
+    /// Email of an admin account to create at start-up if it does not exist.
+    /// It never promotes: an existing non-admin account with this email
+    /// stays as it is, and the service refuses to start if there is then
+    /// no active admin at all.
     #[arg(
         long,
         env = "BOOTSTRAP_ADMIN_EMAIL",

@@ -110,6 +110,9 @@ pub trait UserRepo: Send + Sync {
     /// How many users match `filter`.
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, RepoError>;
 
+    /// How many active accounts hold the admin role.
+    async fn count_active_admins(&self) -> Result<u64, RepoError>;
+
     /// Up to `limit` users matching `filter`, in id order, read from the
     /// database as the stream is polled (not collected first).
     fn stream_users(

@@ -12,7 +12,11 @@ use super::{
     NewRefreshToken, RefreshTokenRepo, RepoError, Rotation, Store, UserKey, UserRepo, user_columns,
     user_row,
 };
-use crate::domain::{Credentials, NewUser, User, UserFilter, UserPatch, roles_to_storage};
+use shop_auth::Role;
+
+use crate::domain::{
+    Credentials, NewUser, User, UserFilter, UserPatch, UserStatus, roles_to_storage,
+};
 
 /// The filter of `ListUsers`, `StreamUsers` and the count: `$1` a status
 /// (NULL: every one but deleted), `$2` a LIKE pattern (NULL: everyone).
@@ -169,6 +173,20 @@ impl UserRepo for SqlStore {
         ))
         .bind(filter.status_str())
         .bind(filter.like_pattern())
+        .fetch_one(&self.db, |row| row.get("count"))
+        .await?;
+        Ok(count.max(0) as u64)
+    }
+
+    async fn count_active_admins(&self) -> Result<u64, RepoError> {
+        // Roles are stored comma-separated; the commas around both sides
+        // match the whole name only.
+        let count: i64 = query(
+            "SELECT COUNT(*) AS count FROM users \
+             WHERE status = $1 AND (',' || roles || ',') LIKE $2",
+        )
+        .bind(UserStatus::Active.as_str())
+        .bind(format!("%,{},%", Role::Admin.as_str()))
         .fetch_one(&self.db, |row| row.get("count"))
         .await?;
         Ok(count.max(0) as u64)

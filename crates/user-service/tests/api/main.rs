@@ -10,6 +10,7 @@
 
 mod auth;
 mod binary;
+mod bootstrap;
 mod helpers;
 mod infra;
 mod protection;

@@ -353,8 +353,30 @@ pub(crate) async fn expired_and_revoked_refresh_tokens_do_not_rotate(store: &dyn
     );
 }
 
+pub(crate) async fn counts_active_admins_only(store: &dyn Store) {
+    assert_eq!(store.count_active_admins().await.unwrap(), 0);
+    let customer = store.create_user(&new_user("carol")).await.unwrap();
+    let mut admin = new_user("adminette");
+    admin.roles = vec![Role::Customer, Role::Admin];
+    store.create_user(&admin).await.unwrap();
+    let mut suspended = new_user("sus");
+    suspended.roles = vec![Role::Admin];
+    suspended.status = UserStatus::Suspended;
+    store.create_user(&suspended).await.unwrap();
+    // A name that contains "admin" is not the role.
+    assert_eq!(customer.roles, [Role::Customer]);
+    assert_eq!(store.count_active_admins().await.unwrap(), 1);
+    let demote = UserPatch {
+        roles: Some(vec![Role::Customer]),
+        ..UserPatch::default()
+    };
+    store.update_user(admin.id, &demote, now()).await.unwrap();
+    assert_eq!(store.count_active_admins().await.unwrap(), 0);
+}
+
 shop_testkit::repo_suite!(
     store;
+    counts_active_admins_only,
     creates_and_finds_by_every_key,
     unique_fields_conflict_by_name,
     updates_only_set_fields_and_not_deleted_users,

@@ -208,7 +208,10 @@ async fn bulk_create_refuses_an_oversized_message() {
     let status = app
         .users
         .clone()
-        .bulk_create_users(authed(tokio_stream::iter(vec![sign_up("fine"), huge]), &admin))
+        .bulk_create_users(authed(
+            tokio_stream::iter(vec![sign_up("fine"), huge]),
+            &admin,
+        ))
         .await
         .unwrap_err();
     // Each message of the stream is held to the declared 4 KiB.
