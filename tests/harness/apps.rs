@@ -47,14 +47,11 @@ pub fn user_service_config_with(
     flags: &[&str],
 ) -> user_service::Config {
     let data_dir = data_dir.display().to_string();
-    let mut args = vec![
-        "--database-url",
-        database_url,
-        "--data-dir",
-        &data_dir,
-        "--bcrypt-cost",
-        "4",
-    ];
+    let mut args = vec!["--database-url", database_url, "--data-dir", &data_dir];
+    // Fast hashes, unless the test asks for its own cost.
+    if !flags.contains(&"--bcrypt-cost") {
+        args.extend(["--bcrypt-cost", "4"]);
+    }
     if let Some((email, password)) = bootstrap {
         args.extend([
             "--bootstrap-admin-email",

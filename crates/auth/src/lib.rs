@@ -20,7 +20,7 @@ pub mod token;
 pub mod verify;
 
 pub use keys::{KeyError, KeySet, SigningKey, VerificationKey, load_or_generate_secret};
-pub use password::{Password, PasswordError, PasswordHasher};
+pub use password::{HashError, Password, PasswordError, PasswordHasher};
 pub use principal::{Principal, Role};
 pub use token::{Claims, IssuedToken, TokenError, TokenIssuer, TokenVerifier};
 pub use verify::{BoxFuture, VerifyError, VerifyToken};

@@ -55,6 +55,10 @@ pub enum AppError {
         /// When to try again.
         retry_after: Duration,
     },
+    /// The caller's deadline would pass before the work could finish, so
+    /// it was not started (DEADLINE_EXCEEDED).
+    #[error("{0}")]
+    DeadlineExceeded(&'static str),
     /// A call to another service failed.
     #[error("{service}: {failure}")]
     Dependency {
@@ -147,6 +151,7 @@ impl From<AppError> for Status {
             AppError::RateLimited { what, retry_after } => {
                 status::resource_exhausted(&format!("too many {what}"), retry_after)
             }
+            AppError::DeadlineExceeded(message) => Status::deadline_exceeded(message),
             AppError::Dependency { service, failure } => dependency_status(service, failure),
             AppError::Unavailable(cause) => status::unavailable(cause),
             AppError::Internal(cause) => status::internal(cause),

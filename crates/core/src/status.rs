@@ -61,6 +61,15 @@ pub fn resource_exhausted(what: &str, retry_after: Duration) -> Status {
     )
 }
 
+/// The `google.rpc.RetryInfo` delay `status` carries, if any: when the
+/// server said to come back.
+pub fn retry_after(status: &Status) -> Option<Duration> {
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+}
+
 /// The `grpc-status` in `headers` (response headers of a trailers-only
 /// answer, or trailers), if there is one.
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {

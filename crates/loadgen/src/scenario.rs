@@ -79,6 +79,39 @@ impl VirtualUser {
 /// throwaway stack).
 const PASSWORD: &str = "loadgen-password-1";
 
+/// Longest [`patiently`] keeps asking.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `call`'s answer, asking again after the server's `RetryInfo` delay
+/// (plus jitter) while it answers RESOURCE_EXHAUSTED: user-service refuses
+/// sign-ups and logins at once when its password hashing is busy or an
+/// address's quota is spent, and nothing was done then, so asking again
+/// is safe. Gives up after [`PATIENCE`].
+async fn patiently<T, F, Fut>(what: &str, mut call: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match call().await {
+            Ok(answer) => return Ok(answer.into_inner()),
+            Err(status)
+                if status.code() == Code::ResourceExhausted
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                let wait =
+                    shop_core::status::retry_after(&status).unwrap_or(Duration::from_millis(100));
+                let jitter = wait.mul_f64(fastrand::f64());
+                tokio::time::sleep(wait + jitter).await;
+            }
+            Err(status) => {
+                return Err(anyhow!("{what}: {:?} {}", status.code(), status.message()));
+            }
+        }
+    }
+}
+
 /// Signs up and logs in `n` accounts (named after this run, so runs do not
 /// collide), `parallel` at a time (bcrypt makes this slow).
 pub async fn virtual_users(users: &Connections, n: usize) -> anyhow::Result<Vec<Arc<VirtualUser>>> {
@@ -89,26 +122,30 @@ pub async fn virtual_users(users: &Connections, n: usize) -> anyhow::Result<Vec<
         let channel = users.pick(i as u64);
         let username = format!("lg{run}u{i}");
         pending.push(tokio::spawn(async move {
-            let user = UserServiceClient::new(channel.clone())
-                .create_user(CreateUserRequest {
+            let users = UserServiceClient::new(channel.clone());
+            let user = patiently(&format!("sign-up of {username}"), || {
+                let mut users = users.clone();
+                let request = CreateUserRequest {
                     email: format!("{username}@loadgen.test"),
                     username: username.clone(),
                     password: PASSWORD.into(),
                     first_name: "Load".into(),
                     last_name: "Generator".into(),
-                })
-                .await
-                .map_err(|s| anyhow!("sign-up of {username}: {:?} {}", s.code(), s.message()))?
-                .into_inner();
-            let token = AuthServiceClient::new(channel)
-                .login(LoginRequest {
+                };
+                async move { users.create_user(request).await }
+            })
+            .await?;
+            let auth = AuthServiceClient::new(channel);
+            let token = patiently(&format!("login of {username}"), || {
+                let mut auth = auth.clone();
+                let request = LoginRequest {
                     identifier: username.clone(),
                     password: PASSWORD.into(),
-                })
-                .await
-                .map_err(|s| anyhow!("login of {username}: {:?} {}", s.code(), s.message()))?
-                .into_inner()
-                .access_token;
+                };
+                async move { auth.login(request).await }
+            })
+            .await?
+            .access_token;
             anyhow::Ok(Arc::new(VirtualUser {
                 id: user.id,
                 bearer: format!("Bearer {token}").parse()?,

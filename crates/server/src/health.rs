@@ -134,13 +134,7 @@ impl HealthApi for Health {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let updates = self.subscribe(service_name(&request)?);
-        let caller = format!(
-            "peer:{}",
-            request
-                .remote_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default()
-        );
+        let caller = crate::peer::caller_address(&request);
         let stream = self.streams.open(&caller, move |tx| async move {
             let Some(mut updates) = updates else {
                 // Served names are fixed once serving: this one stays

@@ -12,6 +12,8 @@
 //!   rate limit, concurrency limit, panic guard, fault injection), stacked
 //!   in one function that says why in that order.
 //! - [`health`]: `grpc.health.v1` per the protocol, driven by readiness.
+//! - [`peer`]: the caller's address as per-address limits key it (IPv6
+//!   by /64).
 //! - [`admin`]: `/metrics`, `/healthz` and `/readyz` on the admin port.
 //! - [`streams`]: backpressure, limits, cancellation, drain on shutdown and
 //!   panic containment for every streaming RPC.
@@ -27,6 +29,7 @@ pub mod args;
 pub mod binary;
 pub mod health;
 pub mod layers;
+pub mod peer;
 pub mod serve;
 pub mod server;
 pub mod service;

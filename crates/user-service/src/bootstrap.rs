@@ -64,7 +64,7 @@ pub(crate) async fn ensure_admin(
         id: Uuid::now_v7(),
         email,
         username,
-        password_hash: hasher.hash(&password).await?,
+        password_hash: hasher.hash_queued(&password).await?,
         first_name: PersonName::parse("Bootstrap").expect("valid literal"),
         last_name: PersonName::parse("Admin").expect("valid literal"),
         roles: vec![Role::Customer, Role::Admin],

@@ -62,18 +62,44 @@ pub struct Config {
     #[arg(long, env = "BOOTSTRAP_ADMIN_USERNAME", default_value = "admin")]
     pub bootstrap_admin_username: String,
 
-    /// Login attempts allowed per identifier (email or username) per
-    /// minute, whoever makes them; more are RESOURCE_EXHAUSTED with
-    /// RetryInfo.
+    /// Login attempts allowed per account (email and username count as
+    /// one; an unknown identifier is its own) from one address per minute;
+    /// more are RESOURCE_EXHAUSTED with RetryInfo. A stranger's guesses
+    /// slow only the stranger.
     #[arg(long, env = "LOGIN_ATTEMPTS_PER_MINUTE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub login_attempts_per_minute: u32,
+
+    /// Login attempts allowed per account per minute from every address
+    /// together: the ceiling a guesser with many addresses meets.
+    #[arg(long, env = "LOGIN_ATTEMPTS_PER_ACCOUNT_PER_MINUTE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_attempts_per_account_per_minute: u32,
+
+    /// Login, CreateUser and RefreshToken calls one address (an IPv6 /64)
+    /// may make per minute, each method counted on its own; more are
+    /// RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub credential_calls_per_address_per_minute: u32,
+
+    /// Password hashes (bcrypt) that may run at once; a sign-up or login
+    /// that finds them all busy is RESOURCE_EXHAUSTED with RetryInfo at
+    /// once. Default: the number of CPUs.
+    #[arg(long, env = "PASSWORD_HASH_CONCURRENCY", default_value_t = cpus(),
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub password_hash_concurrency: u32,
 
     /// Activity events kept for a UserActivity subscriber that reads
     /// slowly; one that falls further behind is ended with
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "ACTIVITY_BUFFER", default_value_t = 1024)]
     pub activity_buffer: usize,
+}
+
+/// The CPUs this process may use (at least 1).
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(u32::MAX))
 }
 
 impl Config {

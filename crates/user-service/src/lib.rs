@@ -71,8 +71,11 @@ pub async fn run(
         &tokens.jwt_audience,
         tokens.jwt_leeway,
     ));
-    let hasher = PasswordHasher::new(config.bcrypt_cost)
-        .map_err(|e| ConfigError(format!("BCRYPT_COST: {e}")))?;
+    let hasher = PasswordHasher::new(
+        config.bcrypt_cost,
+        config.password_hash_concurrency as usize,
+    )
+    .map_err(|e| ConfigError(format!("BCRYPT_COST: {e}")))?;
     hasher.prepare().await?;
 
     if let (Some(email), Some(password)) = (
@@ -102,10 +105,17 @@ pub async fn run(
         verifier,
         refresh_token_ttl: config.refresh_token_ttl,
         activity: ActivityFeed::new(config.activity_buffer),
-        login_limit: KeyedLimit::new(
-            f64::from(config.login_attempts_per_minute) / 60.0,
+        login_limit: per_minute(
             config.login_attempts_per_minute,
+            "login attempts for this account from this address",
+        ),
+        account_login_limit: per_minute(
+            config.login_attempts_per_account_per_minute,
             "login attempts for this account",
+        ),
+        address_limit: per_minute(
+            config.credential_calls_per_address_per_minute,
+            "calls of this method from this address",
         ),
     });
     let page_tokens = PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens"));
@@ -140,4 +150,9 @@ fn load_signing_key(config: &Config) -> anyhow::Result<SigningKey> {
         );
     }
     Ok(key)
+}
+
+/// A bucket of `n` calls a minute, all of which may come at once.
+fn per_minute(n: u32, what: &'static str) -> KeyedLimit {
+    KeyedLimit::new(f64::from(n) / 60.0, n, what)
 }

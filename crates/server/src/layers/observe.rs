@@ -20,22 +20,12 @@ use shop_telemetry::{
     metrics::Side,
     propagation::{HeaderReader, trace_id},
 };
-use tonic::{body::Body, transport::server::TcpConnectInfo};
+use tonic::body::Body;
 use tower::{Layer, Service};
+
+use crate::peer::peer_addr;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-
-/// The caller's address, over plain TCP or TLS.
-pub fn peer_addr(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
-    extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| {
-            extensions
-                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
-                .map(|tls| tls.get_ref())
-        })
-        .and_then(|info| info.remote_addr())
-}
 
 /// Builds [`Observe`] services: the outermost server layer.
 #[derive(Debug, Clone, Copy, Default)]

@@ -151,12 +151,7 @@ where
         if !self.layer.exempt.contains(&service) {
             let key = match req.extensions().get::<Principal>() {
                 Some(p) => format!("user:{}", p.user_id),
-                None => format!(
-                    "peer:{}",
-                    super::observe::peer_addr(req.extensions())
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default()
-                ),
+                None => crate::peer::caller_key(req.extensions()),
             };
             if let Err(limited) = self.layer.limit.check(&key) {
                 let labels = MethodLabels::of(path);

@@ -4,7 +4,7 @@ use chrono::{SubsecRound as _, Utc};
 use shop_auth::IssuedToken;
 use uuid::Uuid;
 
-use super::{Accounts, AppError};
+use super::{Accounts, AppError, hashing_refused};
 use crate::{
     activity::ActivityKind,
     domain::{RefreshToken, User, UserStatus, hash_refresh_token},
@@ -27,15 +27,31 @@ pub struct Tokens {
 
 impl Accounts {
     /// Logs in with `identifier` (a lower-cased email or username) and
-    /// `password`: UNAUTHENTICATED with one message for an unknown user, a
-    /// wrong password or a disabled account alike, in the same time;
-    /// RESOURCE_EXHAUSTED past the attempts allowed for the identifier.
-    pub async fn login(&self, identifier: &str, password: &str) -> Result<Tokens, AppError> {
-        // Per identifier, so that guessing one account's password is slow
-        // whichever addresses the guesses come from.
-        self.login_limit.check(identifier)?;
-
+    /// `password`, called from the address `from`: UNAUTHENTICATED with one
+    /// message for an unknown user, a wrong password or a disabled account
+    /// alike, in the same time; RESOURCE_EXHAUSTED past the quotas.
+    ///
+    /// The quotas, cheapest first: Login calls per address; attempts per
+    /// account and address, so that a stranger guessing from one address
+    /// slows only their own guesses and cannot lock the owner out; and a
+    /// higher ceiling per account from every address together. An account
+    /// is one bucket whether named by email or username; an unknown
+    /// identifier is its own.
+    pub async fn login(
+        &self,
+        identifier: &str,
+        password: &str,
+        from: &str,
+    ) -> Result<Tokens, AppError> {
+        self.check_address("Login", from)?;
         let credentials = self.store.find_credentials(identifier).await?;
+        let account = match &credentials {
+            Some(c) => format!("user:{}", c.user.id),
+            None => format!("identifier:{identifier}"),
+        };
+        self.login_limit.check(&format!("{account}|{from}"))?;
+        self.account_login_limit.check(&account)?;
+
         // Always run bcrypt, against a dummy hash for unknown users, so that
         // the answer takes as long whether or not the account exists.
         let password_ok = self
@@ -43,8 +59,10 @@ impl Accounts {
             .verify(
                 password,
                 credentials.as_ref().map(|c| c.password_hash.as_str()),
+                Self::deadline(),
             )
-            .await;
+            .await
+            .map_err(hashing_refused)?;
         let user = match credentials {
             Some(c) if password_ok && c.user.status == UserStatus::Active => c.user,
             _ => return Err(AppError::Unauthenticated(INVALID_CREDENTIALS)),
@@ -66,10 +84,12 @@ impl Accounts {
         self.tokens(&user, refresh.token)
     }
 
-    /// Rotates the refresh token `presented`: a new pair for a live token
-    /// of an active user; a second use of a rotated token revokes its
-    /// whole login.
-    pub async fn refresh(&self, presented: &str) -> Result<Tokens, AppError> {
+    /// Rotates the refresh token `presented` (called from the address
+    /// `from`, whose RefreshToken calls are counted): a new pair for a live
+    /// token of an active user; a second use of a rotated token revokes
+    /// its whole login.
+    pub async fn refresh(&self, presented: &str, from: &str) -> Result<Tokens, AppError> {
+        self.check_address("RefreshToken", from)?;
         let presented = hash_refresh_token(presented);
         let next = RefreshToken::generate();
         let now = Utc::now().trunc_subsecs(6);

@@ -9,7 +9,7 @@ mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use shop_auth::{PasswordHasher, TokenIssuer, TokenVerifier};
+use shop_auth::{HashError, PasswordHasher, TokenIssuer, TokenVerifier};
 use shop_server::layers::protect::KeyedLimit;
 
 pub use auth::{INVALID_REFRESH_TOKEN, Tokens};
@@ -32,8 +32,38 @@ pub struct Accounts {
     pub refresh_token_ttl: Duration,
     /// Account activity, for UserActivity streams.
     pub activity: ActivityFeed,
-    /// Login attempts per identifier.
+    /// Login attempts per account (or unknown identifier) and address.
     pub login_limit: KeyedLimit,
+    /// Login attempts per account from every address together.
+    pub account_login_limit: KeyedLimit,
+    /// Login, CreateUser and RefreshToken calls per address, each method
+    /// its own bucket.
+    pub address_limit: KeyedLimit,
+}
+
+impl Accounts {
+    /// Counts a call of `method` from the address `from` (see
+    /// `shop_server::peer::caller_address`) against its quota.
+    pub fn check_address(&self, method: &str, from: &str) -> Result<(), AppError> {
+        self.address_limit.check(&format!("{method}|{from}"))
+    }
+
+    /// When the current request must be answered by, for the hasher.
+    fn deadline() -> Option<std::time::Instant> {
+        shop_core::context::RequestContext::current().map(|c| c.deadline.into_std())
+    }
+}
+
+/// What a refused password hash means to the caller.
+fn hashing_refused(error: HashError) -> AppError {
+    match error {
+        HashError::Busy { retry_after } => AppError::RateLimited {
+            what: "password checks in progress on this server",
+            retry_after,
+        },
+        HashError::NoTime => AppError::DeadlineExceeded("too little time left to check a password"),
+        other => AppError::internal(other),
+    }
 }
 
 impl std::fmt::Debug for Accounts {

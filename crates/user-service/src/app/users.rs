@@ -4,7 +4,7 @@ use chrono::{SubsecRound as _, Utc};
 use shop_auth::{Password, Principal, Role};
 use uuid::Uuid;
 
-use super::{Accounts, AppError};
+use super::{Accounts, AppError, hashing_refused};
 use crate::{
     activity::ActivityKind,
     domain::{Email, NewUser, PersonName, User, UserFilter, UserPatch, UserStatus, Username},
@@ -27,22 +27,34 @@ pub struct SignUp {
 }
 
 impl Accounts {
-    /// Creates a customer account (ALREADY_EXISTS when the email or the
-    /// username is taken).
-    pub async fn sign_up(&self, sign_up: SignUp) -> Result<User, AppError> {
-        let new = self.new_user(sign_up).await?;
-        self.create(&new).await
+    /// Creates a customer account for a caller at the address `from`
+    /// (ALREADY_EXISTS when the email or the username is taken;
+    /// RESOURCE_EXHAUSTED past the address's CreateUser quota or when
+    /// every password hash is busy).
+    pub async fn sign_up(&self, sign_up: SignUp, from: &str) -> Result<User, AppError> {
+        self.check_address("CreateUser", from)?;
+        let password_hash = self
+            .hasher
+            .hash(&sign_up.password, Self::deadline())
+            .await
+            .map_err(hashing_refused)?;
+        self.create(&Self::account(sign_up, password_hash)).await
     }
 
-    /// The account to store for `sign_up`, its password hashed (on the
-    /// blocking pool: bcrypt is the slow part of a sign-up).
+    /// The account to store for `sign_up` in a bulk import: the password
+    /// hashed when a hashing permit is free (waiting for one, since an
+    /// admin's import should finish rather than fail).
     pub async fn new_user(&self, sign_up: SignUp) -> Result<NewUser, AppError> {
         let password_hash = self
             .hasher
-            .hash(&sign_up.password)
+            .hash_queued(&sign_up.password)
             .await
-            .map_err(AppError::internal)?;
-        Ok(NewUser {
+            .map_err(hashing_refused)?;
+        Ok(Self::account(sign_up, password_hash))
+    }
+
+    fn account(sign_up: SignUp, password_hash: String) -> NewUser {
+        NewUser {
             id: Uuid::now_v7(),
             email: sign_up.email,
             username: sign_up.username,
@@ -52,7 +64,7 @@ impl Accounts {
             roles: vec![Role::Customer],
             status: UserStatus::Active,
             now: Utc::now().trunc_subsecs(6),
-        })
+        }
     }
 
     /// Stores `new` and announces it.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use shop_auth::password::MAX_PASSWORD_BYTES;
 use shop_proto::auth::v1::{self as pb, auth_service_server::AuthService};
+use shop_server::peer::caller_address;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -80,9 +81,13 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
+        let from = caller_address(&request);
         let req = request.into_inner();
         let identifier = decode_login(&req)?;
-        let tokens = self.accounts.login(&identifier, &req.password).await?;
+        let tokens = self
+            .accounts
+            .login(&identifier, &req.password, &from)
+            .await?;
         Ok(Response::new(self.token_pair(tokens)))
     }
 
@@ -92,7 +97,10 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<pb::TokenPair>, Status> {
         let presented = &request.get_ref().refresh_token;
         check_refresh_token_field(presented)?;
-        let tokens = self.accounts.refresh(presented).await?;
+        let tokens = self
+            .accounts
+            .refresh(presented, &caller_address(&request))
+            .await?;
         Ok(Response::new(self.token_pair(tokens)))
     }
 

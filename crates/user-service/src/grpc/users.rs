@@ -277,8 +277,9 @@ impl UserGrpc {
             index += 1;
         }
 
-        // bcrypt is the slow part: hash on every core, keep stream order.
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // bcrypt is the slow part: hash on half the hashing pool (the rest
+        // stays free for logins and sign-ups), keep stream order.
+        let parallel = (accounts.hasher.concurrency() / 2).max(1);
         let mut hashed = futures_util::stream::iter(valid)
             .map(|(index, email, sign_up)| {
                 let accounts = Arc::clone(&accounts);
@@ -364,8 +365,9 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let from = shop_server::peer::caller_address(&request);
         let sign_up = decode_sign_up(request.into_inner()).map_err(AppError::from)?;
-        let user = self.accounts.sign_up(sign_up).await?;
+        let user = self.accounts.sign_up(sign_up, &from).await?;
         Ok(Response::new(user_to_proto(&user)))
     }
 

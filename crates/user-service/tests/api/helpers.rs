@@ -64,6 +64,25 @@ impl TestApp {
         }
     }
 
+    /// A channel to the service from the loopback address `ip` (any of
+    /// 127.0.0.0/8), so that a test can call as several addresses.
+    pub(crate) fn channel_from(&self, ip: &str) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.app.addr))
+            .unwrap()
+            .local_address(Some(ip.parse().unwrap()))
+            .connect_lazy()
+    }
+
+    /// AuthService as called from the loopback address `ip`.
+    pub(crate) fn auth_from(&self, ip: &str) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel_from(ip))
+    }
+
+    /// UserService as called from the loopback address `ip`.
+    pub(crate) fn users_from(&self, ip: &str) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel_from(ip))
+    }
+
     /// Signals shutdown and waits for `run` to return.
     pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.app.stop().await

@@ -100,7 +100,7 @@ async fn a_caller_over_its_rate_gets_resource_exhausted_with_retry_info() {
 }
 
 #[tokio::test]
-async fn logins_for_one_account_are_limited_whoever_tries() {
+async fn logins_for_one_account_from_one_address_are_limited() {
     let app = TestApp::spawn_on(Backend::Sqlite, &["--login-attempts-per-minute", "3"]).await;
     app.sign_up("target").await;
     let mut auth = app.auth.clone();
@@ -127,6 +127,173 @@ async fn logins_for_one_account_are_limited_whoever_tries() {
     // Another account is not affected.
     app.sign_up("bystander").await;
     app.login("bystander", PASSWORD).await;
+}
+
+fn login(identifier: &str, password: &str) -> LoginRequest {
+    LoginRequest {
+        identifier: identifier.into(),
+        password: password.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_stranger_guessing_from_one_address_cannot_lock_the_owner_out() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--login-attempts-per-minute", "3"]).await;
+    app.sign_up("victim").await;
+    let mut stranger = app.auth_from("127.0.0.2");
+    // Email and username are one account: the fourth guess is refused
+    // whichever name it uses.
+    let mut codes = Vec::new();
+    for identifier in [
+        "victim",
+        "victim@example.com",
+        "VICTIM",
+        "victim@example.com",
+    ] {
+        let answer = stranger.login(login(identifier, "not the password")).await;
+        codes.push(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()));
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::ResourceExhausted
+        ]
+    );
+    // The owner, from their own address, is not locked out.
+    let owner = app
+        .auth_from("127.0.0.3")
+        .login(login("victim", PASSWORD))
+        .await;
+    assert!(owner.is_ok(), "{owner:?}");
+}
+
+#[tokio::test]
+async fn an_account_has_a_ceiling_across_addresses() {
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &[
+            "--login-attempts-per-minute",
+            "10",
+            "--login-attempts-per-account-per-minute",
+            "4",
+        ],
+    )
+    .await;
+    app.sign_up("popular").await;
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..2 {
+            let refused = app
+                .auth_from(ip)
+                .login(login("popular", "wrong guess"))
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), Code::Unauthenticated);
+        }
+    }
+    let ceiling = app
+        .auth_from("127.0.0.4")
+        .login(login("popular", "wrong guess"))
+        .await
+        .unwrap_err();
+    assert_eq!(ceiling.code(), Code::ResourceExhausted, "{ceiling:?}");
+    assert!(shop_testkit::retry_delay(&ceiling).is_some());
+}
+
+#[tokio::test]
+async fn credential_calls_are_limited_per_address_before_any_hashing() {
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &["--credential-calls-per-address-per-minute", "3"],
+    )
+    .await;
+    // Rotating identifiers does not help: Login calls are counted per
+    // address, before the database or bcrypt is asked.
+    let mut rotating = app.auth_from("127.0.0.2");
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let answer = rotating
+            .login(login(&format!("nobody{i}"), "whatever password"))
+            .await;
+        codes.push(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()));
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::ResourceExhausted
+        ]
+    );
+    // Sign-ups and refreshes have their own buckets per address.
+    let mut users = app.users_from("127.0.0.2");
+    for i in 0..3 {
+        users
+            .create_user(CreateUserRequest {
+                email: format!("new{i}@example.com"),
+                username: format!("new{i}"),
+                password: PASSWORD.into(),
+                first_name: "New".into(),
+                last_name: "User".into(),
+            })
+            .await
+            .expect("within the sign-up quota");
+    }
+    let fourth = users
+        .create_user(CreateUserRequest {
+            email: "new3@example.com".into(),
+            username: "new3".into(),
+            password: PASSWORD.into(),
+            first_name: "New".into(),
+            last_name: "User".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fourth.code(), Code::ResourceExhausted);
+    // Another address is not affected.
+    let other = app
+        .auth_from("127.0.0.3")
+        .login(login("new0", PASSWORD))
+        .await;
+    assert!(other.is_ok(), "{other:?}");
+}
+
+#[tokio::test]
+async fn a_full_hashing_pool_refuses_with_retry_info_instead_of_queueing() {
+    // One permit and a slow hash (cost 13, ~0.5 s): of several logins sent
+    // at once, one hashes and the others are refused.
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &["--password-hash-concurrency", "1", "--bcrypt-cost", "13"],
+    )
+    .await;
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let mut auth = app.auth_from(&format!("127.0.1.{}", i + 1));
+            tokio::spawn(async move {
+                auth.login(login(&format!("someone{i}"), "a password"))
+                    .await
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    let mut checked = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Err(status) if status.code() == Code::ResourceExhausted => refused.push(status),
+            Err(status) if status.code() == Code::Unauthenticated => checked += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(checked >= 1, "at least one password was checked");
+    assert!(!refused.is_empty(), "nobody was refused: the pool queued");
+    for status in &refused {
+        let delay = shop_testkit::retry_delay(status).expect("RetryInfo");
+        assert!(delay > Duration::ZERO);
+    }
 }
 
 #[tokio::test]

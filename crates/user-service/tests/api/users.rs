@@ -587,7 +587,12 @@ async fn list_users_refuses_forged_garbled_and_foreign_page_tokens() {
 
 #[tokio::test]
 async fn list_users_filters_by_search_and_status_and_clamps_page_size() {
-    let app = TestApp::spawn().await;
+    // 100+ sign-ups from one address: past the default per-address quota.
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &["--credential-calls-per-address-per-minute", "1000"],
+    )
+    .await;
     for name in ["findme1", "findme2", "other"] {
         app.sign_up(name).await;
     }
