@@ -69,10 +69,9 @@ pub async fn run(
     )?;
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
-    let orders = Orders::new(
-        Arc::clone(&store),
-        Arc::new(users::UserClient::new(user_channel)),
-    );
+    let users = Arc::new(users::UserClient::new(user_channel));
+    server.stream_authority(users.clone());
+    let orders = Orders::new(Arc::clone(&store), users);
     server.add(OrderServiceServer::new(OrderGrpc::new(
         orders,
         PageTokenCodec::new(secret),

@@ -1,5 +1,7 @@
 //! order-service's client of user-service: the check that the user an
-//! order is for exists and is active ([`crate::app::ActiveUsers`]).
+//! order is for exists and is active ([`crate::app::ActiveUsers`]), and
+//! whether the account behind an open stream still stands
+//! ([`StreamAuthority`]), both through GetUser.
 //!
 //! The channel comes from [`shop_client::connect`]: each call carries the
 //! caller's remaining deadline, token, request id and trace headers
@@ -9,12 +11,14 @@
 //! no side effects) and failed fast while they are all down.
 
 use async_trait::async_trait;
+use shop_auth::{BoxFuture, Principal, Role};
 use shop_client::ClientChannel;
 use shop_core::error::{AppError, DependencyFailure};
 use shop_proto::user::v1::{
-    GetUserRequest, UserStatus, get_user_request::Identifier,
+    self as pb, GetUserRequest, UserStatus, get_user_request::Identifier,
     user_service_client::UserServiceClient,
 };
+use shop_server::layers::stream_limits::{Standing, StreamAuthority};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -53,5 +57,47 @@ impl ActiveUsers for UserClient {
                 failure: DependencyFailure::of(&status),
             }),
         }
+    }
+}
+
+/// Asks user-service, with the stream's own token (the check runs in the
+/// stream's request context), for the account behind the stream: it
+/// stands while it is active and still holds every role the token grants.
+/// An account user-service no longer shows the token's holder (deleted, or
+/// the token refused) is revoked; an unreachable user-service is unknown.
+impl StreamAuthority for UserClient {
+    fn standing<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Standing> {
+        Box::pin(async move {
+            let request = GetUserRequest {
+                identifier: Some(Identifier::UserId(principal.user_id.clone())),
+            };
+            match self.0.clone().get_user(request).await {
+                Ok(user) => {
+                    let user = user.into_inner();
+                    let holds = |role: &Role| {
+                        let wanted = match role {
+                            Role::Customer => pb::Role::Customer,
+                            Role::Admin => pb::Role::Admin,
+                        };
+                        user.roles.contains(&(wanted as i32))
+                    };
+                    if user.status == UserStatus::Active as i32 && principal.roles.iter().all(holds)
+                    {
+                        Standing::Stands
+                    } else {
+                        Standing::Revoked
+                    }
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::NotFound | Code::Unauthenticated | Code::PermissionDenied
+                    ) =>
+                {
+                    Standing::Revoked
+                }
+                Err(_) => Standing::Unknown,
+            }
+        })
     }
 }

@@ -33,7 +33,7 @@ use crate::{
     ConfigError,
     args::{ServerArgs, ServiceArgs},
     health::{Health, Readiness},
-    layers::{ServerLayers, server_layers},
+    layers::{ServerLayers, server_layers, stream_limits::StreamAuthority},
     serve::{infrastructure_services, log_hangups, serve_incoming_with_grace, with_infrastructure},
     service::{Listeners, ServiceInfo},
     streams::Streams,
@@ -53,6 +53,7 @@ pub struct Server {
     readiness: Readiness,
     routes: RoutesBuilder,
     served: Vec<&'static str>,
+    authority: Option<Arc<dyn StreamAuthority>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -80,6 +81,7 @@ impl Server {
             readiness,
             routes: RoutesBuilder::default(),
             served: Vec::new(),
+            authority: None,
         }
     }
 
@@ -100,6 +102,14 @@ impl Server {
         self.readiness.register(S::NAME);
         self.routes
             .add_service(server.with_message_limit(self.args.max_message_bytes));
+        self
+    }
+
+    /// Sets who tells whether the account behind a stream still stands
+    /// (active, holding the roles its token grants); without one, streams
+    /// end only by their limits and their token's expiry.
+    pub fn stream_authority(&mut self, authority: Arc<dyn StreamAuthority>) -> &mut Server {
+        self.authority = Some(authority);
         self
     }
 
@@ -133,6 +143,8 @@ impl Server {
                 a,
                 Arc::clone(&self.verifier),
                 &infrastructure_services(),
+                self.streams.clone(),
+                self.authority.clone(),
             ))
     }
 

@@ -29,6 +29,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::sync::{mpsc, watch};
@@ -42,9 +43,15 @@ use shop_core::context::RequestContext;
 #[derive(Debug, Clone, clap::Args)]
 pub struct StreamArgs {
     /// Most long-lived streams (server, client or bidi streaming calls) one
-    /// caller may have open at once; more are RESOURCE_EXHAUSTED.
+    /// caller (a user, or an address for anonymous callers) may have open
+    /// at once; more are RESOURCE_EXHAUSTED.
     #[arg(long, env = "STREAM_MAX_PER_PRINCIPAL", default_value_t = 32)]
     pub stream_max_per_principal: usize,
+
+    /// Most streams open at once from one address (an IPv6 /64), whatever
+    /// accounts they use; more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STREAM_MAX_PER_ADDRESS", default_value_t = 128)]
+    pub stream_max_per_address: usize,
 
     /// Most streams open at once in this process; more are
     /// RESOURCE_EXHAUSTED.
@@ -55,14 +62,38 @@ pub struct StreamArgs {
     /// before the producer waits.
     #[arg(long, env = "STREAM_BUFFER", default_value_t = 16)]
     pub stream_buffer: usize,
+
+    /// A stream on which no message moved either way for this long ends
+    /// with DEADLINE_EXCEEDED.
+    #[arg(long, env = "STREAM_IDLE_TIMEOUT", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub stream_idle_timeout: Duration,
+
+    /// A stream ends with UNAVAILABLE (reconnect) after this long, or
+    /// with UNAUTHENTICATED when the access token that opened it expires,
+    /// whichever comes first.
+    #[arg(long, env = "STREAM_MAX_LIFETIME", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub stream_max_lifetime: Duration,
+
+    /// How often the account behind each stream is checked: a suspended,
+    /// deleted or demoted account loses its streams (PERMISSION_DENIED)
+    /// within this long.
+    #[arg(long, env = "STREAM_RECHECK_INTERVAL", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub stream_recheck_interval: Duration,
 }
 
 impl Default for StreamArgs {
     fn default() -> StreamArgs {
         StreamArgs {
             stream_max_per_principal: 32,
+            stream_max_per_address: 128,
             stream_max_per_process: 20_000,
             stream_buffer: 16,
+            stream_idle_timeout: Duration::from_secs(300),
+            stream_max_lifetime: Duration::from_secs(3600),
+            stream_recheck_interval: Duration::from_secs(30),
         }
     }
 }
@@ -122,7 +153,9 @@ struct Inner {
     service: &'static str,
     args: StreamArgs,
     open: AtomicUsize,
-    per_principal: Mutex<HashMap<String, usize>>,
+    /// Open streams per caller and per address (`user:…` and `addr:…`
+    /// keys cannot collide).
+    per_key: Mutex<HashMap<String, usize>>,
     drain: watch::Sender<bool>,
 }
 
@@ -144,7 +177,7 @@ impl Streams {
                 service,
                 args: args.clone(),
                 open: AtomicUsize::new(0),
-                per_principal: Mutex::new(HashMap::new()),
+                per_key: Mutex::new(HashMap::new()),
                 drain,
             }),
         }
@@ -165,23 +198,33 @@ impl Streams {
         *self.inner.drain.borrow()
     }
 
-    /// Reserves a place for one stream of `principal` (a user id, or the
-    /// peer for anonymous callers), or RESOURCE_EXHAUSTED / UNAVAILABLE.
-    pub fn admit(&self, principal: &str) -> Result<StreamPermit, Status> {
+    /// Reserves a place for one stream of `caller` (a user, or the address
+    /// for anonymous callers) from `address`, or RESOURCE_EXHAUSTED /
+    /// UNAVAILABLE. The stream limits layer admits every streaming call.
+    pub fn admit(&self, caller: &str, address: &str) -> Result<StreamPermit, Status> {
         if self.draining() {
             return Err(Status::unavailable("server is shutting down; reconnect"));
         }
         let args = &self.inner.args;
-        let mut per_principal = self
+        let mut per_key = self
             .inner
-            .per_principal
+            .per_key
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mine = per_principal.get(principal).copied().unwrap_or(0);
+        let mine = per_key.get(caller).copied().unwrap_or(0);
         if mine >= args.stream_max_per_principal {
             return Err(Status::resource_exhausted(format!(
                 "too many open streams for this caller (limit {})",
                 args.stream_max_per_principal
+            )));
+        }
+        // An anonymous caller is its address: counted once.
+        let same = caller == address;
+        let from_address = per_key.get(address).copied().unwrap_or(0);
+        if !same && from_address >= args.stream_max_per_address {
+            return Err(Status::resource_exhausted(format!(
+                "too many open streams from this address (limit {})",
+                args.stream_max_per_address
             )));
         }
         let open = self.inner.open.fetch_add(1, Ordering::SeqCst);
@@ -192,32 +235,40 @@ impl Streams {
                 args.stream_max_per_process
             )));
         }
-        per_principal.insert(principal.to_owned(), mine + 1);
+        per_key.insert(caller.to_owned(), mine + 1);
+        if !same {
+            per_key.insert(address.to_owned(), from_address + 1);
+        }
         metrics::gauge!("grpc_server_active_streams", "service" => self.inner.service)
             .set((open + 1) as f64);
         tracing::debug!(
             service = self.inner.service,
-            principal,
+            caller,
+            address,
             active_streams = open + 1,
             "stream opened"
         );
         Ok(StreamPermit {
             streams: self.clone(),
-            principal: principal.to_owned(),
+            caller: caller.to_owned(),
+            address: (!same).then(|| address.to_owned()),
         })
     }
 
-    /// Opens a server stream for `principal`: runs `produce` on its own
-    /// task (inside the caller's request context) and returns the stream to
-    /// hand to tonic. `produce` returns `Err(status)` to end the stream with
-    /// that status; `Ok(())` ends it with OK.
-    pub fn open<T, F, Fut>(&self, principal: &str, produce: F) -> Result<ResponseStream<T>, Status>
+    /// Opens a server stream: runs `produce` on its own task (inside the
+    /// caller's request context) and returns the stream to hand to tonic.
+    /// `produce` returns `Err(status)` to end the stream with that status;
+    /// `Ok(())` ends it with OK. (Its place among the limits was taken by
+    /// the stream limits layer when the call arrived.)
+    pub fn open<T, F, Fut>(&self, produce: F) -> Result<ResponseStream<T>, Status>
     where
         T: Send + 'static,
         F: FnOnce(StreamSender<T>) -> Fut,
         Fut: Future<Output = Result<(), Status>> + Send + 'static,
     {
-        let permit = self.admit(principal)?;
+        if self.draining() {
+            return Err(Status::unavailable("server is shutting down; reconnect"));
+        }
         let (tx, rx) = mpsc::channel(self.inner.args.stream_buffer.max(1));
         let producer = produce(StreamSender { tx: tx.clone() });
         // Wrapped before it moves into the supervisor, so that aborting the
@@ -251,7 +302,6 @@ impl Streams {
         Ok(Box::pin(GuardedStream {
             rx,
             _supervisor: AbortOnDrop(supervisor),
-            _permit: permit,
         }))
     }
 }
@@ -260,27 +310,32 @@ impl Streams {
 #[derive(Debug)]
 pub struct StreamPermit {
     streams: Streams,
-    principal: String,
+    caller: String,
+    /// The address, when counted apart from the caller.
+    address: Option<String>,
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
         let inner = &self.streams.inner;
-        let mut per_principal = inner
-            .per_principal
+        let mut per_key = inner
+            .per_key
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = per_principal.get_mut(&self.principal) {
-            *count -= 1;
-            if *count == 0 {
-                per_principal.remove(&self.principal);
+        for key in std::iter::once(&self.caller).chain(&self.address) {
+            if let Some(count) = per_key.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    per_key.remove(key);
+                }
             }
         }
+        drop(per_key);
         let open = inner.open.fetch_sub(1, Ordering::SeqCst) - 1;
         metrics::gauge!("grpc_server_active_streams", "service" => inner.service).set(open as f64);
         tracing::debug!(
             service = inner.service,
-            principal = %self.principal,
+            caller = %self.caller,
             active_streams = open,
             "stream closed"
         );
@@ -303,7 +358,6 @@ struct GuardedStream<T> {
     /// Dropped with the stream: aborts the supervisor, whose own
     /// `AbortOnDrop` then aborts the producer.
     _supervisor: AbortOnDrop<()>,
-    _permit: StreamPermit,
 }
 
 impl<T> Stream for GuardedStream<T> {
@@ -369,6 +423,7 @@ mod tests {
                 stream_max_per_principal: per_principal,
                 stream_max_per_process: per_process,
                 stream_buffer: buffer,
+                ..StreamArgs::default()
             },
         )
     }
@@ -385,7 +440,7 @@ mod tests {
     async fn messages_then_ok() {
         let s = streams(4, 4, 4);
         let mut stream = s
-            .open::<u32, _, _>("u", |tx| async move {
+            .open::<u32, _, _>(|tx| async move {
                 for i in 0..3 {
                     tx.send(i).await.ok();
                 }
@@ -397,15 +452,13 @@ mod tests {
             got.push(item.unwrap());
         }
         assert_eq!(got, [0, 1, 2]);
-        drop(stream);
-        assert_eq!(s.active(), 0);
     }
 
     #[tokio::test]
     async fn a_producer_error_ends_the_stream_with_it() {
         let s = streams(4, 4, 4);
         let mut stream = s
-            .open::<u32, _, _>("u", |tx| async move {
+            .open::<u32, _, _>(|tx| async move {
                 tx.send(1).await.ok();
                 Err(Status::invalid_argument("bad request inside the stream"))
             })
@@ -422,7 +475,7 @@ mod tests {
     async fn a_panicking_producer_ends_with_internal_not_ok() {
         let s = streams(4, 4, 4);
         let mut stream = s
-            .open::<u32, _, _>("u", |tx| async move {
+            .open::<u32, _, _>(|tx| async move {
                 tx.send(1).await.ok();
                 tx.send(2).await.ok();
                 panic!("bug in the producer");
@@ -445,7 +498,7 @@ mod tests {
         let sent = Arc::new(AtomicUsize::new(0));
         let counter = sent.clone();
         let stream = s
-            .open::<u32, _, _>("u", move |tx| async move {
+            .open::<u32, _, _>(move |tx| async move {
                 for i in 0..10_000u32 {
                     if tx.send(i).await.is_err() {
                         break;
@@ -480,7 +533,7 @@ mod tests {
         let stopped = Arc::new(AtomicBool::new(false));
         let flag = stopped.clone();
         let stream = s
-            .open::<u32, _, _>("u", move |_tx| {
+            .open::<u32, _, _>(move |_tx| {
                 // Owned by the producer future from the start, so it is
                 // dropped with it whether or not the task ever ran.
                 let guard = SetOnDrop(flag);
@@ -491,38 +544,62 @@ mod tests {
                 }
             })
             .unwrap();
-        assert_eq!(s.active(), 1);
         drop(stream);
         eventually("the producer was dropped", || {
             stopped.load(Ordering::SeqCst)
         })
         .await;
-        assert_eq!(s.active(), 0);
     }
 
     #[tokio::test]
-    async fn limits_per_principal_and_per_process() {
-        let s = streams(2, 3, 1);
-        let idle = |_tx: StreamSender<u32>| async {
-            std::future::pending::<()>().await;
-            Ok(())
-        };
-        let a1 = s.open("alice", idle).unwrap();
-        let _a2 = s.open("alice", idle).unwrap();
-        let err = s.open("alice", idle).err().unwrap();
-        assert_eq!(err.code(), Code::ResourceExhausted);
-        let _b1 = s.open("bob", idle).unwrap();
-        let err = s.open("carol", idle).err().unwrap();
-        assert_eq!(err.code(), Code::ResourceExhausted, "process limit");
+    async fn limits_per_caller_per_address_and_per_process() {
+        let s = Streams::new(
+            "test",
+            &StreamArgs {
+                stream_max_per_principal: 2,
+                stream_max_per_address: 3,
+                stream_max_per_process: 4,
+                ..StreamArgs::default()
+            },
+        );
+        let a1 = s.admit("user:alice", "addr:1").unwrap();
+        let _a2 = s.admit("user:alice", "addr:1").unwrap();
+        let err = s.admit("user:alice", "addr:2").unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "per caller");
+        let _b1 = s.admit("user:bob", "addr:1").unwrap();
+        let err = s.admit("user:carol", "addr:1").unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "per address");
+        assert!(err.message().contains("address"), "{err:?}");
+        let _anonymous = s.admit("addr:2", "addr:2").unwrap();
+        let err = s.admit("user:dave", "addr:3").unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "per process");
+        assert_eq!(s.active(), 4);
         drop(a1);
-        let _c = s.open("carol", idle).expect("a place was freed");
+        let _c = s.admit("user:dave", "addr:3").expect("a place was freed");
+        assert_eq!(s.active(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_anonymous_caller_is_counted_once_as_its_address() {
+        let s = Streams::new(
+            "test",
+            &StreamArgs {
+                stream_max_per_principal: 2,
+                stream_max_per_address: 100,
+                ..StreamArgs::default()
+            },
+        );
+        let _one = s.admit("addr:9", "addr:9").unwrap();
+        let _two = s.admit("addr:9", "addr:9").unwrap();
+        assert!(s.admit("addr:9", "addr:9").is_err());
+        assert_eq!(s.active(), 2);
     }
 
     #[tokio::test]
     async fn draining_ends_open_streams_with_unavailable_and_refuses_new_ones() {
         let s = streams(4, 4, 4);
         let mut stream = s
-            .open::<u32, _, _>("u", |_tx| async {
+            .open::<u32, _, _>(|_tx| async {
                 std::future::pending::<()>().await;
                 Ok(())
             })
@@ -535,10 +612,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(end.code(), Code::Unavailable);
         assert!(stream.next().await.is_none());
-        let refused = s
-            .open::<u32, _, _>("u", |_tx| async { Ok(()) })
-            .err()
-            .unwrap();
+        let refused = s.open::<u32, _, _>(|_tx| async { Ok(()) }).err().unwrap();
+        assert_eq!(refused.code(), Code::Unavailable);
+        let refused = s.admit("user:u", "addr:1").unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable);
     }
 

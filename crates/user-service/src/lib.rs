@@ -93,6 +93,7 @@ pub async fn run(
     }
 
     let mut server = Server::new(SERVICE, &config.service, verifier.clone());
+    server.stream_authority(Arc::new(app::AccountStanding(Arc::clone(&store))));
     let accounts = Arc::new(Accounts {
         store: Arc::clone(&store),
         hasher,

@@ -262,25 +262,23 @@ impl OrderService for OrderGrpc {
         let filter = OrderFilter { user_id, status };
         self.orders.authorize_list(&caller, &filter)?;
         let orders = self.orders.clone();
-        let stream = self
-            .streams
-            .open(&caller.user_id.clone(), move |tx| async move {
-                // Newest first, a page at a time: memory stays bounded however
-                // many orders there are, and the send waits for the client.
-                let mut before = None;
-                loop {
-                    let page = orders.list(&caller, &filter, before, STREAM_PAGE).await?;
-                    for order in &page {
-                        if tx.send(order_to_proto(order)).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    if page.len() < STREAM_PAGE as usize {
+        let stream = self.streams.open(move |tx| async move {
+            // Newest first, a page at a time: memory stays bounded however
+            // many orders there are, and the send waits for the client.
+            let mut before = None;
+            loop {
+                let page = orders.list(&caller, &filter, before, STREAM_PAGE).await?;
+                for order in &page {
+                    if tx.send(order_to_proto(order)).await.is_err() {
                         return Ok(());
                     }
-                    before = page.last().map(|o| o.id);
                 }
-            })?;
+                if page.len() < STREAM_PAGE as usize {
+                    return Ok(());
+                }
+                before = page.last().map(|o| o.id);
+            }
+        })?;
         Ok(Response::new(stream))
     }
 
@@ -294,7 +292,7 @@ impl OrderService for OrderGrpc {
         let id =
             parse_id(&request.get_ref().order_id).map_err(|e| AppError::invalid("order_id", &e))?;
         let mut watch = self.orders.watch(&caller, id, self.watch_resync).await?;
-        let stream = self.streams.open(&caller.user_id, move |tx| async move {
+        let stream = self.streams.open(move |tx| async move {
             let first = watch.current();
             if tx.send(order_update(first)).await.is_err() || first.status.is_terminal() {
                 return Ok(());
@@ -319,7 +317,6 @@ impl OrderService for OrderGrpc {
         request: Request<Streaming<pb::CreateOrderRequest>>,
     ) -> Result<Response<pb::BatchCreateOrdersResponse>, Status> {
         let caller = principal(&request)?.clone();
-        let _permit = self.streams.admit(&caller.user_id)?;
         let mut inbound = request.into_inner();
         let this = self.clone();
         let response = guarded(async move {
@@ -366,18 +363,16 @@ impl OrderService for OrderGrpc {
         let caller = principal(&request)?.clone();
         let mut inbound = request.into_inner();
         let this = self.clone();
-        let stream = self
-            .streams
-            .open(&caller.user_id.clone(), move |tx| async move {
-                // One response per request, in request order.
-                while let Some(item) = inbound.message().await? {
-                    let response = this.process_one(&caller, item).await?;
-                    if tx.send(response).await.is_err() {
-                        return Ok(());
-                    }
+        let stream = self.streams.open(move |tx| async move {
+            // One response per request, in request order.
+            while let Some(item) = inbound.message().await? {
+                let response = this.process_one(&caller, item).await?;
+                if tx.send(response).await.is_err() {
+                    return Ok(());
                 }
-                Ok(())
-            })?;
+            }
+            Ok(())
+        })?;
         Ok(Response::new(stream))
     }
 

@@ -519,3 +519,134 @@ async fn streams_beyond_the_per_caller_limit_are_resource_exhausted() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_suspended_user_loses_the_watch_within_the_recheck_interval() {
+    // order-service asks user-service, with the stream's own token.
+    let stack = Stack::spawn_with(
+        Backend::Sqlite,
+        &[],
+        &["--stream-recheck-interval", "200ms"],
+    )
+    .await;
+    let (user, token) = stack.customer("suspect").await;
+    let admin = stack.admin_token().await;
+    let mut orders = stack.orders.clone();
+    let order = orders
+        .create_order(authed(order_request(&user.id, "s1"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut watch = orders
+        .watch_order(authed(
+            WatchOrderRequest {
+                order_id: order.id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the current state");
+
+    stack
+        .users
+        .clone()
+        .update_user(authed(
+            shop_proto::user::v1::UpdateUserRequest {
+                user_id: user.id.clone(),
+                status: Some(shop_proto::user::v1::UserStatus::Suspended as i32),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("ended with OK"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ended within 5 s");
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+}
+
+#[tokio::test]
+async fn open_client_streams_do_not_starve_unary_calls() {
+    // Two unary permits, three client streams held open by their clients:
+    // before, each stream held a permit until its client ended it.
+    let stack = Stack::spawn_with(Backend::Sqlite, &[], &["--max-concurrent-requests", "2"]).await;
+    let (user, token) = stack.customer("batcher").await;
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<CreateOrderRequest>(1);
+        tx.send(order_request(&user.id, &format!("held-{i}")))
+            .await
+            .unwrap();
+        let mut orders = stack.orders.clone();
+        let token = token.clone();
+        let call = tokio::spawn(async move {
+            orders
+                .batch_create_orders(authed(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                    &token,
+                ))
+                .await
+        });
+        held.push((tx, call));
+    }
+    // Wait until all three are open on the server, waiting for more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = shop_testkit::http_get(stack.order_service.admin, "/metrics").await;
+        if shop_testkit::metric_sum(&metrics, "grpc_server_active_streams", &[]) == 3.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the streams never opened:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut orders = stack.orders.clone();
+    for i in 0..5 {
+        orders
+            .create_order(authed(
+                order_request(&user.id, &format!("unary-{i}")),
+                &token,
+            ))
+            .await
+            .expect("a unary call is served while the streams stay open");
+    }
+    // Ending the streams lets them answer.
+    for (tx, call) in held {
+        drop(tx);
+        let response = call.await.unwrap().expect("the batch answers").into_inner();
+        assert_eq!(response.success_count, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_client_stream_whose_client_goes_quiet_ends_at_the_idle_timeout() {
+    let stack = Stack::spawn_with(Backend::Sqlite, &[], &["--stream-idle-timeout", "300ms"]).await;
+    let (user, token) = stack.customer("dawdler").await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<CreateOrderRequest>(1);
+    tx.send(order_request(&user.id, "quiet-1")).await.unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        stack.orders.clone().batch_create_orders(authed(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &token,
+        )),
+    )
+    .await
+    .expect("answered within 5 s while the client still holds the stream");
+    let status = answer.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(tx);
+}

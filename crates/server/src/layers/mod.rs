@@ -9,6 +9,7 @@ pub mod fault;
 pub mod observe;
 pub mod protect;
 pub mod size;
+pub mod stream_limits;
 
 use std::sync::Arc;
 
@@ -25,8 +26,9 @@ use self::{
     observe::ObserveLayer,
     protect::{ConcurrencyLimitLayer, PanicGuardLayer, RateLimitLayer},
     size::RequestSizeLayer,
+    stream_limits::{StreamAuthority, StreamLimitsLayer},
 };
-use crate::args::ServerArgs;
+use crate::{args::ServerArgs, streams::Streams};
 
 /// The layers every shop server runs, outermost first.
 pub type ServerLayers = ServiceBuilder<
@@ -37,10 +39,16 @@ pub type ServerLayers = ServiceBuilder<
             Stack<
                 ConcurrencyLimitLayer,
                 Stack<
-                    RateLimitLayer,
+                    StreamLimitsLayer,
                     Stack<
-                        AuthLayer,
-                        Stack<ContextLayer, Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>>,
+                        RateLimitLayer,
+                        Stack<
+                            AuthLayer,
+                            Stack<
+                                ContextLayer,
+                                Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>,
+                            >,
+                        >,
                     >,
                 >,
             >,
@@ -61,21 +69,29 @@ pub type ServerLayers = ServiceBuilder<
 /// 4. auth: refuse what the caller may not call before doing any work;
 /// 5. rate limit: after auth, so that the bucket is the caller's own
 ///    (anonymous callers share their peer address's);
-/// 6. concurrency limit: sheds load that got this far, before it reaches
-///    a handler;
-/// 7. panic guard: right around the handler, so a panic there is one
+/// 6. stream limits: a streaming call takes its place among the stream
+///    limits (after auth and the rate limit, so that it is counted as the
+///    caller's), and is bounded in idle time, lifetime and standing;
+/// 7. concurrency limit: sheds unary load that got this far, before it
+///    reaches a handler (streams are bounded by the stream limits
+///    instead, so that long-lived streams cannot starve unary calls);
+/// 8. panic guard: right around the handler, so a panic there is one
 ///    INTERNAL answer;
-/// 8. fault injection: next to the handler, so that it simulates a slow or
+/// 9. fault injection: next to the handler, so that it simulates a slow or
 ///    failing service (a caller's deadline still cuts it short).
 ///
 /// `public` names the services that answer without a token and without a
 /// rate limit (health and reflection, see
-/// [`crate::server::infrastructure_services`]).
+/// [`crate::server::infrastructure_services`]); streams take their places
+/// in `streams`, and `authority` tells whether a stream's account still
+/// stands.
 pub fn server_layers(
     service: &str,
     args: &ServerArgs,
     verifier: Arc<dyn VerifyToken>,
     public: &[&'static str],
+    streams: Streams,
+    authority: Option<Arc<dyn StreamAuthority>>,
 ) -> ServerLayers {
     ServiceBuilder::new()
         .layer(ObserveLayer)
@@ -87,6 +103,7 @@ pub fn server_layers(
             args.rate_limit_burst,
             public,
         ))
+        .layer(StreamLimitsLayer::new(streams, &args.streams, authority))
         .layer(ConcurrencyLimitLayer::new(args.max_concurrent_requests))
         .layer(PanicGuardLayer)
         .layer(FaultLayer::new(

@@ -5,10 +5,11 @@
 //!   `google.rpc.RetryInfo` with the wait, and is counted in
 //!   `grpc_server_rate_limited_total`. [`KeyedLimit`] is the same bucket
 //!   for handler-level keys (Login per identifier).
-//! - [`ConcurrencyLimitLayer`]: at most `MAX_CONCURRENT_REQUESTS` calls in
-//!   a handler at once; beyond that the call is shed at once with
+//! - [`ConcurrencyLimitLayer`]: at most `MAX_CONCURRENT_REQUESTS` unary
+//!   calls in a handler at once; beyond that the call is shed at once with
 //!   UNAVAILABLE (retry elsewhere), counted in `grpc_server_load_shed_total`,
-//!   instead of queueing until every caller times out.
+//!   instead of queueing until every caller times out. Streams are bounded
+//!   by `super::stream_limits` instead.
 //! - [`PanicGuardLayer`]: a panic in a handler becomes INTERNAL for that
 //!   call only; the connection and the process go on.
 
@@ -213,6 +214,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Streams are bounded by the stream limits: a client stream would
+        // hold a permit until its client ended it.
+        if super::stream_limits::is_streaming(req.uri().path()) {
+            return Box::pin(self.inner.call(req));
+        }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             metrics::counter!("grpc_server_load_shed_total").increment(1);
             return Box::pin(std::future::ready(Ok(Status::unavailable(

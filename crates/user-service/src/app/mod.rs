@@ -9,14 +9,22 @@ mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use shop_auth::{HashError, PasswordHasher, TokenIssuer, TokenVerifier};
-use shop_server::layers::protect::KeyedLimit;
+use shop_auth::{BoxFuture, HashError, PasswordHasher, Principal, TokenIssuer, TokenVerifier};
+use shop_server::layers::{
+    protect::KeyedLimit,
+    stream_limits::{Standing, StreamAuthority},
+};
+use uuid::Uuid;
 
 pub use auth::{INVALID_REFRESH_TOKEN, Tokens};
 pub use shop_core::error::AppError;
 pub use users::SignUp;
 
-use crate::{activity::ActivityFeed, repo::Store};
+use crate::{
+    activity::ActivityFeed,
+    domain::UserStatus,
+    repo::{Store, UserKey},
+};
 
 /// The account use cases and what they share.
 pub struct Accounts {
@@ -71,5 +79,31 @@ impl std::fmt::Debug for Accounts {
         f.debug_struct("Accounts")
             .field("backend", &self.store.backend())
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether the account behind an open stream still stands, from the
+/// database: active, and still holding every role the stream's token
+/// grants (a demoted admin loses the streams the admin role opened).
+#[derive(Clone)]
+pub struct AccountStanding(pub Arc<dyn Store>);
+
+impl StreamAuthority for AccountStanding {
+    fn standing<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Standing> {
+        Box::pin(async move {
+            let Ok(id) = principal.user_id.parse::<Uuid>() else {
+                return Standing::Revoked;
+            };
+            match self.0.find_user(UserKey::Id(id)).await {
+                Ok(Some(user))
+                    if user.status == UserStatus::Active
+                        && principal.roles.iter().all(|r| user.roles.contains(r)) =>
+                {
+                    Standing::Stands
+                }
+                Ok(_) => Standing::Revoked,
+                Err(_) => Standing::Unknown,
+            }
+        })
     }
 }

@@ -430,3 +430,143 @@ async fn a_malformed_request_ends_the_stream_with_invalid_argument() {
         .unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 }
+
+/// The status `events` ends with, within `within`.
+async fn end_of(
+    events: &mut tonic::Streaming<shop_proto::user::v1::UserActivityEvent>,
+    within: Duration,
+) -> tonic::Status {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.message()).await {
+            Err(_) => panic!("the stream did not end within {within:?}"),
+            Ok(Err(status)) => return status,
+            Ok(Ok(None)) => panic!("the stream ended with OK"),
+            Ok(Ok(Some(_))) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_demoted_admin_loses_the_streams_the_role_opened() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--stream-recheck-interval", "200ms"]).await;
+    let boss = app.admin_token().await;
+    let (deputy, _) = app.customer("deputy").await;
+    let (target, _) = app.customer("watched").await;
+    let mut users = app.users.clone();
+    let promote = |roles: Vec<i32>| {
+        authed(
+            UpdateUserRequest {
+                user_id: deputy.id.clone(),
+                roles: Some(shop_proto::user::v1::RoleSet { roles }),
+                ..Default::default()
+            },
+            &boss,
+        )
+    };
+    use shop_proto::user::v1::Role;
+    users
+        .update_user(promote(vec![Role::Customer as i32, Role::Admin as i32]))
+        .await
+        .unwrap();
+    let deputy_token = app.login("deputy", PASSWORD).await.access_token;
+    let (tx, mut events) = activity(&app, &deputy_token).await;
+    tx.send(subscribe(&target.id)).await.unwrap();
+    let seen = first_event_after(&mut events, || app.login_quietly("watched")).await;
+    assert_eq!(seen.user_id, target.id, "the admin follows another user");
+
+    users
+        .update_user(promote(vec![Role::Customer as i32]))
+        .await
+        .unwrap();
+    let ended = end_of(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_suspended_account_loses_its_streams() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--stream-recheck-interval", "200ms"]).await;
+    let boss = app.admin_token().await;
+    let (me, token) = app.customer("soon-suspended").await;
+    let (tx, mut events) = activity(&app, &token).await;
+    tx.send(subscribe(&me.id)).await.unwrap();
+    first_event_after(&mut events, || app.login_quietly("soon-suspended")).await;
+    app.users
+        .clone()
+        .update_user(authed(
+            UpdateUserRequest {
+                user_id: me.id.clone(),
+                status: Some(UserStatus::Suspended as i32),
+                ..Default::default()
+            },
+            &boss,
+        ))
+        .await
+        .unwrap();
+    let ended = end_of(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--access-token-ttl", "2s"]).await;
+    let (me, token) = app.customer("short-lived").await;
+    let (tx, mut events) = activity(&app, &token).await;
+    tx.send(subscribe(&me.id)).await.unwrap();
+    let ended = end_of(&mut events, Duration::from_secs(10)).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+}
+
+#[tokio::test]
+async fn a_quiet_stream_ends_at_the_idle_timeout() {
+    let app = TestApp::spawn_on(Backend::Sqlite, &["--stream-idle-timeout", "300ms"]).await;
+    let (_me, token) = app.customer("quiet").await;
+    // Opened, never used.
+    let (_tx, mut events) = activity(&app, &token).await;
+    let ended = end_of(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(ended.code(), Code::DeadlineExceeded, "{ended:?}");
+}
+
+#[tokio::test]
+async fn streams_from_one_address_are_capped_whatever_the_accounts() {
+    let app = TestApp::spawn_on(
+        Backend::Sqlite,
+        &[
+            "--stream-max-per-address",
+            "3",
+            "--stream-max-per-principal",
+            "2",
+        ],
+    )
+    .await;
+    let mut open = Vec::new();
+    for name in ["first", "second"] {
+        let (_, token) = app.customer(name).await;
+        for _ in 0..2 {
+            if open.len() < 3 {
+                open.push(activity(&app, &token).await);
+            }
+        }
+    }
+    let (_, token) = app.customer("third").await;
+    let refused = app
+        .users
+        .clone()
+        .user_activity(authed(
+            tokio_stream::iter(Vec::<UserActivityRequest>::new()),
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("address"), "{refused:?}");
+    // Another address still gets in.
+    let elsewhere = app
+        .users_from("127.0.0.2")
+        .user_activity(authed(
+            ReceiverStream::new(mpsc::channel::<UserActivityRequest>(1).1),
+            &token,
+        ))
+        .await;
+    assert!(elsewhere.is_ok(), "{elsewhere:?}");
+}
