@@ -133,7 +133,8 @@ load() {
 
 # The servers' shared settings (docker-compose's, see the header).
 server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=1000000
-    RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_PROCESS=100000
+    RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_ADDRESS=100000 \
+    STREAM_MAX_PER_PROCESS=100000
     SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
 
 # stack BACKEND: starts user-service and order-service on BACKEND; sets
