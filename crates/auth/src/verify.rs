@@ -25,6 +25,14 @@ pub enum VerifyError {
 pub trait VerifyToken: Send + Sync + 'static {
     /// Verifies `token` and returns who it belongs to.
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, VerifyError>>;
+
+    /// A number that changes whenever the keys change (a key added or
+    /// retired), so that whoever keeps verified tokens drops them then: a
+    /// token of a retired key must not live on in a cache. Fixed keys never
+    /// change.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 impl VerifyToken for TokenVerifier {

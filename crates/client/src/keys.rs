@@ -2,10 +2,13 @@
 //!
 //! Services other than the issuer never hold a private key: they fetch the
 //! public keys from the issuer's `shop.auth.v1.AuthService/GetPublicKeys`,
-//! at start-up (retrying until the issuer answers) and again when a token
-//! names a key they do not know, which is how a key rotation reaches them.
-//! Re-fetches are rate-limited so that a stream of tokens with made-up
-//! `kid`s cannot turn into a stream of calls to the issuer.
+//! at start-up (retrying until the issuer answers), again when a token
+//! names a key they do not know (which is how a new key reaches them), and
+//! every `JWT_KEYS_MAX_AGE` (which is how a retired key leaves them: each
+//! fetch replaces the whole set, and the verified-token cache is dropped
+//! when the set changes). Re-fetches for unknown keys are rate-limited so
+//! that a stream of tokens with made-up `kid`s cannot turn into a stream of
+//! calls to the issuer.
 //!
 //! [`TokenKeys`] picks between those fetched keys and fixed ones from
 //! `JWT_PUBLIC_KEY_FILES` ([`KeySourceArgs`]).
@@ -44,6 +47,8 @@ pub struct RemoteKeys {
     /// own. The start-up fetch does not count.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
+    /// Bumped whenever a fetch changes which keys are trusted.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -75,6 +80,7 @@ impl RemoteKeys {
             current: RwLock::new(None),
             last_fetch: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -125,12 +131,26 @@ impl RemoteKeys {
             ));
         }
         let count = set.len();
+        let kids = |set: &KeySet| {
+            let mut kids: Vec<String> = set.iter().map(|k| k.kid().to_owned()).collect();
+            kids.sort();
+            kids
+        };
+        let new_kids = kids(&set);
         let verifier = TokenVerifier::new(set, &self.issuer, &self.audience, self.leeway);
-        *self
+        let mut current = self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::new(verifier));
-        tracing::info!(keys = count, "token verification keys loaded");
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = current
+            .as_ref()
+            .is_none_or(|old| kids(old.keys()) != new_kids);
+        *current = Some(Arc::new(verifier));
+        drop(current);
+        if changed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(keys = count, kids = ?new_kids, "token verification keys loaded");
+        }
         Ok(count)
     }
 
@@ -153,6 +173,23 @@ impl RemoteKeys {
             let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
             tokio::time::sleep(backoff + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Fetches the keys again every `max_age` (with up to 10% jitter, so
+    /// that replicas do not ask together), keeping the current ones when
+    /// the issuer cannot be reached; run it after the start-up fetch.
+    pub async fn refresh_every(&self, max_age: Duration) {
+        loop {
+            let jitter = max_age.mul_f64(fastrand::f64() * 0.1);
+            tokio::time::sleep(max_age - jitter).await;
+            if let Err(status) = self.fetch().await {
+                tracing::warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "scheduled re-fetch of token keys failed; keeping the current ones"
+                );
+            }
         }
     }
 
@@ -180,6 +217,10 @@ impl RemoteKeys {
 }
 
 impl VerifyToken for RemoteKeys {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Principal, VerifyError>> {
         Box::pin(async move {
             let Some(verifier) = self.verifier() else {
@@ -218,6 +259,12 @@ pub struct KeySourceArgs {
     /// tokens with an unknown `kid`.
     #[arg(long, env = "JWT_KEY_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_key_refresh_interval: Duration,
+
+    /// How long fetched keys are used before they are fetched again: a key
+    /// the issuer stops publishing (retired) is refused at most this long
+    /// (plus one fetch) later.
+    #[arg(long, env = "JWT_KEYS_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwt_keys_max_age: Duration,
 }
 
 /// What the token claims must say: issuer, audience and clock skew.
@@ -236,8 +283,14 @@ pub struct Expected<'a> {
 pub enum TokenKeys {
     /// `JWT_PUBLIC_KEY_FILES`: fixed keys.
     Local(Arc<TokenVerifier>),
-    /// Fetched from the token issuer (the default).
-    Remote(Arc<RemoteKeys>),
+    /// Fetched from the token issuer (the default), and again every
+    /// `max_age`.
+    Remote {
+        /// The fetched keys.
+        keys: Arc<RemoteKeys>,
+        /// `JWT_KEYS_MAX_AGE`.
+        max_age: Duration,
+    },
 }
 
 impl TokenKeys {
@@ -249,13 +302,16 @@ impl TokenKeys {
         issuer: ClientChannel,
     ) -> Result<TokenKeys, ConfigError> {
         if args.jwt_public_key_files.is_empty() {
-            return Ok(TokenKeys::Remote(Arc::new(RemoteKeys::new(
-                issuer,
-                expected.issuer,
-                expected.audience,
-                expected.leeway,
-                args.jwt_key_refresh_interval,
-            ))));
+            return Ok(TokenKeys::Remote {
+                keys: Arc::new(RemoteKeys::new(
+                    issuer,
+                    expected.issuer,
+                    expected.audience,
+                    expected.leeway,
+                    args.jwt_key_refresh_interval,
+                )),
+                max_age: args.jwt_keys_max_age,
+            });
         }
         let mut keys = KeySet::new();
         for path in &args.jwt_public_key_files {
@@ -276,7 +332,7 @@ impl TokenKeys {
     pub fn loaded(&self) -> bool {
         match self {
             TokenKeys::Local(_) => true,
-            TokenKeys::Remote(remote) => remote.is_loaded(),
+            TokenKeys::Remote { keys, .. } => keys.is_loaded(),
         }
     }
 
@@ -284,18 +340,21 @@ impl TokenKeys {
     pub fn verifier(&self) -> Arc<dyn VerifyToken> {
         match self {
             TokenKeys::Local(local) => local.clone(),
-            TokenKeys::Remote(remote) => remote.clone(),
+            TokenKeys::Remote { keys, .. } => keys.clone(),
         }
     }
 
-    /// Starts fetching remote keys (retrying until the issuer answers) on
-    /// a task that stops when the returned guard is dropped; nothing to do
-    /// for fixed keys.
+    /// Starts fetching remote keys (retrying until the issuer answers, then
+    /// again every `JWT_KEYS_MAX_AGE`) on a task that stops when the
+    /// returned guard is dropped; nothing to do for fixed keys.
     pub fn fetch_in_background(&self) -> FetchGuard {
         FetchGuard(match self {
-            TokenKeys::Remote(remote) => {
-                let remote = Arc::clone(remote);
-                Some(tokio::spawn(async move { remote.fetch_with_retry().await }))
+            TokenKeys::Remote { keys, max_age } => {
+                let (keys, max_age) = (Arc::clone(keys), *max_age);
+                Some(tokio::spawn(async move {
+                    keys.fetch_with_retry().await;
+                    keys.refresh_every(max_age).await;
+                }))
             }
             TokenKeys::Local(_) => None,
         })

@@ -60,11 +60,11 @@ impl ActiveUsers for UserClient {
     }
 }
 
-/// Asks user-service, with the stream's own token (the check runs in the
-/// stream's request context), for the account behind the stream: it
-/// stands while it is active and still holds every role the token grants.
-/// An account user-service no longer shows the token's holder (deleted, or
-/// the token refused) is revoked; an unreachable user-service is unknown.
+/// Asks user-service, with a token of the stream's account (the check
+/// runs in one of its streams' request context), how the account stands:
+/// active with its roles, or gone when user-service no longer shows it to
+/// the token's holder (deleted, suspended, or the token refused); unknown
+/// while user-service cannot be reached.
 impl StreamAuthority for UserClient {
     fn standing<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Standing> {
         Box::pin(async move {
@@ -72,29 +72,27 @@ impl StreamAuthority for UserClient {
                 identifier: Some(Identifier::UserId(principal.user_id.clone())),
             };
             match self.0.clone().get_user(request).await {
-                Ok(user) => {
-                    let user = user.into_inner();
-                    let holds = |role: &Role| {
-                        let wanted = match role {
-                            Role::Customer => pb::Role::Customer,
-                            Role::Admin => pb::Role::Admin,
-                        };
-                        user.roles.contains(&(wanted as i32))
-                    };
-                    if user.status == UserStatus::Active as i32 && principal.roles.iter().all(holds)
-                    {
-                        Standing::Stands
-                    } else {
-                        Standing::Revoked
-                    }
+                Ok(user) if user.get_ref().status == UserStatus::Active as i32 => {
+                    let roles = user
+                        .get_ref()
+                        .roles
+                        .iter()
+                        .filter_map(|r| match pb::Role::try_from(*r) {
+                            Ok(pb::Role::Customer) => Some(Role::Customer),
+                            Ok(pb::Role::Admin) => Some(Role::Admin),
+                            _ => None,
+                        })
+                        .collect();
+                    Standing::Active(roles)
                 }
+                Ok(_) => Standing::Gone,
                 Err(status)
                     if matches!(
                         status.code(),
                         Code::NotFound | Code::Unauthenticated | Code::PermissionDenied
                     ) =>
                 {
-                    Standing::Revoked
+                    Standing::Gone
                 }
                 Err(_) => Standing::Unknown,
             }

@@ -258,3 +258,67 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
 
     orders.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_retired_key_is_refused_within_the_keys_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    // The previous signing key, still published during a rotation.
+    let retired = Arc::new(SigningKey::generate());
+    let pem = dir.path().join("retired.pub.pem");
+    std::fs::write(&pem, retired.verification_key().public_key_pem()).unwrap();
+    let pem_arg = pem.display().to_string();
+    let mut users = start_user_service(
+        Listeners::ephemeral().await.unwrap(),
+        dir.path(),
+        &["--jwt-extra-public-key-files", &pem_arg],
+    )
+    .await;
+    let db = format!("sqlite://{}", dir.path().join("orders.db").display());
+    let orders_svc = crate::helpers::start_order_service(
+        Listeners::ephemeral().await.unwrap(),
+        users.addr,
+        &db,
+        dir.path(),
+        &["--jwt-keys-max-age", "300ms"],
+    )
+    .await;
+    let mut orders =
+        shop_proto::order::v1::order_service_client::OrderServiceClient::new(orders_svc.channel());
+    let token = TokenIssuer::new(
+        retired,
+        "shop.user-service",
+        "shop",
+        Duration::from_secs(600),
+    )
+    .issue(&uuid::Uuid::now_v7().to_string(), &[Role::Customer])
+    .unwrap()
+    .token;
+    orders
+        .list_orders(authed(ListOrdersRequest::default(), &token))
+        .await
+        .expect("accepted while the key is published");
+
+    // The rotation ends: user-service comes back without the old key.
+    let addr = users.addr;
+    users.stop().await.unwrap();
+    let _users = start_user_service(crate::helpers::rebind(addr).await, dir.path(), &[]).await;
+
+    // Refused within JWT_KEYS_MAX_AGE (and a fetch), although order-service
+    // knows the key id and had the token verified already.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match orders
+            .list_orders(authed(ListOrdersRequest::default(), &token))
+            .await
+        {
+            Err(status) if status.code() == Code::Unauthenticated => break,
+            answer => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the retired key is still trusted: {answer:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -29,30 +29,51 @@ use tower::{Layer, Service};
 /// Tokens verified recently, so that a client sending the same token on
 /// every call pays for the signature check once, not per call (an Ed25519
 /// verification costs tens of microseconds). Entries expire with their
-/// token; the map is bounded.
+/// token and are dropped when the keys change (a retired key's tokens must
+/// not outlive it here); the map is bounded.
 #[derive(Default)]
 struct VerifiedTokens {
-    entries: std::sync::Mutex<std::collections::HashMap<String, Principal>>,
+    entries: std::sync::Mutex<VerifiedEntries>,
+}
+
+#[derive(Default)]
+struct VerifiedEntries {
+    /// The key generation the entries were verified under.
+    generation: u64,
+    by_token: std::collections::HashMap<String, Principal>,
 }
 
 /// Most tokens kept verified at once.
 const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
 
 impl VerifiedTokens {
-    fn get(&self, token: &str, now: i64) -> Option<Principal> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(token).filter(|p| p.expires_at > now).cloned()
+    fn get(&self, token: &str, now: i64, generation: u64) -> Option<Principal> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.generation != generation {
+            entries.by_token.clear();
+            entries.generation = generation;
+            return None;
+        }
+        entries
+            .by_token
+            .get(token)
+            .filter(|p| p.expires_at > now)
+            .cloned()
     }
 
-    fn insert(&self, token: &str, principal: &Principal, now: i64) {
+    fn insert(&self, token: &str, principal: &Principal, now: i64, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= VERIFIED_TOKENS_CAPACITY {
-            entries.retain(|_, p| p.expires_at > now);
-            if entries.len() >= VERIFIED_TOKENS_CAPACITY {
-                entries.clear();
+        if entries.generation != generation {
+            entries.by_token.clear();
+            entries.generation = generation;
+        }
+        if entries.by_token.len() >= VERIFIED_TOKENS_CAPACITY {
+            entries.by_token.retain(|_, p| p.expires_at > now);
+            if entries.by_token.len() >= VERIFIED_TOKENS_CAPACITY {
+                entries.by_token.clear();
             }
         }
-        entries.insert(token.to_owned(), principal.clone());
+        entries.by_token.insert(token.to_owned(), principal.clone());
     }
 }
 
@@ -187,11 +208,14 @@ impl AuthLayer {
 
     async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
         let now = unix_now();
-        if let Some(principal) = self.verified.get(token, now) {
+        let generation = self.verifier.generation();
+        if let Some(principal) = self.verified.get(token, now, generation) {
             return Ok(principal);
         }
         let principal = self.verifier.verify(token).await?;
-        self.verified.insert(token, &principal, now);
+        // Under the generation the token was checked against: if the keys
+        // changed meanwhile, the entry is dropped at the next look.
+        self.verified.insert(token, &principal, now, generation);
         Ok(principal)
     }
 
@@ -316,13 +340,28 @@ mod tests {
             token_id: "t".into(),
             expires_at: exp,
         };
-        cache.insert("t1", &principal(100), 50);
-        assert!(cache.get("t1", 99).is_some());
-        assert!(cache.get("t1", 100).is_none(), "expired");
+        cache.insert("t1", &principal(100), 50, 0);
+        assert!(cache.get("t1", 99, 0).is_some());
+        assert!(cache.get("t1", 100, 0).is_none(), "expired");
         for i in 0..VERIFIED_TOKENS_CAPACITY + 10 {
-            cache.insert(&format!("k{i}"), &principal(1_000), 50);
+            cache.insert(&format!("k{i}"), &principal(1_000), 50, 0);
         }
-        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_TOKENS_CAPACITY);
+        assert!(cache.entries.lock().unwrap().by_token.len() <= VERIFIED_TOKENS_CAPACITY);
+    }
+
+    #[test]
+    fn verified_tokens_are_forgotten_when_the_keys_change() {
+        let cache = VerifiedTokens::default();
+        let principal = Principal {
+            user_id: "u".into(),
+            roles: vec![],
+            token_id: "t".into(),
+            expires_at: 1_000,
+        };
+        cache.insert("t1", &principal, 50, 7);
+        assert!(cache.get("t1", 60, 7).is_some());
+        assert!(cache.get("t1", 60, 8).is_none(), "a key was retired");
+        assert!(cache.get("t1", 60, 7).is_none(), "and the entry is gone");
     }
 
     #[tokio::test]

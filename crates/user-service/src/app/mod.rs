@@ -82,9 +82,7 @@ impl std::fmt::Debug for Accounts {
     }
 }
 
-/// Whether the account behind an open stream still stands, from the
-/// database: active, and still holding every role the stream's token
-/// grants (a demoted admin loses the streams the admin role opened).
+/// How the account behind an open stream stands, from the database.
 #[derive(Clone)]
 pub struct AccountStanding(pub Arc<dyn Store>);
 
@@ -92,16 +90,11 @@ impl StreamAuthority for AccountStanding {
     fn standing<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Standing> {
         Box::pin(async move {
             let Ok(id) = principal.user_id.parse::<Uuid>() else {
-                return Standing::Revoked;
+                return Standing::Gone;
             };
             match self.0.find_user(UserKey::Id(id)).await {
-                Ok(Some(user))
-                    if user.status == UserStatus::Active
-                        && principal.roles.iter().all(|r| user.roles.contains(r)) =>
-                {
-                    Standing::Stands
-                }
-                Ok(_) => Standing::Revoked,
+                Ok(Some(user)) if user.status == UserStatus::Active => Standing::Active(user.roles),
+                Ok(_) => Standing::Gone,
                 Err(_) => Standing::Unknown,
             }
         })
