@@ -8,6 +8,7 @@ mod faults;
 mod flow;
 mod health;
 mod hostile;
+mod http2;
 mod lifecycle;
 mod loadgen;
 mod observability;

@@ -38,11 +38,16 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Idle streams per connection: shop servers allow 100 concurrent streams
+/// per connection by default (`HTTP2_MAX_CONCURRENT_STREAMS`), and a
+/// client waits for a free one beyond that.
+const STREAMS_PER_CONNECTION: usize = 90;
+
 async fn run(config: &Config) -> anyhow::Result<Report> {
     let streams = config.streams();
-    // HTTP/2 servers allow 1,000 streams per connection by default: give
-    // every 900 idle streams a connection of their own.
-    let order_connections = config.connections.max(streams.div_ceil(900));
+    let order_connections = config
+        .connections
+        .max(streams.div_ceil(STREAMS_PER_CONNECTION));
     let users = Connections::new(&config.users_url, config.connections)?;
     let orders = Connections::new(&config.orders_url, order_connections)?;
     let accounts = if config.scenario == Scenario::Echo {
@@ -177,7 +182,9 @@ async fn watch_idle(
         mode: "closed",
         concurrency: None,
         rate: None,
-        connections: streams.div_ceil(900).max(config.connections),
+        connections: streams
+            .div_ceil(STREAMS_PER_CONNECTION)
+            .max(config.connections),
         started_at,
         elapsed_s: started.elapsed().as_secs_f64(),
         requests: 0,

@@ -137,9 +137,36 @@ pub struct ServerArgs {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 400)]
     pub rate_limit_burst: u32,
 
-    /// Concurrent HTTP/2 streams (calls) per connection.
-    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    /// Concurrent HTTP/2 streams (calls) per connection; a client waits
+    /// for a free one beyond this.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     pub http2_max_concurrent_streams: u32,
+
+    /// Largest header list (all metadata of one call, uncompressed) a
+    /// client may send; a larger one is refused before the call starts.
+    #[arg(long, env = "HTTP2_MAX_HEADER_LIST_SIZE", default_value_t = 16384)]
+    pub http2_max_header_list_size: u32,
+
+    /// Streams the server may reset on one connection because the client
+    /// broke the protocol on them; past this the connection is closed
+    /// (GOAWAY ENHANCE_YOUR_CALM), stopping "MadeYouReset" floods.
+    #[arg(long, env = "HTTP2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024)]
+    pub http2_max_local_error_resets: usize,
+
+    /// Open client connections at once; one accepted beyond this is
+    /// closed at once (before any TLS handshake).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// A connection older than this is asked to go (GOAWAY) so clients
+    /// reconnect and rebalance over replicas; its calls in flight finish.
+    #[arg(long, env = "MAX_CONNECTION_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long calls in flight on a connection past MAX_CONNECTION_AGE
+    /// may go on before the connection is closed.
+    #[arg(long, env = "MAX_CONNECTION_AGE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
 
     /// Interval of HTTP/2 keepalive pings to clients.
     #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]

@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod args;
 pub mod binary;
+pub mod connections;
 pub mod health;
 pub mod layers;
 pub mod peer;

@@ -14,6 +14,7 @@
 //! health and reflection, serves the admin HTTP port, checks readiness
 //! every `HEALTH_CHECK_INTERVAL` and shuts down gracefully but bounded.
 
+use futures_util::StreamExt as _;
 use std::{convert::Infallible, future::Future, sync::Arc};
 
 use http::{Request, Response};
@@ -22,10 +23,7 @@ use shop_proto::GeneratedServer;
 use tonic::{
     body::Body,
     service::RoutesBuilder,
-    transport::{
-        Server as TonicServer,
-        server::{Router, TcpIncoming},
-    },
+    transport::{Server as TonicServer, server::Router},
 };
 use tower::{Service, layer::util::Identity, layer::util::Stack};
 
@@ -136,6 +134,10 @@ impl Server {
         TonicServer::builder()
             .tcp_nodelay(true)
             .max_concurrent_streams(a.http2_max_concurrent_streams)
+            .http2_max_header_list_size(a.http2_max_header_list_size)
+            .http2_max_local_error_reset_streams(Some(a.http2_max_local_error_resets))
+            // The grace is enforced by `connections` (see there).
+            .max_connection_age(a.max_connection_age)
             .http2_keepalive_interval(Some(a.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(a.http2_keepalive_timeout))
             .layer(server_layers(
@@ -210,6 +212,12 @@ impl Server {
             streams.drain();
         };
         let grace = self.args.shutdown_grace;
+        let accepted = crate::connections::accept(
+            grpc,
+            self.args.max_connections as usize,
+            self.args.max_connection_age + self.args.max_connection_age_grace,
+            name,
+        );
         let served = match tls {
             Some(tls) => {
                 tracing::info!(
@@ -217,11 +225,12 @@ impl Server {
                     mutual = self.args.tls.tls_client_ca_file.is_some(),
                     "serving over TLS"
                 );
-                let incoming = shop_tls::server::incoming(grpc, tls);
+                let incoming = shop_tls::server::incoming(accepted, tls);
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
             None => {
-                let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+                let incoming =
+                    accepted.map(|(connection, _peer)| Ok::<_, std::io::Error>(connection));
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
         };

@@ -1,12 +1,12 @@
 //! The server side: `TLS_CERT_FILE`, `TLS_KEY_FILE`, `TLS_CLIENT_CA_FILE`
 //! (mutual TLS), and the accepted connections after their handshake.
 
-use std::{io, path::PathBuf, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use rustls::{ServerConfig, server::WebPkiClientVerifier};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 
 use crate::{
     files::{certificates, private_key, provider, roots},
@@ -89,34 +89,32 @@ pub fn server_tls(args: &ServerTlsArgs) -> Result<Option<ServerTls>, String> {
     .map(Some)
 }
 
-/// The accepted connections of `listener`, after a TLS handshake with the
-/// current configuration of `tls`. Handshakes run on their own tasks (a
-/// slow client does not hold up others); failed ones are logged and
-/// dropped. Accepting stops when the stream is dropped.
-pub fn incoming(
-    listener: TcpListener,
+/// The connections of `accepted` (each with its peer's address), after a
+/// TLS handshake with the current configuration of `tls`. Handshakes run
+/// on their own tasks (a slow client does not hold up others) for at most
+/// ten seconds; failed ones are logged and dropped. Accepting stops when
+/// the stream is dropped.
+pub fn incoming<IO>(
+    mut accepted: impl Stream<Item = (IO, SocketAddr)> + Send + Unpin + 'static,
     tls: ServerTls,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+) -> ReceiverStream<Result<TlsStream<IO>, io::Error>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+            let next = tokio::select! {
+                next = accepted.next() => next,
                 () = sender.closed() => return,
             };
-            let (tcp, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            let Some((connection, peer)) = next else {
+                return;
             };
-            let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(tls.current());
             let sender = sender.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
                     Ok(Ok(stream)) => {
                         let _ = sender.send(Ok(stream)).await;
                     }
