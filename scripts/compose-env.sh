@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Writes .env for docker compose with freshly generated secrets (the
-# PostgreSQL password and the bootstrap admin password). .env is ignored by
-# git; an existing one is left alone.
+# Writes .env for docker compose with freshly generated secrets: the
+# PostgreSQL superuser's password, one password per service's own database
+# role, and the bootstrap admin password. .env is ignored by git; in an
+# existing one only the missing variables are added (an existing PostgreSQL
+# volume keeps the roles it was initialised with: see docs/security.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-if [[ -f .env ]]; then
-    echo "compose-env.sh: .env exists; leaving it alone" >&2
-    exit 0
-fi
 secret() { head -c 24 /dev/urandom | base64 | tr -d '/+=' | head -c 32; }
 umask 077
-cat > .env <<ENV
-POSTGRES_PASSWORD=$(secret)
-BOOTSTRAP_ADMIN_EMAIL=admin@shop.local
-BOOTSTRAP_ADMIN_PASSWORD=$(secret)
-ENV
-echo "compose-env.sh: wrote .env (admin login: admin@shop.local, password in .env)" >&2
+touch .env
+added=()
+add() {
+    if ! grep -q "^$1=" .env; then
+        printf '%s=%s\n' "$1" "$2" >> .env
+        added+=("$1")
+    fi
+}
+add POSTGRES_PASSWORD "$(secret)"
+for service in $(python3 scripts/gen-deploy.py --names); do
+    add "$(tr 'a-z-' 'A-Z_' <<<"$service")_DB_PASSWORD" "$(secret)"
+done
+add BOOTSTRAP_ADMIN_EMAIL admin@shop.local
+add BOOTSTRAP_ADMIN_PASSWORD "$(secret)"
+if ((${#added[@]})); then
+    echo "compose-env.sh: added ${added[*]} to .env (admin login: see BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD there)" >&2
+else
+    echo "compose-env.sh: .env already has every variable" >&2
+fi

@@ -4,7 +4,7 @@ service, so that adding a service is one line there:
 
   docker-compose.yml                     PostgreSQL and every service
   docker-compose.mtls.yml                mutual TLS on every hop
-  deploy/postgres/init/01-databases.sql  one database per service
+  deploy/postgres/init/01-databases.sh   one database and role per service
 
   scripts/gen-deploy.py           write them
   scripts/gen-deploy.py --check   exit 1 if any differs (CI)
@@ -82,6 +82,13 @@ def compose(rows):
         "    environment:",
         "      POSTGRES_USER: shop",
         "      POSTGRES_PASSWORD: ${POSTGRES_PASSWORD:?run scripts/compose-env.sh first}",
+        "      # Each service's own role (deploy/postgres/init/01-databases.sh).",
+    ]
+    out += [
+        f"      {db_password(s['name'])}: ${{{db_password(s['name'])}:?run scripts/compose-env.sh first}}"
+        for s in rows
+    ]
+    out += [
         "    volumes:",
         "      - pgdata:/var/lib/postgresql/data",
         "      - ./deploy/postgres/init:/docker-entrypoint-initdb.d:ro",
@@ -108,7 +115,8 @@ def compose(rows):
             "    environment:",
             f"      GRPC_ADDR: 0.0.0.0:{grpc}",
             f"      ADMIN_ADDR: 0.0.0.0:{admin}",
-            f"      DATABASE_URL: postgres://shop:${{POSTGRES_PASSWORD}}@postgres:5432/{s['database']}",
+            "      # Its own role, which can reach its own database only.",
+            f"      DATABASE_URL: postgres://{db_role(name)}:${{{db_password(name)}}}@postgres:5432/{s['database']}",
             "      DATA_DIR: /var/lib/shop",
             f"      OTEL_SERVICE_NAME: {name}",
         ]
@@ -213,14 +221,41 @@ def compose_mtls(rows):
     return "\n".join(out) + "\n"
 
 
+def db_role(name):
+    """The PostgreSQL role of a service: user-service -> user_service."""
+    return name.replace("-", "_")
+
+
+def db_password(name):
+    """The variable holding that role's password: USER_SERVICE_DB_PASSWORD."""
+    return name.upper().replace("-", "_") + "_DB_PASSWORD"
+
+
 def databases(rows):
     out = [
-        "-- One database per service, created when the PostgreSQL volume is first",
-        "-- initialised (docker-entrypoint-initdb.d). Each service migrates its own",
-        "-- schema at start-up. Generated from deploy/services.tsv by",
-        "-- scripts/gen-deploy.py.",
+        "#!/bin/sh",
+        "# One database per service, each owned by a role of its own that can",
+        "# connect to that database only (least privilege: order-service cannot",
+        "# read password hashes). Run by the postgres image when its volume is",
+        "# first initialised (docker-entrypoint-initdb.d), with the passwords",
+        "# from the environment. Each service migrates its own schema at",
+        "# start-up. Generated from deploy/services.tsv by scripts/gen-deploy.py.",
+        "set -eu",
+        'psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \\',
     ]
-    out += [f"CREATE DATABASE {s['database']};" for s in rows]
+    out += [
+        f'    -v {db_role(s["name"])}_password="${db_password(s["name"])}" \\'
+        for s in rows
+    ]
+    out += ["    <<'SQL'"]
+    for s in rows:
+        role, db = db_role(s["name"]), s["database"]
+        out += [
+            f"CREATE ROLE {role} LOGIN PASSWORD :'{role}_password';",
+            f"CREATE DATABASE {db} OWNER {role};",
+            f"REVOKE ALL ON DATABASE {db} FROM PUBLIC;",
+        ]
+    out += ["SQL"]
     return "\n".join(out) + "\n"
 
 
@@ -232,7 +267,7 @@ def main():
     files = {
         ROOT / "docker-compose.yml": compose(rows),
         ROOT / "docker-compose.mtls.yml": compose_mtls(rows),
-        ROOT / "deploy" / "postgres" / "init" / "01-databases.sql": databases(rows),
+        ROOT / "deploy" / "postgres" / "init" / "01-databases.sh": databases(rows),
     }
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if "--check" in sys.argv:

@@ -3,6 +3,7 @@
 //! provides one), configured by the same environment variables
 //! docker-compose sets, handed their sockets already bound.
 
+mod database_roles;
 mod deadlines;
 mod faults;
 mod flow;

@@ -35,6 +35,17 @@ pub enum KeyError {
         /// The cause.
         source: io::Error,
     },
+    /// A private key or secret file every user of the machine may read or
+    /// write: refused, as ssh refuses such a key.
+    #[error(
+        "{path} is open to every user (mode {mode:o}); make it owner-only (chmod 600; in Kubernetes, defaultMode: 0400)"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A secret file does not hold 64 hex digits.
     #[error("{path}: expected a secret of 64 hex digits")]
     InvalidSecret {
@@ -87,10 +98,7 @@ impl SigningKey {
 
     /// Reads the key at `path`.
     pub fn load(path: &Path) -> Result<SigningKey, KeyError> {
-        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let pem = read_private_file(path)?;
         SigningKey::from_pem(&pem, &path.display().to_string())
     }
 
@@ -108,7 +116,7 @@ impl SigningKey {
             return Ok((SigningKey::load(path)?, false));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(io_err)?;
+            create_private_dir(dir).map_err(io_err)?;
         }
         let key = SigningKey::generate();
         match write_new_private_file(path, key.to_pkcs8_pem().as_bytes()) {
@@ -193,20 +201,48 @@ pub fn load_or_generate_secret(path: &Path) -> Result<[u8; 32], KeyError> {
         Ok(out)
     };
     if path.exists() {
-        return parse(&fs::read_to_string(path).map_err(io_err)?);
+        return parse(&read_private_file(path)?);
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_err)?;
+        create_private_dir(dir).map_err(io_err)?;
     }
     let secret = crate::random_bytes::<32>();
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     match write_new_private_file(path, format!("{hex}\n").as_bytes()) {
         Ok(()) => Ok(secret),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            parse(&fs::read_to_string(path).map_err(io_err)?)
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => parse(&read_private_file(path)?),
         Err(e) => Err(io_err(e)),
     }
+}
+
+/// Reads a private key or secret file, refusing one that every user of
+/// the machine may read or write.
+fn read_private_file(path: &Path) -> Result<String, KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(KeyError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    fs::read_to_string(path).map_err(io_err)
+}
+
+/// Creates `dir` and its missing parents, owner-only (0700) on Unix.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(unix)]
@@ -384,7 +420,48 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
+            let dir_mode = fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                dir_mode & 0o077,
+                0,
+                "key directory open to others: {dir_mode:o}"
+            );
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_and_secret_files_open_to_every_user_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("jwt.pem");
+        let secret = dir.path().join("secret.key");
+        SigningKey::load_or_generate(&key).unwrap();
+        load_or_generate_secret(&secret).unwrap();
+        for path in [&key, &secret] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let Err(refused) = SigningKey::load(&key) else {
+            panic!("a 0644 key is refused");
+        };
+        assert!(
+            matches!(refused, KeyError::Exposed { mode: 0o644, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("chmod 600"), "{refused}");
+        assert!(matches!(
+            load_or_generate_secret(&secret),
+            Err(KeyError::Exposed { .. })
+        ));
+        // Group access is the operator's choice (a shared service group).
+        for path in [&key, &secret] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        SigningKey::load(&key).expect("a 0640 key loads");
+        load_or_generate_secret(&secret).expect("a 0640 secret loads");
     }
 
     #[test]

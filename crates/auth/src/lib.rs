@@ -19,7 +19,9 @@ pub mod principal;
 pub mod token;
 pub mod verify;
 
-pub use keys::{KeyError, KeySet, SigningKey, VerificationKey, load_or_generate_secret};
+pub use keys::{
+    KeyError, KeySet, SigningKey, VerificationKey, create_private_dir, load_or_generate_secret,
+};
 pub use password::{HashError, Password, PasswordError, PasswordHasher};
 pub use principal::{Principal, Role};
 pub use token::{Claims, IssuedToken, TokenError, TokenIssuer, TokenVerifier};

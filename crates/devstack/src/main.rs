@@ -127,7 +127,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
-    std::fs::create_dir_all(&args.data_dir)
+    shop_auth::create_private_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let admin_password = admin_password(&args)?;
     let data_dir = args.data_dir.display().to_string();
@@ -150,6 +150,10 @@ async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::
         .collect();
     shared.push(("BOOTSTRAP_ADMIN_EMAIL".into(), args.admin_email.clone()));
     shared.push(("BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()));
+    // A laptop stack is for exploring: reflection on unless told otherwise.
+    if std::env::var_os("GRPC_REFLECTION").is_none() {
+        shared.push(("GRPC_REFLECTION".into(), "true".into()));
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut running = JoinSet::new();

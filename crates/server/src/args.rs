@@ -105,8 +105,9 @@ pub struct TokenArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Serve gRPC reflection (v1 and v1alpha) so that grpcurl and similar
-    /// tools can discover the API.
-    #[arg(long, env = "GRPC_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    /// tools can discover the API. Off by default: it tells an anonymous
+    /// caller the whole API; devstack turns it on.
+    #[arg(long, env = "GRPC_REFLECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub grpc_reflection: bool,
 
     /// How long in-flight calls may run after SIGTERM/SIGINT before the

@@ -79,6 +79,35 @@ pub async fn connect(
         })
 }
 
+/// Creates the SQLite file `path` (and its missing directories) readable
+/// by its owner only, unless it exists: SQLite creates its `-wal` and
+/// `-shm` files with the database file's mode, so the data never gets the
+/// process's default umask.
+fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Result<Db, StoreError> {
     let pool = if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
@@ -89,12 +118,8 @@ async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Resul
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(ACQUIRE_TIMEOUT)
             .foreign_keys(true);
-        if let Some(dir) = options.get_filename().parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        }
+        create_owner_only(options.get_filename())
+            .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)

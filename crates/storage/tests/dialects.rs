@@ -159,3 +159,26 @@ async fn an_unknown_url_scheme_is_refused_without_its_password() {
     assert!(text.contains("unsupported"), "{text}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nested/data.db");
+    let db = shop_storage::connect(&format!("sqlite://{}", file.display()), 2, &MIGRATIONS)
+        .await
+        .unwrap();
+    insert(&db, Uuid::now_v7(), "kept", None).await.unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "the database file");
+    let wal = dir.path().join("nested/data.db-wal");
+    assert!(wal.exists(), "WAL mode writes a -wal file");
+    assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the file's mode");
+    assert_eq!(
+        mode(file.parent().unwrap()),
+        0o700,
+        "the directory it created"
+    );
+}

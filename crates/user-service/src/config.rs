@@ -124,7 +124,10 @@ mod tests {
         let config = shop_server::service::parse_from::<Config, _, _>(["user-service"]).unwrap();
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
         assert_eq!(config.bcrypt_cost, 12);
-        assert!(config.service.server.grpc_reflection);
+        assert!(
+            !config.service.server.grpc_reflection,
+            "reflection is off by default"
+        );
         assert_eq!(
             config.service.server.request_timeout_cap,
             Duration::from_secs(30)

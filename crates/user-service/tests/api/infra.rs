@@ -60,7 +60,11 @@ async fn health_turns_not_serving_when_draining() {
 
 #[tokio::test]
 async fn reflection_lists_the_services_in_both_versions() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_on(
+        crate::helpers::Backend::Sqlite,
+        &["--grpc-reflection", "true"],
+    )
+    .await;
 
     let mut v1_client =
         v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
@@ -123,12 +127,8 @@ async fn reflection_lists_the_services_in_both_versions() {
 }
 
 #[tokio::test]
-async fn reflection_can_be_switched_off() {
-    let app = TestApp::spawn_on(
-        crate::helpers::Backend::Sqlite,
-        &["--grpc-reflection", "false"],
-    )
-    .await;
+async fn reflection_is_off_unless_switched_on() {
+    let app = TestApp::spawn().await;
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
     let request = v1::ServerReflectionRequest {
         host: String::new(),
