@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use shop_proto::order::v1::{
-    CancelOrderRequest, CreateOrderRequest, OrderStatus, ProcessOrderRequest, StreamOrdersRequest,
-    WatchOrderRequest, order_service_client::OrderServiceClient,
+    CancelOrderRequest, CreateOrderRequest, ListOrdersRequest, OrderStatus, ProcessOrderRequest,
+    StreamOrdersRequest, WatchOrderRequest, order_service_client::OrderServiceClient,
 };
 use tonic::{Code, transport::Channel};
 
@@ -600,16 +600,30 @@ async fn open_client_streams_do_not_starve_unary_calls() {
         });
         held.push((tx, call));
     }
-    // Wait until all three are open on the server, waiting for more.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Wait until all three are in their handlers: a batch places each
+    // order as it arrives, so the user then has three orders. (The
+    // active-streams gauge is shared by every stack in this test process,
+    // so it cannot tell.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, metrics) = shop_testkit::http_get(stack.order_service.admin, "/metrics").await;
-        if shop_testkit::metric_sum(&metrics, "grpc_server_active_streams", &[]) == 3.0 {
+        let listed = stack
+            .orders
+            .clone()
+            .list_orders(authed(
+                ListOrdersRequest {
+                    user_id: user.id.clone(),
+                    page_size: 10,
+                    ..Default::default()
+                },
+                &token,
+            ))
+            .await;
+        if matches!(&listed, Ok(page) if page.get_ref().orders.len() == 3) {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the streams never opened:\n{metrics}"
+            "the three streams never all reached their handlers: {listed:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
