@@ -200,6 +200,9 @@ def compose_mtls(rows):
             f"      TLS_CERT_FILE: /etc/shop/tls/{name}.pem",
             f"      TLS_KEY_FILE: /etc/shop/tls/{name}-key.pem",
             "      TLS_CLIENT_CA_FILE: /etc/shop/tls/ca.pem",
+            "      # Who may call it: its own health probe, the services that",
+            "      # call it, and outside callers' `client` certificate.",
+            f"      TLS_CLIENT_ALLOWED_NAMES: {','.join(allowed_callers(rows, name))}",
         ]
         if s["calls"]:
             callees = ", ".join(s["calls"])
@@ -219,6 +222,14 @@ def compose_mtls(rows):
             f'             "--tls-cert-file", "/etc/shop/tls/{name}.pem", "--tls-key-file", "/etc/shop/tls/{name}-key.pem"]',
         ]
     return "\n".join(out) + "\n"
+
+
+def allowed_callers(rows, name):
+    """The certificate names that may call `name` over mTLS: itself (its
+    health probe presents the service's own certificate), every service
+    that calls it, and `client` (scripts/gen-certs.sh's caller certificate)."""
+    callers = [r["name"] for r in rows if name in r["calls"]]
+    return [name] + callers + ["client"]
 
 
 def db_role(name):

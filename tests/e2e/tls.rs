@@ -170,6 +170,59 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
     );
 }
 
+#[tokio::test]
+async fn with_allowed_names_only_the_named_peers_certificates_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    // All four certificates come from the same CA, and each also names
+    // localhost and 127.0.0.1: only the pinned service names may differ.
+    gen_certs(
+        &certs,
+        &[
+            "user-service",
+            "order-service",
+            "client",
+            "inventory-service",
+        ],
+    );
+
+    let mut env = base_env(
+        format!("sqlite://{}", dir.path().join("users.db").display()),
+        &dir.path().join("user-data"),
+    );
+    env.extend(server_tls_env(&certs, "user-service", true, "1h"));
+    env.push(("TLS_CLIENT_ALLOWED_NAMES", "order-service, client".into()));
+    let ours = client_tls(&certs, Some((&certs, "client")));
+    let users = Service::start_tls(USERS, USERS, dir.path(), &env, Some(ours)).await;
+
+    for allowed in ["order-service", "client"] {
+        let answer = health(users.channel_with(client_tls(&certs, Some((&certs, allowed))))).await;
+        assert!(answer.is_ok(), "{allowed} was refused: {answer:?}");
+    }
+    for other in ["inventory-service", "user-service"] {
+        let answer = health(users.channel_with(client_tls(&certs, Some((&certs, other))))).await;
+        assert!(
+            answer.is_err(),
+            "{other}, not in TLS_CLIENT_ALLOWED_NAMES, got in"
+        );
+    }
+    let refused = |e: &serde_json::Value| e["message"] == "TLS handshake refused";
+    users
+        .wait_for_logs(Duration::from_secs(5), 2, refused)
+        .await;
+    let refusals: Vec<String> = users
+        .log_events()
+        .iter()
+        .filter(|e| refused(e))
+        .map(|e| e["error"].to_string())
+        .collect();
+    assert_eq!(refusals.len(), 2, "refused handshakes: {refusals:?}");
+    assert!(
+        refusals.iter().all(|e| e.contains("NotValidForName")),
+        "refused for another reason than the name: {refusals:?}"
+    );
+}
+
 /// Waits until a client trusting `ca_dir` gets an answer from `service`.
 async fn wait_until_trusted(service: &Service, ca_dir: &Path, within: Duration) -> Duration {
     let started = Instant::now();

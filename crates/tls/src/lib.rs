@@ -3,7 +3,8 @@
 //!
 //! - [`server`] ([`ServerTlsArgs`], every server): `TLS_CERT_FILE` +
 //!   `TLS_KEY_FILE` turn TLS on; `TLS_CLIENT_CA_FILE` also requires every
-//!   client to present a certificate signed by that CA (mTLS).
+//!   client to present a certificate signed by that CA (mTLS);
+//!   `TLS_CLIENT_ALLOWED_NAMES` also pins it to the named peers.
 //! - [`client`] ([`ClientTlsArgs`], every outgoing channel):
 //!   `CLIENT_TLS_CA_FILE` turns TLS on and is the only CA server
 //!   certificates are checked against, with the target's host name (or
@@ -19,6 +20,7 @@
 //! rustls with the ring provider only; ALPN `h2`.
 
 mod files;
+mod pinning;
 mod reload;
 
 pub mod client;

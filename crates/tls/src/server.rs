@@ -1,5 +1,6 @@
 //! The server side: `TLS_CERT_FILE`, `TLS_KEY_FILE`, `TLS_CLIENT_CA_FILE`
-//! (mutual TLS), and the accepted connections after their handshake.
+//! (mutual TLS), `TLS_CLIENT_ALLOWED_NAMES` (which peers), and the accepted
+//! connections after their handshake.
 
 use std::{io, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -11,6 +12,7 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use crate::{
     files::{certificates, private_key, provider, roots},
     parse_duration,
+    pinning::{PinnedNames, allowed_names},
     reload::Reloading,
 };
 
@@ -34,6 +36,18 @@ pub struct ServerTlsArgs {
     #[arg(long, env = "TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
     pub tls_client_ca_file: Option<PathBuf>,
 
+    /// Comma-separated names a client certificate must carry one of (as a
+    /// DNS or IP subject alternative name), on top of chaining to
+    /// TLS_CLIENT_CA_FILE: pins mTLS to the peers that may call this
+    /// service (unset: any certificate of the CA).
+    #[arg(
+        long,
+        env = "TLS_CLIENT_ALLOWED_NAMES",
+        value_delimiter = ',',
+        requires = "tls_client_ca_file"
+    )]
+    pub tls_client_allowed_names: Vec<String>,
+
     /// How often the TLS files are checked for changes (SIGHUP reloads at
     /// once).
     #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -54,7 +68,12 @@ pub fn server_config(args: &ServerTlsArgs) -> Result<ServerConfig, String> {
             let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
                 .build()
                 .map_err(|e| format!("{}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
+            let allowed = allowed_names(&args.tls_client_allowed_names)?;
+            if allowed.is_empty() {
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(PinnedNames::new(verifier, allowed)))
+            }
         }
         None => builder.with_no_client_auth(),
     };
