@@ -196,6 +196,7 @@ fn method_policy_table(pool: &DescriptorPool) -> Result<String, Box<dyn std::err
                     Value::EnumNumber(1) => "Public",
                     Value::EnumNumber(2) => "Authenticated",
                     Value::EnumNumber(3) => "Admin",
+                    Value::EnumNumber(4) => "Service",
                     _ => "Unspecified",
                 }
             } else {

@@ -5,7 +5,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use shop_proto::{auth::v1 as auth, order::v1 as order, user::v1 as user};
+use shop_proto::{
+    auth::v1 as auth, inventory::v1 as inventory, order::v1 as order, user::v1 as user,
+};
 
 fn round_trip<M: Message + Default + PartialEq + std::fmt::Debug>(data: &[u8]) {
     if let Ok(message) = M::decode(data) {
@@ -21,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // One byte picks the message type, so that the corpus of one type
     // teaches the fuzzer the others' shared field numbers too.
-    match which % 17 {
+    match which % 26 {
         0 => round_trip::<user::CreateUserRequest>(message),
         1 => round_trip::<user::GetUserRequest>(message),
         2 => round_trip::<user::UpdateUserRequest>(message),
@@ -38,6 +40,15 @@ fuzz_target!(|data: &[u8]| {
         13 => round_trip::<order::StreamOrdersRequest>(message),
         14 => round_trip::<order::WatchOrderRequest>(message),
         15 => round_trip::<order::ProcessOrderRequest>(message),
-        _ => round_trip::<order::CancelOrderRequest>(message),
+        16 => round_trip::<order::CancelOrderRequest>(message),
+        17 => round_trip::<auth::IssueServiceTokenRequest>(message),
+        18 => round_trip::<inventory::PutProductRequest>(message),
+        19 => round_trip::<inventory::AdjustStockRequest>(message),
+        20 => round_trip::<inventory::GetProductRequest>(message),
+        21 => round_trip::<inventory::ListProductsRequest>(message),
+        22 => round_trip::<inventory::ReserveStockRequest>(message),
+        23 => round_trip::<inventory::ConfirmReservationRequest>(message),
+        24 => round_trip::<inventory::ReleaseReservationRequest>(message),
+        _ => round_trip::<inventory::WatchStockRequest>(message),
     }
 });

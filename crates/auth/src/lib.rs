@@ -23,7 +23,7 @@ pub use keys::{
     KeyError, KeySet, SigningKey, VerificationKey, create_private_dir, load_or_generate_secret,
 };
 pub use password::{HashError, Password, PasswordError, PasswordHasher};
-pub use principal::{Principal, Role};
+pub use principal::{Principal, Role, SERVICE_SUBJECT_PREFIX, ServiceCaller};
 pub use token::{Claims, IssuedToken, TokenError, TokenIssuer, TokenVerifier};
 pub use verify::{BoxFuture, VerifyError, VerifyToken};
 

@@ -11,6 +11,11 @@ pub enum Role {
     Customer,
     /// May act on every account and call admin-only RPCs.
     Admin,
+    /// A shop service, not a person: only in the service tokens
+    /// user-service issues to configured service accounts, never stored
+    /// on an account. Such a token opens `ACCESS_SERVICE` RPCs and nothing
+    /// else.
+    Service,
 }
 
 impl Role {
@@ -19,10 +24,12 @@ impl Role {
         match self {
             Role::Customer => "customer",
             Role::Admin => "admin",
+            Role::Service => "service",
         }
     }
 
-    /// Parses the claim and storage spelling.
+    /// Parses the storage spelling of an account's role: `customer` or
+    /// `admin` (an account is never a service).
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "customer" => Some(Role::Customer),
@@ -56,6 +63,28 @@ impl Principal {
     pub fn may_act_for(&self, user_id: &str) -> bool {
         self.user_id == user_id || self.is_admin()
     }
+
+    /// The service account's name when this is a service token (subject
+    /// `service:<name>` with the service role).
+    pub fn service_name(&self) -> Option<&str> {
+        if self.roles.contains(&Role::Service) {
+            self.user_id.strip_prefix(SERVICE_SUBJECT_PREFIX)
+        } else {
+            None
+        }
+    }
+}
+
+/// The subject prefix of service tokens: `service:order-service`.
+pub const SERVICE_SUBJECT_PREFIX: &str = "service:";
+
+/// The calling service of an `ACCESS_SERVICE` RPC, proven by its service
+/// token; the auth middleware puts it in the request extensions (next to
+/// the end user's [`Principal`] when the user's token was forwarded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceCaller {
+    /// The service account's name (`order-service`).
+    pub name: String,
 }
 
 #[cfg(test)]
@@ -91,5 +120,15 @@ mod tests {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }
         assert_eq!(Role::parse("root"), None);
+        assert_eq!(Role::parse("service"), None, "never an account's role");
+    }
+
+    #[test]
+    fn only_a_token_with_the_service_role_names_a_service() {
+        let mut p = principal(vec![Role::Service]);
+        p.user_id = "service:order-service".into();
+        assert_eq!(p.service_name(), Some("order-service"));
+        p.roles = vec![Role::Customer];
+        assert_eq!(p.service_name(), None);
     }
 }

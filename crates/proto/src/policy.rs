@@ -109,13 +109,14 @@ mod tests {
             "shop.user.v1.UserService",
             "shop.auth.v1.AuthService",
             "shop.order.v1.OrderService",
+            "shop.inventory.v1.InventoryService",
         ] {
             assert!(
                 METHODS.iter().any(|m| m.service == service),
                 "{service} missing from the policy table"
             );
         }
-        assert_eq!(METHODS.len(), 8 + 4 + 8);
+        assert_eq!(METHODS.len(), 8 + 5 + 8 + 8);
     }
 
     #[test]
@@ -131,6 +132,9 @@ mod tests {
         let get = lookup("/shop.user.v1.UserService/GetUser").unwrap();
         assert_eq!(get.access, Access::Authenticated);
         assert!(get.idempotency.is_retry_safe());
+
+        let reserve = lookup("/shop.inventory.v1.InventoryService/ReserveStock").unwrap();
+        assert_eq!(reserve.access, Access::Service);
 
         let activity = lookup("/shop.user.v1.UserService/UserActivity").unwrap();
         assert!(activity.client_streaming && activity.server_streaming);

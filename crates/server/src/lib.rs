@@ -37,7 +37,7 @@ pub mod service;
 pub mod streams;
 
 pub use args::{ServerArgs, ServiceArgs, TokenArgs};
-pub use layers::auth::principal;
+pub use layers::auth::{SERVICE_TOKEN_HEADER, principal, service_caller};
 pub use server::Server;
 pub use service::{Listeners, ServiceConfig, ServiceInfo};
 pub use shop_core::config::ConfigError;

@@ -76,9 +76,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub login_attempts_per_account_per_minute: u32,
 
-    /// Login, CreateUser and RefreshToken calls one address (an IPv6 /64)
-    /// may make per minute, each method counted on its own; more are
-    /// RESOURCE_EXHAUSTED with RetryInfo.
+    /// Directory of service accounts: each `<name>.secret` file (64 hex
+    /// digits, as `SERVICE_SECRET_FILE` of that service) lets the service
+    /// `<name>` obtain service tokens (AuthService.IssueServiceToken) for
+    /// services-only RPCs. Read at each request, so accounts are added or
+    /// rotated without a restart. Unset: no service accounts.
+    #[arg(long, env = "SERVICE_ACCOUNTS_DIR")]
+    pub service_accounts_dir: Option<PathBuf>,
+
+    /// Login, CreateUser, RefreshToken and IssueServiceToken calls one
+    /// address (an IPv6 /64) may make per minute, each method counted on
+    /// its own; more are RESOURCE_EXHAUSTED with RetryInfo.
     #[arg(long, env = "CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE", default_value_t = 60,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub credential_calls_per_address_per_minute: u32,

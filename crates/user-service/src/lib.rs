@@ -105,6 +105,7 @@ pub async fn run(
         ),
         verifier,
         refresh_token_ttl: config.refresh_token_ttl,
+        service_accounts_dir: config.service_accounts_dir.clone(),
         activity: ActivityFeed::new(config.activity_buffer),
         login_limit: per_minute(
             config.login_attempts_per_minute,

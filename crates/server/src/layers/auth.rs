@@ -7,6 +7,13 @@
 //!   [`Principal`] for the handler.
 //! - `AUTHENTICATED`: needs a valid bearer token (UNAUTHENTICATED otherwise).
 //! - `ADMIN`: also needs the admin role (PERMISSION_DENIED otherwise).
+//! - `SERVICE`: needs a service token in `x-service-token` (PERMISSION_DENIED
+//!   without one, UNAUTHENTICATED for an invalid one): the calling service
+//!   becomes a [`ServiceCaller`]; the end user's token, when forwarded in
+//!   `authorization` and valid, still yields a [`Principal`] for audit.
+//!
+//! A service token is never a user's credential: in `authorization` it is
+//! refused (UNAUTHENTICATED) wherever a user is expected.
 //! - undeclared (`ACCESS_UNSPECIFIED`): refused, so a forgotten annotation
 //!   fails closed.
 //!
@@ -21,7 +28,7 @@ use std::{
 };
 
 use http::{Request, Response, header::AUTHORIZATION};
-use shop_auth::{BoxFuture, Principal, TokenError, VerifyError, VerifyToken};
+use shop_auth::{BoxFuture, Principal, ServiceCaller, TokenError, VerifyError, VerifyToken};
 use shop_proto::policy::{self, Access};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
@@ -147,8 +154,24 @@ where
         Box::pin(async move {
             let path = req.uri().path().to_owned();
             let token = bearer_token(req.headers()).map(str::to_owned);
-            match layer.authorize(&path, token.as_deref()).await {
+            let service_token = service_token(req.headers()).map(str::to_owned);
+            let caller = match service_token {
+                Some(service_token) if layer.is_service_method(&path) => {
+                    match layer.authorize_service(&service_token).await {
+                        Ok(caller) => Some(caller),
+                        Err(status) => return Ok(status.into_http()),
+                    }
+                }
+                _ => None,
+            };
+            match layer
+                .authorize(&path, token.as_deref(), caller.is_some())
+                .await
+            {
                 Ok(principal) => {
+                    if let Some(caller) = caller {
+                        req.extensions_mut().insert(caller);
+                    }
                     if let Some(principal) = principal {
                         if let Some(slot) =
                             req.extensions().get::<shop_telemetry::call::CallerSlot>()
@@ -166,10 +189,38 @@ where
 }
 
 impl AuthLayer {
+    fn is_service_method(&self, path: &str) -> bool {
+        policy::lookup(path).is_some_and(|m| m.access == Access::Service)
+    }
+
+    /// The calling service of a service token.
+    async fn authorize_service(&self, token: &str) -> Result<ServiceCaller, Status> {
+        let principal = self.verify(token).await.map_err(|err| {
+            tracing::debug!(error = %err, "service token refused");
+            match err {
+                VerifyError::KeysUnavailable => {
+                    Status::unavailable("cannot verify tokens yet; retry shortly")
+                }
+                VerifyError::Token(_) => Status::unauthenticated("invalid service token"),
+            }
+        })?;
+        match principal.service_name() {
+            Some(name) => Ok(ServiceCaller {
+                name: name.to_owned(),
+            }),
+            None => Err(Status::permission_denied(
+                "x-service-token must be a service token",
+            )),
+        }
+    }
+
+    /// The end user of a call to `path`; `service_proven` says whether a
+    /// valid service token came with it (see [`Self::authorize_service`]).
     async fn authorize(
         &self,
         path: &str,
         token: Option<&str>,
+        service_proven: bool,
     ) -> Result<Option<Principal>, Status> {
         let Some(method) = policy::lookup(path) else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -180,9 +231,22 @@ impl AuthLayer {
         };
         match method.access {
             Access::Public => match token {
-                Some(t) => Ok(self.verify(t).await.ok()),
+                Some(t) => Ok(self.verify_user(t).await.ok()),
                 None => Ok(None),
             },
+            Access::Service => {
+                if !service_proven {
+                    return Err(Status::permission_denied(
+                        "this method is for shop services only",
+                    ));
+                }
+                // For audit only: a missing or expired user token does not
+                // stop a service (a retried release outlives the token).
+                match token {
+                    Some(t) => Ok(self.verify_user(t).await.ok()),
+                    None => Ok(None),
+                }
+            }
             Access::Authenticated => self.authenticate(token).await.map(Some),
             Access::Admin => {
                 let principal = self.authenticate(token).await?;
@@ -219,11 +283,21 @@ impl AuthLayer {
         Ok(principal)
     }
 
+    /// [`Self::verify`], refusing service tokens: they never stand for a
+    /// user.
+    async fn verify_user(&self, token: &str) -> Result<Principal, VerifyError> {
+        let principal = self.verify(token).await?;
+        if principal.service_name().is_some() {
+            return Err(VerifyError::Token(TokenError::Malformed));
+        }
+        Ok(principal)
+    }
+
     async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
         let token = token.ok_or_else(|| {
             Status::unauthenticated("missing bearer token in the authorization metadata")
         })?;
-        self.verify(token).await.map_err(|err| {
+        self.verify_user(token).await.map_err(|err| {
             tracing::debug!(error = %err, "access token refused");
             match err {
                 VerifyError::Token(TokenError::Expired) => {
@@ -245,6 +319,26 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The metadata key a calling service's own token travels in (besides the
+/// end user's `authorization`).
+pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
+
+/// The service token of a request, if there is one.
+pub fn service_token(headers: &http::HeaderMap) -> Option<&str> {
+    let token = headers.get(SERVICE_TOKEN_HEADER)?.to_str().ok()?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The calling service of a request to an `ACCESS_SERVICE` method that
+/// passed the auth layer; PERMISSION_DENIED otherwise (a wiring bug must
+/// not turn into open access).
+pub fn service_caller<T>(request: &tonic::Request<T>) -> Result<&ServiceCaller, Status> {
+    request
+        .extensions()
+        .get::<ServiceCaller>()
+        .ok_or_else(|| Status::permission_denied("this method is for shop services only"))
 }
 
 /// The caller of a request that passed the auth layer.
@@ -293,12 +387,12 @@ mod tests {
     async fn public_methods_need_no_token() {
         let (layer, _) = layer_with_issuer();
         let r = layer
-            .authorize("/shop.user.v1.UserService/CreateUser", None)
+            .authorize("/shop.user.v1.UserService/CreateUser", None, false)
             .await;
         assert_eq!(r.unwrap(), None);
         // A bad token on a public method is ignored, not an error.
         let r = layer
-            .authorize("/shop.auth.v1.AuthService/Login", Some("junk"))
+            .authorize("/shop.auth.v1.AuthService/Login", Some("junk"), false)
             .await;
         assert_eq!(r.unwrap(), None);
     }
@@ -307,13 +401,20 @@ mod tests {
     async fn authenticated_methods_need_a_valid_token() {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/GetUser";
-        let err = layer.authorize(path, None).await.unwrap_err();
+        let err = layer.authorize(path, None, false).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
-        let err = layer.authorize(path, Some("x.y.z")).await.unwrap_err();
+        let err = layer
+            .authorize(path, Some("x.y.z"), false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
 
         let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
-        let p = layer.authorize(path, Some(&token)).await.unwrap().unwrap();
+        let p = layer
+            .authorize(path, Some(&token), false)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(p.user_id, "u1");
     }
 
@@ -322,13 +423,55 @@ mod tests {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/ListUsers";
         let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
-        let err = layer.authorize(path, Some(&customer)).await.unwrap_err();
+        let err = layer
+            .authorize(path, Some(&customer), false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         let admin = issuer
             .issue("a", &[Role::Customer, Role::Admin])
             .unwrap()
             .token;
-        assert!(layer.authorize(path, Some(&admin)).await.is_ok());
+        assert!(layer.authorize(path, Some(&admin), false).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn service_methods_need_a_service_token_and_user_tokens_never_are_one() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.inventory.v1.InventoryService/ReserveStock";
+        let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let admin = issuer.issue("a", &[Role::Admin]).unwrap().token;
+        let service = issuer
+            .issue("service:order-service", &[Role::Service])
+            .unwrap()
+            .token;
+
+        // A customer's or an admin's token alone is not a service.
+        for token in [&customer, &admin] {
+            let err = layer.authorize(path, Some(token), false).await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied);
+        }
+        // A user token offered as the service token is refused.
+        for token in [&customer, &admin] {
+            let err = layer.authorize_service(token).await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied);
+        }
+        let err = layer.authorize_service("x.y.z").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+
+        // A service token proves the service; the user's token rides along.
+        let caller = layer.authorize_service(&service).await.unwrap();
+        assert_eq!(caller.name, "order-service");
+        let user = layer.authorize(path, Some(&customer), true).await.unwrap();
+        assert_eq!(user.unwrap().user_id, "u1");
+
+        // And a service token is no user anywhere else.
+        let get_user = "/shop.user.v1.UserService/GetUser";
+        let err = layer
+            .authorize(get_user, Some(&service), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
     }
 
     #[test]
@@ -368,15 +511,18 @@ mod tests {
     async fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
         let (layer, _) = layer_with_issuer();
         let err = layer
-            .authorize("/shop.user.v1.UserService/Nope", None)
+            .authorize("/shop.user.v1.UserService/Nope", None, false)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        let err = layer.authorize("/other.Svc/Call", None).await.unwrap_err();
+        let err = layer
+            .authorize("/other.Svc/Call", None, false)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(
             layer
-                .authorize("/grpc.health.v1.Health/Check", None)
+                .authorize("/grpc.health.v1.Health/Check", None, false)
                 .await
                 .is_ok()
         );

@@ -5,6 +5,7 @@
 //! the values these take and encode what they return.
 
 mod auth;
+mod service_accounts;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -17,6 +18,7 @@ use shop_server::layers::{
 use uuid::Uuid;
 
 pub use auth::{INVALID_REFRESH_TOKEN, Tokens};
+pub use service_accounts::{MAX_SERVICE_NAME_CHARS, is_service_name};
 pub use shop_core::error::AppError;
 pub use users::SignUp;
 
@@ -44,9 +46,11 @@ pub struct Accounts {
     pub login_limit: KeyedLimit,
     /// Login attempts per account from every address together.
     pub account_login_limit: KeyedLimit,
-    /// Login, CreateUser and RefreshToken calls per address, each method
-    /// its own bucket.
+    /// Login, CreateUser, RefreshToken and IssueServiceToken calls per
+    /// address, each method its own bucket.
     pub address_limit: KeyedLimit,
+    /// Where the service accounts' secrets are (`SERVICE_ACCOUNTS_DIR`).
+    pub service_accounts_dir: Option<std::path::PathBuf>,
 }
 
 impl Accounts {

@@ -9,12 +9,14 @@ use shop_server::peer::caller_address;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    app::{Accounts, AppError, Tokens},
+    app::{Accounts, AppError, MAX_SERVICE_NAME_CHARS, Tokens},
     domain::{Email, Violations},
 };
 
 /// Longest refresh token accepted before hashing; ours are 43 characters.
 const MAX_REFRESH_TOKEN_CHARS: usize = 256;
+/// Longest service secret accepted; ours are 64 hex digits.
+const MAX_SERVICE_SECRET_CHARS: usize = 128;
 
 /// The AuthService implementation.
 #[derive(Debug, Clone)]
@@ -111,6 +113,40 @@ impl AuthService for AuthGrpc {
         Ok(Response::new(()))
     }
 
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::ServiceToken>, Status> {
+        let from = caller_address(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.service_name.is_empty() {
+            v.add("service_name", "is required");
+        } else if req.service_name.len() > MAX_SERVICE_NAME_CHARS {
+            v.add(
+                "service_name",
+                format!("must be at most {MAX_SERVICE_NAME_CHARS} characters"),
+            );
+        }
+        if req.secret.is_empty() {
+            v.add("secret", "is required");
+        } else if req.secret.len() > MAX_SERVICE_SECRET_CHARS {
+            v.add(
+                "secret",
+                format!("must be at most {MAX_SERVICE_SECRET_CHARS} characters"),
+            );
+        }
+        v.into_result().map_err(AppError::from)?;
+        let token = self
+            .accounts
+            .issue_service_token(&req.service_name, &req.secret, &from)
+            .await?;
+        Ok(Response::new(pb::ServiceToken {
+            access_token: token.token,
+            expires_in: token.expires_in.as_secs() as i64,
+        }))
+    }
+
     async fn get_public_keys(
         &self,
         _request: Request<()>,
@@ -158,5 +194,10 @@ mod tests {
         assert!(refresh.encoded_len() <= declared("RefreshToken"));
         assert!(refresh.encoded_len() <= declared("Logout"));
         assert!(declared("GetPublicKeys") > 0);
+        let service = pb::IssueServiceTokenRequest {
+            service_name: "s".repeat(MAX_SERVICE_NAME_CHARS),
+            secret: "x".repeat(MAX_SERVICE_SECRET_CHARS),
+        };
+        assert!(service.encoded_len() <= declared("IssueServiceToken"));
     }
 }

@@ -58,6 +58,8 @@ pub(crate) fn role_to_proto(role: Role) -> pb::Role {
     match role {
         Role::Customer => pb::Role::Customer,
         Role::Admin => pb::Role::Admin,
+        // Only in service tokens, never on an account.
+        Role::Service => pb::Role::Unspecified,
     }
 }
 

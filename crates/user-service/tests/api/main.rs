@@ -15,5 +15,6 @@ mod helpers;
 mod infra;
 mod protection;
 mod repo_suite;
+mod service_tokens;
 mod streams;
 mod users;
