@@ -101,3 +101,26 @@ pub fn order_service_config(
     args.extend_from_slice(flags);
     config(&args)
 }
+
+/// inventory-service on `database_url`, its secrets in `data_dir`, with
+/// token keys from the user-service at `users`, with `flags`, serving.
+pub async fn inventory_service(
+    database_url: &str,
+    data_dir: &Path,
+    users: SocketAddr,
+    flags: &[&str],
+) -> App {
+    let data_dir = data_dir.display().to_string();
+    let users = format!("http://{users}");
+    let mut args = vec![
+        "--database-url",
+        database_url,
+        "--data-dir",
+        &data_dir,
+        "--user-service-url",
+        &users,
+    ];
+    args.extend(COMMON);
+    args.extend_from_slice(flags);
+    App::start(inventory_service::run, config(&args)).await
+}

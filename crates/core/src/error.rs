@@ -43,6 +43,17 @@ pub enum AppError {
     /// transition, an inactive user (FAILED_PRECONDITION).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Like [`AppError::FailedPrecondition`], naming each unmet condition
+    /// (FAILED_PRECONDITION with `google.rpc.PreconditionFailure`): the
+    /// short stock of each sku, for instance.
+    #[error("{message}")]
+    PreconditionsFailed {
+        /// The summary.
+        message: String,
+        /// Each unmet condition: (type, subject, description), as in
+        /// `google.rpc.PreconditionFailure.Violation`.
+        violations: Vec<(String, String, String)>,
+    },
     /// A concurrent change got in the way and the attempts ran out
     /// (ABORTED: the caller may try again).
     #[error("{0}")]
@@ -147,6 +158,10 @@ impl From<AppError> for Status {
             AppError::PermissionDenied(message) => Status::permission_denied(message),
             AppError::Unauthenticated(message) => Status::unauthenticated(message),
             AppError::FailedPrecondition(message) => Status::failed_precondition(message),
+            AppError::PreconditionsFailed {
+                message,
+                violations,
+            } => status::failed_preconditions(&message, violations),
             AppError::Aborted(message) => Status::aborted(message),
             AppError::RateLimited { what, retry_after } => {
                 status::resource_exhausted(&format!("too many {what}"), retry_after)

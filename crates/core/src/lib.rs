@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod context;
+pub mod currency;
 pub mod error;
 pub mod frames;
 pub mod grpc_timeout;

@@ -11,7 +11,7 @@ use std::{fmt::Display, time::Duration};
 
 use http::{HeaderMap, HeaderValue};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
 use crate::validation;
 
@@ -34,6 +34,23 @@ pub fn invalid_argument(
         Code::InvalidArgument,
         format!("invalid request: {message}"),
         ErrorDetails::with_bad_request(violations),
+    )
+}
+
+/// FAILED_PRECONDITION with one `google.rpc.PreconditionFailure`
+/// violation per unmet condition, given as (type, subject, description).
+pub fn failed_preconditions(
+    message: &str,
+    violations: impl IntoIterator<Item = (String, String, String)>,
+) -> Status {
+    let violations: Vec<PreconditionViolation> = violations
+        .into_iter()
+        .map(|(kind, subject, description)| PreconditionViolation::new(kind, subject, description))
+        .collect();
+    Status::with_error_details(
+        Code::FailedPrecondition,
+        message,
+        ErrorDetails::with_precondition_failure(violations),
     )
 }
 

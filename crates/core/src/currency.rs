@@ -2,7 +2,7 @@
 //! (no funds, precious metals or testing codes). Money itself is always an
 //! integer number of minor units (`*_cents`) next to one of these codes.
 
-use shop_core::validation::echo;
+use crate::validation::echo;
 
 /// Active ISO 4217 currency codes, sorted for binary search.
 const ISO_4217: &[&str] = &[

@@ -1,0 +1,89 @@
+//! inventory-service configuration: every setting is a flag with an
+//! environment variable, and every default makes `cargo run -p
+//! inventory-service` work next to a local user-service with no setup
+//! (SQLite file under `./data/`).
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+use shop_client::{ClientArgs, keys::KeySourceArgs};
+use shop_server::ServiceArgs;
+
+/// shop inventory-service: products, prices, stock and reservations over
+/// gRPC.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "inventory-service", version, about, long_about = None)]
+pub struct Config {
+    /// Addresses, database, data directory, token checks, logs, limits,
+    /// TLS: what every service is configured with.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+
+    /// user-service, where the token verification keys come from: one
+    /// endpoint URL, several separated by commas, or `dns:///host:port`.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// Connections, balancing, retries and circuit breaking of the channel
+    /// to user-service.
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Where the token verification keys come from (fetched from
+    /// user-service unless key files are given).
+    #[command(flatten)]
+    pub keys: KeySourceArgs,
+
+    /// File with the secret (64 hex digits) that signs page tokens; give
+    /// every replica the same one. Generated at
+    /// `<DATA_DIR>/inventory-service-page-token.key` when unset.
+    #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
+    pub page_token_secret_file: Option<PathBuf>,
+
+    /// How long a reservation holds its units unless confirmed or
+    /// released: the bound on stock held by an order that was never made
+    /// (its maker crashed).
+    #[arg(long, env = "RESERVATION_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reservation_ttl: Duration,
+
+    /// How often expired reservations are swept and their units given
+    /// back: units come back at most this long after RESERVATION_TTL.
+    #[arg(long, env = "RESERVATION_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reservation_sweep_interval: Duration,
+}
+
+impl Config {
+    /// The page token secret file: configured, or generated in the data
+    /// directory.
+    pub fn page_token_secret_path(&self) -> PathBuf {
+        self.page_token_secret_file.clone().unwrap_or_else(|| {
+            self.service
+                .data_dir
+                .join("inventory-service-page-token.key")
+        })
+    }
+}
+
+shop_server::service_config!(Config, crate::SERVICE, service);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let config =
+            shop_server::service::parse_from::<Config, _, _>(["inventory-service"]).unwrap();
+        assert_eq!(config.service.grpc_addr.unwrap().port(), 50053);
+        assert_eq!(config.service.admin_addr.unwrap().port(), 9103);
+        assert_eq!(config.reservation_ttl, Duration::from_secs(300));
+        assert_eq!(
+            config.page_token_secret_path(),
+            PathBuf::from("data/inventory-service-page-token.key")
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! inventory-service: the catalogue (products and prices) and the stock,
+//! with reservations that order-service takes for each order (reserve,
+//! then confirm or release; a reservation left pending expires).
+//!
+//! Layout (the same in every shop service):
+//! - [`config`]: flags and environment variables.
+//! - [`domain`]: skus, products, stock changes, reservations; no gRPC,
+//!   no SQL.
+//! - [`app`]: the use cases, the expiry sweeper and stock watches.
+//! - [`repo`]: the storage trait, one SQL text for SQLite and PostgreSQL.
+//! - [`grpc`]: the tonic service (`shop.inventory.v1.InventoryService`).
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod repo;
+
+use std::{future::Future, sync::Arc};
+
+use shop_auth::load_or_generate_secret;
+use shop_client::keys::{Expected, TokenKeys};
+use shop_core::pagination::PageTokenCodec;
+use shop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
+use shop_server::{Listeners, Server, ServiceInfo};
+
+pub use config::Config;
+pub use shop_server::ConfigError;
+
+/// inventory-service as the kit, devstack and deployments know it.
+pub const SERVICE: ServiceInfo = ServiceInfo::new("inventory-service", 50053, 9103, "inventory");
+
+/// Runs inventory-service on `listeners` until `shutdown` completes: opens
+/// and migrates the database, fetches token keys from user-service in the
+/// background, sweeps expired reservations, and serves InventoryService.
+/// Health is NOT_SERVING until the keys are loaded and the database
+/// answers, and again while draining.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let database_url = config.service.database_url(&SERVICE);
+    let store = repo::connect(&database_url, config.service.database_max_connections).await?;
+    let secret = load_or_generate_secret(&config.page_token_secret_path())
+        .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
+    let users = shop_client::connect("user-service", &config.user_service_url, &config.client)
+        .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
+    let tokens = &config.service.tokens;
+    let keys = TokenKeys::new(
+        &config.keys,
+        Expected {
+            issuer: &tokens.jwt_issuer,
+            audience: &tokens.jwt_audience,
+            leeway: tokens.jwt_leeway,
+        },
+        users,
+    )?;
+
+    let mut server = Server::new(SERVICE, &config.service, keys.verifier());
+    let inventory = app::Inventory::new(Arc::clone(&store), config.reservation_ttl);
+    let _sweeping = AbortOnDrop(app::spawn_expiry(
+        inventory.clone(),
+        config.reservation_sweep_interval,
+    ));
+    server.add(InventoryServiceServer::new(grpc::InventoryGrpc::new(
+        inventory,
+        PageTokenCodec::new(secret),
+        server.streams(),
+    )));
+
+    let _fetching = keys.fetch_in_background();
+    tracing::info!(database = store.backend(), "inventory-service starting");
+    let ready = move || {
+        let store = Arc::clone(&store);
+        let keys_loaded = keys.loaded();
+        async move { keys_loaded && store.ping().await.is_ok() }
+    };
+    server.serve(listeners, ready, shutdown).await
+}
+
+/// Stops a background task when the service stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

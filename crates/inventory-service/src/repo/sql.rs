@@ -1,0 +1,513 @@
+//! The inventory store: one SQL text for SQLite and PostgreSQL (see
+//! `shop-storage`). Each transaction that writes starts with a write, so
+//! SQLite takes its write lock at once instead of failing to upgrade a
+//! read lock under contention; PostgreSQL's conditional updates re-check
+//! their condition on the locked row. Skus are locked in sku order, so
+//! two reservations never wait on each other in a cycle.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use shop_storage::{Db, Notice, Notices, Row, StoreError, Tx, query};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{Adjusted, InventoryRepo, RepoError, Reserved};
+use crate::domain::{
+    Product, ProductDraft, Reservation, ReservationLine, ReservationStatus, ReserveItem, Shortage,
+    Sku, StockChange, items_fingerprint,
+};
+
+/// The channel availability changes are announced on (payload: the sku).
+const CHANNEL: &str = "shop_stock_changes";
+
+/// How many change notices a slow watcher may fall behind before it must
+/// re-read everything it watches.
+const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// [`InventoryRepo`] on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    db: Db,
+    changes: Notices,
+}
+
+impl SqlStore {
+    /// The store on `db` (connected and migrated), listening for changes.
+    pub async fn new(db: Db) -> Result<SqlStore, RepoError> {
+        let changes = db.listen(CHANNEL, CHANGE_FEED_CAPACITY).await?;
+        Ok(SqlStore { db, changes })
+    }
+
+    async fn reservation_in(on: &mut Tx, order_id: Uuid) -> Result<Option<Reservation>, RepoError> {
+        let Some(mut reservation) = query(
+            "SELECT order_id, status, currency_code, items_hash, expires_at \
+             FROM reservations WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *on, reservation)
+        .await?
+        else {
+            return Ok(None);
+        };
+        reservation.lines = lines_in(on, order_id).await?;
+        Ok(Some(reservation))
+    }
+}
+
+fn product(row: Row<'_>) -> Result<Product, StoreError> {
+    Ok(Product {
+        sku: row.get("sku")?,
+        name: row.get("name")?,
+        unit_price_cents: row.get("unit_price_cents")?,
+        currency_code: row.get("currency_code")?,
+        active: row.get("active")?,
+        on_hand: row.get("on_hand")?,
+        reserved: row.get("reserved")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+fn reservation(row: Row<'_>) -> Result<Reservation, StoreError> {
+    let order_id: Uuid = row.get("order_id")?;
+    let status: String = row.get("status")?;
+    Ok(Reservation {
+        order_id,
+        lines: Vec::new(),
+        currency_code: row.get("currency_code")?,
+        status: ReservationStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("reservation {order_id} status {status:?}"))
+        })?,
+        expires_at: row.get("expires_at")?,
+        items_hash: row.get("items_hash")?,
+    })
+}
+
+fn line(row: Row<'_>) -> Result<ReservationLine, StoreError> {
+    Ok(ReservationLine {
+        sku: row.get("sku")?,
+        quantity: row.get("quantity")?,
+        unit_price_cents: row.get("unit_price_cents")?,
+    })
+}
+
+async fn lines_in(on: &mut Tx, order_id: Uuid) -> Result<Vec<ReservationLine>, RepoError> {
+    query(
+        "SELECT sku, quantity, unit_price_cents FROM reservation_lines \
+         WHERE order_id = $1 ORDER BY sku",
+    )
+    .bind(order_id)
+    .fetch_all(on, line)
+    .await
+}
+
+/// Moves the reservation of `order_id` from `from` to `to` if it is in
+/// `from` (compare-and-set); whether it was.
+async fn move_reservation(
+    tx: &mut Tx,
+    order_id: Uuid,
+    from: ReservationStatus,
+    to: ReservationStatus,
+    now: DateTime<Utc>,
+) -> Result<bool, RepoError> {
+    let moved = query(
+        "UPDATE reservations SET status = $1, updated_at = $2 \
+         WHERE order_id = $3 AND status = $4",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(order_id)
+    .bind(from.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(moved == 1)
+}
+
+/// Gives back the held units of a pending reservation's lines.
+async fn unhold(
+    tx: &mut Tx,
+    lines: &[ReservationLine],
+    now: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    for line in lines {
+        query("UPDATE products SET reserved = reserved - $1, updated_at = $2 WHERE sku = $3")
+            .bind(line.quantity)
+            .bind(now)
+            .bind(&line.sku)
+            .execute(&mut *tx)
+            .await?;
+        tx.notify(CHANNEL, &line.sku).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl InventoryRepo for SqlStore {
+    async fn put_product(
+        &self,
+        draft: &ProductDraft,
+        now: DateTime<Utc>,
+    ) -> Result<Product, RepoError> {
+        let mut tx = self.db.begin().await?;
+        let product = query(
+            "INSERT INTO products (sku, name, unit_price_cents, currency_code, active, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (sku) DO UPDATE SET name = excluded.name, \
+             unit_price_cents = excluded.unit_price_cents, \
+             currency_code = excluded.currency_code, active = excluded.active, \
+             updated_at = excluded.updated_at \
+             RETURNING sku, name, unit_price_cents, currency_code, active, on_hand, reserved, \
+             updated_at",
+        )
+        .bind(draft.sku.as_str())
+        .bind(&draft.name)
+        .bind(draft.unit_price_cents)
+        .bind(draft.currency.as_str())
+        .bind(draft.active)
+        .bind(now)
+        .fetch_one(&mut tx, product)
+        .await?;
+        tx.notify(CHANNEL, &product.sku).await?;
+        tx.commit().await?;
+        Ok(product)
+    }
+
+    async fn get_product(&self, sku: &Sku) -> Result<Option<Product>, RepoError> {
+        query(
+            "SELECT sku, name, unit_price_cents, currency_code, active, on_hand, reserved, \
+             updated_at FROM products WHERE sku = $1",
+        )
+        .bind(sku.as_str())
+        .fetch_optional(&self.db, product)
+        .await
+    }
+
+    async fn list_products(
+        &self,
+        after: Option<&str>,
+        active_only: bool,
+        limit: u32,
+    ) -> Result<Vec<Product>, RepoError> {
+        query(
+            "SELECT sku, name, unit_price_cents, currency_code, active, on_hand, reserved, \
+             updated_at FROM products WHERE ($1 IS NULL OR sku > $1) AND (active OR NOT $2) \
+             ORDER BY sku LIMIT $3",
+        )
+        .bind(after)
+        .bind(active_only)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db, product)
+        .await
+    }
+
+    async fn adjust_stock(
+        &self,
+        change: &StockChange,
+        now: DateTime<Utc>,
+    ) -> Result<Adjusted, RepoError> {
+        let sku = change.sku.as_str();
+        let mut tx = self.db.begin().await?;
+        // The product must exist before its id is recorded (foreign key);
+        // a write first, as everywhere here.
+        let touched = query("UPDATE products SET updated_at = updated_at WHERE sku = $1")
+            .bind(sku)
+            .execute(&mut tx)
+            .await?;
+        if touched == 0 {
+            tx.rollback().await?;
+            return Ok(Adjusted::NotFound);
+        }
+        let recorded = query(
+            "INSERT INTO stock_adjustments (request_id, sku, delta, reason, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&change.request_id)
+        .bind(sku)
+        .bind(change.delta)
+        .bind(&change.reason)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        if recorded == 0 {
+            let (earlier_sku, earlier_delta): (String, i64) =
+                query("SELECT sku, delta FROM stock_adjustments WHERE request_id = $1")
+                    .bind(&change.request_id)
+                    .fetch_one(&mut tx, |row| Ok((row.get("sku")?, row.get("delta")?)))
+                    .await?;
+            tx.rollback().await?;
+            let product = self
+                .get_product(&change.sku)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("adjusted product vanished".into()))?;
+            return Ok(Adjusted::Repeated {
+                product,
+                same: earlier_sku == sku && earlier_delta == change.delta,
+            });
+        }
+        let updated = query(
+            "UPDATE products SET on_hand = on_hand + $1, updated_at = $2 \
+             WHERE sku = $3 AND on_hand + $1 >= reserved \
+             RETURNING sku, name, unit_price_cents, currency_code, active, on_hand, reserved, \
+             updated_at",
+        )
+        .bind(change.delta)
+        .bind(now)
+        .bind(sku)
+        .fetch_optional(&mut tx, product)
+        .await?;
+        let Some(product) = updated else {
+            tx.rollback().await?;
+            let product = self
+                .get_product(&change.sku)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("adjusted product vanished".into()))?;
+            return Ok(Adjusted::BelowReserved(product));
+        };
+        tx.notify(CHANNEL, sku).await?;
+        tx.commit().await?;
+        Ok(Adjusted::Applied(product))
+    }
+
+    async fn reserve(
+        &self,
+        order_id: Uuid,
+        items: &[ReserveItem],
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Reserved, RepoError> {
+        let items_hash = items_fingerprint(items);
+        let mut tx = self.db.begin().await?;
+        let inserted = query(
+            "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+             created_at, updated_at) VALUES ($1, 'pending', '', $2, $3, $4, $4) \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(&items_hash)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut tx)
+        .await?;
+        if inserted == 0 {
+            let existing = SqlStore::reservation_in(&mut tx, order_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("reservation conflicted but is gone".into()))?;
+            tx.rollback().await?;
+            return Ok(Reserved::Existing(existing));
+        }
+
+        let mut sorted: Vec<&ReserveItem> = items.iter().collect();
+        sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let mut lines = Vec::with_capacity(sorted.len());
+        let mut short = Vec::new();
+        let mut currencies = Vec::new();
+        for item in sorted {
+            let held = query(
+                "UPDATE products SET reserved = reserved + $1, updated_at = $2 \
+                 WHERE sku = $3 AND active AND on_hand - reserved >= $1 \
+                 RETURNING unit_price_cents, currency_code",
+            )
+            .bind(item.quantity)
+            .bind(now)
+            .bind(item.sku.as_str())
+            .fetch_optional(&mut tx, |row| {
+                Ok((
+                    row.get::<i64>("unit_price_cents")?,
+                    row.get::<String>("currency_code")?,
+                ))
+            })
+            .await?;
+            match held {
+                Some((unit_price_cents, currency)) => {
+                    currencies.push(currency);
+                    lines.push(ReservationLine {
+                        sku: item.sku.as_str().to_owned(),
+                        quantity: item.quantity,
+                        unit_price_cents,
+                    });
+                }
+                None => short.push(item),
+            }
+        }
+        if !short.is_empty() {
+            tx.rollback().await?;
+            let mut shortages = Vec::with_capacity(short.len());
+            for item in short {
+                let description = match self.get_product(&item.sku).await? {
+                    None => "no such product".to_owned(),
+                    Some(p) if !p.active => "the product is not for sale".to_owned(),
+                    Some(p) => format!("{} requested, {} available", item.quantity, p.available()),
+                };
+                shortages.push(Shortage {
+                    sku: item.sku.as_str().to_owned(),
+                    description,
+                });
+            }
+            return Ok(Reserved::Short(shortages));
+        }
+        currencies.dedup();
+        let [currency] = currencies.as_slice() else {
+            tx.rollback().await?;
+            return Ok(Reserved::MixedCurrencies);
+        };
+        query("UPDATE reservations SET currency_code = $1 WHERE order_id = $2")
+            .bind(currency.as_str())
+            .bind(order_id)
+            .execute(&mut tx)
+            .await?;
+        for line in &lines {
+            query(
+                "INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(order_id)
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .bind(line.unit_price_cents)
+            .execute(&mut tx)
+            .await?;
+            tx.notify(CHANNEL, &line.sku).await?;
+        }
+        tx.commit().await?;
+        Ok(Reserved::Held(Reservation {
+            order_id,
+            lines,
+            currency_code: currency.clone(),
+            status: ReservationStatus::Pending,
+            expires_at,
+            items_hash,
+        }))
+    }
+
+    async fn get_reservation(&self, order_id: Uuid) -> Result<Option<Reservation>, RepoError> {
+        let mut tx = self.db.begin().await?;
+        let found = SqlStore::reservation_in(&mut tx, order_id).await?;
+        tx.rollback().await?;
+        Ok(found)
+    }
+
+    async fn confirm(
+        &self,
+        order_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reservation>, RepoError> {
+        let mut tx = self.db.begin().await?;
+        let confirmed = query(
+            "UPDATE reservations SET status = 'confirmed', updated_at = $1 \
+             WHERE order_id = $2 AND status = 'pending' AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(order_id)
+        .execute(&mut tx)
+        .await?;
+        if confirmed == 1 {
+            for line in lines_in(&mut tx, order_id).await? {
+                // Available is unchanged: the units leave both columns.
+                query(
+                    "UPDATE products SET on_hand = on_hand - $1, reserved = reserved - $1, \
+                     updated_at = $2 WHERE sku = $3",
+                )
+                .bind(line.quantity)
+                .bind(now)
+                .bind(&line.sku)
+                .execute(&mut tx)
+                .await?;
+            }
+        } else if let Some(due) = SqlStore::reservation_in(&mut tx, order_id).await?
+            && due.status == ReservationStatus::Pending
+            && move_reservation(
+                &mut tx,
+                order_id,
+                ReservationStatus::Pending,
+                ReservationStatus::Expired,
+                now,
+            )
+            .await?
+        {
+            // Pending past its expiry and not swept yet: expire it now.
+            unhold(&mut tx, &due.lines, now).await?;
+        }
+        let after = SqlStore::reservation_in(&mut tx, order_id).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn release(&self, order_id: Uuid, now: DateTime<Utc>) -> Result<Reservation, RepoError> {
+        let mut tx = self.db.begin().await?;
+        if move_reservation(
+            &mut tx,
+            order_id,
+            ReservationStatus::Pending,
+            ReservationStatus::Released,
+            now,
+        )
+        .await?
+        {
+            let lines = lines_in(&mut tx, order_id).await?;
+            unhold(&mut tx, &lines, now).await?;
+        } else if move_reservation(
+            &mut tx,
+            order_id,
+            ReservationStatus::Confirmed,
+            ReservationStatus::Released,
+            now,
+        )
+        .await?
+        {
+            for line in lines_in(&mut tx, order_id).await? {
+                query("UPDATE products SET on_hand = on_hand + $1, updated_at = $2 WHERE sku = $3")
+                    .bind(line.quantity)
+                    .bind(now)
+                    .bind(&line.sku)
+                    .execute(&mut tx)
+                    .await?;
+                tx.notify(CHANNEL, &line.sku).await?;
+            }
+        } else {
+            // Never reserved: record the release, so that a ReserveStock
+            // arriving late (a retry overtaken by the release) holds nothing.
+            query(
+                "INSERT INTO reservations (order_id, status, currency_code, items_hash, \
+                 expires_at, created_at, updated_at) \
+                 VALUES ($1, 'released', '', '', $2, $2, $2) ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut tx)
+            .await?;
+        }
+        let after = SqlStore::reservation_in(&mut tx, order_id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("released reservation is gone".into()))?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<u64, RepoError> {
+        let mut tx = self.db.begin().await?;
+        let due: Vec<Uuid> = query(
+            "UPDATE reservations SET status = 'expired', updated_at = $1 \
+             WHERE status = 'pending' AND expires_at <= $1 RETURNING order_id",
+        )
+        .bind(now)
+        .fetch_all(&mut tx, |row| row.get("order_id"))
+        .await?;
+        for order_id in &due {
+            let lines = lines_in(&mut tx, *order_id).await?;
+            unhold(&mut tx, &lines, now).await?;
+        }
+        tx.commit().await?;
+        Ok(due.len() as u64)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Notice> {
+        self.changes.subscribe()
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        self.db.ping().await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.db.backend().as_str()
+    }
+}

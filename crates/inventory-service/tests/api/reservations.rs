@@ -1,0 +1,254 @@
+//! The reservation saga's steps as order-service takes them: services
+//! only, all or nothing, idempotent by order id, prices from the
+//! catalogue, expiry, and the race for the last units.
+
+use std::time::Duration;
+
+use shop_proto::inventory::v1::{
+    ConfirmReservationRequest, ReleaseReservationRequest, ReservationStatus, ReserveItem,
+    ReserveStockRequest,
+};
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, Fixture, authed};
+
+fn reserve(order_id: Uuid, items: &[(&str, i64)]) -> ReserveStockRequest {
+    ReserveStockRequest {
+        order_id: order_id.to_string(),
+        items: items
+            .iter()
+            .map(|(sku, quantity)| ReserveItem {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+    }
+}
+
+fn confirm(order_id: Uuid) -> ConfirmReservationRequest {
+    ConfirmReservationRequest {
+        order_id: order_id.to_string(),
+    }
+}
+
+fn release(order_id: Uuid) -> ReleaseReservationRequest {
+    ReleaseReservationRequest {
+        order_id: order_id.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn customers_and_admins_cannot_reserve_only_services_can() {
+    let f = Fixture::spawn().await;
+    f.product("sku-1", 250, 5).await;
+    let mut inventory = f.inventory.clone();
+    for token in [&f.customer, &f.admin] {
+        let refused = inventory
+            .reserve_stock(authed(reserve(Uuid::now_v7(), &[("sku-1", 1)]), token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
+    // A user's token offered as a service token is no better.
+    let mut forged = authed(reserve(Uuid::now_v7(), &[("sku-1", 1)]), &f.customer);
+    forged
+        .metadata_mut()
+        .insert("x-service-token", f.customer.parse().unwrap());
+    let refused = inventory.reserve_stock(forged).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(f.get("sku-1").await.available, 5, "nothing held");
+}
+
+#[tokio::test]
+async fn a_reservation_holds_everything_at_catalogue_prices_once_per_order() {
+    let f = Fixture::spawn().await;
+    f.product("sku-1", 250, 5).await;
+    f.product("sku-2", 1000, 2).await;
+    let mut inventory = f.inventory.clone();
+    let order = Uuid::now_v7();
+    let held = inventory
+        .reserve_stock(f.as_service(reserve(order, &[("sku-2", 1), ("sku-1", 2)])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.status, ReservationStatus::Pending as i32);
+    assert_eq!(held.currency_code, "EUR");
+    let prices: Vec<_> = held
+        .lines
+        .iter()
+        .map(|l| (l.sku.as_str(), l.quantity, l.unit_price_cents))
+        .collect();
+    assert_eq!(prices, [("sku-1", 2, 250), ("sku-2", 1, 1000)]);
+    let p = f.get("sku-1").await;
+    assert_eq!((p.on_hand, p.reserved, p.available), (5, 2, 3));
+
+    // The same again: the same reservation, nothing more held.
+    let again = inventory
+        .reserve_stock(f.as_service(reserve(order, &[("sku-1", 2), ("sku-2", 1)])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.lines, held.lines);
+    assert_eq!(f.get("sku-1").await.available, 3);
+    // Other items under the same order id.
+    let other = inventory
+        .reserve_stock(f.as_service(reserve(order, &[("sku-1", 1)])))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists);
+
+    // Confirm takes the units off the shelf; confirming again changes
+    // nothing.
+    for _ in 0..2 {
+        let confirmed = inventory
+            .confirm_reservation(f.as_service(confirm(order)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(confirmed.status, ReservationStatus::Confirmed as i32);
+    }
+    let p = f.get("sku-1").await;
+    assert_eq!((p.on_hand, p.reserved, p.available), (3, 0, 3));
+    // Releasing a confirmed reservation (a cancelled order) puts them back.
+    for _ in 0..2 {
+        let released = inventory
+            .release_reservation(f.as_service(release(order)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.status, ReservationStatus::Released as i32);
+    }
+    let p = f.get("sku-1").await;
+    assert_eq!((p.on_hand, p.reserved, p.available), (5, 0, 5));
+    let refused = inventory
+        .confirm_reservation(f.as_service(confirm(order)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn short_stock_holds_nothing_and_names_each_short_sku() {
+    let f = Fixture::spawn().await;
+    f.product("sku-1", 250, 5).await;
+    f.product("sku-2", 1000, 1).await;
+    let refused = f
+        .inventory
+        .clone()
+        .reserve_stock(f.as_service(reserve(
+            Uuid::now_v7(),
+            &[("sku-1", 2), ("sku-2", 3), ("sku-404", 1)],
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let failure = refused
+        .get_details_precondition_failure()
+        .expect("a PreconditionFailure");
+    let subjects: Vec<_> = failure
+        .violations
+        .iter()
+        .map(|v| (v.subject.as_str(), v.description.as_str()))
+        .collect();
+    assert_eq!(
+        subjects,
+        [
+            ("sku-2", "3 requested, 1 available"),
+            ("sku-404", "no such product")
+        ]
+    );
+    assert_eq!(f.get("sku-1").await.available, 5, "all or nothing");
+}
+
+#[tokio::test]
+async fn a_release_that_overtakes_its_reservation_leaves_nothing_held() {
+    let f = Fixture::spawn().await;
+    f.product("sku-1", 250, 5).await;
+    let order = Uuid::now_v7();
+    let mut inventory = f.inventory.clone();
+    let released = inventory
+        .release_reservation(f.as_service(release(order)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(released.status, ReservationStatus::Released as i32);
+    let late = inventory
+        .reserve_stock(f.as_service(reserve(order, &[("sku-1", 1)])))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(f.get("sku-1").await.available, 5);
+}
+
+#[tokio::test]
+async fn an_unconfirmed_reservation_expires_and_its_units_come_back() {
+    let f = Fixture::spawn_with(
+        Backend::Sqlite,
+        &[
+            "--reservation-ttl",
+            "300ms",
+            "--reservation-sweep-interval",
+            "100ms",
+        ],
+    )
+    .await;
+    f.product("sku-1", 250, 5).await;
+    let order = Uuid::now_v7();
+    let mut inventory = f.inventory.clone();
+    inventory
+        .reserve_stock(f.as_service(reserve(order, &[("sku-1", 4)])))
+        .await
+        .unwrap();
+    assert_eq!(f.get("sku-1").await.available, 1);
+    let started = std::time::Instant::now();
+    while f.get("sku-1").await.available != 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "units not back 5 s after a 300 ms TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let late = inventory
+        .confirm_reservation(f.as_service(confirm(order)))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert!(late.message().contains("expired"), "{}", late.message());
+}
+
+/// `n` reservations of one unit each race for `stock` units.
+async fn race_for_the_last_units(backend: Backend) {
+    let f = Fixture::spawn_with(backend, &[]).await;
+    let (stock, n) = (5, 24);
+    f.product("sku-1", 250, stock).await;
+    let calls = (0..n).map(|_| {
+        let mut inventory = f.inventory.clone();
+        let request = f.as_service(reserve(Uuid::now_v7(), &[("sku-1", 1)]));
+        async move { inventory.reserve_stock(request).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let held = answers.iter().filter(|a| a.is_ok()).count();
+    let short = answers
+        .iter()
+        .filter(|a| matches!(a, Err(s) if s.code() == Code::FailedPrecondition))
+        .count();
+    assert_eq!(
+        (held, short),
+        (stock as usize, n - stock as usize),
+        "{answers:?}"
+    );
+    let p = f.get("sku-1").await;
+    assert_eq!((p.on_hand, p.reserved, p.available), (stock, stock, 0));
+}
+
+#[tokio::test]
+async fn concurrent_reservations_of_the_last_units_never_oversell() {
+    race_for_the_last_units(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_reservations_of_the_last_units_never_oversell_on_postgres() {
+    race_for_the_last_units(Backend::Postgres).await;
+}
