@@ -11,7 +11,8 @@
 #   bare           shop-bare-server: tonic with no middleware, GetUser
 #                  answering a fixed user (the yardstick)
 #   get-user       GetUser of oneself: token check + database read
-#   create-order   CreateOrder: GetUser hop to user-service + database write
+#   create-order   CreateOrder: GetUser hop to user-service, ReserveStock and
+#                  ConfirmReservation at inventory-service, database write
 #   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
 #   mixed          the realistic mix with WatchOrder streams held open
 #   watch-idle     N idle WatchOrder streams: server memory per stream, and
@@ -51,7 +52,7 @@ fi
 log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
 
 log "cargo build --release (servers, loadgen, bare server, health probe)"
-cargo build --release --locked -p user-service -p order-service -p shop-loadgen -p shop-health-probe
+cargo build --release --locked -p user-service -p inventory-service -p order-service -p shop-loadgen -p shop-health-probe
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 bin="$target_dir/release"
@@ -137,32 +138,43 @@ server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=100000
     STREAM_MAX_PER_PROCESS=100000
     SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
 
-# stack BACKEND: starts user-service and order-service on BACKEND; sets
-# users_port, orders_port, orders_pid.
+# stack BACKEND: starts user-service, inventory-service (the development
+# catalogue, a million units of each product) and order-service on BACKEND;
+# sets users_port, orders_port, orders_pid.
 stack() {
-    local backend=$1 users_db orders_db data="$work/data-$1"
+    local backend=$1 users_db inventory_db orders_db data="$work/data-$1"
     mkdir -p "$data"
     case "$backend" in
         sqlite)
             users_db="sqlite://$data/users.db"
+            inventory_db="sqlite://$data/inventory.db"
             orders_db="sqlite://$data/orders.db"
             ;;
         postgres)
             local suffix="${RANDOM}"
-            psql_create "bench_users_$suffix" && psql_create "bench_orders_$suffix"
+            psql_create "bench_users_$suffix" && psql_create "bench_inventory_$suffix" \
+                && psql_create "bench_orders_$suffix"
             users_db="${PG_URL%/postgres}/bench_users_$suffix"
+            inventory_db="${PG_URL%/postgres}/bench_inventory_$suffix"
             orders_db="${PG_URL%/postgres}/bench_orders_$suffix"
             ;;
     esac
     users_port=$(free_port)
+    inventory_port=$(free_port)
     orders_port=$(free_port)
     start user-service shop.user.v1.UserService "$users_port" "${server_env[@]}" \
         GRPC_ADDR="127.0.0.1:$users_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
         DATABASE_URL="$users_db" DATA_DIR="$data" BCRYPT_COST=10 \
-        CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000
+        CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000 \
+        SERVICE_ACCOUNTS_DIR="$data/service-accounts"
+    start inventory-service shop.inventory.v1.InventoryService "$inventory_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        DATABASE_URL="$inventory_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
+        SEED_CATALOGUE=true SEED_CATALOGUE_UNITS=1000000
     start order-service shop.order.v1.OrderService "$orders_port" "${server_env[@]}" \
         GRPC_ADDR="127.0.0.1:$orders_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
-        DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port"
+        DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
+        INVENTORY_SERVICE_URL="http://127.0.0.1:$inventory_port"
     orders_pid=$last_pid
 }
 

@@ -55,6 +55,20 @@ def volume(name):
     return name.split("-")[0] + "-data"
 
 
+# Where service account secrets live in the containers: one shared volume,
+# read by the token issuer (SERVICE_ACCOUNTS_DIR), written by each service
+# that needs a service token (its SERVICE_SECRET_FILE, generated at first
+# start). Every image runs as the same user, so the 0600 files are readable.
+ACCOUNTS_DIR = "/var/lib/shop-accounts"
+
+
+def has_account(row, rows):
+    """A service calls services-only RPCs when it calls a service other than
+    the token issuer: it gets a service account."""
+    issuers = {r["name"] for r in rows if r["role"] == "issuer"}
+    return any(c not in issuers for c in row["calls"])
+
+
 def url_setting(name):
     return name.upper().replace("-", "_") + "_URL"
 
@@ -124,6 +138,14 @@ def compose(rows):
             out += [
                 "      BOOTSTRAP_ADMIN_EMAIL: ${BOOTSTRAP_ADMIN_EMAIL:-admin@shop.local}",
                 "      BOOTSTRAP_ADMIN_PASSWORD: ${BOOTSTRAP_ADMIN_PASSWORD:?run scripts/compose-env.sh first}",
+                "      # Service accounts: the secrets the services below write.",
+                f"      SERVICE_ACCOUNTS_DIR: {ACCOUNTS_DIR}",
+            ]
+        if has_account(s, rows):
+            out += [
+                "      # Its service account secret, generated at first start where",
+                "      # the token issuer reads it.",
+                f"      SERVICE_SECRET_FILE: {ACCOUNTS_DIR}/{name}.secret",
             ]
         for callee in s["calls"]:
             out += [
@@ -143,8 +165,12 @@ def compose(rows):
         ]
         if s["role"] == "issuer":
             out.append("      # The generated token signing key lives here and survives restarts.")
+        out.append(f"      - {volume(name)}:/var/lib/shop")
+        if s["role"] == "issuer":
+            out.append(f"      - service-accounts:{ACCOUNTS_DIR}:ro")
+        elif has_account(s, rows):
+            out.append(f"      - service-accounts:{ACCOUNTS_DIR}")
         out += [
-            f"      - {volume(name)}:/var/lib/shop",
             "    ports:",
             f'      - "{grpc}:{grpc}"',
             f'      - "{admin}:{admin}"   # /metrics, /healthz, /readyz',
@@ -167,6 +193,7 @@ def compose(rows):
         ]
     out += ["", "volumes:", "  pgdata:"]
     out += [f"  {volume(s['name'])}:" for s in rows]
+    out += ["  service-accounts:"]
     return "\n".join(out) + "\n"
 
 

@@ -1,8 +1,9 @@
-//! The real services, driven by arbitrary messages: user-service and
-//! order-service run in this process on loopback (SQLite in a temporary
-//! directory, the whole middleware stack), and each input is one
-//! well-framed gRPC call of any of their methods with arbitrary message
-//! bytes, as an admin or anonymously. No call may answer UNKNOWN or
+//! The real services, driven by arbitrary messages: user-service,
+//! inventory-service and order-service run in this process on loopback
+//! (SQLite in a temporary directory, the whole middleware stack), and each
+//! input is one well-framed gRPC call of any of their methods with
+//! arbitrary message bytes, as an admin (with order-service's service
+//! token for services-only methods) or anonymously. No call may answer UNKNOWN or
 //! DATA_LOSS, nor INTERNAL for a message that decodes (a panic caught by
 //! the guard answers INTERNAL too; bytes that are no protobuf message at
 //! all are INTERNAL "failed to decode Protobuf message", as in every gRPC
@@ -18,8 +19,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use libfuzzer_sys::fuzz_target;
 use shop_proto::{
-    auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
-    policy::{MethodPolicy, methods},
+    auth::v1::{IssueServiceTokenRequest, LoginRequest, auth_service_client::AuthServiceClient},
+    policy::{Access, MethodPolicy, methods},
 };
 use shop_server::{Listeners, service::parse_from};
 use tokio::runtime::Runtime;
@@ -36,8 +37,10 @@ const STREAM_READ: Duration = Duration::from_millis(300);
 struct Stack {
     runtime: Runtime,
     users: Channel,
+    inventory: Channel,
     orders: Channel,
     admin_token: String,
+    service_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -50,12 +53,15 @@ fn stack() -> &'static Stack {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (users, orders, admin_token) = runtime.block_on(start(dir.path()));
+        let (users, inventory, orders, admin_token, service_token) =
+            runtime.block_on(start(dir.path()));
         Stack {
             runtime,
             users,
+            inventory,
             orders,
             admin_token,
+            service_token,
             _dir: dir,
         }
     })
@@ -74,7 +80,7 @@ const LIFTED: [&str; 8] = [
     "100000",
 ];
 
-async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
+async fn start(dir: &std::path::Path) -> (Channel, Channel, Channel, String, String) {
     let users_listeners = Listeners::ephemeral().await.unwrap();
     let users_addr = users_listeners.grpc_addr();
     let mut args: Vec<String> = [
@@ -90,6 +96,12 @@ async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
     ]
     .map(String::from)
     .into();
+    // order-service's secret is generated at <data-dir>/service-accounts.
+    let accounts = dir.join("service-accounts");
+    args.extend([
+        "--service-accounts-dir".into(),
+        accounts.display().to_string(),
+    ]);
     args.extend([
         "--database-url".into(),
         format!("sqlite://{}/users.db", dir.display()),
@@ -103,6 +115,24 @@ async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
         std::future::pending(),
     ));
 
+    let inventory_listeners = Listeners::ephemeral().await.unwrap();
+    let inventory_addr = inventory_listeners.grpc_addr();
+    let mut args: Vec<String> = vec!["inventory-service".into()];
+    args.extend([
+        "--database-url".into(),
+        format!("sqlite://{}/inventory.db", dir.display()),
+    ]);
+    args.extend(["--data-dir".into(), dir.display().to_string()]);
+    args.extend(["--user-service-url".into(), format!("http://{users_addr}")]);
+    args.extend(["--seed-catalogue".into(), "true".into()]);
+    args.extend(LIFTED.map(String::from));
+    let config: inventory_service::Config = parse_from(args).unwrap();
+    tokio::spawn(inventory_service::run(
+        config,
+        inventory_listeners,
+        std::future::pending(),
+    ));
+
     let orders_listeners = Listeners::ephemeral().await.unwrap();
     let orders_addr = orders_listeners.grpc_addr();
     let mut args: Vec<String> = vec!["order-service".into()];
@@ -112,6 +142,10 @@ async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
     ]);
     args.extend(["--data-dir".into(), dir.display().to_string()]);
     args.extend(["--user-service-url".into(), format!("http://{users_addr}")]);
+    args.extend([
+        "--inventory-service-url".into(),
+        format!("http://{inventory_addr}"),
+    ]);
     args.extend(LIFTED.map(String::from));
     let config: order_service::Config = parse_from(args).unwrap();
     tokio::spawn(order_service::run(
@@ -121,6 +155,9 @@ async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
     ));
 
     let users = Channel::from_shared(format!("http://{users_addr}"))
+        .unwrap()
+        .connect_lazy();
+    let inventory = Channel::from_shared(format!("http://{inventory_addr}"))
         .unwrap()
         .connect_lazy();
     let orders = Channel::from_shared(format!("http://{orders_addr}"))
@@ -145,22 +182,39 @@ async fn start(dir: &std::path::Path) -> (Channel, Channel, String) {
             }
         }
     };
-    // order-service serves once it has user-service's keys.
+    // The others serve once they have user-service's keys.
     let started = Instant::now();
-    while tonic_health_serving(&orders).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "order-service never came up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for channel in [&inventory, &orders] {
+        while tonic_health_serving(channel).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "a service never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
-    (users, orders, token)
+    // order-service's own credential, for the services-only methods.
+    let secret: String = std::fs::read_to_string(accounts.join("order-service.secret"))
+        .expect("order-service wrote its secret")
+        .trim()
+        .to_owned();
+    let service_token = AuthServiceClient::new(users.clone())
+        .issue_service_token(IssueServiceTokenRequest {
+            service_name: "order-service".into(),
+            secret,
+        })
+        .await
+        .expect("a service token")
+        .into_inner()
+        .access_token;
+    (users, inventory, orders, token, service_token)
 }
 
 async fn tonic_health_serving(channel: &Channel) -> Result<(), ()> {
     let (answer, _) = call(
         channel.clone(),
         "/grpc.health.v1.Health/Check",
+        None,
         None,
         Bytes::new(),
         false,
@@ -183,6 +237,7 @@ async fn call(
     channel: Channel,
     path: &str,
     token: Option<&str>,
+    service_token: Option<&str>,
     message: Bytes,
     streaming: bool,
 ) -> (Answer, bool) {
@@ -198,6 +253,9 @@ async fn call(
         .header("grpc-timeout", "5S");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(token) = service_token {
+        request = request.header("x-service-token", token);
     }
     let request = request
         .body(Body::new(Full::new(Bytes::from(frame))))
@@ -242,14 +300,19 @@ fn status_of(headers: &http::HeaderMap) -> Answer {
     Some((code, message.to_owned()))
 }
 
-/// The methods of the two services, in a fixed order.
+/// The methods of the three services, in a fixed order.
 fn targets() -> &'static [&'static MethodPolicy] {
     static TARGETS: OnceLock<Vec<&'static MethodPolicy>> = OnceLock::new();
     TARGETS.get_or_init(|| {
         methods()
             .iter()
             .filter(|m| {
-                ["shop.user.v1.", "shop.auth.v1.", "shop.order.v1."]
+                [
+                    "shop.user.v1.",
+                    "shop.auth.v1.",
+                    "shop.order.v1.",
+                    "shop.inventory.v1.",
+                ]
                     .iter()
                     .any(|p| m.service.starts_with(p))
             })
@@ -265,8 +328,12 @@ fuzz_target!(|data: &[u8]| {
     let targets = targets();
     let method = targets[usize::from(which & 0x7f) % targets.len()];
     let token = (which & 0x80 == 0).then_some(stack.admin_token.as_str());
+    let service_token = (token.is_some() && method.access == Access::Service)
+        .then_some(stack.service_token.as_str());
     let channel = if method.service.starts_with("shop.order.") {
         stack.orders.clone()
+    } else if method.service.starts_with("shop.inventory.") {
+        stack.inventory.clone()
     } else {
         stack.users.clone()
     };
@@ -275,6 +342,7 @@ fuzz_target!(|data: &[u8]| {
         channel,
         method.path,
         token,
+        service_token,
         Bytes::copy_from_slice(message),
         streaming,
     ));

@@ -7,13 +7,14 @@ use std::{path::Path, process::Command};
 
 use sqlx::Connection as _;
 
-use crate::{ORDERS, USERS};
-
-/// The roles and databases the script creates (from deploy/services.tsv).
-const ROLES: [(&str, &str, &str); 2] = [
-    (USERS, "user_service", "users"),
-    (ORDERS, "order_service", "orders"),
-];
+/// The roles and databases the script creates (from deploy/services.tsv):
+/// (service, role, database) for every service of the stack.
+fn roles() -> Vec<(&'static str, String, &'static str)> {
+    shop_testkit::stack::SERVICES
+        .iter()
+        .map(|s| (s.name, s.name.replace('-', "_"), s.database))
+        .collect()
+}
 
 fn url(server: &url_parts::Server, role: &str, password: &str, database: &str) -> String {
     format!(
@@ -53,7 +54,8 @@ async fn postgres_init_gives_each_service_a_role_for_its_own_database_only() {
     let server = url_parts::parse(&admin_url);
     // The script is for a fresh volume; make this server one for it.
     let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-    for (_, role, database) in ROLES {
+    let roles = roles();
+    for (_, role, database) in &roles {
         for statement in [
             format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
             format!("DROP ROLE IF EXISTS {role}"),
@@ -67,7 +69,7 @@ async fn postgres_init_gives_each_service_a_role_for_its_own_database_only() {
 
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/postgres/init/01-databases.sh");
-    let passwords: Vec<String> = ROLES
+    let passwords: Vec<String> = roles
         .iter()
         .map(|_| uuid::Uuid::new_v4().simple().to_string())
         .collect();
@@ -77,7 +79,7 @@ async fn postgres_init_gives_each_service_a_role_for_its_own_database_only() {
         .env("PGHOST", &server.host)
         .env("PGPORT", &server.port)
         .env("PGPASSWORD", &server.password);
-    for ((service, _, _), password) in ROLES.iter().zip(&passwords) {
+    for ((service, _, _), password) in roles.iter().zip(&passwords) {
         let variable = format!("{}_DB_PASSWORD", service.to_uppercase().replace('-', "_"));
         run.env(variable, password);
     }
@@ -88,7 +90,7 @@ async fn postgres_init_gives_each_service_a_role_for_its_own_database_only() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    for ((_, role, own), password) in ROLES.iter().zip(&passwords) {
+    for ((_, role, own), password) in roles.iter().zip(&passwords) {
         // Its own database: connects, and can create what migrations create.
         let mut conn = sqlx::PgConnection::connect(&url(&server, role, password, own))
             .await
@@ -98,7 +100,7 @@ async fn postgres_init_gives_each_service_a_role_for_its_own_database_only() {
             .await
             .unwrap_or_else(|e| panic!("{role} cannot create a table in {own}: {e}"));
         // Every other service's database: refused at connection.
-        for (_, _, other) in ROLES.iter().filter(|(_, _, db)| db != own) {
+        for (_, _, other) in roles.iter().filter(|(_, _, db)| db != own) {
             let refused = sqlx::PgConnection::connect(&url(&server, role, password, other))
                 .await
                 .err()

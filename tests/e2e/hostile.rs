@@ -39,7 +39,7 @@ async fn a_million_item_order_is_refused_before_it_is_read() {
     let hostile = CreateOrderRequest {
         user_id: user.id.clone(),
         items: vec![OrderItem::default(); 1_000_000],
-        currency_code: "USD".into(),
+        currency_code: "EUR".into(),
         request_id: "hostile-1".into(),
     };
     let peak_before = peak_resident_kib(pid(&stack, ORDERS)).expect("VmHWM");

@@ -22,6 +22,8 @@ use shop_testkit::Stack;
 
 /// user-service, by name in a [`Stack`].
 const USERS: &str = "user-service";
+/// inventory-service, by name in a [`Stack`].
+const INVENTORY: &str = "inventory-service";
 /// order-service, by name in a [`Stack`].
 const ORDERS: &str = "order-service";
 
@@ -35,16 +37,17 @@ async fn customer_on(users: &shop_testkit::Service, username: &str) -> (User, St
     shop_testkit::accounts::customer(users.channel(), username).await
 }
 
-/// An order for `user_id`: 3 x 499 = 1497 cents.
+/// An order for `user_id`: 3 x 499 = 1497 cents of the development
+/// catalogue's sku-1.
 fn order(user_id: &str, request_id: &str) -> shop_proto::order::v1::CreateOrderRequest {
     shop_proto::order::v1::CreateOrderRequest {
         user_id: user_id.into(),
         items: vec![shop_proto::order::v1::OrderItem {
-            product_id: "sku-e2e".into(),
+            product_id: "sku-1".into(),
             quantity: 3,
             unit_price_cents: 499,
         }],
-        currency_code: "USD".into(),
+        currency_code: "EUR".into(),
         request_id: request_id.into(),
     }
 }

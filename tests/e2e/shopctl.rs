@@ -7,7 +7,7 @@ use serde_json::Value;
 use shop_testkit::{ADMIN_EMAIL, ADMIN_PASSWORD, Backend, Stack, binary};
 use tokio::{io::AsyncWriteExt as _, process::Command};
 
-use crate::{ORDERS, USERS};
+use crate::{INVENTORY, ORDERS, USERS};
 
 /// `shopctl` with the stack's addresses and its own config directory.
 fn shopctl(stack: &Stack, config: &Path) -> Command {
@@ -21,6 +21,10 @@ fn shopctl(stack: &Stack, config: &Path) -> Command {
         .env(
             "SHOPCTL_ORDER_ADDR",
             format!("http://{}", stack.service(ORDERS).addr),
+        )
+        .env(
+            "SHOPCTL_INVENTORY_ADDR",
+            format!("http://{}", stack.service(INVENTORY).addr),
         )
         .env("SHOPCTL_CONFIG_DIR", config)
         .stdin(Stdio::piped())
@@ -116,11 +120,9 @@ async fn a_user_signs_up_orders_and_watches_while_an_admin_processes() {
             "orders",
             "create",
             "--item",
-            "sku-1:2:250",
+            "sku-1:2",
             "--item",
-            "sku-2:1:1000",
-            "--currency",
-            "usd",
+            "sku-2:1:1250",
             "--request-id",
             "cli-1",
             "-o",
@@ -131,7 +133,8 @@ async fn a_user_signs_up_orders_and_watches_while_an_admin_processes() {
     .await;
     assert_eq!(created.code, 0, "{}", created.stderr);
     let order = created.json_lines()[0].clone();
-    assert_eq!(order["total_cents"], 1500);
+    // 2 x 499 + 1 x 1250, the development catalogue's prices.
+    assert_eq!(order["total_cents"], 2248);
     assert_eq!(order["status"], "pending");
     let id = order["id"].as_str().unwrap().to_owned();
 
@@ -200,6 +203,89 @@ async fn a_user_signs_up_orders_and_watches_while_an_admin_processes() {
         states.len() >= 2,
         "the current state, then the changes: {states:?}"
     );
+}
+
+#[tokio::test]
+async fn an_admin_keeps_the_catalogue_and_stock_while_a_customer_watches_it() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
+    let admin = tempfile::tempdir().unwrap();
+    let login = run(
+        shopctl(&stack, admin.path()),
+        &["login", ADMIN_EMAIL],
+        &format!("{ADMIN_PASSWORD}\n"),
+    )
+    .await;
+    assert_eq!(login.code, 0, "{}", login.stderr);
+    let json = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        all.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>()
+    };
+
+    let put = json(&[
+        "products",
+        "put",
+        "sku-tea",
+        "--name",
+        "Green tea",
+        "--price",
+        "725",
+    ]);
+    let put = run(shopctl(&stack, admin.path()), &refs(&put), "").await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    assert_eq!(put.json_lines()[0]["available"], 0);
+
+    let mut watch = shopctl(&stack, admin.path())
+        .args(["stock", "watch", "sku-tea", "-o", "json"])
+        .spawn()
+        .unwrap();
+    let adjust = json(&["stock", "adjust", "sku-tea", "40", "--reason", "delivery"]);
+    let adjusted = run(shopctl(&stack, admin.path()), &refs(&adjust), "").await;
+    assert_eq!(adjusted.code, 0, "{}", adjusted.stderr);
+    assert_eq!(adjusted.json_lines()[0]["on_hand"], 40);
+    let below = json(&["stock", "adjust", "sku-tea", "-41"]);
+    let below = run(shopctl(&stack, admin.path()), &refs(&below), "").await;
+    assert_eq!(below.code, 10 + 9, "FAILED_PRECONDITION: {}", below.stderr);
+
+    // The watch printed the current value, then the delivery.
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        while seen.last() != Some(&40) {
+            line.clear();
+            if stdout.read_line(&mut line).await.unwrap() == 0 {
+                break;
+            }
+            seen.push(
+                serde_json::from_str::<Value>(&line).unwrap()["available"]
+                    .as_i64()
+                    .unwrap(),
+            );
+        }
+    })
+    .await
+    .expect("the change within 10 s");
+    assert_eq!(seen, [0, 40]);
+    watch.kill().await.unwrap();
+
+    let listed = run(
+        shopctl(&stack, admin.path()),
+        &["products", "list", "--active-only", "-o", "json"],
+        "",
+    )
+    .await;
+    let skus: Vec<_> = listed
+        .json_lines()
+        .iter()
+        .map(|p| p["sku"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(skus, ["sku-1", "sku-2", "sku-3", "sku-tea"]);
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 #[tokio::test]

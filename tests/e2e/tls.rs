@@ -15,7 +15,7 @@ use shop_testkit::{
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::{ORDERS, USERS, customer_on, order};
+use crate::{INVENTORY, ORDERS, USERS, customer_on, order};
 
 /// Runs scripts/gen-certs.sh into `dir` for `names`.
 fn gen_certs(dir: &Path, names: &[&str]) {
@@ -46,6 +46,25 @@ fn client_tls(ca_dir: &Path, identity: Option<(&Path, &str)>) -> ClientTlsConfig
         ));
     }
     tls
+}
+
+/// The client TLS settings of `name`'s channels: our CA, its own
+/// certificate.
+fn client_tls_env(certs: &Path, name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "CLIENT_TLS_CA_FILE",
+            certs.join("ca.pem").display().to_string(),
+        ),
+        (
+            "CLIENT_TLS_CERT_FILE",
+            certs.join(format!("{name}.pem")).display().to_string(),
+        ),
+        (
+            "CLIENT_TLS_KEY_FILE",
+            certs.join(format!("{name}-key.pem")).display().to_string(),
+        ),
+    ]
 }
 
 async fn health(channel: Channel) -> Result<i32, tonic::Status> {
@@ -90,54 +109,74 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let other = dir.path().join("other-ca");
-    gen_certs(&certs, &["user-service", "order-service", "client"]);
+    gen_certs(
+        &certs,
+        &[
+            "user-service",
+            "inventory-service",
+            "order-service",
+            "client",
+        ],
+    );
     gen_certs(&other, &["client"]);
+    let accounts = dir.path().join("service-accounts");
 
     let mut env = base_env(
         format!("sqlite://{}", dir.path().join("users.db").display()),
         &dir.path().join("user-data"),
     );
     env.extend(server_tls_env(&certs, "user-service", true, "1h"));
+    env.push(("SERVICE_ACCOUNTS_DIR", accounts.display().to_string()));
     let ours = client_tls(&certs, Some((&certs, "client")));
     let users = Service::start_tls(USERS, USERS, dir.path(), &env, Some(ours.clone())).await;
+    // The certificate carries IP:127.0.0.1, so the address is the name.
+    let users_url = (
+        url_setting(USERS),
+        format!("https://127.0.0.1:{}", users.addr.port()),
+    );
 
-    let user_service_url = url_setting(USERS);
+    let mut env = base_env(
+        format!("sqlite://{}", dir.path().join("inventory.db").display()),
+        &dir.path().join("inventory-data"),
+    );
+    env.extend(server_tls_env(&certs, INVENTORY, true, "1h"));
+    env.extend(client_tls_env(&certs, INVENTORY));
+    env.push((users_url.0.as_str(), users_url.1.clone()));
+    env.push(("SEED_CATALOGUE", "true".into()));
+    let inventory =
+        Service::start_tls(INVENTORY, INVENTORY, dir.path(), &env, Some(ours.clone())).await;
+
+    let inventory_url = url_setting(INVENTORY);
     let mut env = base_env(
         format!("sqlite://{}", dir.path().join("orders.db").display()),
         &dir.path().join("order-data"),
     );
     env.extend(server_tls_env(&certs, "order-service", true, "1h"));
+    env.extend(client_tls_env(&certs, "order-service"));
     env.extend([
-        // The certificate carries IP:127.0.0.1, so the address is the name.
+        (users_url.0.as_str(), users_url.1.clone()),
         (
-            user_service_url.as_str(),
-            format!("https://127.0.0.1:{}", users.addr.port()),
+            inventory_url.as_str(),
+            format!("https://127.0.0.1:{}", inventory.addr.port()),
         ),
         (
-            "CLIENT_TLS_CA_FILE",
-            certs.join("ca.pem").display().to_string(),
-        ),
-        (
-            "CLIENT_TLS_CERT_FILE",
-            certs.join("order-service.pem").display().to_string(),
-        ),
-        (
-            "CLIENT_TLS_KEY_FILE",
-            certs.join("order-service-key.pem").display().to_string(),
+            "SERVICE_SECRET_FILE",
+            accounts.join("order-service.secret").display().to_string(),
         ),
     ]);
     let orders = Service::start_tls(ORDERS, ORDERS, dir.path(), &env, Some(ours.clone())).await;
 
-    // The right certificate gets in, and CreateOrder crosses both mTLS hops
-    // (order-service started serving only after fetching the token keys
-    // from user-service over mTLS).
+    // The right certificate gets in, and CreateOrder crosses every mTLS
+    // hop (order-service started serving only after fetching the token
+    // keys from user-service over mTLS; it reserves the stock at
+    // inventory-service with a service token fetched the same way).
     let (user, token) = customer_on(&users, "tls-user").await;
     OrderServiceClient::new(orders.channel())
         .create_order(authed(order(&user.id, "tls-1"), &token))
         .await
         .expect("CreateOrder over mTLS");
 
-    for service in [&users, &orders] {
+    for service in [&users, &inventory, &orders] {
         // No certificate at all.
         let refused = health(service.channel_with(client_tls(&certs, None))).await;
         assert!(

@@ -66,29 +66,36 @@ pub fn user_service_config_with(
 }
 
 /// order-service on `database_url`, its secrets in `data_dir`, calling the
-/// user-service at `users`, with `flags`, serving.
+/// user-service at `users` and the inventory-service at `inventory`, with
+/// `flags`, serving.
 pub async fn order_service(
     database_url: &str,
     data_dir: &Path,
     users: SocketAddr,
+    inventory: SocketAddr,
     flags: &[&str],
 ) -> App {
     App::start(
         order_service::run,
-        order_service_config(database_url, data_dir, users, flags),
+        order_service_config(database_url, data_dir, users, inventory, flags),
     )
     .await
 }
 
-/// The configuration [`order_service`] runs with.
+/// The configuration [`order_service`] runs with. Its service account
+/// secret is `<data_dir>/service-accounts/order-service.secret` (its
+/// default), generated at start: give user-service that directory as its
+/// `--service-accounts-dir`.
 pub fn order_service_config(
     database_url: &str,
     data_dir: &Path,
     users: SocketAddr,
+    inventory: SocketAddr,
     flags: &[&str],
 ) -> order_service::Config {
     let data_dir = data_dir.display().to_string();
     let users = format!("http://{users}");
+    let inventory = format!("http://{inventory}");
     let mut args = vec![
         "--database-url",
         database_url,
@@ -96,6 +103,8 @@ pub fn order_service_config(
         &data_dir,
         "--user-service-url",
         &users,
+        "--inventory-service-url",
+        &inventory,
     ];
     args.extend(COMMON);
     args.extend_from_slice(flags);
@@ -123,4 +132,38 @@ pub async fn inventory_service(
     args.extend(COMMON);
     args.extend_from_slice(flags);
     App::start(inventory_service::run, config(&args)).await
+}
+
+/// Puts `products` (sku, unit price in EUR cents, units on hand) into the
+/// inventory database at `database_url` (migrating it first), for tests
+/// that order them.
+pub async fn seed_products(database_url: &str, products: &[(&str, i64, i64)]) {
+    use inventory_service::domain::{ProductDraft, Sku, StockChange};
+    let store = inventory_service::repo::connect(database_url, 1)
+        .await
+        .expect("inventory database");
+    let inventory =
+        inventory_service::app::Inventory::new(store, std::time::Duration::from_secs(300));
+    for &(sku, price, units) in products {
+        let sku = Sku::parse(sku).expect("a valid sku");
+        inventory
+            .put_product(&ProductDraft {
+                sku: sku.clone(),
+                name: format!("Test product {}", sku.as_str()),
+                unit_price_cents: price,
+                currency: shop_core::currency::CurrencyCode::parse("EUR").unwrap(),
+                active: true,
+            })
+            .await
+            .expect("PutProduct");
+        inventory
+            .adjust_stock(&StockChange {
+                request_id: format!("seed-{}", sku.as_str()),
+                sku,
+                delta: units,
+                reason: "test stock".into(),
+            })
+            .await
+            .expect("AdjustStock");
+    }
 }

@@ -11,7 +11,11 @@ use crate::{Backend, process::Service};
 
 /// Every service, in start order (the token issuer first): its name, which
 /// is also its binary's, default ports and database name.
-pub const SERVICES: &[ServiceInfo] = &[user_service::SERVICE, order_service::SERVICE];
+pub const SERVICES: &[ServiceInfo] = &[
+    user_service::SERVICE,
+    inventory_service::SERVICE,
+    order_service::SERVICE,
+];
 
 /// The bootstrap admin's email in every end-to-end stack.
 pub const ADMIN_EMAIL: &str = "admin@e2e.test";
@@ -117,6 +121,20 @@ impl Stack {
                 .database_url(&format!("e2e_{}", info.database), dir.path())
                 .await;
             let mut env = base_env(database, &dir.path().join(format!("{}-data", info.name)));
+            // Service accounts as devstack has them: each caller's secret,
+            // generated at its first start, in the directory user-service
+            // reads; and the development catalogue to order from.
+            let accounts = dir.path().join("service-accounts");
+            env.push(("SERVICE_ACCOUNTS_DIR", accounts.display().to_string()));
+            env.push((
+                "SERVICE_SECRET_FILE",
+                accounts
+                    .join(format!("{}.secret", info.name))
+                    .display()
+                    .to_string(),
+            ));
+            env.push(("SEED_CATALOGUE", "true".into()));
+            env.push(("SEED_CATALOGUE_UNITS", "1000000".into()));
             env.extend(upstream.iter().map(|(k, v)| (k.as_str(), v.clone())));
             env.extend(spec.env.iter().cloned());
             let mut replicas = Vec::new();

@@ -39,6 +39,15 @@ pub(crate) struct Cli {
     )]
     pub(crate) order_addr: String,
 
+    /// inventory-service address.
+    #[arg(
+        long,
+        global = true,
+        env = "SHOPCTL_INVENTORY_ADDR",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub(crate) inventory_addr: String,
+
     /// How results are printed: aligned columns, or one JSON object per
     /// line.
     #[arg(
@@ -91,6 +100,77 @@ pub(crate) enum Command {
     /// Orders.
     #[command(subcommand)]
     Orders(OrdersCommand),
+    /// The catalogue: products and their prices.
+    #[command(subcommand)]
+    Products(ProductsCommand),
+    /// Stock: what is on hand, reserved and available.
+    #[command(subcommand)]
+    Stock(StockCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProductsCommand {
+    /// List products by sku.
+    List {
+        /// Products per page (at most 100).
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        /// Token of the page to show.
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Only products that can be ordered.
+        #[arg(long)]
+        active_only: bool,
+    },
+    /// Show one product with its stock.
+    Get {
+        /// The product's sku.
+        sku: String,
+    },
+    /// Create a product or change its name, price or currency (admins).
+    Put {
+        /// The product's sku (1 to 64 of A-Z a-z 0-9 . _ -).
+        sku: String,
+        /// What customers see.
+        #[arg(long)]
+        name: String,
+        /// Price of one unit in minor units (cents).
+        #[arg(long)]
+        price: i64,
+        /// ISO 4217 currency code.
+        #[arg(long, default_value = "EUR")]
+        currency: String,
+        /// Not for sale (cannot be ordered).
+        #[arg(long)]
+        inactive: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StockCommand {
+    /// Add units on hand (a positive DELTA) or remove them (negative;
+    /// never below what is reserved) (admins).
+    Adjust {
+        /// The product's sku.
+        sku: String,
+        /// Units to add or remove, e.g. 50 or -3.
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Idempotency key; repeating it changes nothing. A fresh one is
+        /// generated when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Print the availability of products, then every change, until
+    /// interrupted.
+    Watch {
+        /// The products' skus.
+        #[arg(required = true)]
+        skus: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -180,11 +260,14 @@ pub(crate) enum UsersCommand {
 pub(crate) enum OrdersCommand {
     /// Place an order.
     Create {
-        /// Items as PRODUCT:QUANTITY:UNIT_PRICE_CENTS, repeatable.
+        /// Items as SKU:QUANTITY, repeatable; prices come from the
+        /// catalogue. SKU:QUANTITY:UNIT_PRICE_CENTS also checks the price
+        /// (refused as "price changed" when it is not the catalogue's).
         #[arg(long = "item", required = true)]
         items: Vec<String>,
-        /// ISO 4217 currency code.
-        #[arg(long, default_value = "EUR")]
+        /// ISO 4217 currency code the order must be in (the catalogue's
+        /// when omitted).
+        #[arg(long, default_value = "")]
         currency: String,
         /// Whose order; yourself when omitted (admins may name anyone).
         #[arg(long)]

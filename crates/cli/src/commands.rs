@@ -8,6 +8,7 @@ use shop_proto::{
     auth::v1::{
         LoginRequest, LogoutRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient,
     },
+    inventory::v1::inventory_service_client::InventoryServiceClient,
     order::v1::{
         CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem,
         ProcessOrderRequest, WatchOrderRequest, order_service_client::OrderServiceClient,
@@ -21,7 +22,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tonic::{Request, transport::Channel};
 
 /// The channel every shopctl client uses.
-type Client = Propagate<Channel>;
+pub(crate) type Client = Propagate<Channel>;
 
 use crate::{
     cli::{Cli, Command, OrdersCommand, UsersCommand},
@@ -30,9 +31,9 @@ use crate::{
 };
 
 /// The global settings every command uses.
-struct Ctx {
+pub(crate) struct Ctx {
     cli: Cli,
-    printer: Printer,
+    pub(crate) printer: Printer,
 }
 
 impl Ctx {
@@ -58,6 +59,12 @@ impl Ctx {
         Ok(OrderServiceClient::new(Ctx::channel(&self.cli.order_addr)?))
     }
 
+    pub(crate) fn inventory(&self) -> anyhow::Result<InventoryServiceClient<Client>> {
+        Ok(InventoryServiceClient::new(Ctx::channel(
+            &self.cli.inventory_addr,
+        )?))
+    }
+
     fn config_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.cli.config_dir {
             Some(dir) => Ok(dir.clone()),
@@ -67,7 +74,7 @@ impl Ctx {
 
     /// The access token: `--token`, or the stored session's, refreshed
     /// first when it expires within 30 seconds.
-    async fn token(&self) -> anyhow::Result<String> {
+    pub(crate) async fn token(&self) -> anyhow::Result<String> {
         if let Some(token) = &self.cli.token {
             return Ok(token.clone());
         }
@@ -104,7 +111,7 @@ impl Ctx {
         Ok((me, token))
     }
 
-    fn request<T>(&self, message: T, token: Option<&str>) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T, token: Option<&str>) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.cli.timeout);
         if let Some(token) = token
@@ -116,7 +123,7 @@ impl Ctx {
     }
 
     /// A streaming request: the deadline bounds opening it, not its life.
-    fn stream_request<T>(&self, message: T, token: &str) -> Request<T> {
+    pub(crate) fn stream_request<T>(&self, message: T, token: &str) -> Request<T> {
         let mut request = Request::new(message);
         if let Ok(value) = format!("Bearer {token}").parse() {
             request.metadata_mut().insert("authorization", value);
@@ -197,6 +204,8 @@ pub(crate) async fn run(mut cli: Cli) -> anyhow::Result<()> {
         }
         Command::Users(command) => users(&ctx, command).await?,
         Command::Orders(command) => orders(&ctx, command).await?,
+        Command::Products(command) => crate::catalogue::products(&ctx, command).await?,
+        Command::Stock(command) => crate::catalogue::stock(&ctx, command).await?,
     }
     Ok(())
 }
@@ -298,18 +307,22 @@ async fn users(ctx: &Ctx, command: UsersCommand) -> anyhow::Result<()> {
 }
 
 fn parse_item(spec: &str) -> anyhow::Result<OrderItem> {
-    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
-    let [price, quantity, product] = parts.as_slice() else {
-        bail!("item {spec:?} is not PRODUCT:QUANTITY:UNIT_PRICE_CENTS");
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (product, quantity, price) = match parts.as_slice() {
+        [product, quantity] => (*product, *quantity, None),
+        [product, quantity, price] => (*product, *quantity, Some(*price)),
+        _ => bail!("item {spec:?} is not SKU:QUANTITY or SKU:QUANTITY:UNIT_PRICE_CENTS"),
     };
     Ok(OrderItem {
-        product_id: (*product).to_owned(),
+        product_id: product.to_owned(),
         quantity: quantity
             .parse()
             .with_context(|| format!("quantity in {spec:?}"))?,
+        // 0: the catalogue's price.
         unit_price_cents: price
-            .parse()
-            .with_context(|| format!("price in {spec:?}"))?,
+            .map(|p| p.parse().with_context(|| format!("price in {spec:?}")))
+            .transpose()?
+            .unwrap_or(0),
     })
 }
 
@@ -467,10 +480,17 @@ mod tests {
 
     #[test]
     fn items_parse_from_the_command_line() {
-        let item = parse_item("sku:with:colons:3:250").unwrap();
-        assert_eq!(item.product_id, "sku:with:colons");
+        let item = parse_item("sku-1:3:250").unwrap();
+        assert_eq!(item.product_id, "sku-1");
         assert_eq!((item.quantity, item.unit_price_cents), (3, 250));
-        assert!(parse_item("sku:3").is_err());
-        assert!(parse_item("sku:x:1").is_err());
+        let item = parse_item("sku-1:2").unwrap();
+        assert_eq!(
+            (item.quantity, item.unit_price_cents),
+            (2, 0),
+            "catalogue price"
+        );
+        assert!(parse_item("sku").is_err());
+        assert!(parse_item("sku:x").is_err());
+        assert!(parse_item("a:1:2:3").is_err());
     }
 }

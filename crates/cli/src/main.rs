@@ -6,6 +6,7 @@
 //! - [`session`]: the token pair `login` keeps in the config directory.
 //! - [`render`]: tables and JSON.
 
+mod catalogue;
 mod cli;
 mod commands;
 mod render;

@@ -2,7 +2,7 @@
 //! for scripts.
 
 use serde_json::{Value, json};
-use shop_proto::{order::v1 as orders, user::v1 as users};
+use shop_proto::{inventory::v1 as inventory, order::v1 as orders, user::v1 as users};
 
 use crate::cli::Output;
 
@@ -177,6 +177,28 @@ pub(crate) fn order(o: &orders::Order) -> Record {
         ("items", Value::Array(items)),
         ("created_at", time(&o.created_at)),
         ("updated_at", time(&o.updated_at)),
+    ])
+}
+
+pub(crate) fn product(p: &inventory::Product) -> Record {
+    Record(vec![
+        ("sku", json!(p.sku)),
+        ("name", json!(p.name)),
+        ("unit_price_cents", json!(p.unit_price_cents)),
+        ("currency", json!(p.currency_code)),
+        ("active", json!(p.active)),
+        ("on_hand", json!(p.on_hand)),
+        ("reserved", json!(p.reserved)),
+        ("available", json!(p.available)),
+        ("updated_at", time(&p.updated_at)),
+    ])
+}
+
+pub(crate) fn stock_update(u: &inventory::StockUpdate) -> Record {
+    Record(vec![
+        ("sku", json!(u.sku)),
+        ("available", json!(u.available)),
+        ("updated_at", time(&u.updated_at)),
     ])
 }
 

@@ -38,6 +38,7 @@ pub mod balance;
 pub mod dial;
 pub mod keys;
 pub mod layers;
+pub mod service_token;
 pub mod target;
 
 use std::{

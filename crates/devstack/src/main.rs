@@ -150,6 +150,17 @@ async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::
         .collect();
     shared.push(("BOOTSTRAP_ADMIN_EMAIL".into(), args.admin_email.clone()));
     shared.push(("BOOTSTRAP_ADMIN_PASSWORD".into(), admin_password.clone()));
+    // Service accounts: each caller's secret is generated on first start
+    // at <DATA_DIR>/service-accounts/<name>.secret (its SERVICE_SECRET_FILE
+    // default), where user-service finds it.
+    shared.push((
+        "SERVICE_ACCOUNTS_DIR".into(),
+        format!("{data_dir}/service-accounts"),
+    ));
+    // A catalogue to order from.
+    if std::env::var_os("SEED_CATALOGUE").is_none() {
+        shared.push(("SEED_CATALOGUE".into(), "true".into()));
+    }
     // A laptop stack is for exploring: reflection on unless told otherwise.
     if std::env::var_os("GRPC_REFLECTION").is_none() {
         shared.push(("GRPC_REFLECTION".into(), "true".into()));
@@ -270,9 +281,15 @@ fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin
         "\nshop devstack is up (data directory: {})\n",
         args.data_dir.display()
     );
+    let reflection = std::env::var("GRPC_REFLECTION").map_or(true, |v| v == "true");
+    let extras = if reflection {
+        "health, reflection"
+    } else {
+        "health"
+    };
     for (service, place) in services.iter().zip(placements) {
         println!(
-            "  {:<18} grpc://{}   ({}health, reflection)",
+            "  {:<18} grpc://{}   ({}{extras})",
             service.info.name, place.grpc, service.serves
         );
         println!(
@@ -281,7 +298,11 @@ fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin
         );
     }
     let users = placements[0].grpc;
-    let orders = placements.get(1).map_or(users, |p| p.grpc);
+    let orders = services
+        .iter()
+        .zip(placements)
+        .find(|(s, _)| s.info.name == "order-service")
+        .map_or(users, |(_, p)| p.grpc);
     println!(
         "\n\
          \x20 admin login   {email} / {admin_password}\n\
@@ -291,8 +312,11 @@ fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin
          \x20 grpcurl -plaintext -d '{{\"email\":\"ada@example.com\",\"username\":\"ada\",\"password\":\"correct horse\",\"first_name\":\"Ada\",\"last_name\":\"Lovelace\"}}' \\\n\
          \x20   {users} shop.user.v1.UserService/CreateUser\n\
          \x20 TOKEN=$(grpcurl -plaintext -d '{{\"identifier\":\"ada\",\"password\":\"correct horse\"}}' {users} shop.auth.v1.AuthService/Login | jq -r .accessToken)\n\
-         \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"items\":[{{\"product_id\":\"sku-1\",\"quantity\":2,\"unit_price_cents\":499}}],\"currency_code\":\"EUR\",\"request_id\":\"first-order\",\"user_id\":\"<id from CreateUser>\"}}' \\\n\
+         \x20 grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"items\":[{{\"product_id\":\"sku-1\",\"quantity\":2}}],\"request_id\":\"first-order\",\"user_id\":\"<id from CreateUser>\"}}' \\\n\
          \x20   {orders} shop.order.v1.OrderService/CreateOrder\n\
+         \n\
+         Or with shopctl (cargo run -p shopctl -- --help): the catalogue is sku-1, sku-2, sku-3:\n\
+         \x20 shopctl login ada && shopctl orders create --item sku-1:2 && shopctl products list\n\
          \n\
          Ctrl-C stops everything.\n",
         email = args.admin_email,

@@ -49,6 +49,7 @@ impl Entry {
 pub(crate) fn services() -> Vec<Entry> {
     vec![
         Entry::of::<user_service::Config, _, _>("UserService, AuthService, ", user_service::run),
+        Entry::of::<inventory_service::Config, _, _>("InventoryService, ", inventory_service::run),
         Entry::of::<order_service::Config, _, _>("OrderService, ", order_service::run),
     ]
 }

@@ -54,6 +54,18 @@ pub struct Config {
     /// back: units come back at most this long after RESERVATION_TTL.
     #[arg(long, env = "RESERVATION_SWEEP_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub reservation_sweep_interval: Duration,
+
+    /// Adds a small development catalogue at start (sku-1, sku-2, sku-3 in
+    /// EUR with SEED_CATALOGUE_UNITS each) when those products do not exist
+    /// yet.
+    /// devstack turns it on; leave it off anywhere else.
+    #[arg(long, env = "SEED_CATALOGUE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub seed_catalogue: bool,
+
+    /// Units of each product SEED_CATALOGUE starts with.
+    #[arg(long, env = "SEED_CATALOGUE_UNITS", default_value_t = 100,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub seed_catalogue_units: i64,
 }
 
 impl Config {

@@ -59,6 +59,11 @@ pub async fn run(
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
     let inventory = app::Inventory::new(Arc::clone(&store), config.reservation_ttl);
+    if config.seed_catalogue {
+        inventory
+            .seed_catalogue(config.seed_catalogue_units)
+            .await?;
+    }
     let _sweeping = AbortOnDrop(app::spawn_expiry(
         inventory.clone(),
         config.reservation_sweep_interval,

@@ -191,11 +191,12 @@ fn an_order(user_id: &str, request_id: String) -> CreateOrderRequest {
     CreateOrderRequest {
         user_id: user_id.to_owned(),
         items: vec![OrderItem {
-            product_id: "sku-load".into(),
+            // The development catalogue's (SEED_CATALOGUE), at its price.
+            product_id: "sku-1".into(),
             quantity: 1 + fastrand::i32(0..3),
-            unit_price_cents: 1_999,
+            unit_price_cents: 0,
         }],
-        currency_code: "USD".into(),
+        currency_code: String::new(),
         request_id,
     }
 }

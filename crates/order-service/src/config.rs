@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use shop_client::{ClientArgs, keys::KeySourceArgs};
+use shop_client::{ClientArgs, keys::KeySourceArgs, service_token::ServiceAccountArgs};
 use shop_server::ServiceArgs;
 
 /// shop order-service: orders and their state machine over gRPC.
@@ -28,10 +28,30 @@ pub struct Config {
     )]
     pub user_service_url: String,
 
-    /// Connections, balancing, retries and circuit breaking of the channel
-    /// to user-service.
+    /// inventory-service, where prices and stock come from: one endpoint
+    /// URL, several separated by commas, or `dns:///host:port`.
+    #[arg(
+        long,
+        env = "INVENTORY_SERVICE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub inventory_service_url: String,
+
+    /// Connections, balancing, retries and circuit breaking of the
+    /// channels to user-service and inventory-service.
     #[command(flatten)]
     pub client: ClientArgs,
+
+    /// This service's service account (its service tokens open
+    /// inventory-service's reservation RPCs).
+    #[command(flatten)]
+    pub service_account: ServiceAccountArgs,
+
+    /// How often the stock steps orders still owe inventory-service
+    /// (confirmations, releases that failed or were interrupted by a
+    /// crash) are retried; each step also backs off on its own.
+    #[arg(long, env = "STOCK_OUTBOX_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stock_outbox_interval: Duration,
 
     /// Where the token verification keys come from (fetched from
     /// user-service unless key files are given).
@@ -73,6 +93,7 @@ mod tests {
         assert_eq!(config.service.grpc_addr.unwrap().port(), 50052);
         assert_eq!(config.service.admin_addr.unwrap().port(), 9102);
         assert_eq!(config.user_service_url, "http://127.0.0.1:50051");
+        assert_eq!(config.inventory_service_url, "http://127.0.0.1:50053");
         assert!(config.keys.jwt_public_key_files.is_empty());
         assert_eq!(
             config.page_token_secret_path(),

@@ -12,6 +12,8 @@
 //!   call a use case, encode.
 //! - [`users`]: the user-service client, with the caller's context
 //!   propagated.
+//! - [`stock`]: the inventory-service client (reservations, with this
+//!   service's own service token).
 //!
 //! [`run`] wires them together; the binary is the kit's `service_main`.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod repo;
+pub mod stock;
 pub mod users;
 
 use std::{future::Future, sync::Arc};
@@ -68,10 +71,33 @@ pub async fn run(
         user_channel.clone(),
     )?;
 
+    let service_token = shop_client::service_token::ServiceToken::load(
+        SERVICE.name,
+        &config
+            .service_account
+            .secret_path(SERVICE.name, &config.service.data_dir),
+        user_channel.clone(),
+    )
+    .map_err(ConfigError)?;
+    let inventory_channel = shop_client::connect(
+        "inventory-service",
+        &config.inventory_service_url,
+        &config.client,
+    )
+    .map_err(|e| ConfigError(format!("INVENTORY_SERVICE_URL: {e}")))?;
+    let stock = Arc::new(stock::StockClient::new(
+        inventory_channel,
+        Arc::new(service_token),
+    ));
+
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
     let users = Arc::new(users::UserClient::new(user_channel));
     server.stream_authority(users.clone());
-    let orders = Orders::new(Arc::clone(&store), users);
+    let orders = Orders::new(Arc::clone(&store), users, stock);
+    let _settling = AbortOnDrop(app::spawn_stock_outbox(
+        orders.clone(),
+        config.stock_outbox_interval,
+    ));
     server.add(OrderServiceServer::new(OrderGrpc::new(
         orders,
         PageTokenCodec::new(secret),
@@ -85,6 +111,7 @@ pub async fn run(
     tracing::info!(
         database = store.backend(),
         user_service = %config.user_service_url,
+        inventory_service = %config.inventory_service_url,
         "order-service starting"
     );
     let ready = move || {
@@ -93,4 +120,13 @@ pub async fn run(
         async move { keys_loaded && store.ping().await.is_ok() }
     };
     server.serve(listeners, ready, shutdown).await
+}
+
+/// Stops a background task when the service stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

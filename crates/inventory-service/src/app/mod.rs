@@ -2,6 +2,7 @@
 //! reservation saga's three steps, and watching availability. They take
 //! domain values and return [`AppError`]; no gRPC type crosses into here.
 
+mod seed;
 mod watch;
 
 use std::{sync::Arc, time::Duration};

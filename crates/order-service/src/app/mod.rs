@@ -5,6 +5,8 @@
 //! return.
 
 mod orders;
+mod stock;
 
 pub use orders::{ActiveUsers, OrderWatch, Orders, PlaceOrder, Repeat, StatusChange};
 pub use shop_core::error::AppError;
+pub use stock::{Reserved, Settled, Stock, spawn_stock_outbox};

@@ -9,11 +9,14 @@ use shop_auth::Principal;
 use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
-use super::AppError;
+use super::{
+    AppError,
+    stock::{Stock, priced},
+};
 use crate::{
     domain::{
         CurrencyCode, NewOrder, Order, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
-        fingerprint,
+        StockAction, fingerprint,
     },
     repo::{Notice, OrderRepo},
 };
@@ -35,12 +38,12 @@ pub trait ActiveUsers: Send + Sync {
 pub struct PlaceOrder {
     /// Whose order it is.
     pub user_id: Uuid,
-    /// Its lines, valid.
+    /// Its lines, valid; a unit price of 0 takes the catalogue's, any
+    /// other must equal it.
     pub items: Vec<OrderItem>,
-    /// Its currency.
-    pub currency: CurrencyCode,
-    /// The total of the lines, computed.
-    pub total_cents: i64,
+    /// Its currency, when the caller named one (it must be the
+    /// catalogue's).
+    pub currency: Option<CurrencyCode>,
     /// The idempotency key.
     pub request_id: RequestId,
 }
@@ -73,8 +76,9 @@ pub enum StatusChange {
 /// The order use cases.
 #[derive(Clone)]
 pub struct Orders {
-    store: Arc<dyn OrderRepo>,
+    pub(super) store: Arc<dyn OrderRepo>,
     users: Arc<dyn ActiveUsers>,
+    pub(super) stock: Arc<dyn Stock>,
 }
 
 impl std::fmt::Debug for Orders {
@@ -86,9 +90,18 @@ impl std::fmt::Debug for Orders {
 }
 
 impl Orders {
-    /// The use cases over `store`, checking users with `users`.
-    pub fn new(store: Arc<dyn OrderRepo>, users: Arc<dyn ActiveUsers>) -> Orders {
-        Orders { store, users }
+    /// The use cases over `store`, checking users with `users` and
+    /// taking prices and stock from `stock`.
+    pub fn new(
+        store: Arc<dyn OrderRepo>,
+        users: Arc<dyn ActiveUsers>,
+        stock: Arc<dyn Stock>,
+    ) -> Orders {
+        Orders {
+            store,
+            users,
+            stock,
+        }
     }
 
     /// Places `order` for `caller`, once per request id: a repeat with the
@@ -114,27 +127,73 @@ impl Orders {
 
         self.users.ensure_active(order.user_id).await?;
 
+        // The saga: hold the stock (prices come back with it), store the
+        // order with the confirmation it owes, confirm. A crash before the
+        // order is stored leaves a reservation that expires; after, the
+        // outbox confirms it.
+        let id = Uuid::now_v7();
+        let reserved = self.stock.reserve(id, &order.items).await?;
+        let priced = match priced(&order, &reserved) {
+            Ok(priced) => priced,
+            Err(refused) => {
+                self.release_unstored(id).await;
+                return Err(refused);
+            }
+        };
         let new = NewOrder {
-            id: Uuid::now_v7(),
+            id,
             user_id: order.user_id,
             request_id: order.request_id,
             request_hash: request_hash.clone(),
-            items: order.items,
-            currency_code: order.currency,
-            total_cents: order.total_cents,
+            total_cents: priced.total_cents,
+            items: priced.items,
+            currency_code: priced.currency,
             now: Utc::now().trunc_subsecs(6),
         };
-        match self.store.place_order(&new).await? {
+        let placed = match self.store.place_order(&new).await {
+            Ok(placed) => placed,
+            Err(error) => {
+                self.release_unstored(id).await;
+                return Err(error.into());
+            }
+        };
+        match placed {
             PlacedOrder::Created(order) => {
                 tracing::info!(order_id = %order.id, user_id = %order.user_id, total_cents = order.total_cents, "order created");
-                Ok(order)
+                // Under the caller's deadline; if it fails, the outbox
+                // worker confirms later (the order is stored either way).
+                self.settle(order.id, StockAction::Confirm).await;
+                Ok(self.get_stored(order.id).await?.unwrap_or(order))
             }
-            // A concurrent twin won the race.
+            // A concurrent twin won the race: our reservation is not needed.
             PlacedOrder::Existing {
                 order,
                 request_hash: stored_hash,
-            } => same_request(order, &stored_hash, &request_hash),
+            } => {
+                self.release_unstored(id).await;
+                same_request(order, &stored_hash, &request_hash)
+            }
         }
+    }
+
+    /// Gives back the reservation of an order that was not stored: owed
+    /// in the outbox first (so a crash cannot lose it), then tried at once;
+    /// the reservation's expiry is the last resort.
+    async fn release_unstored(&self, id: Uuid) {
+        let now = Utc::now().trunc_subsecs(6);
+        if let Err(error) = self
+            .store
+            .owe_stock_step(id, StockAction::Release, now)
+            .await
+        {
+            tracing::warn!(order_id = %id, %error, "could not record the release; the reservation will expire");
+            return;
+        }
+        self.settle(id, StockAction::Release).await;
+    }
+
+    async fn get_stored(&self, id: Uuid) -> Result<Option<Order>, AppError> {
+        Ok(self.store.get_order(id).await?)
     }
 
     /// The order `id`, if `caller` may see it (NOT_FOUND otherwise).
@@ -197,12 +256,17 @@ impl Orders {
                 }
             };
             let now = Utc::now().trunc_subsecs(6);
+            // A cancelled order gives its stock back.
+            let owes = (to == OrderStatus::Cancelled).then_some(StockAction::Release);
             if let Some(moved) = self
                 .store
-                .update_status(id, order.status, to, reason, now)
+                .update_status(id, order.status, to, reason, owes, now)
                 .await?
             {
                 tracing::info!(order_id = %id, from = %order.status, to = %to, by = %caller.user_id, "order moved");
+                if let Some(action) = owes {
+                    self.settle(id, action).await;
+                }
                 return Ok(StatusChange::Done(moved));
             }
             // Moved by someone else between our read and our write: look again.

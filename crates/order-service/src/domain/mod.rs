@@ -3,6 +3,7 @@
 
 mod order;
 mod status;
+mod stock;
 
 pub use order::{
     MAX_ITEMS, MAX_PRODUCT_ID_CHARS, MAX_QUANTITY, MAX_REQUEST_ID_CHARS, NewOrder, Order,
@@ -11,5 +12,6 @@ pub use order::{
 };
 pub use shop_core::currency::CurrencyCode;
 pub use status::{OrderStatus, TransitionError};
+pub use stock::{StockAction, StockStep};
 
 pub use shop_core::validation::{FieldViolation, Violations};

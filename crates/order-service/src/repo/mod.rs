@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Order, OrderEvent, OrderFilter, OrderStatus, PlacedOrder};
+use crate::domain::{
+    NewOrder, Order, OrderEvent, OrderFilter, OrderStatus, PlacedOrder, StockAction, StockStep,
+};
 
 pub use shop_storage::{Notice, StoreError as RepoError};
 pub use sql::SqlStore;
@@ -23,10 +25,11 @@ pub use sql::SqlStore;
 /// Orders and their items.
 #[async_trait]
 pub trait OrderRepo: Send + Sync {
-    /// Stores a new order with its items, atomically, unless the user
-    /// already has an order with the same request id: then that order is
-    /// returned with its fingerprint. Safe under concurrent identical
-    /// requests: exactly one order is created.
+    /// Stores a new order with its items and the stock confirmation it
+    /// owes (in the outbox), atomically, unless the user already has an
+    /// order with the same request id: then that order is returned with
+    /// its fingerprint. Safe under concurrent identical requests: exactly
+    /// one order is created.
     async fn place_order(&self, order: &NewOrder) -> Result<PlacedOrder, RepoError>;
 
     /// The user's order with `request_id` and its fingerprint.
@@ -52,15 +55,44 @@ pub trait OrderRepo: Send + Sync {
     /// (compare-and-set), bumping its version and recording an
     /// [`OrderEvent`] in the same transaction, then notifies the change
     /// feed; `None` when it is not in `from` (moved meanwhile, or missing).
-    /// `reason` is kept for cancellations.
+    /// `reason` is kept for cancellations; `owes` is a stock step the move
+    /// owes, put in the outbox in the same transaction.
     async fn update_status(
         &self,
         id: Uuid,
         from: OrderStatus,
         to: OrderStatus,
         reason: Option<&str>,
+        owes: Option<StockAction>,
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError>;
+
+    /// Puts a stock step in the outbox (once: a step already owed stays
+    /// as it is).
+    async fn owe_stock_step(
+        &self,
+        order_id: Uuid,
+        action: StockAction,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+
+    /// Up to `limit` owed stock steps due at `now`, oldest first.
+    async fn due_stock_steps(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StockStep>, RepoError>;
+
+    /// Removes a step that is done.
+    async fn stock_step_done(&self, order_id: Uuid, action: StockAction) -> Result<(), RepoError>;
+
+    /// Counts a failed attempt and puts the step off until `next`.
+    async fn stock_step_failed(
+        &self,
+        order_id: Uuid,
+        action: StockAction,
+        next: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
 
     /// The status changes of an order after `version`, oldest first.
     async fn events_after(

@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::{OrderRepo, RepoError};
 use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder, StockAction,
+    StockStep,
 };
 
 /// The channel status changes are announced on.
@@ -128,6 +129,25 @@ fn order(row: Row<'_>) -> Result<(Order, String), StoreError> {
     ))
 }
 
+/// Puts a stock step in the outbox within `tx`, due at once.
+async fn owe(
+    tx: &mut shop_storage::Tx,
+    order_id: Uuid,
+    action: StockAction,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    query(
+        "INSERT INTO stock_outbox (order_id, action, next_attempt_at, created_at) \
+         VALUES ($1, $2, $3, $3) ON CONFLICT (order_id, action) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(action.as_str())
+    .bind(now)
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
 fn item(row: Row<'_>) -> Result<OrderItem, StoreError> {
     Ok(OrderItem {
         product_id: row.get("product_id")?,
@@ -196,6 +216,7 @@ impl OrderRepo for SqlStore {
             .execute(&mut tx)
             .await?;
         }
+        owe(&mut tx, new.id, StockAction::Confirm, new.now).await?;
         tx.commit().await?;
         created.items = new.items.clone();
         Ok(PlacedOrder::Created(created))
@@ -251,6 +272,7 @@ impl OrderRepo for SqlStore {
         from: OrderStatus,
         to: OrderStatus,
         reason: Option<&str>,
+        owes: Option<StockAction>,
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError> {
         let mut tx = self.db.begin().await?;
@@ -280,6 +302,9 @@ impl OrderRepo for SqlStore {
         .bind(now)
         .execute(&mut tx)
         .await?;
+        if let Some(action) = owes {
+            owe(&mut tx, id, action, now).await?;
+        }
         tx.notify(CHANNEL, &id.to_string()).await?;
         tx.commit().await?;
         order.items = self.items(id).await?;
@@ -299,6 +324,67 @@ impl OrderRepo for SqlStore {
         .bind(version)
         .fetch_all(&self.db, event)
         .await
+    }
+
+    async fn owe_stock_step(
+        &self,
+        order_id: Uuid,
+        action: StockAction,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        let mut tx = self.db.begin().await?;
+        owe(&mut tx, order_id, action, now).await?;
+        tx.commit().await
+    }
+
+    async fn due_stock_steps(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StockStep>, RepoError> {
+        query(
+            "SELECT order_id, action, attempts FROM stock_outbox \
+             WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.db, |row| {
+            let action: String = row.get("action")?;
+            Ok(StockStep {
+                order_id: row.get("order_id")?,
+                action: StockAction::parse(&action)
+                    .ok_or_else(|| StoreError::Corrupt(format!("outbox action {action:?}")))?,
+                attempts: row.get("attempts")?,
+            })
+        })
+        .await
+    }
+
+    async fn stock_step_done(&self, order_id: Uuid, action: StockAction) -> Result<(), RepoError> {
+        query("DELETE FROM stock_outbox WHERE order_id = $1 AND action = $2")
+            .bind(order_id)
+            .bind(action.as_str())
+            .execute(&self.db)
+            .await
+            .map(drop)
+    }
+
+    async fn stock_step_failed(
+        &self,
+        order_id: Uuid,
+        action: StockAction,
+        next: DateTime<Utc>,
+    ) -> Result<(), RepoError> {
+        query(
+            "UPDATE stock_outbox SET attempts = attempts + 1, next_attempt_at = $1 \
+             WHERE order_id = $2 AND action = $3",
+        )
+        .bind(next)
+        .bind(order_id)
+        .bind(action.as_str())
+        .execute(&self.db)
+        .await
+        .map(drop)
     }
 
     fn changes(&self) -> broadcast::Receiver<Notice> {

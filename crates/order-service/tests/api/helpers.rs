@@ -14,26 +14,63 @@ use tonic::transport::Channel;
 
 pub(crate) use shop_testkit::{Backend, PASSWORD, authed, violated_fields};
 
-/// user-service on `listeners` with its database and key in `dir`,
+/// The products every order-service test can order: sku, EUR cents,
+/// units (plenty).
+pub(crate) const PRODUCTS: &[(&str, i64, i64)] =
+    &[("sku-apple", 250, 100_000), ("sku-pear", 1000, 100_000)];
+
+/// user-service on `listeners` with its database and key in `dir`, and
+/// order-service (started with the same `dir`) as a service account,
 /// serving.
 pub(crate) async fn start_user_service(listeners: Listeners, dir: &Path, extra: &[&str]) -> App {
     let db = format!("sqlite://{}", dir.join("users.db").display());
-    let config = apps::user_service_config(&db, &dir.join("user-data"), extra);
+    let accounts = service_accounts(dir);
+    let mut flags = vec!["--service-accounts-dir", accounts.as_str()];
+    flags.extend_from_slice(extra);
+    let config = apps::user_service_config(&db, &dir.join("user-data"), &flags);
     let app = App::launch(user_service::run, config, listeners);
     app.wait_until_serving().await;
     app
 }
 
-/// order-service on `listeners`, talking to user-service at `users`,
-/// serving.
+/// An inventory-service address for tests that place no order (nothing
+/// listens there; channels connect lazily).
+pub(crate) const NO_INVENTORY: &str = "127.0.0.1:9";
+
+/// Where order-service's service account secret is kept for a test in
+/// `dir`: user-service's accounts directory.
+fn service_accounts(dir: &Path) -> String {
+    dir.join("service-accounts").display().to_string()
+}
+
+/// inventory-service on its own database in `dir` with [`PRODUCTS`],
+/// taking token keys from user-service at `users`, serving.
+pub(crate) async fn start_inventory_service(users: SocketAddr, dir: &Path, extra: &[&str]) -> App {
+    let db = format!("sqlite://{}", dir.join("inventory.db").display());
+    apps::seed_products(&db, PRODUCTS).await;
+    apps::inventory_service(&db, &dir.join("inventory-data"), users, extra).await
+}
+
+/// order-service on `listeners`, talking to user-service at `users` and
+/// inventory-service at `inventory`, serving.
 pub(crate) async fn start_order_service(
     listeners: Listeners,
     users: SocketAddr,
+    inventory: SocketAddr,
     database_url: &str,
     dir: &Path,
     extra: &[&str],
 ) -> App {
-    let config = apps::order_service_config(database_url, &dir.join("order-data"), users, extra);
+    let secret = format!("{}/order-service.secret", service_accounts(dir));
+    let mut flags = vec!["--service-secret-file", secret.as_str()];
+    flags.extend_from_slice(extra);
+    let config = apps::order_service_config(
+        database_url,
+        &dir.join("order-data"),
+        users,
+        inventory,
+        &flags,
+    );
     let app = App::launch(order_service::run, config, listeners);
     app.wait_until_serving().await;
     app
@@ -52,9 +89,11 @@ async fn listeners() -> Listeners {
     Listeners::ephemeral().await.unwrap()
 }
 
-/// user-service and order-service wired together, with clients.
+/// user-service, inventory-service and order-service wired together, with
+/// clients.
 pub(crate) struct Stack {
     pub(crate) user_service: App,
+    pub(crate) inventory_service: App,
     pub(crate) order_service: App,
     pub(crate) users: UserServiceClient<Channel>,
     pub(crate) orders: OrderServiceClient<Channel>,
@@ -68,18 +107,31 @@ impl Stack {
         Stack::spawn_with(Backend::Sqlite, &[], &[]).await
     }
 
-    /// Both services with extra flags; order-service on `backend`.
+    /// The services with extra flags; order-service on `backend`.
     pub(crate) async fn spawn_with(
         backend: Backend,
         user_flags: &[&str],
         order_flags: &[&str],
     ) -> Stack {
+        Stack::spawn_full(backend, user_flags, &[], order_flags).await
+    }
+
+    /// The services with extra flags for each; order-service on `backend`.
+    pub(crate) async fn spawn_full(
+        backend: Backend,
+        user_flags: &[&str],
+        inventory_flags: &[&str],
+        order_flags: &[&str],
+    ) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let orders_db = backend.database_url("orders", dir.path()).await;
         let user_service = start_user_service(listeners().await, dir.path(), user_flags).await;
+        let inventory_service =
+            start_inventory_service(user_service.addr, dir.path(), inventory_flags).await;
         let order_service = start_order_service(
             listeners().await,
             user_service.addr,
+            inventory_service.addr,
             &orders_db,
             dir.path(),
             order_flags,
@@ -89,6 +141,7 @@ impl Stack {
             users: UserServiceClient::new(user_service.channel()),
             orders: OrderServiceClient::new(order_service.channel()),
             user_service,
+            inventory_service,
             order_service,
             orders_db,
             dir,

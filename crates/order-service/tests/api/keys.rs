@@ -131,6 +131,7 @@ async fn configured_public_keys_replace_fetching() {
     let orders_svc = crate::helpers::start_order_service(
         Listeners::ephemeral().await.unwrap(),
         users.addr,
+        crate::helpers::NO_INVENTORY.parse().unwrap(),
         &db,
         dir.path(),
         &["--jwt-public-key-files", &pem_arg],
@@ -194,7 +195,13 @@ async fn order_service_waits_for_user_service_keys_before_serving() {
     let users_listeners = Listeners::ephemeral().await.unwrap();
     let users_addr = users_listeners.grpc_addr();
     let db = format!("sqlite://{}", dir.path().join("orders.db").display());
-    let config = apps::order_service_config(&db, &dir.path().join("order-data"), users_addr, &[]);
+    let config = apps::order_service_config(
+        &db,
+        &dir.path().join("order-data"),
+        users_addr,
+        crate::helpers::NO_INVENTORY.parse().unwrap(),
+        &[],
+    );
     let mut orders = App::launch(
         order_service::run,
         config,
@@ -277,6 +284,7 @@ async fn a_retired_key_is_refused_within_the_keys_max_age() {
     let orders_svc = crate::helpers::start_order_service(
         Listeners::ephemeral().await.unwrap(),
         users.addr,
+        crate::helpers::NO_INVENTORY.parse().unwrap(),
         &db,
         dir.path(),
         &["--jwt-keys-max-age", "300ms"],

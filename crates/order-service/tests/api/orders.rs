@@ -1,10 +1,11 @@
-//! OrderService over gRPC: placing orders (validation, totals, the user
-//! check, idempotency), reading, listing and cancelling them, and who may
-//! do what.
+//! OrderService over gRPC: placing orders (validation, catalogue prices
+//! and stock, the user check, idempotency), reading, listing and
+//! cancelling them, and who may do what.
 
 use chrono::Utc;
 use order_service::{domain::OrderStatus as Status, repo};
 use shop_proto::{
+    inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{
         CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem,
         OrderStatus,
@@ -12,6 +13,7 @@ use shop_proto::{
     user::v1::{UpdateUserRequest, UserStatus},
 };
 use tonic::{Code, Request};
+use tonic_types::StatusExt as _;
 
 use crate::helpers::{Backend, Stack, authed, order_request, violated_fields};
 
@@ -54,7 +56,7 @@ async fn every_invalid_field_is_reported_with_its_item_index() {
             OrderItem {
                 product_id: String::new(),
                 quantity: 1001,
-                unit_price_cents: 0,
+                unit_price_cents: -1,
             },
         ],
         currency_code: "XYZ".into(),
@@ -95,24 +97,128 @@ async fn every_invalid_field_is_reported_with_its_item_index() {
     assert_eq!(violated_fields(&empty), ["user_id", "items"]);
 }
 
+/// The units of `sku` that can still be ordered.
+async fn available(stack: &Stack, token: &str, sku: &str) -> i64 {
+    InventoryServiceClient::new(stack.inventory_service.channel())
+        .get_product(authed(GetProductRequest { sku: sku.into() }, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .available
+}
+
 #[tokio::test]
-async fn a_total_that_overflows_is_invalid() {
+async fn prices_and_currency_come_from_the_catalogue() {
     let stack = Stack::spawn().await;
-    let (user, token) = stack.customer("whale").await;
+    let (user, token) = stack.customer("thrifty").await;
+    let mut request = order_request(&user.id, "catalogue");
+    // No prices and no currency: the catalogue's.
+    for item in &mut request.items {
+        item.unit_price_cents = 0;
+    }
+    request.currency_code.clear();
+    let before = available(&stack, &token, "sku-apple").await;
+    let order = stack
+        .orders
+        .clone()
+        .create_order(authed(request, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let prices: Vec<_> = order.items.iter().map(|i| i.unit_price_cents).collect();
+    assert_eq!(prices, [250, 1000]);
+    assert_eq!(
+        (order.total_cents, order.currency_code.as_str()),
+        (1500, "EUR")
+    );
+    assert_eq!(available(&stack, &token, "sku-apple").await, before - 2);
+}
+
+#[tokio::test]
+async fn a_price_or_currency_that_is_not_the_catalogues_is_refused_and_holds_nothing() {
+    let stack = Stack::spawn().await;
+    let (user, token) = stack.customer("bargainer").await;
+    let before = available(&stack, &token, "sku-apple").await;
+
+    let mut cheaper = order_request(&user.id, "cheaper");
+    cheaper.items[0].unit_price_cents = 1;
+    let mut dollars = order_request(&user.id, "dollars");
+    dollars.currency_code = "USD".into();
+    for request in [cheaper, dollars] {
+        let status = stack
+            .orders
+            .clone()
+            .create_order(authed(request, &token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().starts_with("price changed"), "{status:?}");
+    }
+    let list = stack
+        .orders
+        .clone()
+        .list_orders(authed(ListOrdersRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.orders.is_empty(), "no order was stored");
+    assert_eq!(
+        available(&stack, &token, "sku-apple").await,
+        before,
+        "the reservations were released"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_product_is_a_failed_precondition_naming_it() {
+    let stack = Stack::spawn().await;
+    let (user, token) = stack.customer("dreamer").await;
     let mut request = order_request(&user.id, "");
-    request.items = vec![OrderItem {
-        product_id: "yacht".into(),
-        quantity: 1000,
-        unit_price_cents: i64::MAX / 10,
-    }];
+    request.items[1].product_id = "sku-unicorn".into();
     let status = stack
         .orders
         .clone()
         .create_order(authed(request, &token))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&status), ["items"]);
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let failure = status
+        .get_details_precondition_failure()
+        .expect("a PreconditionFailure");
+    let named: Vec<_> = failure
+        .violations
+        .iter()
+        .map(|v| v.subject.as_str())
+        .collect();
+    assert_eq!(named, ["sku-unicorn"]);
+}
+
+#[tokio::test]
+async fn cancelling_an_order_gives_its_stock_back() {
+    let stack = Stack::spawn().await;
+    let (user, token) = stack.customer("regretful").await;
+    let before = available(&stack, &token, "sku-pear").await;
+    let order = stack
+        .orders
+        .clone()
+        .create_order(authed(order_request(&user.id, "regret"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(available(&stack, &token, "sku-pear").await, before - 1);
+    stack
+        .orders
+        .clone()
+        .cancel_order(authed(
+            CancelOrderRequest {
+                order_id: order.id,
+                reason: "changed my mind".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(available(&stack, &token, "sku-pear").await, before);
 }
 
 #[tokio::test]
@@ -545,12 +651,26 @@ async fn cancel_follows_the_state_machine_and_is_idempotent() {
     let store = repo::connect(&stack.orders_db, 1).await.unwrap();
     let id = uuid::Uuid::parse_str(&shipped.id).unwrap();
     store
-        .update_status(id, Status::Pending, Status::Confirmed, None, Utc::now())
+        .update_status(
+            id,
+            Status::Pending,
+            Status::Confirmed,
+            None,
+            None,
+            Utc::now(),
+        )
         .await
         .unwrap()
         .unwrap();
     store
-        .update_status(id, Status::Confirmed, Status::Shipped, None, Utc::now())
+        .update_status(
+            id,
+            Status::Confirmed,
+            Status::Shipped,
+            None,
+            None,
+            Utc::now(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -593,6 +713,7 @@ async fn orders_survive_a_restart_of_order_service() {
     stack.order_service = crate::helpers::start_order_service(
         crate::helpers::rebind(addr).await,
         stack.user_service.addr,
+        stack.inventory_service.addr,
         &stack.orders_db,
         stack.dir.path(),
         &[],

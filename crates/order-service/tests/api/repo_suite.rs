@@ -8,7 +8,7 @@ use chrono::{DateTime, SubsecRound as _, Utc};
 use order_service::{
     domain::{
         CurrencyCode, NewOrder, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
-        fingerprint,
+        StockAction, fingerprint,
     },
     repo::{OrderRepo, connect},
 };
@@ -46,7 +46,7 @@ fn new_order(user_id: Uuid, request_id: &str, quantity: i32) -> NewOrder {
         id: Uuid::now_v7(),
         user_id,
         request_id: RequestId::parse(request_id).unwrap(),
-        request_hash: fingerprint(user_id, currency, &items),
+        request_hash: fingerprint(user_id, Some(currency), &items),
         total_cents: i64::from(quantity) * 199 + 1,
         items,
         currency_code: currency,
@@ -156,6 +156,7 @@ pub(crate) async fn lists_newest_first_with_status_and_cursor(store: &dyn OrderR
             OrderStatus::Pending,
             OrderStatus::Cancelled,
             Some("why"),
+            None,
             now(),
         )
         .await
@@ -204,6 +205,7 @@ pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
             OrderStatus::Pending,
             OrderStatus::Confirmed,
             None,
+            None,
             later,
         )
         .await
@@ -219,6 +221,7 @@ pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
                 OrderStatus::Pending,
                 OrderStatus::Cancelled,
                 None,
+                None,
                 later
             )
             .await
@@ -233,6 +236,7 @@ pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
                 OrderStatus::Pending,
                 OrderStatus::Confirmed,
                 None,
+                None,
                 later
             )
             .await
@@ -242,8 +246,69 @@ pub(crate) async fn status_changes_are_compare_and_set(store: &dyn OrderRepo) {
     store.ping().await.unwrap();
 }
 
+pub(crate) async fn stock_steps_are_owed_with_the_change_that_owes_them(store: &dyn OrderRepo) {
+    let order = created(
+        store
+            .place_order(&new_order(Uuid::now_v7(), "owed", 1))
+            .await
+            .unwrap(),
+    );
+    let steps = |due: Vec<order_service::domain::StockStep>| {
+        due.into_iter()
+            .filter(|s| s.order_id == order.id)
+            .map(|s| (s.action, s.attempts))
+            .collect::<Vec<_>>()
+    };
+    // A stored order owes its confirmation.
+    let due = store.due_stock_steps(now(), 100).await.unwrap();
+    assert_eq!(steps(due), [(StockAction::Confirm, 0)]);
+    // A failed attempt is counted and put off.
+    let later = now() + chrono::Duration::seconds(60);
+    store
+        .stock_step_failed(order.id, StockAction::Confirm, later)
+        .await
+        .unwrap();
+    assert!(steps(store.due_stock_steps(now(), 100).await.unwrap()).is_empty());
+    assert_eq!(
+        steps(store.due_stock_steps(later, 100).await.unwrap()),
+        [(StockAction::Confirm, 1)]
+    );
+    store
+        .stock_step_done(order.id, StockAction::Confirm)
+        .await
+        .unwrap();
+    assert!(steps(store.due_stock_steps(later, 100).await.unwrap()).is_empty());
+    // A cancellation owes the release, in the same transaction.
+    store
+        .update_status(
+            order.id,
+            OrderStatus::Pending,
+            OrderStatus::Cancelled,
+            Some("changed my mind"),
+            Some(StockAction::Release),
+            now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        steps(store.due_stock_steps(later, 100).await.unwrap()),
+        [(StockAction::Release, 0)]
+    );
+    // Owing it again does not add a second one.
+    store
+        .owe_stock_step(order.id, StockAction::Release, now())
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(store.due_stock_steps(later, 100).await.unwrap()).len(),
+        1
+    );
+}
+
 shop_testkit::repo_suite!(
     store;
+    stock_steps_are_owed_with_the_change_that_owes_them,
     places_and_reads_orders_with_their_items,
     a_repeated_request_id_finds_the_first_order,
     concurrent_places_with_one_request_id_create_one_order,

@@ -282,6 +282,7 @@ async fn a_change_through_one_replica_reaches_a_watcher_on_another_on_postgres()
     let replica = start_order_service(
         Listeners::ephemeral().await.unwrap(),
         stack.user_service.addr,
+        stack.inventory_service.addr,
         &stack.orders_db,
         stack.dir.path(),
         &["--watch-resync-interval", "1h"],

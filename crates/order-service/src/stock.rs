@@ -1,0 +1,135 @@
+//! order-service's client of inventory-service: reservations for new
+//! orders ([`crate::app::Stock`]), with order-service's own service token
+//! (ReserveStock, ConfirmReservation and ReleaseReservation are for
+//! services only) next to the end user's forwarded token, and the caller's
+//! remaining deadline.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use shop_client::{ClientChannel, service_token::ServiceToken};
+use shop_core::error::{AppError, DependencyFailure};
+use shop_proto::inventory::v1::{
+    ConfirmReservationRequest, ReleaseReservationRequest, ReserveItem, ReserveStockRequest,
+    inventory_service_client::InventoryServiceClient,
+};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt as _;
+use uuid::Uuid;
+
+use crate::{
+    app::{Reserved, Settled, Stock},
+    domain::{OrderItem, StockAction},
+};
+
+/// inventory-service as order-service's callers know it.
+const SERVICE: &str = "inventory-service";
+
+/// Longest one call may take (the caller's remaining budget, when shorter,
+/// wins).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The InventoryService client.
+#[derive(Debug, Clone)]
+pub struct StockClient {
+    client: InventoryServiceClient<ClientChannel>,
+    token: Arc<ServiceToken>,
+}
+
+impl StockClient {
+    /// A client over `channel`, proving itself with `token`.
+    pub fn new(channel: ClientChannel, token: Arc<ServiceToken>) -> StockClient {
+        StockClient {
+            client: InventoryServiceClient::new(channel),
+            token,
+        }
+    }
+
+    async fn request<T>(&self, message: T) -> Result<Request<T>, AppError> {
+        let mut request = Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
+        self.token
+            .attach(&mut request)
+            .await
+            .map_err(|status| dependency(&status))?;
+        Ok(request)
+    }
+}
+
+fn dependency(status: &Status) -> AppError {
+    AppError::Dependency {
+        service: SERVICE,
+        failure: DependencyFailure::of(status),
+    }
+}
+
+#[async_trait]
+impl Stock for StockClient {
+    async fn reserve(&self, order_id: Uuid, items: &[OrderItem]) -> Result<Reserved, AppError> {
+        let request = self
+            .request(ReserveStockRequest {
+                order_id: order_id.to_string(),
+                items: items
+                    .iter()
+                    .map(|i| ReserveItem {
+                        sku: i.product_id.clone(),
+                        quantity: i64::from(i.quantity),
+                    })
+                    .collect(),
+            })
+            .await?;
+        match self.client.clone().reserve_stock(request).await {
+            Ok(reservation) => {
+                let reservation = reservation.into_inner();
+                Ok(Reserved {
+                    currency_code: reservation.currency_code,
+                    prices: reservation
+                        .lines
+                        .into_iter()
+                        .map(|l| (l.sku, l.unit_price_cents))
+                        .collect(),
+                })
+            }
+            // Short stock, unknown or inactive products: the caller's to
+            // know, with each product named.
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                let violations = status
+                    .get_details_precondition_failure()
+                    .map(|failure| {
+                        failure
+                            .violations
+                            .into_iter()
+                            .map(|v| (v.r#type, v.subject, v.description))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Err(AppError::PreconditionsFailed {
+                    message: status.message().to_owned(),
+                    violations,
+                })
+            }
+            Err(status) => Err(dependency(&status)),
+        }
+    }
+
+    async fn settle(&self, order_id: Uuid, action: StockAction) -> Result<Settled, AppError> {
+        let order_id = order_id.to_string();
+        let answer = match action {
+            StockAction::Confirm => {
+                let request = self.request(ConfirmReservationRequest { order_id }).await?;
+                self.client.clone().confirm_reservation(request).await
+            }
+            StockAction::Release => {
+                let request = self.request(ReleaseReservationRequest { order_id }).await?;
+                self.client.clone().release_reservation(request).await
+            }
+        };
+        match answer {
+            Ok(_) => Ok(Settled::Done),
+            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
+                Ok(Settled::Gone)
+            }
+            Err(status) => Err(dependency(&status)),
+        }
+    }
+}
