@@ -149,19 +149,6 @@ impl SigningKey {
         &self.pkcs8_pem
     }
 
-    /// A 32-byte secret derived from this key for `context` (for example
-    /// the key of page tokens), so that every replica configured with the
-    /// same signing key derives the same secret without more configuration.
-    /// Different contexts give unrelated secrets; none reveals the key.
-    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(b"shop derive-secret v1\0");
-        hasher.update(context.as_bytes());
-        hasher.update([0u8]);
-        hasher.update(self.pkcs8_pem.as_bytes());
-        hasher.finalize().into()
-    }
-
     /// The key id, as put in the `kid` header of the tokens it signs.
     pub fn kid(&self) -> &str {
         &self.kid
@@ -485,15 +472,6 @@ mod tests {
         let parsed = VerificationKey::from_pem(public.public_key_pem(), "test").unwrap();
         assert_eq!(parsed.kid(), key.kid());
         assert_eq!(parsed.algorithm(), "EdDSA");
-    }
-
-    #[test]
-    fn derived_secrets_depend_on_key_and_context() {
-        let a = SigningKey::generate();
-        let b = SigningKey::generate();
-        assert_eq!(a.derive_secret("x"), a.derive_secret("x"));
-        assert_ne!(a.derive_secret("x"), a.derive_secret("y"));
-        assert_ne!(a.derive_secret("x"), b.derive_secret("x"));
     }
 
     #[test]

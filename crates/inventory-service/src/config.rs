@@ -3,7 +3,7 @@
 //! inventory-service` work next to a local user-service with no setup
 //! (SQLite file under `./data/`).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use shop_client::{ClientArgs, keys::KeySourceArgs};
@@ -38,12 +38,6 @@ pub struct Config {
     #[command(flatten)]
     pub keys: KeySourceArgs,
 
-    /// File with the secret (64 hex digits) that signs page tokens; give
-    /// every replica the same one. Generated at
-    /// `<DATA_DIR>/inventory-service-page-token.key` when unset.
-    #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
-    pub page_token_secret_file: Option<PathBuf>,
-
     /// How long a reservation holds its units unless confirmed or
     /// released: the bound on stock held by an order that was never made
     /// (its maker crashed).
@@ -68,18 +62,6 @@ pub struct Config {
     pub seed_catalogue_units: i64,
 }
 
-impl Config {
-    /// The page token secret file: configured, or generated in the data
-    /// directory.
-    pub fn page_token_secret_path(&self) -> PathBuf {
-        self.page_token_secret_file.clone().unwrap_or_else(|| {
-            self.service
-                .data_dir
-                .join("inventory-service-page-token.key")
-        })
-    }
-}
-
 shop_server::service_config!(Config, crate::SERVICE, service);
 
 #[cfg(test)]
@@ -93,9 +75,5 @@ mod tests {
         assert_eq!(config.service.grpc_addr.unwrap().port(), 50053);
         assert_eq!(config.service.admin_addr.unwrap().port(), 9103);
         assert_eq!(config.reservation_ttl, Duration::from_secs(300));
-        assert_eq!(
-            config.page_token_secret_path(),
-            PathBuf::from("data/inventory-service-page-token.key")
-        );
     }
 }

@@ -18,11 +18,9 @@ pub mod repo;
 
 use std::{future::Future, sync::Arc};
 
-use shop_auth::load_or_generate_secret;
 use shop_client::keys::{Expected, TokenKeys};
-use shop_core::pagination::PageTokenCodec;
 use shop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use shop_server::{Listeners, Server, ServiceInfo};
+use shop_server::{BackgroundTask, Listeners, Server, ServiceInfo};
 
 pub use config::Config;
 pub use shop_server::ConfigError;
@@ -42,8 +40,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(&database_url, config.service.database_max_connections).await?;
-    let secret = load_or_generate_secret(&config.page_token_secret_path())
-        .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
+    let page_tokens = config.service.page_tokens(&SERVICE)?;
     let users = shop_client::connect("user-service", &config.user_service_url, &config.client)
         .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
     let tokens = &config.service.tokens;
@@ -64,13 +61,13 @@ pub async fn run(
             .seed_catalogue(config.seed_catalogue_units)
             .await?;
     }
-    let _sweeping = AbortOnDrop(app::spawn_expiry(
+    let _sweeping = BackgroundTask::spawn(app::expire_every(
         inventory.clone(),
         config.reservation_sweep_interval,
     ));
     server.add(InventoryServiceServer::new(grpc::InventoryGrpc::new(
         inventory,
-        PageTokenCodec::new(secret),
+        page_tokens,
         server.streams(),
     )));
 
@@ -82,13 +79,4 @@ pub async fn run(
         async move { keys_loaded && store.ping().await.is_ok() }
     };
     server.serve(listeners, ready, shutdown).await
-}
-
-/// Stops a background task when the service stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -2,7 +2,7 @@
 //! variable, and every default makes `cargo run -p order-service` work next
 //! to a local user-service with no setup (SQLite file under `./data/`).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
 use shop_client::{ClientArgs, keys::KeySourceArgs, service_token::ServiceAccountArgs};
@@ -58,27 +58,11 @@ pub struct Config {
     #[command(flatten)]
     pub keys: KeySourceArgs,
 
-    /// File with the secret (64 hex digits) that signs page tokens; give
-    /// every replica the same one. Generated at
-    /// `<DATA_DIR>/order-service-page-token.key` when unset.
-    #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
-    pub page_token_secret_file: Option<PathBuf>,
-
     /// How often a WatchOrder stream re-reads its order even without a
     /// change notice: a safety net for notices lost while the database
     /// connection was down (they are normally resynced on reconnect).
     #[arg(long, env = "WATCH_RESYNC_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub watch_resync_interval: Duration,
-}
-
-impl Config {
-    /// The page token secret file: configured, or generated in the data
-    /// directory.
-    pub fn page_token_secret_path(&self) -> PathBuf {
-        self.page_token_secret_file
-            .clone()
-            .unwrap_or_else(|| self.service.data_dir.join("order-service-page-token.key"))
-    }
 }
 
 shop_server::service_config!(Config, crate::SERVICE, service);
@@ -95,10 +79,6 @@ mod tests {
         assert_eq!(config.user_service_url, "http://127.0.0.1:50051");
         assert_eq!(config.inventory_service_url, "http://127.0.0.1:50053");
         assert!(config.keys.jwt_public_key_files.is_empty());
-        assert_eq!(
-            config.page_token_secret_path(),
-            PathBuf::from("data/order-service-page-token.key")
-        );
     }
 
     #[test]

@@ -27,11 +27,9 @@ pub mod users;
 
 use std::{future::Future, sync::Arc};
 
-use shop_auth::load_or_generate_secret;
 use shop_client::keys::{Expected, TokenKeys};
-use shop_core::pagination::PageTokenCodec;
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
-use shop_server::{Listeners, Server, ServiceInfo};
+use shop_server::{BackgroundTask, Listeners, Server, ServiceInfo};
 
 use app::Orders;
 pub use config::Config;
@@ -55,8 +53,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(&database_url, config.service.database_max_connections).await?;
-    let secret = load_or_generate_secret(&config.page_token_secret_path())
-        .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
+    let page_tokens = config.service.page_tokens(&SERVICE)?;
     let user_channel =
         shop_client::connect("user-service", &config.user_service_url, &config.client)
             .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
@@ -94,13 +91,13 @@ pub async fn run(
     let users = Arc::new(users::UserClient::new(user_channel));
     server.stream_authority(users.clone());
     let orders = Orders::new(Arc::clone(&store), users, stock);
-    let _settling = AbortOnDrop(app::spawn_stock_outbox(
+    let _settling = BackgroundTask::spawn(app::settle_every(
         orders.clone(),
         config.stock_outbox_interval,
     ));
     server.add(OrderServiceServer::new(OrderGrpc::new(
         orders,
-        PageTokenCodec::new(secret),
+        page_tokens,
         server.streams(),
         config.watch_resync_interval,
     )));
@@ -120,13 +117,4 @@ pub async fn run(
         async move { keys_loaded && store.ping().await.is_ok() }
     };
     server.serve(listeners, ready, shutdown).await
-}
-
-/// Stops a background task when the service stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

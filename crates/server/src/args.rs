@@ -11,6 +11,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use shop_core::{config::ConfigError, pagination::PageTokenCodec};
 use shop_telemetry::LogFormat;
 
 use crate::service::ServiceInfo;
@@ -43,6 +44,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
+    /// File with the secret (64 hex digits) that signs the service's page
+    /// tokens; give every replica the same one. Generated at
+    /// `<DATA_DIR>/<service>-page-token.key` when unset.
+    #[arg(long, env = "PAGE_TOKEN_SECRET_FILE")]
+    pub page_token_secret_file: Option<PathBuf>,
+
     /// Access token verification.
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -73,6 +80,18 @@ impl ServiceArgs {
     pub fn admin_addr(&self, service: &ServiceInfo) -> SocketAddr {
         self.admin_addr
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], service.admin_port)))
+    }
+
+    /// The codec of the service's page tokens, keyed with
+    /// `PAGE_TOKEN_SECRET_FILE` (generated in `DATA_DIR` when unset).
+    pub fn page_tokens(&self, service: &ServiceInfo) -> Result<PageTokenCodec, ConfigError> {
+        let path = self.page_token_secret_file.clone().unwrap_or_else(|| {
+            self.data_dir
+                .join(format!("{}-page-token.key", service.name))
+        });
+        let secret = shop_auth::load_or_generate_secret(&path)
+            .map_err(|e| ConfigError(format!("PAGE_TOKEN_SECRET_FILE: {e}")))?;
+        Ok(PageTokenCodec::new(secret))
     }
 
     /// The database URL: configured, or the service's SQLite file under

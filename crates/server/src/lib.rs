@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod background;
 pub mod binary;
 pub mod connections;
 pub mod health;
@@ -37,6 +38,7 @@ pub mod service;
 pub mod streams;
 
 pub use args::{ServerArgs, ServiceArgs, TokenArgs};
+pub use background::BackgroundTask;
 pub use layers::auth::{SERVICE_TOKEN_HEADER, principal, service_caller};
 pub use server::Server;
 pub use service::{Listeners, ServiceConfig, ServiceInfo};

@@ -24,7 +24,6 @@ pub mod repo;
 use std::{future::Future, sync::Arc};
 
 use shop_auth::{KeySet, PasswordHasher, SigningKey, TokenIssuer, TokenVerifier, VerificationKey};
-use shop_core::pagination::PageTokenCodec;
 use shop_proto::{
     auth::v1::auth_service_server::AuthServiceServer,
     user::v1::user_service_server::UserServiceServer,
@@ -120,7 +119,7 @@ pub async fn run(
             "calls of this method from this address",
         ),
     });
-    let page_tokens = PageTokenCodec::new(signing_key.derive_secret("shop.user.v1 page tokens"));
+    let page_tokens = config.service.page_tokens(&SERVICE)?;
     let users = UserGrpc::new(Arc::clone(&accounts), page_tokens, server.streams());
     server
         .add(UserServiceServer::new(users))

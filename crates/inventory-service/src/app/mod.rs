@@ -179,19 +179,17 @@ impl Inventory {
     }
 }
 
-/// Runs [`Inventory::expire_due`] every `interval` until the returned
-/// handle is dropped; failures are logged and retried at the next tick.
-pub fn spawn_expiry(inventory: Inventory, interval: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            match inventory.expire_due().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired pending reservations"),
-                Err(error) => tracing::warn!(%error, "expiring reservations failed"),
-            }
+/// Runs [`Inventory::expire_due`] every `interval`, forever (spawn it as
+/// a background task); failures are logged and retried at the next tick.
+pub async fn expire_every(inventory: Inventory, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match inventory.expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "expired pending reservations"),
+            Err(error) => tracing::warn!(%error, "expiring reservations failed"),
         }
-    })
+    }
 }

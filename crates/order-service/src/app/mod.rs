@@ -9,4 +9,4 @@ mod stock;
 
 pub use orders::{ActiveUsers, OrderWatch, Orders, PlaceOrder, Repeat, StatusChange};
 pub use shop_core::error::AppError;
-pub use stock::{Reserved, Settled, Stock, spawn_stock_outbox};
+pub use stock::{Reserved, Settled, Stock, settle_every};

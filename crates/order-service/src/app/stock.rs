@@ -3,7 +3,7 @@
 //! reservation, and settling the steps an order owes (the outbox) until
 //! they are done.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{SubsecRound as _, Utc};
@@ -183,19 +183,16 @@ impl Orders {
     }
 }
 
-/// Settles owed stock steps every `interval` until the handle is dropped
-/// (aborted): the retry loop behind every confirmation and release that
-/// did not succeed at once, including those left by a crash.
-pub fn spawn_stock_outbox(orders: Orders, interval: Duration) -> tokio::task::JoinHandle<()> {
-    let orders = Arc::new(orders);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(error) = orders.settle_due().await {
-                tracing::warn!(%error, "reading the stock outbox failed");
-            }
+/// Settles owed stock steps every `interval`, forever (spawn it as a
+/// background task): the retry loop behind every confirmation and release
+/// that did not succeed at once, including those left by a crash.
+pub async fn settle_every(orders: Orders, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = orders.settle_due().await {
+            tracing::warn!(%error, "reading the stock outbox failed");
         }
-    })
+    }
 }
