@@ -13,6 +13,7 @@ mod http2;
 mod lifecycle;
 mod loadgen;
 mod observability;
+mod saga;
 mod shopctl;
 mod streams;
 mod tls;

@@ -1,4 +1,4 @@
-//! What operators see, from the real binaries: one trace across both
+//! What operators see, from the real binaries: one trace across the three
 //! services exported over OTLP, grpc-ecosystem metrics on the admin port,
 //! a request id and trace id on every log line of a request, one access
 //! line per call, and never a secret.
@@ -89,7 +89,7 @@ impl Collector {
 }
 
 #[tokio::test]
-async fn one_trace_covers_the_caller_order_service_and_user_service() {
+async fn one_trace_covers_the_caller_order_service_user_service_and_inventory_service() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let otel = [
@@ -132,7 +132,33 @@ async fn one_trace_covers_the_caller_order_service_and_user_service() {
                 SpanKind::Server,
             ),
         );
-        if let (Some(a), Some(b), Some(c)) = found {
+        let stock = [
+            "shop.inventory.v1.InventoryService/ReserveStock",
+            "shop.inventory.v1.InventoryService/ConfirmReservation",
+        ]
+        .map(|name| {
+            (
+                collector.find("order-service", name, SpanKind::Client),
+                collector.find("inventory-service", name, SpanKind::Server),
+            )
+        });
+        if let (Some(a), Some(b), Some(c)) = found
+            && stock.iter().all(|(c, s)| c.is_some() && s.is_some())
+        {
+            for (client, server_side) in stock {
+                let (client, server_side) = (client.unwrap(), server_side.unwrap());
+                assert_eq!(
+                    client.trace_id, a.trace_id,
+                    "{} in the caller's trace",
+                    client.name
+                );
+                assert_eq!(client.parent_span_id, a.span_id, "under CreateOrder");
+                assert_eq!(
+                    server_side.trace_id, a.trace_id,
+                    "inventory-service in the trace"
+                );
+                assert_eq!(server_side.parent_span_id, client.span_id);
+            }
             break (a, b, c);
         }
         assert!(

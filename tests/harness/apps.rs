@@ -139,7 +139,8 @@ pub async fn inventory_service(
 /// that order them.
 pub async fn seed_products(database_url: &str, products: &[(&str, i64, i64)]) {
     use inventory_service::domain::{ProductDraft, Sku, StockChange};
-    let store = inventory_service::repo::connect(database_url, 1)
+    // Two connections: on PostgreSQL the change listener holds one.
+    let store = inventory_service::repo::connect(database_url, 2)
         .await
         .expect("inventory database");
     let inventory =

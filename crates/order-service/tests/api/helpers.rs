@@ -16,8 +16,12 @@ pub(crate) use shop_testkit::{Backend, PASSWORD, authed, violated_fields};
 
 /// The products every order-service test can order: sku, EUR cents,
 /// units (plenty).
-pub(crate) const PRODUCTS: &[(&str, i64, i64)] =
-    &[("sku-apple", 250, 100_000), ("sku-pear", 1000, 100_000)];
+pub(crate) const PRODUCTS: &[(&str, i64, i64)] = &[
+    ("sku-apple", 250, 100_000),
+    ("sku-pear", 1000, 100_000),
+    // Scarce: for races for the last units.
+    ("sku-rare", 4200, 5),
+];
 
 /// user-service on `listeners` with its database and key in `dir`, and
 /// order-service (started with the same `dir`) as a service account,
@@ -43,10 +47,16 @@ fn service_accounts(dir: &Path) -> String {
     dir.join("service-accounts").display().to_string()
 }
 
-/// inventory-service on its own database in `dir` with [`PRODUCTS`],
-/// taking token keys from user-service at `users`, serving.
-pub(crate) async fn start_inventory_service(users: SocketAddr, dir: &Path, extra: &[&str]) -> App {
-    let db = format!("sqlite://{}", dir.join("inventory.db").display());
+/// inventory-service on its own database on `backend` (files in `dir`)
+/// with [`PRODUCTS`], taking token keys from user-service at `users`,
+/// serving.
+pub(crate) async fn start_inventory_service(
+    backend: Backend,
+    users: SocketAddr,
+    dir: &Path,
+    extra: &[&str],
+) -> App {
+    let db = backend.database_url("inventory", dir).await;
     apps::seed_products(&db, PRODUCTS).await;
     apps::inventory_service(&db, &dir.join("inventory-data"), users, extra).await
 }
@@ -116,7 +126,8 @@ impl Stack {
         Stack::spawn_full(backend, user_flags, &[], order_flags).await
     }
 
-    /// The services with extra flags for each; order-service on `backend`.
+    /// The services with extra flags for each; order-service and
+    /// inventory-service on `backend`.
     pub(crate) async fn spawn_full(
         backend: Backend,
         user_flags: &[&str],
@@ -127,7 +138,7 @@ impl Stack {
         let orders_db = backend.database_url("orders", dir.path()).await;
         let user_service = start_user_service(listeners().await, dir.path(), user_flags).await;
         let inventory_service =
-            start_inventory_service(user_service.addr, dir.path(), inventory_flags).await;
+            start_inventory_service(backend, user_service.addr, dir.path(), inventory_flags).await;
         let order_service = start_order_service(
             listeners().await,
             user_service.addr,

@@ -193,6 +193,46 @@ async fn an_unknown_product_is_a_failed_precondition_naming_it() {
     assert_eq!(named, ["sku-unicorn"]);
 }
 
+/// `n` customers race to order the last units of sku-rare (5 in stock),
+/// one unit each.
+async fn race_for_the_last_units(backend: Backend) {
+    let stack = Stack::spawn_with(backend, &[], &[]).await;
+    let n = 12;
+    let mut customers = Vec::new();
+    for i in 0..n {
+        customers.push(stack.customer(&format!("racer{i}")).await);
+    }
+    let placing = customers.iter().map(|(user, token)| {
+        let mut orders = stack.orders.clone();
+        let mut request = order_request(&user.id, "last-unit");
+        request.items = vec![OrderItem {
+            product_id: "sku-rare".into(),
+            quantity: 1,
+            unit_price_cents: 0,
+        }];
+        let request = authed(request, token);
+        async move { orders.create_order(request).await }
+    });
+    let answers = futures_util::future::join_all(placing).await;
+    let placed = answers.iter().filter(|a| a.is_ok()).count();
+    let short = answers
+        .iter()
+        .filter(|a| matches!(a, Err(s) if s.code() == Code::FailedPrecondition))
+        .count();
+    assert_eq!((placed, short), (5, n - 5), "{answers:?}");
+    assert_eq!(available(&stack, &customers[0].1, "sku-rare").await, 0);
+}
+
+#[tokio::test]
+async fn concurrent_orders_for_the_last_units_place_exactly_as_many_as_there_are() {
+    race_for_the_last_units(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_orders_for_the_last_units_place_exactly_as_many_as_there_are_on_postgres() {
+    race_for_the_last_units(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn cancelling_an_order_gives_its_stock_back() {
     let stack = Stack::spawn().await;

@@ -1,0 +1,237 @@
+//! The stock saga across the three real binaries: a crash of order-service
+//! in the middle of placing an order, inventory-service down, and one
+//! caller deadline covering all three hops.
+
+use std::time::{Duration, Instant};
+
+use shop_core::context::Propagate;
+use shop_proto::{
+    inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
+    order::v1::{
+        GetOrderRequest, ListOrdersRequest, OrderStatus, order_service_client::OrderServiceClient,
+    },
+};
+use shop_testkit::{Backend, Spec, Stack, authed, http_get, metric_sum};
+use tonic::Code;
+
+use crate::{INVENTORY, ORDERS, customer, order};
+
+/// The units of the development catalogue's sku-1 that can be ordered.
+async fn available(stack: &Stack, token: &str) -> i64 {
+    InventoryServiceClient::new(stack.service(INVENTORY).channel())
+        .get_product(authed(
+            GetProductRequest {
+                sku: "sku-1".into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .available
+}
+
+async fn orders_of(stack: &Stack, token: &str) -> Vec<shop_proto::order::v1::Order> {
+    OrderServiceClient::new(stack.service(ORDERS).channel())
+        .list_orders(authed(ListOrdersRequest::default(), token))
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
+}
+
+/// Polls `check` every 100 ms for at most `within`.
+async fn until<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_reserve_and_confirm_leaves_no_stock_held_and_no_half_made_order() {
+    // Confirmations take 3 s at inventory-service, reservations expire
+    // after 1 s: order-service is killed while its confirmation is in
+    // flight, after the order was stored.
+    let mut stack = Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(INVENTORY).envs(&[
+                ("FAULT_DELAY", "ConfirmReservation=3s"),
+                ("RESERVATION_TTL", "1s"),
+                ("RESERVATION_SWEEP_INTERVAL", "100ms"),
+            ]),
+            Spec::new(ORDERS).env("STOCK_OUTBOX_INTERVAL", "200ms"),
+        ],
+    )
+    .await;
+    let (user, token) = customer(&stack, "crashy").await;
+    let before = available(&stack, &token).await;
+
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+    let mut request = authed(order(&user.id, "crash-1"), &token);
+    request.set_timeout(Duration::from_secs(10));
+    let placing = tokio::spawn(async move { orders.create_order(request).await });
+    until(Duration::from_secs(5), "the stored order", || async {
+        orders_of(&stack, &token).await.len() == 1
+    })
+    .await;
+    assert_eq!(available(&stack, &token).await, before - 3, "units held");
+    stack.service_mut(ORDERS).kill().await;
+    assert!(placing.await.unwrap().is_err(), "the caller saw the crash");
+
+    // The reservation expires: every unit is back without order-service.
+    until(Duration::from_secs(10), "the units back", || async {
+        available(&stack, &token).await == before
+    })
+    .await;
+
+    // After the restart, the owed confirmation is retried from the outbox,
+    // finds the reservation expired, and cancels the order: no order is
+    // left without stock.
+    stack.service_mut(ORDERS).restart().await;
+    let id = orders_of(&stack, &token).await[0].id.clone();
+    let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+    until(
+        Duration::from_secs(20),
+        "the unstocked order cancelled",
+        || {
+            let mut orders = orders.clone();
+            let (id, token) = (id.clone(), token.clone());
+            async move {
+                let order = orders
+                    .get_order(authed(GetOrderRequest { order_id: id }, &token))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                order.status == OrderStatus::Cancelled as i32
+            }
+        },
+    )
+    .await;
+
+    // The client's retry with the same request id: the one order, as it is.
+    let retried = orders
+        .create_order(authed(order(&user.id, "crash-1"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.id, id);
+    assert_eq!(
+        orders_of(&stack, &token).await.len(),
+        1,
+        "exactly one order"
+    );
+    assert_eq!(available(&stack, &token).await, before, "nothing held");
+}
+
+#[tokio::test]
+async fn with_inventory_down_orders_fail_fast_as_unavailable_and_nothing_is_left() {
+    let mut stack = Stack::start(Backend::Sqlite, &[]).await;
+    let (user, token) = customer(&stack, "patient").await;
+    let before = available(&stack, &token).await;
+    stack.service_mut(INVENTORY).kill().await;
+
+    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
+    let mut took = Vec::new();
+    for i in 0..10 {
+        let mut request = authed(order(&user.id, &format!("down-{i}")), &token);
+        request.set_timeout(Duration::from_secs(3));
+        let started = Instant::now();
+        let status = orders.create_order(request).await.unwrap_err();
+        took.push(started.elapsed());
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("inventory-service"), "{status:?}");
+    }
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(3)),
+        "within the caller's deadline: {took:?}"
+    );
+    let metrics = http_get(stack.service(ORDERS).admin, "/metrics").await.1;
+    let opened = metric_sum(
+        &metrics,
+        "grpc_client_circuit_breaker_transitions_total",
+        &[("target", "inventory-service"), ("state", "open")],
+    );
+    assert!(opened >= 1.0, "the breaker opened:\n{metrics}");
+    assert!(
+        took[9] < Duration::from_millis(200),
+        "an open breaker fails fast: {took:?}"
+    );
+    assert!(orders_of(&stack, &token).await.is_empty(), "no order row");
+
+    // Back up: nothing was held, and orders go through again.
+    stack.service_mut(INVENTORY).restart().await;
+    assert_eq!(
+        available(&stack, &token).await,
+        before,
+        "no reservation left"
+    );
+    until(Duration::from_secs(70), "orders placed again", || {
+        let mut orders = orders.clone();
+        let (user_id, token) = (user.id.clone(), token.clone());
+        async move {
+            orders
+                .create_order(authed(order(&user_id, "after"), &token))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+}
+
+/// The ReserveStock calls inventory-service logged as received, with the
+/// timeout each carried.
+fn received_reserve_timeouts(stack: &Stack) -> Vec<Option<u64>> {
+    stack
+        .service(INVENTORY)
+        .log_events()
+        .into_iter()
+        .filter(|e| {
+            e["message"] == "request received"
+                && e["rpc.method"] == "/shop.inventory.v1.InventoryService/ReserveStock"
+        })
+        .map(|e| e["grpc.timeout_ms"].as_u64())
+        .collect()
+}
+
+#[tokio::test]
+async fn one_300ms_deadline_covers_three_services() {
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[Spec::new(INVENTORY).env("FAULT_DELAY", "ReserveStock=2s")],
+    )
+    .await;
+    let (user, token) = customer(&stack, "hasty").await;
+    let before = available(&stack, &token).await;
+    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
+    let mut request = authed(order(&user.id, "three-hops"), &token);
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = orders.create_order(request).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "answered after {elapsed:?}"
+    );
+
+    // inventory-service got what was left after GetUser: less than 300 ms.
+    let timeouts = received_reserve_timeouts(&stack);
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    let carried = timeouts[0].expect("the call carried a grpc-timeout");
+    assert!(
+        (1..300).contains(&carried),
+        "inventory-service was given {carried} ms of the caller's 300 ms"
+    );
+    assert!(orders_of(&stack, &token).await.is_empty(), "no order row");
+    // The abandoned reservation never happened (or expired): after the
+    // fault's 2 s, nothing is held.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(available(&stack, &token).await, before);
+}
