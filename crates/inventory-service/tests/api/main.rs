@@ -8,4 +8,5 @@
 
 mod helpers;
 mod products;
+mod repo_suite;
 mod reservations;

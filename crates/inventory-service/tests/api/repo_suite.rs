@@ -1,0 +1,236 @@
+//! The inventory repository suite, run against SQLite and PostgreSQL: every
+//! check is written once and instantiated per backend by `repo_suite!`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, SubsecRound as _, Utc};
+use inventory_service::{
+    domain::{ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange},
+    repo::{Adjusted, InventoryRepo, Reserved, connect},
+};
+use shop_core::currency::CurrencyCode;
+use uuid::Uuid;
+
+use crate::helpers::Backend;
+
+/// A store on a fresh, migrated database on `backend`.
+async fn store(backend: Backend) -> (Arc<dyn InventoryRepo>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.database_url("inventory", dir.path()).await;
+    let store = connect(&url, 5).await.expect("connect and migrate");
+    (store, dir)
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn sku(s: &str) -> Sku {
+    Sku::parse(s).unwrap()
+}
+
+async fn product(store: &dyn InventoryRepo, name: &str, price: i64, units: i64) {
+    store
+        .put_product(
+            &ProductDraft {
+                sku: sku(name),
+                name: name.into(),
+                unit_price_cents: price,
+                currency: CurrencyCode::parse("EUR").unwrap(),
+                active: true,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    let adjusted = store
+        .adjust_stock(
+            &StockChange {
+                sku: sku(name),
+                delta: units,
+                reason: "stock".into(),
+                request_id: format!("initial-{name}"),
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(adjusted, Adjusted::Applied(_)));
+}
+
+fn items(list: &[(&str, i64)]) -> Vec<ReserveItem> {
+    list.iter()
+        .map(|(s, q)| ReserveItem {
+            sku: sku(s),
+            quantity: *q,
+        })
+        .collect()
+}
+
+pub(crate) async fn products_are_put_read_and_listed_by_sku(store: &dyn InventoryRepo) {
+    for name in ["b", "a", "c"] {
+        product(store, name, 100, 1).await;
+    }
+    let listed = store.list_products(None, true, 2).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|p| p.sku.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let rest = store.list_products(Some("b"), true, 2).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].sku, "c");
+    let a = store.get_product(&sku("a")).await.unwrap().unwrap();
+    assert_eq!((a.on_hand, a.reserved, a.available()), (1, 0, 1));
+    assert!(store.get_product(&sku("zz")).await.unwrap().is_none());
+}
+
+pub(crate) async fn stock_changes_apply_once_and_keep_a_floor(store: &dyn InventoryRepo) {
+    product(store, "p", 100, 10).await;
+    let change = |delta, id: &str| StockChange {
+        sku: sku("p"),
+        delta,
+        reason: String::new(),
+        request_id: id.into(),
+    };
+    let again = store
+        .adjust_stock(&change(10, "initial-p"), now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Adjusted::Repeated { same: true, .. }),
+        "{again:?}"
+    );
+    let other = store
+        .adjust_stock(&change(3, "initial-p"), now())
+        .await
+        .unwrap();
+    assert!(matches!(other, Adjusted::Repeated { same: false, .. }));
+    store
+        .reserve(
+            Uuid::now_v7(),
+            &items(&[("p", 8)]),
+            now() + Duration::minutes(5),
+            now(),
+        )
+        .await
+        .unwrap();
+    let below = store
+        .adjust_stock(&change(-3, "shrink"), now())
+        .await
+        .unwrap();
+    assert!(matches!(below, Adjusted::BelowReserved(_)), "{below:?}");
+    let missing = StockChange {
+        sku: sku("nope"),
+        ..change(1, "x")
+    };
+    assert_eq!(
+        store.adjust_stock(&missing, now()).await.unwrap(),
+        Adjusted::NotFound
+    );
+}
+
+pub(crate) async fn reservations_hold_all_or_nothing_once_per_order(store: &dyn InventoryRepo) {
+    product(store, "a", 250, 5).await;
+    product(store, "b", 1000, 1).await;
+    let order = Uuid::now_v7();
+    let later = now() + Duration::minutes(5);
+    let short = store
+        .reserve(order, &items(&[("a", 2), ("b", 2)]), later, now())
+        .await
+        .unwrap();
+    assert!(matches!(&short, Reserved::Short(s) if s.len() == 1 && s[0].sku == "b"));
+    assert_eq!(
+        store
+            .get_product(&sku("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
+        0
+    );
+
+    let other = Uuid::now_v7();
+    let Reserved::Held(held) = store
+        .reserve(other, &items(&[("b", 1), ("a", 2)]), later, now())
+        .await
+        .unwrap()
+    else {
+        panic!("held");
+    };
+    assert_eq!(held.currency_code, "EUR");
+    assert_eq!(held.lines.len(), 2);
+    let again = store
+        .reserve(other, &items(&[("a", 2), ("b", 1)]), later, now())
+        .await
+        .unwrap();
+    assert!(matches!(again, Reserved::Existing(_)));
+    assert_eq!(
+        store
+            .get_product(&sku("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved,
+        2
+    );
+}
+
+pub(crate) async fn confirm_release_and_expiry_move_the_units(store: &dyn InventoryRepo) {
+    product(store, "a", 250, 5).await;
+    let (kept, expiring) = (Uuid::now_v7(), Uuid::now_v7());
+    let later = now() + Duration::minutes(5);
+    store
+        .reserve(kept, &items(&[("a", 2)]), later, now())
+        .await
+        .unwrap();
+    store
+        .reserve(
+            expiring,
+            &items(&[("a", 1)]),
+            now() + Duration::milliseconds(1),
+            now(),
+        )
+        .await
+        .unwrap();
+
+    let confirmed = store.confirm(kept, now()).await.unwrap().unwrap();
+    assert_eq!(confirmed.status, ReservationStatus::Confirmed);
+    let a = store.get_product(&sku("a")).await.unwrap().unwrap();
+    assert_eq!((a.on_hand, a.reserved), (3, 1));
+
+    let expired = store
+        .expire_due(now() + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    let late = store.confirm(expiring, now()).await.unwrap().unwrap();
+    assert_eq!(late.status, ReservationStatus::Expired);
+    let a = store.get_product(&sku("a")).await.unwrap().unwrap();
+    assert_eq!((a.on_hand, a.reserved), (3, 0));
+
+    let released = store.release(kept, now()).await.unwrap();
+    assert_eq!(released.status, ReservationStatus::Released);
+    assert_eq!(
+        store.get_product(&sku("a")).await.unwrap().unwrap().on_hand,
+        5
+    );
+    let twice = store.release(kept, now()).await.unwrap();
+    assert_eq!(twice.status, ReservationStatus::Released);
+    assert_eq!(
+        store.get_product(&sku("a")).await.unwrap().unwrap().on_hand,
+        5
+    );
+
+    let never = store.release(Uuid::now_v7(), now()).await.unwrap();
+    assert_eq!(never.status, ReservationStatus::Released);
+    assert!(never.lines.is_empty());
+    store.ping().await.unwrap();
+}
+
+shop_testkit::repo_suite!(
+    store;
+    products_are_put_read_and_listed_by_sku,
+    stock_changes_apply_once_and_keep_a_floor,
+    reservations_hold_all_or_nothing_once_per_order,
+    confirm_release_and_expiry_move_the_units,
+);
