@@ -267,6 +267,43 @@ pub struct KeySourceArgs {
     pub jwt_keys_max_age: Duration,
 }
 
+/// The token issuer (user-service) of a service that verifies tokens:
+/// where it is, and where the verification keys come from (flattened into
+/// the service's configuration).
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssuerArgs {
+    /// user-service: one endpoint URL, several separated by commas (calls
+    /// are balanced over them), or `dns:///host:port` for every address of
+    /// a DNS name, re-resolved every CLIENT_DNS_REFRESH_INTERVAL. The token
+    /// verification keys come from there unless key files are given.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// Where the token verification keys come from.
+    #[command(flatten)]
+    pub keys: KeySourceArgs,
+}
+
+impl IssuerArgs {
+    /// A channel to user-service (with `client`'s settings), and the token
+    /// keys: fetched over it, or read from the configured files. Start
+    /// fetching with [`TokenKeys::fetch_in_background`].
+    pub fn connect(
+        &self,
+        client: &crate::ClientArgs,
+        expected: Expected<'_>,
+    ) -> Result<(ClientChannel, TokenKeys), ConfigError> {
+        let channel = crate::connect("user-service", &self.user_service_url, client)
+            .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
+        let keys = TokenKeys::new(&self.keys, expected, channel.clone())?;
+        Ok((channel, keys))
+    }
+}
+
 /// What the token claims must say: issuer, audience and clock skew.
 #[derive(Debug, Clone)]
 pub struct Expected<'a> {
@@ -276,6 +313,17 @@ pub struct Expected<'a> {
     pub audience: &'a str,
     /// Clock skew tolerated on `exp` and `nbf`.
     pub leeway: Duration,
+}
+
+impl<'a> Expected<'a> {
+    /// Tokens of `issuer` for `audience`, with `leeway` of clock skew.
+    pub fn new(issuer: &'a str, audience: &'a str, leeway: Duration) -> Expected<'a> {
+        Expected {
+            issuer,
+            audience,
+            leeway,
+        }
+    }
 }
 
 /// Where token verification keys come from.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use shop_client::{ClientArgs, keys::KeySourceArgs};
+use shop_client::{ClientArgs, keys::IssuerArgs};
 use shop_server::ServiceArgs;
 
 /// shop inventory-service: products, prices, stock and reservations over
@@ -19,24 +19,14 @@ pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
 
-    /// user-service, where the token verification keys come from: one
-    /// endpoint URL, several separated by commas, or `dns:///host:port`.
-    #[arg(
-        long,
-        env = "USER_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub user_service_url: String,
+    /// user-service, where the token verification keys come from.
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
 
     /// Connections, balancing, retries and circuit breaking of the channel
     /// to user-service.
     #[command(flatten)]
     pub client: ClientArgs,
-
-    /// Where the token verification keys come from (fetched from
-    /// user-service unless key files are given).
-    #[command(flatten)]
-    pub keys: KeySourceArgs,
 
     /// How long a reservation holds its units unless confirmed or
     /// released: the bound on stock held by an order that was never made

@@ -18,12 +18,11 @@ pub mod repo;
 
 use std::{future::Future, sync::Arc};
 
-use shop_client::keys::{Expected, TokenKeys};
+use shop_client::keys::Expected;
 use shop_proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use shop_server::{BackgroundTask, Listeners, Server, ServiceInfo};
 
 pub use config::Config;
-pub use shop_server::ConfigError;
 
 /// inventory-service as the kit, devstack and deployments know it.
 pub const SERVICE: ServiceInfo = ServiceInfo::new("inventory-service", 50053, 9103, "inventory");
@@ -41,18 +40,9 @@ pub async fn run(
     let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(&database_url, config.service.database_max_connections).await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;
-    let users = shop_client::connect("user-service", &config.user_service_url, &config.client)
-        .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
     let tokens = &config.service.tokens;
-    let keys = TokenKeys::new(
-        &config.keys,
-        Expected {
-            issuer: &tokens.jwt_issuer,
-            audience: &tokens.jwt_audience,
-            leeway: tokens.jwt_leeway,
-        },
-        users,
-    )?;
+    let expected = Expected::new(&tokens.jwt_issuer, &tokens.jwt_audience, tokens.jwt_leeway);
+    let (_users, keys) = config.issuer.connect(&config.client, expected)?;
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
     let inventory = app::Inventory::new(Arc::clone(&store), config.reservation_ttl);
@@ -72,7 +62,6 @@ pub async fn run(
     )));
 
     let _fetching = keys.fetch_in_background();
-    tracing::info!(database = store.backend(), "inventory-service starting");
     let ready = move || {
         let store = Arc::clone(&store);
         let keys_loaded = keys.loaded();

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use shop_client::{ClientArgs, keys::KeySourceArgs, service_token::ServiceAccountArgs};
+use shop_client::{ClientArgs, keys::IssuerArgs, service_token::ServiceAccountArgs};
 use shop_server::ServiceArgs;
 
 /// shop order-service: orders and their state machine over gRPC.
@@ -17,16 +17,10 @@ pub struct Config {
     #[command(flatten)]
     pub service: ServiceArgs,
 
-    /// user-service: one endpoint URL, several separated by commas (calls
-    /// are balanced over them), or `dns:///host:port` for every address of
-    /// a DNS name, re-resolved every CLIENT_DNS_REFRESH_INTERVAL. Users are
-    /// checked there, and the token verification keys come from there.
-    #[arg(
-        long,
-        env = "USER_SERVICE_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub user_service_url: String,
+    /// user-service: users are checked there, and the token verification
+    /// keys come from there.
+    #[command(flatten)]
+    pub issuer: IssuerArgs,
 
     /// inventory-service, where prices and stock come from: one endpoint
     /// URL, several separated by commas, or `dns:///host:port`.
@@ -53,11 +47,6 @@ pub struct Config {
     #[arg(long, env = "STOCK_OUTBOX_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub stock_outbox_interval: Duration,
 
-    /// Where the token verification keys come from (fetched from
-    /// user-service unless key files are given).
-    #[command(flatten)]
-    pub keys: KeySourceArgs,
-
     /// How often a WatchOrder stream re-reads its order even without a
     /// change notice: a safety net for notices lost while the database
     /// connection was down (they are normally resynced on reconnect).
@@ -76,9 +65,9 @@ mod tests {
         let config = shop_server::service::parse_from::<Config, _, _>(["order-service"]).unwrap();
         assert_eq!(config.service.grpc_addr.unwrap().port(), 50052);
         assert_eq!(config.service.admin_addr.unwrap().port(), 9102);
-        assert_eq!(config.user_service_url, "http://127.0.0.1:50051");
+        assert_eq!(config.issuer.user_service_url, "http://127.0.0.1:50051");
         assert_eq!(config.inventory_service_url, "http://127.0.0.1:50053");
-        assert!(config.keys.jwt_public_key_files.is_empty());
+        assert!(config.issuer.keys.jwt_public_key_files.is_empty());
     }
 
     #[test]

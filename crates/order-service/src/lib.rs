@@ -27,7 +27,7 @@ pub mod users;
 
 use std::{future::Future, sync::Arc};
 
-use shop_client::keys::{Expected, TokenKeys};
+use shop_client::keys::Expected;
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use shop_server::{BackgroundTask, Listeners, Server, ServiceInfo};
 
@@ -54,19 +54,9 @@ pub async fn run(
     let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(&database_url, config.service.database_max_connections).await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;
-    let user_channel =
-        shop_client::connect("user-service", &config.user_service_url, &config.client)
-            .map_err(|e| ConfigError(format!("USER_SERVICE_URL: {e}")))?;
     let tokens = &config.service.tokens;
-    let keys = TokenKeys::new(
-        &config.keys,
-        Expected {
-            issuer: &tokens.jwt_issuer,
-            audience: &tokens.jwt_audience,
-            leeway: tokens.jwt_leeway,
-        },
-        user_channel.clone(),
-    )?;
+    let expected = Expected::new(&tokens.jwt_issuer, &tokens.jwt_audience, tokens.jwt_leeway);
+    let (user_channel, keys) = config.issuer.connect(&config.client, expected)?;
 
     let service_token = shop_client::service_token::ServiceToken::load(
         SERVICE.name,
@@ -107,7 +97,7 @@ pub async fn run(
     let _fetching = keys.fetch_in_background();
     tracing::info!(
         database = store.backend(),
-        user_service = %config.user_service_url,
+        user_service = %config.issuer.user_service_url,
         inventory_service = %config.inventory_service_url,
         "order-service starting"
     );
