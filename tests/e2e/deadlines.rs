@@ -9,19 +9,38 @@ use tonic::Code;
 
 use crate::{ORDERS, USERS, customer, order};
 
-/// The GetUser calls user-service logged as received (debug level of the
-/// context layer), with the timeout each carried.
-fn received_get_user_timeouts(stack: &Stack) -> Vec<Option<u64>> {
+/// The calls of `method` (its path) the service `name` logged as received
+/// (debug level of the context layer), with the timeout each carried.
+pub(crate) fn received_timeouts(stack: &Stack, name: &str, method: &str) -> Vec<Option<u64>> {
     stack
-        .service(USERS)
+        .service(name)
         .log_events()
         .into_iter()
-        .filter(|e| {
-            e["message"] == "request received"
-                && e["rpc.method"] == "/shop.user.v1.UserService/GetUser"
-        })
+        .filter(|e| e["message"] == "request received" && e["rpc.method"] == method)
         .map(|e| e["grpc.timeout_ms"].as_u64())
         .collect()
+}
+
+/// A CreateOrder for `user_id` given `budget`, through the shop client
+/// layer as services and shopctl call (a plain tonic channel reports its
+/// own grpc-timeout expiry as CANCELLED): the status it failed with, and
+/// how long it took.
+pub(crate) async fn create_order_failing_within(
+    stack: &Stack,
+    user_id: &str,
+    token: &str,
+    request_id: &str,
+    budget: Duration,
+) -> (tonic::Status, Duration) {
+    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
+    let mut request = authed(order(user_id, request_id), token);
+    request.set_timeout(budget);
+    let started = Instant::now();
+    let status = orders
+        .create_order(request)
+        .await
+        .expect_err("the call fails");
+    (status, started.elapsed())
 }
 
 #[tokio::test]
@@ -38,15 +57,14 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
     )
     .await;
     let (user, token) = customer(&stack, "hurried").await;
-    // Through the shop client layer, as services and shopctl call: a
-    // plain tonic channel reports its own grpc-timeout expiry as CANCELLED.
-    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
-
-    let mut request = authed(order(&user.id, "deadline-1"), &token);
-    request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = orders.create_order(request).await.unwrap_err();
-    let elapsed = started.elapsed();
+    let (status, elapsed) = create_order_failing_within(
+        &stack,
+        &user.id,
+        &token,
+        "deadline-1",
+        Duration::from_millis(300),
+    )
+    .await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         elapsed < Duration::from_secs(1),
@@ -55,7 +73,7 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
 
     // user-service saw the call with what was left of the budget: at most
     // 300 ms less the 100 ms order-service spent first.
-    let timeouts = received_get_user_timeouts(&stack);
+    let timeouts = received_timeouts(&stack, USERS, "/shop.user.v1.UserService/GetUser");
     assert_eq!(timeouts.len(), 1, "{timeouts:?}");
     let carried = timeouts[0].expect("the call carried a grpc-timeout");
     assert!(
@@ -64,7 +82,7 @@ async fn a_300ms_deadline_against_a_2s_user_service() {
     );
 
     // Nothing was written.
-    let list = orders
+    let list = OrderServiceClient::new(stack.service(ORDERS).channel())
         .list_orders(authed(ListOrdersRequest::default(), &token))
         .await
         .unwrap()

@@ -14,7 +14,11 @@ use shop_proto::{
 use shop_testkit::{Backend, Spec, Stack, authed, http_get, metric_sum};
 use tonic::Code;
 
-use crate::{INVENTORY, ORDERS, customer, order};
+use crate::{
+    INVENTORY, ORDERS, customer,
+    deadlines::{create_order_failing_within, received_timeouts},
+    order,
+};
 
 /// The units of the development catalogue's sku-1 that can be ordered.
 async fn available(stack: &Stack, token: &str) -> i64 {
@@ -185,21 +189,6 @@ async fn with_inventory_down_orders_fail_fast_as_unavailable_and_nothing_is_left
     .await;
 }
 
-/// The ReserveStock calls inventory-service logged as received, with the
-/// timeout each carried.
-fn received_reserve_timeouts(stack: &Stack) -> Vec<Option<u64>> {
-    stack
-        .service(INVENTORY)
-        .log_events()
-        .into_iter()
-        .filter(|e| {
-            e["message"] == "request received"
-                && e["rpc.method"] == "/shop.inventory.v1.InventoryService/ReserveStock"
-        })
-        .map(|e| e["grpc.timeout_ms"].as_u64())
-        .collect()
-}
-
 #[tokio::test]
 async fn one_300ms_deadline_covers_three_services() {
     let stack = Stack::start(
@@ -209,12 +198,14 @@ async fn one_300ms_deadline_covers_three_services() {
     .await;
     let (user, token) = customer(&stack, "hasty").await;
     let before = available(&stack, &token).await;
-    let mut orders = OrderServiceClient::new(Propagate::new(stack.service(ORDERS).channel()));
-    let mut request = authed(order(&user.id, "three-hops"), &token);
-    request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
-    let status = orders.create_order(request).await.unwrap_err();
-    let elapsed = started.elapsed();
+    let (status, elapsed) = create_order_failing_within(
+        &stack,
+        &user.id,
+        &token,
+        "three-hops",
+        Duration::from_millis(300),
+    )
+    .await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
         elapsed < Duration::from_secs(1),
@@ -222,7 +213,11 @@ async fn one_300ms_deadline_covers_three_services() {
     );
 
     // inventory-service got what was left after GetUser: less than 300 ms.
-    let timeouts = received_reserve_timeouts(&stack);
+    let timeouts = received_timeouts(
+        &stack,
+        INVENTORY,
+        "/shop.inventory.v1.InventoryService/ReserveStock",
+    );
     assert_eq!(timeouts.len(), 1, "{timeouts:?}");
     let carried = timeouts[0].expect("the call carried a grpc-timeout");
     assert!(
