@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     AppError,
-    stock::{Stock, priced},
+    stock::{Settled, Stock, priced},
 };
 use crate::{
     domain::{
@@ -162,8 +162,11 @@ impl Orders {
                 tracing::info!(order_id = %order.id, user_id = %order.user_id, total_cents = order.total_cents, "order created");
                 // Under the caller's deadline; if it fails, the outbox
                 // worker confirms later (the order is stored either way).
-                self.settle(order.id, StockAction::Confirm).await;
-                Ok(self.get_stored(order.id).await?.unwrap_or(order))
+                if self.settle(order.id, StockAction::Confirm).await == Some(Settled::Gone) {
+                    // Cancelled for want of stock: answer it as it is now.
+                    return Ok(self.get_stored(order.id).await?.unwrap_or(order));
+                }
+                Ok(order)
             }
             // A concurrent twin won the race: our reservation is not needed.
             PlacedOrder::Existing {

@@ -101,20 +101,22 @@ impl Orders {
     /// Tries an owed step once: done steps leave the outbox; a
     /// confirmation with nothing to confirm cancels the order (it has no
     /// stock); a failure is put off with backoff for the outbox worker.
-    pub(super) async fn settle(&self, order_id: Uuid, action: StockAction) {
+    /// How it ended, None when it failed.
+    pub(super) async fn settle(&self, order_id: Uuid, action: StockAction) -> Option<Settled> {
         let step = StockStep {
             order_id,
             action,
             attempts: 0,
         };
-        self.settle_step(&step).await;
+        self.settle_step(&step).await
     }
 
-    async fn settle_step(&self, step: &StockStep) {
+    async fn settle_step(&self, step: &StockStep) -> Option<Settled> {
         let StockStep {
             order_id, action, ..
         } = *step;
         let outcome = self.stock.settle(order_id, action).await;
+        let settled = outcome.as_ref().ok().copied();
         let result = match outcome {
             Ok(Settled::Done) => self.store.stock_step_done(order_id, action).await,
             Ok(Settled::Gone) if action == StockAction::Confirm => {
@@ -140,6 +142,7 @@ impl Orders {
         if let Err(error) = result {
             tracing::warn!(%order_id, action = action.as_str(), %error, "could not record a stock step's outcome");
         }
+        settled
     }
 
     /// The order's reservation is gone before it was confirmed (it expired
