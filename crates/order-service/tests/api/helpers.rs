@@ -171,6 +171,22 @@ impl Stack {
             .access_token
     }
 
+    /// The orders of the holder of `token` (the first page).
+    pub(crate) async fn list_own_orders(
+        &self,
+        token: &str,
+    ) -> shop_proto::order::v1::ListOrdersResponse {
+        self.orders
+            .clone()
+            .list_orders(authed(
+                shop_proto::order::v1::ListOrdersRequest::default(),
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// An access token of the bootstrap admin.
     pub(crate) async fn admin_token(&self) -> String {
         accounts::admin_token(self.user_service.channel()).await
