@@ -5,6 +5,7 @@
 
 mod database_roles;
 mod deadlines;
+mod durability;
 mod faults;
 mod flow;
 mod health;

@@ -10,7 +10,11 @@ use sqlx::{
     },
 };
 
-use crate::{StoreError, notices::LocalChannels};
+use crate::{
+    StoreError,
+    group_commit::{GroupCommitStats, Writer},
+    notices::LocalChannels,
+};
 
 /// How long a caller waits for a pooled connection (and SQLite for a
 /// locked database) before the database counts as unavailable.
@@ -56,7 +60,16 @@ pub struct Db {
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
     Postgres(PgPool),
-    Sqlite(SqlitePool),
+    Sqlite(SqliteDb),
+}
+
+/// A SQLite file: a pool of read-only connections for queries outside
+/// transactions (WAL lets them read while the writer writes) and the one
+/// writing connection, with group commit, for every transaction and write.
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteDb {
+    pub(crate) read: SqlitePool,
+    pub(crate) writer: Writer,
 }
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) with at
@@ -120,13 +133,27 @@ async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Resul
             .foreign_keys(true);
         create_owner_only(options.get_filename())
             .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        let pool = SqlitePoolOptions::new()
+        // Migrated through a pool of one (what `Migrator::run` takes), whose
+        // connection then becomes the writer.
+        let migrating = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        migrations.sqlite.run(&migrating).await?;
+        let writing = migrating.acquire().await?.detach();
+        migrating.close().await;
+        // Readers refuse to write: every write must go through the writer
+        // (and its group commit), never around it.
+        let read = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.pragma("query_only", "ON"))
             .await?;
-        migrations.sqlite.run(&pool).await?;
-        Pool::Sqlite(pool)
+        Pool::Sqlite(SqliteDb {
+            read,
+            writer: Writer::new(writing, ACQUIRE_TIMEOUT),
+        })
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
@@ -152,6 +179,24 @@ impl Db {
         match self.pool {
             Pool::Postgres(_) => Backend::Postgres,
             Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// How SQLite's group commit has batched so far; `None` on PostgreSQL
+    /// (which shares WAL flushes between concurrent commits itself).
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        match &self.pool {
+            Pool::Postgres(_) => None,
+            Pool::Sqlite(sqlite) => Some(sqlite.writer.stats()),
+        }
+    }
+
+    /// How many transactions wait for SQLite's writing connection (0 on
+    /// PostgreSQL); for tests that need a queue to exist.
+    pub fn writers_queued(&self) -> usize {
+        match &self.pool {
+            Pool::Postgres(_) => 0,
+            Pool::Sqlite(sqlite) => sqlite.writer.queued(),
         }
     }
 

@@ -16,6 +16,13 @@
 //!   is created with its directory, in WAL mode with `synchronous=FULL`)
 //!   and runs the service's migrations for that backend (DDL differs, so
 //!   each service keeps one migration directory per backend);
+//! - **who writes**: on PostgreSQL, any pooled connection. On SQLite, reads
+//!   outside a transaction use a pool of read-only connections, and every
+//!   transaction and every write statement runs on the one writing
+//!   connection, where concurrent transactions share a commit (group
+//!   commit: one fsync for many, each caller answered after the commit
+//!   that holds its writes; see `group_commit`). A statement is a read
+//!   when its text starts with `SELECT`;
 //! - **change notices**: [`Db::listen`] and [`Tx::notify`] are
 //!   `LISTEN`/`NOTIFY` on PostgreSQL (every replica hears, when the
 //!   transaction commits) and an in-process channel on SQLite (one
@@ -27,6 +34,7 @@
 
 mod db;
 mod error;
+mod group_commit;
 mod notices;
 mod query;
 mod row;
@@ -34,6 +42,7 @@ mod value;
 
 pub use db::{Backend, Db, Migrations, connect};
 pub use error::StoreError;
+pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use notices::{Notice, Notices};
 pub use query::{On, Query, Tx, query};
 pub use row::{Column, Row};

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::{StreamExt as _, stream::BoxStream};
 use sqlx::{Postgres, Sqlite, Transaction, postgres::PgArguments, sqlite::SqliteArguments};
 
-use crate::{Db, Row, StoreError, Value, db::Pool, notices::LocalChannels};
+use crate::{Db, Row, StoreError, Value, db::Pool, group_commit::Turn, notices::LocalChannels};
 
 /// A query: SQL text with `$n` placeholders both backends read, and the
 /// values bound to them.
@@ -54,7 +54,10 @@ impl<'a> From<&'a mut Tx> for On<'a> {
 }
 
 /// Runs `$body` with `$q` the query for the backend of `$on`, `$exec` its
-/// executor (pool or transaction) and `$row` the [`Row`] constructor.
+/// executor and `$row` the [`Row`] constructor. On SQLite, a read outside
+/// a transaction runs on the read pool, and a write outside a transaction
+/// runs in a transaction of its own on the writer (joining its group
+/// commit), committed when `$body` succeeds.
 macro_rules! on_backend {
     ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr) => {
         match $on {
@@ -63,9 +66,23 @@ macro_rules! on_backend {
                     let ($q, $exec, $row) = ($query.postgres(), pool, Row::Pg);
                     $body
                 }
-                Pool::Sqlite(pool) => {
-                    let ($q, $exec, $row) = ($query.sqlite(), pool, Row::Sqlite);
+                Pool::Sqlite(sqlite) if $query.is_read() => {
+                    let ($q, $exec, $row) = ($query.sqlite(), &sqlite.read, Row::Sqlite);
                     $body
+                }
+                Pool::Sqlite(sqlite) => {
+                    let mut turn = sqlite.writer.begin().await?;
+                    let done = {
+                        let ($q, $exec, $row) = ($query.sqlite(), turn.conn(), Row::Sqlite);
+                        $body
+                    };
+                    match done {
+                        Ok(value) => {
+                            turn.commit().await?;
+                            Ok(value)
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             },
             On::Tx(tx) => match &mut tx.inner {
@@ -73,8 +90,8 @@ macro_rules! on_backend {
                     let ($q, $exec, $row) = ($query.postgres(), &mut **t, Row::Pg);
                     $body
                 }
-                TxInner::Sqlite(t) => {
-                    let ($q, $exec, $row) = ($query.sqlite(), &mut **t, Row::Sqlite);
+                TxInner::Sqlite(turn) => {
+                    let ($q, $exec, $row) = ($query.sqlite(), turn.conn(), Row::Sqlite);
                     $body
                 }
             },
@@ -87,6 +104,14 @@ impl Query {
     pub fn bind(mut self, value: impl Into<Value>) -> Query {
         self.args.push(value.into());
         self
+    }
+
+    /// True for a statement that only reads (its text starts with
+    /// `SELECT`): outside a transaction, SQLite runs it on the read pool.
+    fn is_read(&self) -> bool {
+        let sql = self.sql.trim_start();
+        sql.get(..6)
+            .is_some_and(|head| head.eq_ignore_ascii_case("select"))
     }
 
     fn postgres(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
@@ -162,7 +187,8 @@ impl Query {
     }
 
     /// The rows as a stream, read from the database as it is polled (not
-    /// collected first), each read by `read`.
+    /// collected first), each read by `read`. For `SELECT`s only (on
+    /// SQLite it runs on the read pool).
     pub fn fetch<'a, T, F>(self, db: &'a Db, mut read: F) -> BoxStream<'a, Result<T, StoreError>>
     where
         T: Send + 'a,
@@ -177,9 +203,9 @@ impl Query {
                         .and_then(|row| read(Row::Pg(&row)))
                 })
                 .boxed(),
-            Pool::Sqlite(pool) => self
+            Pool::Sqlite(sqlite) => self
                 .sqlite()
-                .fetch(pool)
+                .fetch(&sqlite.read)
                 .map(move |r| {
                     r.map_err(StoreError::from)
                         .and_then(|row| read(Row::Sqlite(&row)))
@@ -190,7 +216,8 @@ impl Query {
 }
 
 /// A transaction on either backend; dropped without [`Tx::commit`], it is
-/// rolled back.
+/// rolled back. On SQLite it holds the one writing connection until it
+/// ends: never wait on anything slow (a network call) inside one.
 #[derive(Debug)]
 pub struct Tx {
     inner: TxInner,
@@ -203,7 +230,7 @@ pub struct Tx {
 #[derive(Debug)]
 enum TxInner {
     Postgres(Transaction<'static, Postgres>),
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Turn),
 }
 
 impl Db {
@@ -211,7 +238,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let inner = match &self.pool {
             Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
-            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin().await?),
+            Pool::Sqlite(sqlite) => TxInner::Sqlite(sqlite.writer.begin().await?),
         };
         Ok(Tx {
             inner,

@@ -1,0 +1,206 @@
+//! SQLite's group commit: concurrent transactions share a commit, each is
+//! answered after the commit that holds it, and one that fails or is
+//! abandoned takes nothing of the others with it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use shop_storage::{Db, Migrations, StoreError, Tx, query};
+use uuid::Uuid;
+
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/postgres");
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/sqlite");
+static MIGRATIONS: Migrations = Migrations {
+    postgres: &POSTGRES,
+    sqlite: &SQLITE,
+};
+
+async fn sqlite() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("group.db").display());
+    let db = shop_storage::connect(&url, 4, &MIGRATIONS).await.unwrap();
+    (db, dir)
+}
+
+async fn insert(tx: &mut Tx, name: &str) -> Result<u64, StoreError> {
+    query("INSERT INTO things (id, name, quantity, created_at) VALUES ($1, $2, 1, $3)")
+        .bind(Uuid::now_v7())
+        .bind(name)
+        .bind(Utc::now())
+        .execute(tx)
+        .await
+}
+
+async fn names(db: &Db) -> Vec<String> {
+    query("SELECT name FROM things ORDER BY name")
+        .fetch_all(db, |row| row.get("name"))
+        .await
+        .unwrap()
+}
+
+/// Waits until `n` transactions queue for the writer behind the one the
+/// test holds.
+async fn until_queued(db: &Db, n: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while db.writers_queued() < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the writers queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_queued_behind_a_commit_share_one() {
+    let (db, _dir) = sqlite().await;
+    let mut first = db.begin().await.unwrap();
+    insert(&mut first, "thing-00").await.unwrap();
+
+    let writers: Vec<_> = (1..32)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await?;
+                insert(&mut tx, &format!("thing-{i:02}")).await?;
+                tx.commit().await?;
+                // Acknowledged: a fresh reader sees it.
+                let seen: i64 = query("SELECT COUNT(*) AS n FROM things WHERE name = $1")
+                    .bind(format!("thing-{i:02}"))
+                    .fetch_one(&db, |row| row.get("n"))
+                    .await?;
+                Ok::<_, StoreError>(seen)
+            })
+        })
+        .collect();
+    until_queued(&db, 31).await;
+    first.commit().await.unwrap();
+    for writer in writers {
+        assert_eq!(writer.await.unwrap().unwrap(), 1);
+    }
+
+    assert_eq!(names(&db).await.len(), 32);
+    let stats = db.group_commit_stats().expect("SQLite batches commits");
+    assert_eq!(stats.transactions, 32);
+    assert!(
+        stats.commits < stats.transactions,
+        "31 transactions queued behind one another, yet each had a commit of its own: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it() {
+    let (db, _dir) = sqlite().await;
+    let mut existing = db.begin().await.unwrap();
+    insert(&mut existing, "taken").await.unwrap();
+    existing.commit().await.unwrap();
+
+    let mut holder = db.begin().await.unwrap();
+    insert(&mut holder, "holder").await.unwrap();
+    let fine = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, "fine").await?;
+            tx.commit().await
+        }
+    });
+    let duplicate = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, "half-written").await?;
+            insert(&mut tx, "taken").await?;
+            tx.commit().await
+        }
+    });
+    let abandoned = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, "abandoned").await?;
+            drop(tx);
+            Ok::<_, StoreError>(())
+        }
+    });
+    until_queued(&db, 3).await;
+    holder.commit().await.unwrap();
+
+    fine.await.unwrap().unwrap();
+    let err = duplicate.await.unwrap().unwrap_err();
+    assert_eq!(err.unique_violation(), Some("things.name"));
+    abandoned.await.unwrap().unwrap();
+
+    // The duplicate's first insert went with its savepoint and the
+    // abandoned one was rolled back (readers see committed rows only);
+    // the rest of the batch committed.
+    assert_eq!(names(&db).await, ["fine", "holder", "taken"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch() {
+    let (db, _dir) = sqlite().await;
+    let mut holder = db.begin().await.unwrap();
+    insert(&mut holder, "holder").await.unwrap();
+    let waiting = tokio::spawn({
+        let db = db.clone();
+        async move { db.begin().await.map(drop) }
+    });
+    until_queued(&db, 1).await;
+    waiting.abort();
+    let _ = waiting.await;
+
+    tokio::time::timeout(Duration::from_secs(5), holder.commit())
+        .await
+        .expect("the commit did not wait for the caller that left")
+        .unwrap();
+    assert_eq!(names(&db).await, ["holder"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_outside_a_transaction_commit_through_the_writer() {
+    let (db, _dir) = sqlite().await;
+    let changed =
+        query("INSERT INTO things (id, name, quantity, created_at) VALUES ($1, $2, 1, $3)")
+            .bind(Uuid::now_v7())
+            .bind("alone")
+            .bind(Utc::now())
+            .execute(&db)
+            .await
+            .unwrap();
+    assert_eq!(changed, 1);
+    let renamed: Option<String> =
+        query("UPDATE things SET name = $1 WHERE name = $2 RETURNING name")
+            .bind("renamed")
+            .bind("alone")
+            .fetch_optional(&db, |row| row.get("name"))
+            .await
+            .unwrap();
+    assert_eq!(renamed.as_deref(), Some("renamed"));
+    assert_eq!(names(&db).await, ["renamed"]);
+    let stats = db.group_commit_stats().unwrap();
+    assert_eq!(stats.transactions, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_returns_only_once_the_batch_holding_it_is_committed() {
+    let (db, _dir) = sqlite().await;
+    let mut first = db.begin().await.unwrap();
+    insert(&mut first, "first").await.unwrap();
+    // The next transaction joins the batch and keeps it open for a while.
+    let slow = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, "slow").await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.commit().await
+        }
+    });
+    until_queued(&db, 1).await;
+    first.commit().await.unwrap();
+    // Acknowledged means committed: a reader sees it, though the batch it
+    // joined was still open behind it.
+    assert!(names(&db).await.contains(&"first".to_owned()));
+    slow.await.unwrap().unwrap();
+    assert_eq!(names(&db).await, ["first", "slow"]);
+}
