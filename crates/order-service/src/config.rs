@@ -47,6 +47,16 @@ pub struct Config {
     #[arg(long, env = "STOCK_OUTBOX_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub stock_outbox_interval: Duration,
 
+    /// How long user-service's "this user is active" answer is trusted
+    /// before CreateOrder asks again (`0s`: ask for every order). This is
+    /// the most a suspension can lag for new orders.
+    #[arg(long, env = "USER_STATUS_CACHE_MAX_AGE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub user_status_cache_max_age: Duration,
+
+    /// Users whose active status is kept (0: none, ask for every order).
+    #[arg(long, env = "USER_STATUS_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub user_status_cache_capacity: usize,
+
     /// How often a WatchOrder stream re-reads its order even without a
     /// change notice: a safety net for notices lost while the database
     /// connection was down (they are normally resynced on reconnect).

@@ -30,6 +30,7 @@ use std::{future::Future, sync::Arc};
 use shop_client::keys::Expected;
 use shop_proto::order::v1::order_service_server::OrderServiceServer;
 use shop_server::{BackgroundTask, Listeners, Server, ServiceInfo};
+use shop_storage::ReadThrough;
 
 use app::Orders;
 pub use config::Config;
@@ -78,7 +79,13 @@ pub async fn run(
     ));
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());
-    let users = Arc::new(users::UserClient::new(user_channel));
+    let users = Arc::new(users::UserClient::new(
+        user_channel,
+        ReadThrough::new(
+            config.user_status_cache_capacity,
+            config.user_status_cache_max_age,
+        ),
+    ));
     server.stream_authority(users.clone());
     let orders = Orders::new(Arc::clone(&store), users, stock);
     let _settling = BackgroundTask::spawn(app::settle_every(

@@ -3,12 +3,20 @@
 //! whether the account behind an open stream still stands
 //! ([`StreamAuthority`]), both through GetUser.
 //!
+//! An "active" answer is cached for `USER_STATUS_CACHE_MAX_AGE` (a
+//! [`ReadThrough`] with no invalidation: user-service's changes do not
+//! reach here), so a customer's orders in a burst cost one GetUser; that
+//! age is how long a suspension may take to stop new orders. Refusals and
+//! failures are never cached, and streams always ask.
+//!
 //! The channel comes from [`shop_client::connect`]: each call carries the
 //! caller's remaining deadline, token, request id and trace headers
 //! (user-service authorizes on behalf of the end user, and a spent budget
 //! fails here without a network round trip), is balanced over the
 //! user-service endpoints, retried when they are unavailable (GetUser has
 //! no side effects) and failed fast while they are all down.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use shop_auth::{BoxFuture, Principal, Role};
@@ -19,6 +27,7 @@ use shop_proto::user::v1::{
     user_service_client::UserServiceClient,
 };
 use shop_server::layers::stream_limits::{Standing, StreamAuthority};
+use shop_storage::ReadThrough;
 use tonic::Code;
 use uuid::Uuid;
 
@@ -29,23 +38,28 @@ const SERVICE: &str = "user-service";
 
 /// The UserService client every handler shares.
 #[derive(Debug, Clone)]
-pub struct UserClient(UserServiceClient<ClientChannel>);
-
-impl UserClient {
-    /// A UserService client over `channel`.
-    pub fn new(channel: ClientChannel) -> UserClient {
-        UserClient(UserServiceClient::new(channel))
-    }
+pub struct UserClient {
+    client: UserServiceClient<ClientChannel>,
+    /// Users found active, by id.
+    active: Arc<ReadThrough<Uuid, ()>>,
 }
 
-#[async_trait]
-impl ActiveUsers for UserClient {
-    async fn ensure_active(&self, user_id: Uuid) -> Result<(), AppError> {
+impl UserClient {
+    /// A UserService client over `channel`, trusting an "active" answer as
+    /// long as `active` keeps it.
+    pub fn new(channel: ClientChannel, active: Arc<ReadThrough<Uuid, ()>>) -> UserClient {
+        UserClient {
+            client: UserServiceClient::new(channel),
+            active,
+        }
+    }
+
+    async fn ask_active(&self, user_id: Uuid) -> Result<Option<()>, AppError> {
         let request = GetUserRequest {
             identifier: Some(Identifier::UserId(user_id.to_string())),
         };
-        match self.0.clone().get_user(request).await {
-            Ok(user) if user.get_ref().status == UserStatus::Active as i32 => Ok(()),
+        match self.client.clone().get_user(request).await {
+            Ok(user) if user.get_ref().status == UserStatus::Active as i32 => Ok(Some(())),
             Ok(_) => Err(AppError::FailedPrecondition(
                 "the user is not active".into(),
             )),
@@ -60,6 +74,16 @@ impl ActiveUsers for UserClient {
     }
 }
 
+#[async_trait]
+impl ActiveUsers for UserClient {
+    async fn ensure_active(&self, user_id: Uuid) -> Result<(), AppError> {
+        self.active
+            .get_or_load(&user_id, || self.ask_active(user_id))
+            .await
+            .map(drop)
+    }
+}
+
 /// Asks user-service, with a token of the stream's account (the check
 /// runs in one of its streams' request context), how the account stands:
 /// active with its roles, or gone when user-service no longer shows it to
@@ -71,7 +95,7 @@ impl StreamAuthority for UserClient {
             let request = GetUserRequest {
                 identifier: Some(Identifier::UserId(principal.user_id.clone())),
             };
-            match self.0.clone().get_user(request).await {
+            match self.client.clone().get_user(request).await {
                 Ok(user) if user.get_ref().status == UserStatus::Active as i32 => {
                     let roles = user
                         .get_ref()

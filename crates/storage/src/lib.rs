@@ -28,10 +28,14 @@
 //!   transaction commits) and an in-process channel on SQLite (one
 //!   process per file).
 //!
+//! [`ReadThrough`] caches hot rows in front of all this, invalidated by
+//! writes in-process and by change notices across replicas.
+//!
 //! What is not portable (arrays, `::` casts, `pg_notify`, `json_each`) is
 //! not used in query text; a query that truly must differ is written twice
 //! and says why.
 
+mod cache;
 mod db;
 mod error;
 mod group_commit;
@@ -40,6 +44,7 @@ mod query;
 mod row;
 mod value;
 
+pub use cache::ReadThrough;
 pub use db::{Backend, Db, Migrations, connect};
 pub use error::StoreError;
 pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};

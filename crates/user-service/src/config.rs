@@ -84,6 +84,19 @@ pub struct Config {
     #[arg(long, env = "SERVICE_ACCOUNTS_DIR")]
     pub service_accounts_dir: Option<PathBuf>,
 
+    /// Users kept in the in-process read-through cache of users by id (0
+    /// turns it off). A write through this replica invalidates its entry
+    /// before it answers; other replicas hear of it through PostgreSQL
+    /// notifications.
+    #[arg(long, env = "USER_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub user_cache_capacity: usize,
+
+    /// The longest a cached user is served after it was read: the bound on
+    /// how stale another replica's change (a suspension) can be seen here
+    /// if its notification is lost (`0s` turns the cache off).
+    #[arg(long, env = "USER_CACHE_MAX_AGE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub user_cache_max_age: Duration,
+
     /// Login, CreateUser, RefreshToken and IssueServiceToken calls one
     /// address (an IPv6 /64) may make per minute, each method counted on
     /// its own; more are RESOURCE_EXHAUSTED with RetryInfo.
@@ -111,6 +124,14 @@ fn cpus() -> u32 {
 }
 
 impl Config {
+    /// How users by id are cached.
+    pub fn user_cache(&self) -> crate::repo::UserCache {
+        crate::repo::UserCache {
+            capacity: self.user_cache_capacity,
+            max_age: self.user_cache_max_age,
+        }
+    }
+
     /// The signing key file: the configured one, or the generated one in
     /// the data directory.
     pub fn signing_key_path(&self) -> (PathBuf, bool) {

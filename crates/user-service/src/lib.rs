@@ -51,7 +51,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
-    let store = repo::connect(&database_url, config.service.database_max_connections).await?;
+    let store = repo::connect(
+        &database_url,
+        config.service.database_max_connections,
+        config.user_cache(),
+    )
+    .await?;
 
     let tokens = &config.service.tokens;
     let signing_key = Arc::new(load_signing_key(&config)?);

@@ -289,9 +289,19 @@ async fn ordering_for_someone_else_is_denied_unless_admin() {
 
 #[tokio::test]
 async fn only_active_users_can_order() {
-    let stack = Stack::spawn().await;
+    let max_age = std::time::Duration::from_millis(500);
+    let stack =
+        Stack::spawn_with(Backend::Sqlite, &[], &["--user-status-cache-max-age=500ms"]).await;
     let (user, token) = stack.customer("suspendme").await;
     let admin = stack.admin_token().await;
+    // Active: ordering works, and order-service now trusts that answer for
+    // up to the max age.
+    stack
+        .orders
+        .clone()
+        .create_order(authed(order_request(&user.id, "before"), &token))
+        .await
+        .unwrap();
     stack
         .users
         .clone()
@@ -305,6 +315,9 @@ async fn only_active_users_can_order() {
         ))
         .await
         .unwrap();
+    // Suspended: refused once the cached answer is older than its bound
+    // (the answer was read before the suspension).
+    tokio::time::sleep(max_age).await;
     let status = stack
         .orders
         .clone()

@@ -7,6 +7,7 @@
 //! lives only here, and nothing here builds a `tonic::Status`: errors are
 //! [`RepoError`]s that the service maps.
 
+mod cached;
 mod sql;
 
 use std::sync::Arc;
@@ -22,8 +23,17 @@ use crate::domain::{
     roles_from_storage,
 };
 
+pub use cached::{CachedStore, UserCache};
 pub use shop_storage::StoreError;
 pub use sql::SqlStore;
+
+/// The change-notice channel a committed change of a user is announced on
+/// (payload: the user's id), for the caches of every replica.
+pub const USER_CHANGES: &str = "shop_user_changes";
+
+/// How many user-change notices a slow cache may fall behind before it
+/// clears itself.
+const USER_CHANGES_CAPACITY: usize = 1024;
 
 /// A unique field that a write collided on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,10 +217,20 @@ pub trait Store: UserRepo + RefreshTokenRepo {
 static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
-/// SQLite file and its directory when missing, and applies migrations.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, RepoError> {
+/// SQLite file and its directory when missing, applies migrations, and
+/// caches users by id as `cache` says.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    cache: UserCache,
+) -> Result<Arc<dyn Store>, RepoError> {
     let db = shop_storage::connect(url, max_connections, &MIGRATIONS).await?;
-    Ok(Arc::new(SqlStore::new(db)))
+    let store = SqlStore::new(db.clone());
+    if !cache.is_on() {
+        return Ok(Arc::new(store));
+    }
+    let changes = db.listen(USER_CHANGES, USER_CHANGES_CAPACITY).await?;
+    Ok(Arc::new(CachedStore::new(store, cache, changes)))
 }
 
 /// The columns every user query selects, as a literal for `concat!` (sqlx

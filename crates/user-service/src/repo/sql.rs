@@ -9,8 +9,8 @@ use shop_storage::{Db, query};
 use uuid::Uuid;
 
 use super::{
-    NewRefreshToken, RefreshTokenRepo, RepoError, Rotation, Store, UserKey, UserRepo, user_columns,
-    user_row,
+    NewRefreshToken, RefreshTokenRepo, RepoError, Rotation, Store, USER_CHANGES, UserKey, UserRepo,
+    user_columns, user_row,
 };
 use shop_auth::Role;
 
@@ -109,7 +109,8 @@ impl UserRepo for SqlStore {
         patch: &UserPatch,
         now: DateTime<Utc>,
     ) -> Result<Option<User>, RepoError> {
-        Ok(query(concat!(
+        let mut tx = self.db.begin().await?;
+        let updated = query(concat!(
             "UPDATE users SET \
              username = COALESCE($1, username), \
              first_name = COALESCE($2, first_name), \
@@ -129,19 +130,29 @@ impl UserRepo for SqlStore {
         .bind(patch.roles.as_deref().map(roles_to_storage))
         .bind(now)
         .bind(id)
-        .fetch_optional(&self.db, user_row)
-        .await?)
+        .fetch_optional(&mut tx, user_row)
+        .await?;
+        if updated.is_some() {
+            tx.notify(USER_CHANGES, &id.to_string()).await?;
+        }
+        tx.commit().await?;
+        Ok(updated)
     }
 
     async fn soft_delete_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<bool, RepoError> {
+        let mut tx = self.db.begin().await?;
         let changed = query(
             "UPDATE users SET status = 'deleted', deleted_at = $1, updated_at = $1 \
              WHERE id = $2 AND status <> 'deleted'",
         )
         .bind(now)
         .bind(id)
-        .execute(&self.db)
+        .execute(&mut tx)
         .await?;
+        if changed == 1 {
+            tx.notify(USER_CHANGES, &id.to_string()).await?;
+        }
+        tx.commit().await?;
         Ok(changed == 1)
     }
 

@@ -11,6 +11,7 @@
 mod auth;
 mod binary;
 mod bootstrap;
+mod cache;
 mod helpers;
 mod infra;
 mod protection;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use shop_auth::Role;
 use user_service::{
     domain::{Email, NewUser, PersonName, UserFilter, UserPatch, UserStatus, Username},
-    repo::{NewRefreshToken, RepoError, Rotation, Store, UniqueField, UserKey, connect},
+    repo::{NewRefreshToken, RepoError, Rotation, Store, UniqueField, UserCache, UserKey, connect},
 };
 use uuid::Uuid;
 
@@ -18,7 +18,13 @@ use shop_testkit::Backend;
 async fn store(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.database_url("users", dir.path()).await;
-    let store = connect(&url, 5).await.expect("connect and migrate");
+    // Through the cache, as the service runs it: every check also shows
+    // that a cached read never hides a write made through the store.
+    let cache = UserCache {
+        capacity: 1000,
+        max_age: std::time::Duration::from_secs(60),
+    };
+    let store = connect(&url, 5, cache).await.expect("connect and migrate");
     (store, dir)
 }
 
