@@ -18,6 +18,15 @@
 #   watch-idle     N idle WatchOrder streams: server memory per stream, and
 #                  every stream receives its order's change
 #
+# The yardstick is taken twice, with shop-loadgen and with h2load (nghttp2's
+# load tool in C: the cheapest driver available, installed from Debian
+# packages when missing and possible), and GetUser is also driven by h2load,
+# so the ratio of like to like is reported with each driver. Every report
+# says how busy its load generator was; a ratio whose generator used 90% or
+# more of its CPU is reported as not valid (it measured the generator).
+# get-user also runs with the users cache off (get-user-uncached-*: every
+# call reads the database).
+#
 # get-user and create-order run on SQLite and on PostgreSQL (a throwaway
 # cluster with PostgreSQL's default durability, started like
 # scripts/test.sh does; skipped with a note when PostgreSQL is missing).
@@ -38,7 +47,7 @@ quick=0
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -132,17 +141,46 @@ load() {
         | tee "$work/$name.txt" >&2
 }
 
+# drive_h2load NAME URL ADMIN_URL(or -) LOADGEN_ARGS...: writes the request with
+# shop-loadgen --write-request, then drives it with h2load (same callers:
+# CONNECTIONS x STREAMS = concurrency); report in $work/NAME.json.
+have_h2load=0
+if command -v h2load >/dev/null 2>&1; then
+    have_h2load=1
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "h2load not found; installing nghttp2-client from Debian packages"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client >&2 \
+        || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -qq --no-install-recommends nghttp2-client >&2; }; then
+        have_h2load=1
+    fi
+fi
+[[ $have_h2load == 1 ]] || log "h2load not available: the h2load measurements are skipped"
+drive_h2load() {
+    local name=$1 url=$2 admin=$3
+    shift 3
+    [[ $have_h2load == 1 ]] || return 0
+    log "measuring $name (h2load)"
+    "$bin/shop-loadgen" --write-request "$work/request-$name" --users-url "$url" "$@" >&2
+    local admin_arg=()
+    [[ $admin == - ]] || admin_arg=("$admin")
+    python3 scripts/lib/h2load.py "$url" "$work/request-$name" "$work/$name.json" \
+        "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
+}
+
 # The servers' shared settings (docker-compose's, see the header).
 server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=1000000
     RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_ADDRESS=100000 \
     STREAM_MAX_PER_PROCESS=100000
     SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
 
-# stack BACKEND: starts user-service, inventory-service (the development
+# stack BACKEND [VAR=VALUE...]: starts user-service (with the extra
+# settings), inventory-service, inventory-service (the development
 # catalogue, a million units of each product) and order-service on BACKEND;
 # sets users_port, orders_port, orders_pid.
 stack() {
-    local backend=$1 users_db inventory_db orders_db data="$work/data-$1"
+    local backend=$1 users_db inventory_db orders_db data="$work/data-$1-$RANDOM"
+    shift
     mkdir -p "$data"
     case "$backend" in
         sqlite)
@@ -162,11 +200,12 @@ stack() {
     users_port=$(free_port)
     inventory_port=$(free_port)
     orders_port=$(free_port)
+    users_admin_port=$(free_port)
     start user-service shop.user.v1.UserService "$users_port" "${server_env[@]}" \
-        GRPC_ADDR="127.0.0.1:$users_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        GRPC_ADDR="127.0.0.1:$users_port" ADMIN_ADDR="127.0.0.1:$users_admin_port" \
         DATABASE_URL="$users_db" DATA_DIR="$data" BCRYPT_COST=10 \
         CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000 \
-        SERVICE_ACCOUNTS_DIR="$data/service-accounts"
+        SERVICE_ACCOUNTS_DIR="$data/service-accounts" "$@"
     start inventory-service shop.inventory.v1.InventoryService "$inventory_port" "${server_env[@]}" \
         GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
         DATABASE_URL="$inventory_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
@@ -191,6 +230,7 @@ bare_port=$(free_port)
 # The bare server has no health service: wait for its port.
 start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
 load bare --scenario echo --users-url "http://127.0.0.1:$bare_port" --concurrency "$concurrency"
+drive_h2load bare-h2load "http://127.0.0.1:$bare_port" - --scenario echo
 stop_servers
 
 # --- the stack -------------------------------------------------------------
@@ -206,6 +246,8 @@ for backend in "${backends[@]}"; do
     stack "$backend"
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
+    drive_h2load "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
+        "http://127.0.0.1:$users_admin_port" --scenario get-user
     load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
     if [[ $backend == sqlite ]]; then
         peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
@@ -216,6 +258,13 @@ for backend in "${backends[@]}"; do
         load watch-idle --scenario watch-idle "${urls[@]}" --watch-streams "$streams" \
             --server-pid "$orders_pid"
     fi
+    stop_servers
+    # Every GetUser reads the database: the users cache off.
+    stack "$backend" USER_CACHE_CAPACITY=0
+    urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
+    load "get-user-uncached-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
+    drive_h2load "get-user-uncached-$backend-h2load" "http://127.0.0.1:$users_port" \
+        "http://127.0.0.1:$users_admin_port" --scenario get-user
     stop_servers
 done
 

@@ -21,9 +21,18 @@ use tonic::Code;
 use crate::{ORDERS, USERS, customer, customer_on, order};
 
 /// `n` user-service replicas on one database and one key directory, and
-/// an order-service balancing over all of them.
+/// an order-service balancing over all of them that asks user-service for
+/// every order (no cached user status: the calls to the replicas are what
+/// these tests watch).
 async fn replicated(n: usize) -> Stack {
-    Stack::start(Backend::Sqlite, &[Spec::new(USERS).replicas(n)]).await
+    Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(USERS).replicas(n),
+            Spec::new(ORDERS).env("USER_STATUS_CACHE_MAX_AGE", "0s"),
+        ],
+    )
+    .await
 }
 
 /// order-service's metrics.

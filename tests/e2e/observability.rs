@@ -406,6 +406,14 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
     }
 
     for service in [stack.service(USERS), stack.service(ORDERS)] {
+        // A call's access line is written when its response has gone,
+        // by the log writer thread: wait for the last ones.
+        let is_access = |e: &serde_json::Value| e["target"] == "access";
+        let received = |e: &serde_json::Value| e["message"] == "request received";
+        let rpcs = service.log_events().iter().filter(|e| received(e)).count();
+        service
+            .wait_for_logs(Duration::from_secs(5), rpcs, is_access)
+            .await;
         let events = service.log_events();
         let in_requests: Vec<_> = events
             .iter()

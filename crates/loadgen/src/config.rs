@@ -108,6 +108,14 @@ pub struct Config {
     #[arg(long, env = "LOADGEN_REPORT")]
     pub report: Option<PathBuf>,
 
+    /// Instead of driving load, write what an external HTTP/2 load tool
+    /// (h2load) needs to send this scenario's GetUser into this directory
+    /// and exit: `body` (the gRPC-framed request), `path` (the method's
+    /// path) and `authorization` (the header's value; empty for `echo`).
+    /// Only for `echo` and `get-user`.
+    #[arg(long, env = "LOADGEN_WRITE_REQUEST")]
+    pub write_request: Option<PathBuf>,
+
     /// No live progress bar (it is hidden anyway when stderr is not a
     /// terminal).
     #[arg(long, env = "LOADGEN_NO_PROGRESS")]
@@ -137,6 +145,11 @@ impl Config {
             return Err(format!(
                 "--rate {rate}: a positive number of requests per second"
             ));
+        }
+        if self.write_request.is_some()
+            && !matches!(self.scenario, Scenario::Echo | Scenario::GetUser)
+        {
+            return Err("--write-request is for the echo and get-user scenarios".into());
         }
         if self.duration.is_zero() && self.requests.is_none() {
             return Err("--duration 0 needs --requests".into());

@@ -6,7 +6,7 @@ use clap::Parser as _;
 use shop_loadgen::{
     config::{Config, Scenario},
     drive::{self, Bounds, Mode},
-    report::{Report, WatchReport},
+    report::{GeneratorLoad, Report, WatchReport},
     rss,
     scenario::{self, Connections, Workload},
     stats::Recorder,
@@ -18,6 +18,15 @@ async fn main() -> ExitCode {
     if let Err(problem) = config.validate() {
         eprintln!("shop-loadgen: {problem}");
         return ExitCode::from(2);
+    }
+    if let Some(dir) = &config.write_request {
+        return match write_request(&config, dir).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shop-loadgen: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     match run(&config).await {
         Ok(report) => {
@@ -36,6 +45,37 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes the GetUser request of `--write-request` (see its help): one
+/// account's GetUser of itself, or the echo scenario's fixed GetUser.
+async fn write_request(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
+    use prost::Message as _;
+    use shop_proto::user::v1::{GetUserRequest, get_user_request::Identifier};
+
+    let (user_id, authorization) = if config.scenario == Scenario::Echo {
+        (scenario::ECHO_USER_ID.to_owned(), String::new())
+    } else {
+        let users = Connections::new(&config.users_url, 1)?;
+        let account = scenario::virtual_users(&users, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no account signed up"))?;
+        (account.id.clone(), account.authorization().to_owned())
+    };
+    let message = GetUserRequest {
+        identifier: Some(Identifier::UserId(user_id)),
+    }
+    .encode_to_vec();
+    // gRPC framing: not compressed, then the length, big-endian.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("body"), body)?;
+    std::fs::write(dir.join("path"), "/shop.user.v1.UserService/GetUser")?;
+    std::fs::write(dir.join("authorization"), authorization)?;
+    Ok(())
 }
 
 /// Idle streams per connection: shop servers allow 100 concurrent streams
@@ -109,7 +149,11 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
         requests: config.requests,
     };
     let progress = !config.no_progress;
+    let cpu_before = rss::own_cpu_seconds();
     let elapsed = drive::run(mode, bounds, op, Arc::clone(&recorder), progress).await;
+    let generator = cpu_before
+        .zip(rss::own_cpu_seconds())
+        .map(|(before, after)| GeneratorLoad::of(after - before, elapsed, rss::usable_cpus()));
 
     let watch = match held {
         Some((to_watch, open, failures)) => {
@@ -148,6 +192,7 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
         throughput_rps: requests as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
         methods,
         watch,
+        generator,
     })
 }
 
@@ -201,5 +246,6 @@ async fn watch_idle(
             rss_per_stream_bytes: per_stream,
             updated,
         }),
+        generator: None,
     })
 }

@@ -87,6 +87,33 @@ pub struct Report {
     pub methods: BTreeMap<String, MethodReport>,
     /// Streams held during the run (`mixed`) or measured (`watch-idle`).
     pub watch: Option<WatchReport>,
+    /// The load generator's own use of its CPUs while measuring.
+    pub generator: Option<GeneratorLoad>,
+}
+
+/// How busy the load generator itself was while measuring: a generator
+/// that used (nearly) all its CPUs was the limit, not the server, and the
+/// throughput it measured says little about the server.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GeneratorLoad {
+    /// CPU time used per second of measurement (1.0 = one core busy).
+    pub cpu_cores: f64,
+    /// CPUs it may run on.
+    pub cpus: usize,
+    /// `cpu_cores` at 90% of `cpus` or more.
+    pub saturated: bool,
+}
+
+impl GeneratorLoad {
+    /// From the CPU seconds used over `elapsed`.
+    pub fn of(cpu_seconds: f64, elapsed: Duration, cpus: usize) -> GeneratorLoad {
+        let cpu_cores = cpu_seconds / elapsed.as_secs_f64().max(f64::EPSILON);
+        GeneratorLoad {
+            cpu_cores: (cpu_cores * 1000.0).round() / 1000.0,
+            cpus,
+            saturated: cpu_cores >= 0.9 * cpus as f64,
+        }
+    }
 }
 
 fn millis(micros: u64) -> f64 {
@@ -142,6 +169,18 @@ impl Report {
             self.throughput_rps,
             self.requests - self.ok,
         );
+        if let Some(g) = &self.generator {
+            out.push_str(&format!(
+                "load generator: {:.2} of {} CPU(s) busy{}\n",
+                g.cpu_cores,
+                g.cpus,
+                if g.saturated {
+                    " - SATURATED: the generator, not the server, was the limit"
+                } else {
+                    ""
+                }
+            ));
+        }
         if !self.methods.is_empty() {
             out.push_str(&format!(
                 "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}  codes\n",

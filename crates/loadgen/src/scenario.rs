@@ -64,6 +64,11 @@ pub struct VirtualUser {
 }
 
 impl VirtualUser {
+    /// The `authorization` header value of its requests.
+    pub fn authorization(&self) -> &str {
+        self.bearer.to_str().unwrap_or_default()
+    }
+
     /// `message` with this user's token and `timeout`.
     pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
@@ -180,6 +185,9 @@ pub struct Workload {
     created: AtomicU64,
 }
 
+/// The user id the echo scenario asks the bare server for.
+pub const ECHO_USER_ID: &str = "01a20000-0000-7000-8000-000000000000";
+
 fn code_of<T>(result: Result<T, tonic::Status>) -> (Code, Option<T>) {
     match result {
         Ok(value) => (Code::Ok, Some(value)),
@@ -244,9 +252,7 @@ impl Workload {
 
     async fn echo(&self, seq: u64) -> Outcome {
         let mut request = Request::new(GetUserRequest {
-            identifier: Some(Identifier::UserId(
-                "01a20000-0000-7000-8000-000000000000".into(),
-            )),
+            identifier: Some(Identifier::UserId(ECHO_USER_ID.into())),
         });
         request.set_timeout(self.timeout);
         let result = UserServiceClient::new(self.users.pick(seq))

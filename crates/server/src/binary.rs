@@ -49,17 +49,22 @@ where
         Err(e) => exit_with_config_error(&e.0),
     };
     let outcome = run(config, listeners, Box::pin(shutdown)).await;
-    shop_telemetry::shutdown();
-    match outcome {
+    let code = match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigError>() {
-            Some(config_error) => exit_with_config_error(&config_error.0),
+            Some(config_error) => {
+                shop_telemetry::shutdown();
+                exit_with_config_error(&config_error.0)
+            }
             None => {
                 tracing::error!(service = name, error = format!("{e:#}"), "service failed");
                 ExitCode::FAILURE
             }
         },
-    }
+    };
+    // Last: it writes out the log lines still queued.
+    shop_telemetry::shutdown();
+    code
 }
 
 /// The gRPC and admin sockets handed in through `LISTEN_FDS`, if any.

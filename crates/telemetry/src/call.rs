@@ -38,7 +38,6 @@ pub struct CallRecord {
     metrics: Arc<MethodMetrics>,
     start: Instant,
     span: Span,
-    request_id: String,
     peer: Option<String>,
     caller: CallerSlot,
     received: u64,
@@ -47,14 +46,10 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Starts observing a call of `path` (and counts it started).
-    pub fn start(
-        side: Side,
-        path: &str,
-        span: Span,
-        request_id: String,
-        peer: Option<String>,
-    ) -> CallRecord {
+    /// Starts observing a call of `path` (and counts it started). Its
+    /// access line is logged in `span`, which carries the request id and
+    /// trace id: each field once per line.
+    pub fn start(side: Side, path: &str, span: Span, peer: Option<String>) -> CallRecord {
         let labels = MethodLabels::of(path);
         let metrics = MethodMetrics::of(side, labels);
         metrics.started.increment(1);
@@ -64,7 +59,6 @@ impl CallRecord {
             metrics,
             start: Instant::now(),
             span,
-            request_id,
             peer,
             caller: CallerSlot::default(),
             received: 0,
@@ -120,7 +114,6 @@ impl CallRecord {
                 duration_ms = duration_ms(elapsed),
                 peer = self.peer.as_deref().unwrap_or("-"),
                 principal = principal.as_deref().unwrap_or("-"),
-                request_id = %self.request_id,
                 "rpc"
             );
         }

@@ -12,7 +12,11 @@
 //!   delay). Unset, nothing is exported and nothing complains;
 //! - the Prometheus metrics recorder behind `/metrics`.
 
-use std::{str::FromStr, sync::OnceLock, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -116,9 +120,20 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Lines are formatted on the calling thread and written to stdout by a
+    // thread of their own, so no request waits on the write. Not lossy: when
+    // the writer falls behind by LOG_BUFFERED_LINES lines, callers wait
+    // rather than drop access lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_BUFFERED_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    let _ = LOG_WRITER.set(Mutex::new(Some(guard)));
     let fmt_layer = match format {
-        LogFormat::Pretty => fmt::layer().with_target(true).boxed(),
+        LogFormat::Pretty => fmt::layer().with_target(true).with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer()
+            .with_writer(writer)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -177,8 +192,19 @@ fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
     }
 }
 
-/// Flushes and stops span export; call before the process exits.
+/// Lines the log writer thread may fall behind by before callers wait.
+const LOG_BUFFERED_LINES: usize = 64 * 1024;
+
+/// The log writer thread's guard: dropping it writes out what is queued.
+static LOG_WRITER: OnceLock<Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>> =
+    OnceLock::new();
+
+/// Flushes and stops span export, and writes out queued log lines; call
+/// before the process exits.
 pub fn shutdown() {
+    if let Some(writer) = LOG_WRITER.get() {
+        drop(writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
     if let Some(provider) = TRACER_PROVIDER.get() {
         let _ = provider.force_flush();
         let _ = provider.shutdown();

@@ -12,7 +12,6 @@ use std::{
 };
 
 use http::{Request, Response};
-use shop_core::context::RequestContext;
 use shop_telemetry::{
     body::{observe_request, observe_response},
     call::CallRecord,
@@ -72,14 +71,10 @@ where
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&span.context(), &mut HeaderCarrier(req.headers_mut()));
         });
-        let request_id = RequestContext::current()
-            .map(|c| c.request_id().to_owned())
-            .unwrap_or_default();
         let record = Arc::new(Mutex::new(CallRecord::start(
             Side::Client,
             &path,
             span.clone(),
-            request_id,
             None,
         )));
         let (parts, body) = req.into_parts();

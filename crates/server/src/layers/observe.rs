@@ -93,7 +93,7 @@ where
         }
 
         let peer = peer_addr(&parts.extensions).map(|a| a.to_string());
-        let record = CallRecord::start(Side::Server, &path, span.clone(), request_id_text, peer);
+        let record = CallRecord::start(Side::Server, &path, span.clone(), peer);
         parts.extensions.insert(record.caller_slot());
         let record = Arc::new(Mutex::new(record));
 
