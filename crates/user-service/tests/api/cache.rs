@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound as _, Utc};
-use shop_auth::Role;
 use shop_testkit::Backend;
 use user_service::{
-    domain::{Email, NewUser, PersonName, UserPatch, UserStatus, Username},
+    domain::{UserPatch, UserStatus},
     repo::{Store, UserCache, UserKey, connect},
 };
-use uuid::Uuid;
+
+use crate::repo_suite::new_user;
 
 async fn replica(url: &str, max_age: Duration) -> std::sync::Arc<dyn Store> {
     let cache = UserCache {
@@ -18,20 +18,6 @@ async fn replica(url: &str, max_age: Duration) -> std::sync::Arc<dyn Store> {
         max_age,
     };
     connect(url, 2, cache).await.expect("connect")
-}
-
-fn new_user(name: &str) -> NewUser {
-    NewUser {
-        id: Uuid::now_v7(),
-        email: Email::parse(&format!("{name}@example.com")).unwrap(),
-        username: Username::parse(name).unwrap(),
-        password_hash: "$2b$04$hash".into(),
-        first_name: PersonName::parse("First").unwrap(),
-        last_name: PersonName::parse(name).unwrap(),
-        roles: vec![Role::Customer],
-        status: UserStatus::Active,
-        now: Utc::now().trunc_subsecs(6),
-    }
 }
 
 /// Suspends a user through `writer` that `reader` has cached; how long

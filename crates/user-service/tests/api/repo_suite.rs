@@ -32,7 +32,7 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn new_user(name: &str) -> NewUser {
+pub(crate) fn new_user(name: &str) -> NewUser {
     NewUser {
         id: Uuid::now_v7(),
         email: Email::parse(&format!("{name}@example.com")).unwrap(),
