@@ -154,14 +154,22 @@ impl Writer {
         let mut ticket = Ticket(Some(self));
         let locked =
             tokio::time::timeout(self.acquire_timeout, Arc::clone(&self.state).lock_owned()).await;
-        let mut guard = locked.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?;
+        let guard = locked.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?;
         ticket.0 = None;
         self.queued.fetch_sub(1, Ordering::AcqRel);
+        // On a task of its own: a caller cancelled halfway through `BEGIN`
+        // or `SAVEPOINT` must not leave the connection between states. If
+        // the caller is gone, the finished turn is dropped, and so rolled
+        // back, with the task's output.
+        tokio::spawn(self.clone().open(guard))
+            .await
+            .unwrap_or_else(|e| Err(batch_error(format!("opening a turn: {e}").into())))
+    }
 
+    /// Opens the batch if none is open, then this turn's savepoint.
+    async fn open(self, mut guard: OwnedMutexGuard<State>) -> Result<Turn, StoreError> {
         if guard.batch.is_none() {
-            if let Err(e) = guard.conn.execute("BEGIN IMMEDIATE").await {
-                return Err(e.into());
-            }
+            guard.conn.execute("BEGIN IMMEDIATE").await?;
             guard.batch = Some(Batch {
                 opened: Instant::now(),
                 members: 0,
@@ -178,7 +186,7 @@ impl Writer {
         }
         Ok(Turn {
             guard: Some(guard),
-            writer: self.clone(),
+            writer: self,
         })
     }
 

@@ -204,3 +204,52 @@ async fn a_commit_returns_only_once_the_batch_holding_it_is_committed() {
     slow.await.unwrap().unwrap();
     assert_eq!(names(&db).await, ["first", "slow"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cancelled_at_any_point_never_stall_the_writer() {
+    let (db, _dir) = sqlite().await;
+    for round in 0..40 {
+        let mut holder = db.begin().await.unwrap();
+        insert(&mut holder, &format!("held-{round:02}"))
+            .await
+            .unwrap();
+        let cancelled = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await?;
+                insert(&mut tx, "cancelled").await?;
+                tx.commit().await
+            }
+        });
+        until_queued(&db, 1).await;
+        let committing = tokio::spawn(holder.commit());
+        // Cancelled as soon as it has the connection (while it opens its
+        // savepoint), or a little later (writing, committing) in other
+        // rounds.
+        while db.writers_queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..round % 8 {
+            tokio::task::yield_now().await;
+        }
+        cancelled.abort();
+        let _ = cancelled.await;
+        tokio::time::timeout(Duration::from_secs(5), committing)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the holder's commit stalled"))
+            .unwrap()
+            .unwrap();
+        // The writer still takes new transactions.
+        let mut next = db.begin().await.unwrap();
+        insert(&mut next, &format!("next-{round:02}"))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), next.commit())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the writer stalled"))
+            .unwrap();
+    }
+    let names = names(&db).await;
+    assert_eq!(names.iter().filter(|n| n.starts_with("held-")).count(), 40);
+    assert_eq!(names.iter().filter(|n| n.starts_with("next-")).count(), 40);
+}
