@@ -97,6 +97,11 @@ def main():
         p50, p99 = half["latency_ms"]["p50"], half["latency_ms"]["p99"]
         value = round(p99 / p50, 2) if p50 else None
         check("GetUser p99 / p50 at half of peak (open loop)", value, "<= 5", value is not None and value <= 5)
+    reads_alone = scenarios.get("get-order-sqlite", {}).get("methods", {}).get("GetOrder")
+    reads_mixed = scenarios.get("mixed", {}).get("methods", {}).get("GetOrder")
+    if reads_alone and reads_mixed and reads_alone["latency_ms"]["p99"]:
+        value = round(reads_mixed["latency_ms"]["p99"] / reads_alone["latency_ms"]["p99"], 2)
+        check("GetOrder p99 with writes (mixed) / without (get-order)", value, "<= 2", value <= 2)
     watch = (scenarios.get("watch-idle") or {}).get("watch")
     if watch:
         per = watch.get("rss_per_stream_bytes")

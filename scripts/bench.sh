@@ -3,6 +3,11 @@
 #
 #   scripts/bench.sh            # full run (about 9 minutes after the build)
 #   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
+#   scripts/bench.sh --profile=get-user|create-order
+#                               # where the server CPU goes (perf), on SQLite
+#                               # (PROFILE_BACKEND=postgres for PostgreSQL,
+#                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
+#                               # give user-service settings)
 #
 # Builds release binaries, then for each scenario starts the servers it
 # needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
@@ -14,6 +19,7 @@
 #   create-order   CreateOrder: GetUser hop to user-service, ReserveStock and
 #                  ConfirmReservation at inventory-service, database write
 #   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
+#   get-order      GetOrder alone: the read latency with no writes running
 #   mixed          the realistic mix with WatchOrder streams held open
 #   watch-idle     N idle WatchOrder streams: server memory per stream, and
 #                  every stream receives its order's change
@@ -43,11 +49,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-quick=0
+quick=0 profile=
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --profile=*) profile="${arg#--profile=}" ;;
+        -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -224,6 +231,45 @@ psql_create() {
     as_pg_user "$dir/psql" -q "$PG_URL" -c "CREATE DATABASE $1" >/dev/null
 }
 
+# profile SCENARIO: drives SCENARIO at full load with shop-loadgen on CPU 1
+# and samples what runs on CPU 0 (every server of the stack) with perf for
+# 15 s, then prints the self time grouped by where it goes
+# (scripts/lib/profile-groups.py) and per process.
+profile() {
+    local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
+    command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
+    if [[ $backend == postgres ]]; then
+        start_pg durable || { log "PostgreSQL not available"; return 1; }
+    fi
+    # PROFILE_USERS_ENV: extra user-service settings, e.g.
+    # USER_CACHE_CAPACITY=0 (word-split on purpose).
+    # shellcheck disable=SC2086
+    stack "$backend" ${PROFILE_USERS_ENV:-}
+    log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-}"
+    "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --duration 35s --warmup 0s \
+        --virtual-users "$users" --concurrency "$concurrency" --scenario "$scenario" \
+        --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+        >"$work/profile-load.txt" 2>&1 &
+    local load_pid=$!
+    sleep 10
+    local where=(-a)
+    [[ ${#server_cpu[@]} -eq 0 ]] || where=(-C 0)
+    perf record -q -F 999 -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
+    wait "$load_pid" || true
+    grep -E "req/s" "$work/profile-load.txt" >&2 || true
+    perf report -q -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
+        >"$work/perf.txt"
+    python3 scripts/lib/profile-groups.py "$work/perf.txt"
+    stop_servers
+}
+
+if [[ -n $profile ]]; then
+    case "$profile" in
+        get-user|create-order) profile "$profile"; exit ;;
+        *) echo "bench.sh: --profile=$profile: get-user or create-order" >&2; exit 2 ;;
+    esac
+fi
+
 # --- the yardstick -----------------------------------------------------------
 
 bare_port=$(free_port)
@@ -254,6 +300,9 @@ for backend in "${backends[@]}"; do
             "$work/get-user-sqlite.json")
         half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
         load get-user-half-sqlite --scenario get-user "${urls[@]}" --rate "$half"
+        # Reads alone (each account places one order in the warm-up, then
+        # only reads): the baseline of the mixed scenario's read latency.
+        load get-order-sqlite --scenario get-order "${urls[@]}" --concurrency "$concurrency"
         load mixed --scenario mixed "${urls[@]}" --concurrency "$concurrency"
         load watch-idle --scenario watch-idle "${urls[@]}" --watch-streams "$streams" \
             --server-pid "$orders_pid"
