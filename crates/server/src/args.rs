@@ -35,7 +35,8 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// Largest number of pooled database connections.
+    /// Largest number of pooled database connections (PostgreSQL); on
+    /// SQLite, how many idle read-only connections are kept between reads.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 

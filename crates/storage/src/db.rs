@@ -14,6 +14,7 @@ use crate::{
     StoreError,
     group_commit::{GroupCommitStats, Writer},
     notices::LocalChannels,
+    sqlite_read::Readers,
 };
 
 /// How long a caller waits for a pooled connection (and SQLite for a
@@ -63,11 +64,13 @@ pub(crate) enum Pool {
     Sqlite(SqliteDb),
 }
 
-/// A SQLite file: a pool of read-only connections for queries outside
-/// transactions (WAL lets them read while the writer writes) and the one
+/// A SQLite file: read-only connections for queries outside transactions
+/// (WAL lets them read while the writer writes), used on the calling thread
+/// (`sqlite_read`) and, for streams, through a sqlx pool; and the one
 /// writing connection, with group commit, for every transaction and write.
 #[derive(Debug, Clone)]
 pub(crate) struct SqliteDb {
+    pub(crate) readers: Arc<Readers>,
     pub(crate) read: SqlitePool,
     pub(crate) writer: Writer,
 }
@@ -145,12 +148,18 @@ async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Resul
         migrating.close().await;
         // Readers refuse to write: every write must go through the writer
         // (and its group commit), never around it.
+        let readers = Readers::open(
+            options.get_filename().to_owned(),
+            ACQUIRE_TIMEOUT,
+            max_connections as usize,
+        )?;
         let read = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.pragma("query_only", "ON"))
             .await?;
         Pool::Sqlite(SqliteDb {
+            readers: Arc::new(readers),
             read,
             writer: Writer::new(writing, ACQUIRE_TIMEOUT),
         })

@@ -15,6 +15,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A SQLite read on the calling thread failed (see `sqlite_read`).
+    #[error("database error: {0}")]
+    SqliteRead(#[source] rusqlite::Error),
     /// A stored value the code does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -51,11 +54,32 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        match err {
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(err.to_string()),
+            other => StoreError::SqliteRead(other),
+        }
+    }
+}
+
 impl StoreError {
     /// True when the database could not be reached (worth a retry later).
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
+            StoreError::SqliteRead(err) => matches!(
+                err.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::SystemIoFailure
+                )
+            ),
             StoreError::Open { source, .. } => source.is_unavailable(),
             _ => false,
         }

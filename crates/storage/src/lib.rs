@@ -17,7 +17,8 @@
 //!   and runs the service's migrations for that backend (DDL differs, so
 //!   each service keeps one migration directory per backend);
 //! - **who writes**: on PostgreSQL, any pooled connection. On SQLite, reads
-//!   outside a transaction use a pool of read-only connections, and every
+//!   outside a transaction run on the calling thread on read-only
+//!   connections (no thread hand-off per query; see `sqlite_read`), and every
 //!   transaction and every write statement runs on the one writing
 //!   connection, where concurrent transactions share a commit (group
 //!   commit: one fsync for many, each caller answered after the commit
@@ -42,6 +43,7 @@ mod group_commit;
 mod notices;
 mod query;
 mod row;
+mod sqlite_read;
 mod value;
 
 pub use cache::ReadThrough;
@@ -50,7 +52,7 @@ pub use error::StoreError;
 pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use notices::{Notice, Notices};
 pub use query::{On, Query, Tx, query};
-pub use row::{Column, Row};
+pub use row::{Column, ColumnError, Row};
 pub use value::Value;
 
 /// A service's [`Migrations`] from its `migrations/postgres` and

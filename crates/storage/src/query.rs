@@ -13,7 +13,10 @@ use std::sync::Arc;
 use futures_util::{StreamExt as _, stream::BoxStream};
 use sqlx::{Postgres, Sqlite, Transaction, postgres::PgArguments, sqlite::SqliteArguments};
 
-use crate::{Db, Row, StoreError, Value, db::Pool, group_commit::Turn, notices::LocalChannels};
+use crate::{
+    Db, Row, StoreError, Value, db::Pool, group_commit::Turn, notices::LocalChannels,
+    sqlite_read::Readers,
+};
 
 /// A query: SQL text with `$n` placeholders both backends read, and the
 /// values bound to them.
@@ -54,20 +57,16 @@ impl<'a> From<&'a mut Tx> for On<'a> {
 }
 
 /// Runs `$body` with `$q` the query for the backend of `$on`, `$exec` its
-/// executor and `$row` the [`Row`] constructor. On SQLite, a read outside
-/// a transaction runs on the read pool, and a write outside a transaction
-/// runs in a transaction of its own on the writer (joining its group
-/// commit), committed when `$body` succeeds.
+/// executor and `$row` the [`Row`] constructor. On SQLite, a write outside
+/// a transaction runs in a transaction of its own on the writer (joining
+/// its group commit), committed when `$body` succeeds; a read outside a
+/// transaction never gets here (see [`Query::sqlite_readers`]).
 macro_rules! on_backend {
     ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr) => {
         match $on {
             On::Db(db) => match &db.pool {
                 Pool::Postgres(pool) => {
                     let ($q, $exec, $row) = ($query.postgres(), pool, Row::Pg);
-                    $body
-                }
-                Pool::Sqlite(sqlite) if $query.is_read() => {
-                    let ($q, $exec, $row) = ($query.sqlite(), &sqlite.read, Row::Sqlite);
                     $body
                 }
                 Pool::Sqlite(sqlite) => {
@@ -114,6 +113,17 @@ impl Query {
             .is_some_and(|head| head.eq_ignore_ascii_case("select"))
     }
 
+    /// The calling-thread readers to run this query on: when it is a read,
+    /// outside a transaction, on SQLite.
+    fn sqlite_readers<'d>(&self, on: &On<'d>) -> Option<&'d Readers> {
+        let On::Db(db) = on else { return None };
+        let db: &'d Db = db;
+        match &db.pool {
+            Pool::Sqlite(sqlite) if self.is_read() => Some(&sqlite.readers),
+            _ => None,
+        }
+    }
+
     fn postgres(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
         self.args
             .into_iter()
@@ -144,7 +154,12 @@ impl Query {
 
     /// Runs the query; how many rows it changed.
     pub async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, StoreError> {
-        on_backend!(on.into(), self, |q, exec, _row| Ok(q
+        let on = on.into();
+        if let Some(readers) = self.sqlite_readers(&on) {
+            readers.rows(self.sql, &self.args, |_| Ok(true))?;
+            return Ok(0);
+        }
+        on_backend!(on, self, |q, exec, _row| Ok(q
             .execute(exec)
             .await?
             .rows_affected()))
@@ -156,7 +171,18 @@ impl Query {
         on: impl Into<On<'a>>,
         read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        on_backend!(on.into(), self, |q, exec, row| {
+        let on = on.into();
+        if let Some(readers) = self.sqlite_readers(&on) {
+            let (mut read, mut found) = (Some(read), None);
+            readers.rows(self.sql, &self.args, |row| {
+                if let Some(read) = read.take() {
+                    found = Some(read(Row::Lite(row))?);
+                }
+                Ok(false)
+            })?;
+            return Ok(found);
+        }
+        on_backend!(on, self, |q, exec, row| {
             let found = q.fetch_optional(exec).await?;
             found.as_ref().map(|r| read(row(r))).transpose()
         })
@@ -168,7 +194,14 @@ impl Query {
         on: impl Into<On<'a>>,
         read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        on_backend!(on.into(), self, |q, exec, row| {
+        let on = on.into();
+        if self.sqlite_readers(&on).is_some() {
+            return self
+                .fetch_optional(on, read)
+                .await?
+                .ok_or(StoreError::Database(sqlx::Error::RowNotFound));
+        }
+        on_backend!(on, self, |q, exec, row| {
             let found = q.fetch_one(exec).await?;
             read(row(&found))
         })
@@ -180,7 +213,16 @@ impl Query {
         on: impl Into<On<'a>>,
         mut read: impl FnMut(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        on_backend!(on.into(), self, |q, exec, row| {
+        let on = on.into();
+        if let Some(readers) = self.sqlite_readers(&on) {
+            let mut all = Vec::new();
+            readers.rows(self.sql, &self.args, |row| {
+                all.push(read(Row::Lite(row))?);
+                Ok(true)
+            })?;
+            return Ok(all);
+        }
+        on_backend!(on, self, |q, exec, row| {
             let rows = q.fetch_all(exec).await?;
             rows.iter().map(|r| read(row(r))).collect()
         })
@@ -188,7 +230,9 @@ impl Query {
 
     /// The rows as a stream, read from the database as it is polled (not
     /// collected first), each read by `read`. For `SELECT`s only (on
-    /// SQLite it runs on the read pool).
+    /// SQLite it runs on the pool of read-only sqlx connections: a stream
+    /// holds its connection across awaits, which a calling-thread reader
+    /// must not).
     pub fn fetch<'a, T, F>(self, db: &'a Db, mut read: F) -> BoxStream<'a, Result<T, StoreError>>
     where
         T: Send + 'a,

@@ -77,6 +77,76 @@ async fn ids_times_and_typed_nulls_round_trip(backend: Backend) {
     assert_eq!(count, 1);
 }
 
+/// Placeholders are bound by their number, not their position (SQLite
+/// reads `$1` as a name), and a time bound for a read compares equal to
+/// the same time stored by a write.
+async fn values_bind_by_number_and_times_compare_equal(backend: Backend) {
+    let (db, _dir) = db(backend).await;
+    let created = Utc::now().trunc_subsecs(6);
+    let id = Uuid::now_v7();
+    query(
+        "INSERT INTO things (id, name, nickname, quantity, created_at) VALUES ($1, $2, NULL, $3, $4)",
+    )
+    .bind(id)
+    .bind("timed")
+    .bind(7_i32)
+    .bind(created)
+    .execute(&db)
+    .await
+    .unwrap();
+    let found: Option<(Uuid, chrono::DateTime<Utc>, Option<String>)> = query(
+        "SELECT id, created_at, nickname FROM things \
+         WHERE quantity = $3 AND created_at = $2 AND name = $1 AND ($4 IS NULL OR id = $4)",
+    )
+    .bind("timed")
+    .bind(created)
+    .bind(7_i32)
+    .bind(Some(id))
+    .fetch_optional(&db, |row| {
+        Ok((row.get("id")?, row.get("created_at")?, row.get("nickname")?))
+    })
+    .await
+    .unwrap();
+    assert_eq!(found, Some((id, created, None)));
+    let missing = query("SELECT name FROM things WHERE name = $1")
+        .bind("absent")
+        .fetch_one(&db, |row| row.get::<String>("name"))
+        .await;
+    assert!(missing.is_err(), "fetch_one of no row is an error");
+}
+
+/// A read outside a transaction sees every commit that returned before it,
+/// does not wait for a transaction that is open, and does not see it.
+async fn reads_see_what_committed_and_nothing_open(backend: Backend) {
+    let (db, _dir) = db(backend).await;
+    let count = |db: Db| async move {
+        query("SELECT COUNT(*) AS n FROM things")
+            .fetch_one(&db, |row| row.get::<i64>("n"))
+            .await
+            .unwrap()
+    };
+    for i in 0..20 {
+        insert(&db, Uuid::now_v7(), &format!("seen-{i}"), None)
+            .await
+            .unwrap();
+        assert_eq!(count(db.clone()).await, i + 1);
+    }
+    let mut open = db.begin().await.unwrap();
+    query("INSERT INTO things (id, name, nickname, quantity, created_at) VALUES ($1, $2, NULL, 1, $3)")
+        .bind(Uuid::now_v7())
+        .bind("uncommitted")
+        .bind(Utc::now())
+        .execute(&mut open)
+        .await
+        .unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), count(db.clone()))
+        .await
+        .expect("a read does not wait for an open transaction");
+    assert_eq!(read, 20, "an open transaction's write is not seen");
+    open.commit().await.unwrap();
+    assert_eq!(count(db.clone()).await, 21);
+}
+
 async fn unique_violations_name_what_collided(backend: Backend) {
     let (db, _dir) = db(backend).await;
     insert(&db, Uuid::now_v7(), "taken", None).await.unwrap();
@@ -128,6 +198,26 @@ async fn ids_times_and_typed_nulls_round_trip_on_sqlite() {
 #[tokio::test]
 async fn ids_times_and_typed_nulls_round_trip_on_postgres() {
     ids_times_and_typed_nulls_round_trip(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn values_bind_by_number_and_times_compare_equal_on_sqlite() {
+    values_bind_by_number_and_times_compare_equal(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn values_bind_by_number_and_times_compare_equal_on_postgres() {
+    values_bind_by_number_and_times_compare_equal(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_what_committed_and_nothing_open_on_sqlite() {
+    reads_see_what_committed_and_nothing_open(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_what_committed_and_nothing_open_on_postgres() {
+    reads_see_what_committed_and_nothing_open(Backend::Postgres).await;
 }
 
 #[tokio::test]
