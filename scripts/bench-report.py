@@ -50,7 +50,11 @@ def git_sha():
 
 def main():
     work, out, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
-    scenarios = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+    every = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
+    # `*-2cpu`: the same as their namesake with the server on both CPUs,
+    # reported as scaling, not against the one-core yardstick.
+    scenarios = {n: r for n, r in every.items() if not n.endswith("-2cpu")}
+    two_cpu = {n.removesuffix("-2cpu"): r for n, r in every.items() if n.endswith("-2cpu")}
     bare = scenarios.get("bare", {}).get("throughput_rps") or 0.0
 
     # Each scenario against the bare server measured by the same driver:
@@ -120,6 +124,7 @@ def main():
         "ratios_to_bare": ratios,
         "checks": checks,
         "scenarios": scenarios,
+        "scaling_2cpu": two_cpu,
     }
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
 
@@ -166,6 +171,27 @@ def main():
                       f"{watch.get('rss_open_kib')} KiB"
                       + (f" = {per:.0f} bytes per stream" if per is not None else "")
                       + f"; {watch['updated']} received their order's change."]
+    if two_cpu:
+        lines += ["", "From 1 to 2 server cores (h2load; with 2, h2load shares the server's CPUs):", "",
+                  "| scenario | 1 core req/s | server CPU | 2 cores req/s | server CPU | h2load CPU "
+                  "| × | req/s per server CPU-second, 1 → 2 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, two in two_cpu.items():
+            one = scenarios.get(name)
+            if not one:
+                continue
+
+            def cpu(report):
+                return (report.get("server") or {}).get("cpu_cores")
+
+            def per_cpu(report):
+                used = cpu(report)
+                return f"{report['throughput_rps'] / used:.0f}" if used else "-"
+            times = two["throughput_rps"] / one["throughput_rps"] if one["throughput_rps"] else 0
+            lines.append(
+                f"| {name} | {one['throughput_rps']:.0f} | {cpu(one) or '-'} | {two['throughput_rps']:.0f} "
+                f"| {cpu(two) or '-'} | {two['generator']['cpu_cores']:.2f} | {times:.2f} "
+                f"| {per_cpu(one)} → {per_cpu(two)} |")
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
     for c in checks:
         met = ("not valid (generator saturated)" if not c.get("valid", True)
@@ -174,7 +200,7 @@ def main():
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     # The harness worked when every scenario answered something.
-    broken = [n for n, r in scenarios.items() if r.get("methods") and r["ok"] == 0]
+    broken = [n for n, r in every.items() if r.get("methods") and r["ok"] == 0]
     if watch and watch["opened"] == 0:
         broken.append("watch-idle")
     if broken:

@@ -148,9 +148,10 @@ load() {
         | tee "$work/$name.txt" >&2
 }
 
-# drive_h2load NAME URL ADMIN_URL(or -) LOADGEN_ARGS...: writes the request with
-# shop-loadgen --write-request, then drives it with h2load (same callers:
-# CONNECTIONS x STREAMS = concurrency); report in $work/NAME.json.
+# drive_h2load NAME URL ADMIN_URL(or -) SERVER_PID LOADGEN_ARGS...: writes the
+# request with shop-loadgen --write-request, then drives it with h2load (same
+# callers: CONNECTIONS x STREAMS = concurrency); report in $work/NAME.json,
+# with the CPU the server at SERVER_PID used.
 have_h2load=0
 if command -v h2load >/dev/null 2>&1; then
     have_h2load=1
@@ -164,14 +165,14 @@ elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
 fi
 [[ $have_h2load == 1 ]] || log "h2load not available: the h2load measurements are skipped"
 drive_h2load() {
-    local name=$1 url=$2 admin=$3
-    shift 3
+    local name=$1 url=$2 admin=$3 server_pid=$4
+    shift 4
     [[ $have_h2load == 1 ]] || return 0
     log "measuring $name (h2load)"
     "$bin/shop-loadgen" --write-request "$work/request-$name" --users-url "$url" "$@" >&2
     local admin_arg=()
     [[ $admin == - ]] || admin_arg=("$admin")
-    python3 scripts/lib/h2load.py "$url" "$work/request-$name" "$work/$name.json" \
+    python3 scripts/lib/h2load.py --server-pid="$server_pid" "$url" "$work/request-$name" "$work/$name.json" \
         "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
 }
 
@@ -184,7 +185,7 @@ server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=100000
 # stack BACKEND [VAR=VALUE...]: starts user-service (with the extra
 # settings), inventory-service, inventory-service (the development
 # catalogue, a million units of each product) and order-service on BACKEND;
-# sets users_port, orders_port, orders_pid.
+# sets users_port, users_pid, orders_port, orders_pid.
 stack() {
     local backend=$1 users_db inventory_db orders_db data="$work/data-$1-$RANDOM"
     shift
@@ -213,6 +214,7 @@ stack() {
         DATABASE_URL="$users_db" DATA_DIR="$data" BCRYPT_COST=10 \
         CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000 \
         SERVICE_ACCOUNTS_DIR="$data/service-accounts" "$@"
+    users_pid=$last_pid
     start inventory-service shop.inventory.v1.InventoryService "$inventory_port" "${server_env[@]}" \
         GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
         DATABASE_URL="$inventory_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
@@ -276,7 +278,7 @@ bare_port=$(free_port)
 # The bare server has no health service: wait for its port.
 start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
 load bare --scenario echo --users-url "http://127.0.0.1:$bare_port" --concurrency "$concurrency"
-drive_h2load bare-h2load "http://127.0.0.1:$bare_port" - --scenario echo
+drive_h2load bare-h2load "http://127.0.0.1:$bare_port" - "$last_pid" --scenario echo
 stop_servers
 
 # --- the stack -------------------------------------------------------------
@@ -293,7 +295,7 @@ for backend in "${backends[@]}"; do
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
     drive_h2load "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
-        "http://127.0.0.1:$users_admin_port" --scenario get-user
+        "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
     if [[ $backend == sqlite ]]; then
         peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
@@ -313,9 +315,28 @@ for backend in "${backends[@]}"; do
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-uncached-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
     drive_h2load "get-user-uncached-$backend-h2load" "http://127.0.0.1:$users_port" \
-        "http://127.0.0.1:$users_admin_port" --scenario get-user
+        "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     stop_servers
 done
+
+# --- from 1 to 2 server cores ------------------------------------------------
+# The bare server and cached GetUser again, with the server allowed both CPUs
+# (h2load, one thread, shares them): the report sets req/s against the CPU
+# the server used, beside the one-core runs above.
+
+if [[ ${#server_cpu[@]} -gt 0 ]]; then
+    pinned_server=("${server_cpu[@]}") pinned_load=("${load_cpu[@]}")
+    server_cpu=() load_cpu=()
+    bare_port=$(free_port)
+    start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
+    drive_h2load bare-h2load-2cpu "http://127.0.0.1:$bare_port" - "$last_pid" --scenario echo
+    stop_servers
+    stack sqlite
+    drive_h2load get-user-sqlite-h2load-2cpu "http://127.0.0.1:$users_port" \
+        "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
+    stop_servers
+    server_cpu=("${pinned_server[@]}") load_cpu=("${pinned_load[@]}")
+fi
 
 # --- results ---------------------------------------------------------------
 

@@ -3,15 +3,17 @@
 cheaper per call than any tonic client) and writes a report in the shape of
 shop-loadgen's, so that scripts/bench-report.py treats both alike.
 
-    h2load.py URL REQUEST_DIR REPORT DURATION WARMUP CONNECTIONS STREAMS
-              [ADMIN_URL] -- [PREFIX...]
+    h2load.py [--server-pid=PID] URL REQUEST_DIR REPORT DURATION WARMUP
+              CONNECTIONS STREAMS [ADMIN_URL] -- [PREFIX...]
 
 REQUEST_DIR is what `shop-loadgen --write-request` wrote (body, path,
 authorization). PREFIX (e.g. `taskset -c 1`) runs before h2load. h2load
 counts an HTTP 200 as success whatever the gRPC status: with ADMIN_URL (a
 shop service's admin address), the server's own count of OK answers for
 the method is read before and after, and the calls it did not answer OK
-are reported as not OK. h2load's CPU time is measured from its rusage.
+are reported as not OK. h2load's CPU time is measured from its rusage, and
+with --server-pid the server's from /proc/PID/stat (both over the whole
+run, warm-up included).
 """
 
 import json
@@ -47,10 +49,24 @@ def ok_count(admin_url, method_path):
     return total
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds the process `pid` has used so far."""
+    if pid is None:
+        return None
+    # Fields after the command name (which may hold spaces): utime and
+    # stime are the 14th and 15th fields of the line.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     args = sys.argv[1:]
     split = args.index("--") if "--" in args else len(args)
     own, prefix = args[:split], args[split + 1:]
+    server_pid = None
+    for arg in [a for a in own if a.startswith("--server-pid=")]:
+        server_pid = int(arg.split("=", 1)[1])
+        own.remove(arg)
     url, request_dir, report = own[0], Path(own[1]), Path(own[2])
     duration, warmup = seconds(own[3]), seconds(own[4])
     connections, streams = int(own[5]), int(own[6])
@@ -68,10 +84,12 @@ def main():
 
     before_ok = ok_count(admin_url, path)
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = cpu_seconds(server_pid)
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.monotonic() - started
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_after = cpu_seconds(server_pid)
     after_ok = ok_count(admin_url, path)
     out = done.stdout
     sys.stderr.write(out)
@@ -111,10 +129,13 @@ def main():
         "watch": None,
         "generator": {"cpu_cores": round(cores, 3), "cpus": cpus, "saturated": cores >= 0.9 * cpus},
         "driver": "h2load",
+        "server": None if server_pid is None else {
+            "cpu_cores": round((server_after - server_before) / max(wall, 1e-9), 3)},
     }
     report.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"h2load: {rps:.0f} req/s, {ok}/{total} OK, h2load used {cores:.2f} of {cpus} CPU(s)",
-          file=sys.stderr)
+    server = document["server"]
+    print(f"h2load: {rps:.0f} req/s, {ok}/{total} OK, h2load used {cores:.2f} of {cpus} CPU(s)"
+          + (f", the server {server['cpu_cores']:.2f}" if server else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":
