@@ -31,7 +31,9 @@
 # says how busy its load generator was; a ratio whose generator used 90% or
 # more of its CPU is reported as not valid (it measured the generator).
 # get-user also runs with the users cache off (get-user-uncached-*: every
-# call reads the database).
+# call reads the database). bare and cached get-user (SQLite) run once more
+# with the server allowed both CPUs (*-2cpu, h2load sharing them): scaling
+# from 1 to 2 server cores, against the CPU the server used.
 #
 # get-user and create-order run on SQLite and on PostgreSQL (a throwaway
 # cluster with PostgreSQL's default durability, started like
