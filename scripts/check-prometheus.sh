@@ -4,11 +4,14 @@
 #   1. promtool check config and check rules (syntax, PromQL, rule files);
 #   2. promtool test rules: each alert fires on synthetic series showing its
 #      symptom and stays quiet on healthy ones (deploy/prometheus/tests/);
-#   3. a live run: the whole stack (devstack, SQLite) and a real Prometheus
+#   3. the Grafana dashboards (deploy/grafana/dashboards/): every query parses
+#      and names only metrics the services export or the rules record
+#      (scripts/lib/check-dashboards.py);
+#   4. a live run: the whole stack (devstack, SQLite) and a real Prometheus
 #      scraping its three admin ports with the project's rules; every target
 #      must be up and every recording rule must return series.
 #
-#   scripts/check-prometheus.sh [--static]   # --static: steps 1 and 2 only
+#   scripts/check-prometheus.sh [--static]   # --static: steps 1 to 3 only
 #
 # Prometheus and promtool come from Debian's `prometheus` package, installed
 # when missing and this runs as root with apt-get.
@@ -37,6 +40,8 @@ log "promtool check config and rules"
 promtool check config deploy/prometheus/prometheus.yml
 log "promtool test rules (every alert firing and not firing)"
 promtool test rules deploy/prometheus/tests/*.test.yml
+log "Grafana dashboards: queries parse and name exported metrics"
+python3 scripts/lib/check-dashboards.py deploy/grafana/dashboards crates deploy/prometheus/rules
 
 [[ $static == 1 ]] && exit 0
 
