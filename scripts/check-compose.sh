@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Checks docker-compose.yml and its mTLS override docker-compose.mtls.yml
-# without a Docker engine:
-#  0. they (and the PostgreSQL init script) are what scripts/gen-deploy.py
-#     makes of deploy/services.tsv;
+# Checks docker-compose.yml, its mTLS override docker-compose.mtls.yml and
+# docker-compose.observability.yml without a Docker engine:
+#  0. the first two (and the PostgreSQL init script) are what
+#     scripts/gen-deploy.py makes of deploy/services.tsv;
 #  1. against the Compose Specification JSON schema (check-jsonschema,
 #     installed from PyPI into .tools/venv on first use);
 #  2. every environment variable a service sets is a setting the binary
@@ -24,8 +24,9 @@ fi
 echo "check-compose.sh: the generated files against deploy/services.tsv" >&2
 python3 scripts/gen-deploy.py --check
 
-echo "check-compose.sh: docker-compose.yml and docker-compose.mtls.yml against the Compose Specification" >&2
-"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.mtls.yml
+echo "check-compose.sh: docker-compose.yml, docker-compose.mtls.yml and docker-compose.observability.yml against the Compose Specification" >&2
+"$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.mtls.yml \
+    docker-compose.observability.yml
 
 echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
 # Every target, as scripts/test.sh builds them: one build of the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes .env for docker compose with freshly generated secrets: the
 # PostgreSQL superuser's password, one password per service's own database
-# role, and the bootstrap admin password. .env is ignored by git; in an
+# role, the bootstrap admin password and Grafana's admin password. .env is ignored by git; in an
 # existing one only the missing variables are added (an existing PostgreSQL
 # volume keeps the roles it was initialised with: see docs/security.md).
 set -euo pipefail
@@ -22,6 +22,8 @@ for service in $(python3 scripts/gen-deploy.py --names); do
 done
 add BOOTSTRAP_ADMIN_EMAIL admin@shop.local
 add BOOTSTRAP_ADMIN_PASSWORD "$(secret)"
+# Grafana's admin (docker-compose.observability.yml).
+add GRAFANA_ADMIN_PASSWORD "$(secret)"
 if ((${#added[@]})); then
     echo "compose-env.sh: added ${added[*]} to .env (admin login: see BOOTSTRAP_ADMIN_EMAIL and BOOTSTRAP_ADMIN_PASSWORD there)" >&2
 else
