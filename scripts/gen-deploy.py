@@ -5,10 +5,15 @@ service, so that adding a service is one line there:
   docker-compose.yml                     PostgreSQL and every service
   docker-compose.mtls.yml                mutual TLS on every hop
   deploy/postgres/init/01-databases.sh   one database and role per service
+  deploy/k8s/                            kustomize bases, overlays, components
+                                         (scripts/lib/k8s.py)
 
   scripts/gen-deploy.py           write them
   scripts/gen-deploy.py --check   exit 1 if any differs (CI)
   scripts/gen-deploy.py --names   print the service names (gen-certs.sh)
+  scripts/gen-deploy.py --k8s-dev-secrets
+                                  write fresh secrets for the dev overlay into
+                                  deploy/k8s/overlays/dev/secrets/ (not in git)
 
 Columns: name, gRPC port, admin port, database, the services it calls
 (comma-separated, or -), the gRPC service its health check asks about,
@@ -17,11 +22,28 @@ admin and keeps its signing key in its volume; - otherwise). Standard
 library only.
 """
 
+import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "deploy" / "services.tsv"
+sys.path.insert(0, str(ROOT / "scripts" / "lib"))
+import k8s  # noqa: E402
+
+
+def methods_of(grpc_service):
+    """The RPC names of `grpc_service` (e.g. shop.user.v1.UserService), read
+    from proto/."""
+    package, _, service = grpc_service.rpartition(".")
+    for proto in sorted((ROOT / "proto").rglob("*.proto")):
+        text = proto.read_text()
+        if not re.search(rf"^package {re.escape(package)};", text, re.M):
+            continue
+        block = re.search(rf"^service {service} {{(.*?)^}}", text, re.M | re.S)
+        if block:
+            return re.findall(r"^\s*rpc (\w+)\(", block[1], re.M)
+    sys.exit(f"gen-deploy.py: no service {grpc_service} in proto/")
 
 
 def services():
@@ -302,11 +324,16 @@ def main():
     if "--names" in sys.argv:
         print(" ".join(s["name"] for s in rows))
         return
+    if "--k8s-dev-secrets" in sys.argv:
+        k8s.dev_secrets(rows, ROOT / "deploy" / "k8s" / "overlays" / "dev" / "secrets")
+        return
     files = {
         ROOT / "docker-compose.yml": compose(rows),
         ROOT / "docker-compose.mtls.yml": compose_mtls(rows),
         ROOT / "deploy" / "postgres" / "init" / "01-databases.sh": databases(rows),
     }
+    for path, text in k8s.manifests(rows, databases(rows), methods_of).items():
+        files[ROOT / "deploy" / "k8s" / path] = text
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if "--check" in sys.argv:
         for p in stale:
@@ -314,6 +341,7 @@ def main():
                   "run scripts/gen-deploy.py", file=sys.stderr)
         sys.exit(1 if stale else 0)
     for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(files[p])
         print(f"gen-deploy.py: wrote {p.relative_to(ROOT)}", file=sys.stderr)
 
