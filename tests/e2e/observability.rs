@@ -23,7 +23,7 @@ use shop_proto::{
     order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
     user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
-use shop_testkit::{Backend, Spec, Stack, authed, http_get};
+use shop_testkit::{Backend, Spec, Stack, authed, http_get, metric_sum};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::{ORDERS, USERS, customer, order};
@@ -246,6 +246,22 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
     }
     assert!(
         body.contains("grpc_server_handling_seconds_bucket{"),
+        "{body}"
+    );
+    // Serving status: SERVING now, and the change to it counted.
+    assert!(
+        body.contains(r#"grpc_server_health_serving{grpc_service="shop.order.v1.OrderService"} 1"#),
+        "{body}"
+    );
+    assert!(
+        metric_sum(
+            &body,
+            "grpc_server_health_status_changes_total",
+            &[
+                ("grpc_service", "shop.order.v1.OrderService"),
+                ("status", "SERVING")
+            ]
+        ) >= 1.0,
         "{body}"
     );
     assert!(

@@ -9,7 +9,7 @@ use std::{
 
 use shop_proto::order::v1::order_service_client::OrderServiceClient;
 use shop_testkit::{
-    Service, authed,
+    Service, authed, http_get, metric_sum,
     stack::{base_env, url_setting},
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -206,6 +206,16 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
     assert!(
         refusals >= 2,
         "user-service logged {refusals} refused handshakes"
+    );
+    let (_, metrics) = http_get(users.admin, "/metrics").await;
+    let counted = metric_sum(
+        &metrics,
+        "grpc_server_tls_handshake_failures_total",
+        &[("reason", "refused")],
+    );
+    assert!(
+        counted as usize >= refusals,
+        "{refusals} refused handshakes logged, {counted} counted"
     );
 }
 

@@ -57,19 +57,35 @@ impl Health {
     }
 
     /// Sets (and registers) `service`'s status; watchers see it at once.
+    /// Each change (and the first status) is counted in
+    /// `grpc_server_health_status_changes_total{grpc_service, status}`, and
+    /// `grpc_server_health_serving{grpc_service}` is 1 while SERVING.
     pub fn set(&self, service: &str, status: ServingStatus) {
         let mut services = self.services.lock().unwrap_or_else(|p| p.into_inner());
-        match services.get(service) {
-            Some(tx) => {
-                tx.send_if_modified(|current| {
-                    let changed = *current != status;
-                    *current = status;
-                    changed
-                });
-            }
+        let changed = match services.get(service) {
+            Some(tx) => tx.send_if_modified(|current| {
+                let changed = *current != status;
+                *current = status;
+                changed
+            }),
             None => {
                 services.insert(service.to_owned(), watch::channel(status).0);
+                true
             }
+        };
+        if changed {
+            let grpc_service = service.to_owned();
+            metrics::counter!("grpc_server_health_status_changes_total",
+                "grpc_service" => grpc_service.clone(),
+                "status" => status.as_str_name())
+            .increment(1);
+            metrics::gauge!("grpc_server_health_serving", "grpc_service" => grpc_service).set(
+                if status == ServingStatus::Serving {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
         }
     }
 

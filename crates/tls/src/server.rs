@@ -111,8 +111,9 @@ pub fn server_tls(args: &ServerTlsArgs) -> Result<Option<ServerTls>, String> {
 /// The connections of `accepted` (each with its peer's address), after a
 /// TLS handshake with the current configuration of `tls`. Handshakes run
 /// on their own tasks (a slow client does not hold up others) for at most
-/// ten seconds; failed ones are logged and dropped. Accepting stops when
-/// the stream is dropped.
+/// ten seconds; failed ones are logged, counted in
+/// `grpc_server_tls_handshake_failures_total{reason="refused"|"timeout"}`
+/// and dropped. Accepting stops when the stream is dropped.
 pub fn incoming<IO>(
     mut accepted: impl Stream<Item = (IO, SocketAddr)> + Send + Unpin + 'static,
     tls: ServerTls,
@@ -138,9 +139,15 @@ where
                         let _ = sender.send(Ok(stream)).await;
                     }
                     Ok(Err(error)) => {
+                        metrics::counter!("grpc_server_tls_handshake_failures_total", "reason" => "refused")
+                            .increment(1);
                         tracing::info!(%peer, %error, "TLS handshake refused");
                     }
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    Err(_) => {
+                        metrics::counter!("grpc_server_tls_handshake_failures_total", "reason" => "timeout")
+                            .increment(1);
+                        tracing::info!(%peer, "TLS handshake timed out");
+                    }
                 }
             });
         }
