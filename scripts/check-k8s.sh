@@ -31,13 +31,22 @@ fi
 
 log "the manifests against deploy/services.tsv"
 python3 scripts/gen-deploy.py --check
+# The dev overlay's secrets, generated for the build when missing and then
+# removed again (a developer's own are kept).
+dev_secrets="deploy/k8s/overlays/dev/secrets"
+generated_secrets=0
+[[ -d "$dev_secrets" ]] || generated_secrets=1
 python3 scripts/gen-deploy.py --k8s-dev-secrets
 
 # Each combination is a kustomization inside deploy/k8s (kustomize refuses
 # paths outside the tree it builds), removed on exit.
 check_dir="deploy/k8s/.check"
 out="$(mktemp -d /tmp/shop-k8s.XXXXXX)"
-trap 'rm -rf "$check_dir" "$out"' EXIT
+cleanup() {
+    rm -rf "$check_dir" "$out"
+    [[ $generated_secrets == 0 ]] || rm -rf "$dev_secrets"
+}
+trap cleanup EXIT
 rm -rf "$check_dir"
 components=(network-policies autoscaling mtls linkerd)
 builds=0

