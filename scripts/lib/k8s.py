@@ -174,13 +174,14 @@ def deployment(row, rows):
         "envFrom": [{"configMapRef": {"name": f"{name}-config"}}],
         "env": env,
         # Native gRPC probes (grpc.health.v1): started and ready when the
-        # service's own name is SERVING (its database answered), alive while
-        # the server answers at all.
+        # service's own name is SERVING (its database answered). Alive while
+        # the process answers /healthz: every gRPC status, "" included,
+        # follows the database, and an outage must not restart the pods.
         "startupProbe": {"grpc": {"port": row["grpc"], "service": row["health"]},
                          "periodSeconds": 2, "failureThreshold": 60},
         "readinessProbe": {"grpc": {"port": row["grpc"], "service": row["health"]},
                            "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {"grpc": {"port": row["grpc"]},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"},
                           "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3},
         # Endpoints drop the pod while it still serves; then SHUTDOWN_GRACE
         # drains what is in flight.
@@ -480,20 +481,19 @@ def mtls(rows):
             env.update({"CLIENT_TLS_CA_FILE": f"{TLS_DIR}/ca.crt",
                         "CLIENT_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt",
                         "CLIENT_TLS_KEY_FILE": f"{TLS_DIR}/tls.key"})
-        probe = ["shop-health-probe", "--addr", f"https://127.0.0.1:{row['grpc']}",
+        ready = ["shop-health-probe", "--addr", f"https://127.0.0.1:{row['grpc']}",
                  "--tls-ca-file", f"{TLS_DIR}/ca.crt", "--tls-cert-file", f"{TLS_DIR}/tls.crt",
-                 "--tls-key-file", f"{TLS_DIR}/tls.key"]
-        ready = probe + ["--service", row["health"]]
+                 "--tls-key-file", f"{TLS_DIR}/tls.key", "--service", row["health"]]
         patch = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
                  "spec": {"template": {"spec": {
                      "containers": [{
                          "name": name,
                          "env": [{"name": k, "value": v} for k, v in env.items()],
                          # kubelet's gRPC probes speak plaintext: with TLS on the
-                         # port, the service's own probe binary checks instead.
+                         # port, the service's own probe binary checks instead
+                         # (liveness stays on the plain admin port).
                          "startupProbe": {"grpc": None, "exec": {"command": ready}},
                          "readinessProbe": {"grpc": None, "exec": {"command": ready}},
-                         "livenessProbe": {"grpc": None, "exec": {"command": probe}},
                          "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
                      }],
                      "volumes": [{"name": "tls", "secret": {"secretName": f"{name}-tls",
