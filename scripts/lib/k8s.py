@@ -505,7 +505,7 @@ def mtls(rows):
             f"# {name}-tls (tls.crt, tls.key, ca.crt: what cert-manager writes).\n"))
     yield "components/mtls/kustomization.yaml", yaml(component(patches=patches), comment=(
         "# Mutual TLS on every hop; each service needs a Secret <service>-tls\n"
-        "# issued for its name (docs/deploy.md).\n"))
+        "# issued for <service> and <service>-headless (docs/deploy.md).\n"))
 
 
 def linkerd(rows, methods_of):
