@@ -217,6 +217,22 @@ async fn with_mtls_required_only_clients_with_a_certificate_of_our_ca_get_in() {
         counted as usize >= refusals,
         "{refusals} refused handshakes logged, {counted} counted"
     );
+    // The served certificate's expiry: scripts/gen-certs.sh issues it for
+    // 397 days from now.
+    let expires = metric_sum(
+        &metrics,
+        "grpc_server_tls_certificate_expiry_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = (expires - now) / 86_400.0;
+    assert!(
+        (396.0..=398.0).contains(&days),
+        "the certificate expires in {days} days"
+    );
 }
 
 #[tokio::test]

@@ -77,11 +77,28 @@ pub fn server_config(args: &ServerTlsArgs) -> Result<ServerConfig, String> {
         }
         None => builder.with_no_client_auth(),
     };
+    let chain = certificates(cert)?;
+    let leaf = chain[0].clone();
     let mut config = builder
-        .with_single_cert(certificates(cert)?, private_key(key)?)
+        .with_single_cert(chain, private_key(key)?)
         .map_err(|e| format!("{} and {}: {e}", cert.display(), key.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    record_expiry(&leaf);
     Ok(config)
+}
+
+/// Sets `grpc_server_tls_certificate_expiry_timestamp_seconds` to when the
+/// certificate being served (`leaf`) expires, in Unix seconds: at start and
+/// on every reload, for the expiry alert.
+fn record_expiry(leaf: &rustls::pki_types::CertificateDer<'_>) {
+    match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, certificate)) => {
+            let expires = certificate.validity().not_after.timestamp();
+            metrics::gauge!("grpc_server_tls_certificate_expiry_timestamp_seconds")
+                .set(expires as f64);
+        }
+        Err(error) => tracing::warn!(%error, "cannot read the served certificate's expiry"),
+    }
 }
 
 /// The server side: reloading configuration for accepted connections.
