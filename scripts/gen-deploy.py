@@ -84,15 +84,9 @@ def volume(name):
 ACCOUNTS_DIR = "/var/lib/shop-accounts"
 
 
-def has_account(row, rows):
-    """A service calls services-only RPCs when it calls a service other than
-    the token issuer: it gets a service account."""
-    issuers = {r["name"] for r in rows if r["role"] == "issuer"}
-    return any(c not in issuers for c in row["calls"])
-
-
-def url_setting(name):
-    return name.upper().replace("-", "_") + "_URL"
+# Shared with the Kubernetes manifests (scripts/lib/k8s.py).
+has_account = k8s.has_account
+url_setting = k8s.url_setting
 
 
 def compose(rows):

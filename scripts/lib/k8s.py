@@ -103,6 +103,8 @@ def is_issuer(row):
 
 
 def has_account(row, rows):
+    """A service calls services-only RPCs when it calls a service other than
+    the token issuer: it gets a service account."""
     issuers = {r["name"] for r in rows if is_issuer(r)}
     return any(c not in issuers for c in row["calls"])
 
