@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Checks docker-compose.yml, its mTLS override docker-compose.mtls.yml and
-# docker-compose.observability.yml without a Docker engine:
-#  0. the first two (and the PostgreSQL init script) are what
+# Checks docker-compose.yml, its overrides (docker-compose.mtls.yml,
+# docker-compose.scale.yml, docker-compose.observability.yml and CI's
+# deploy/ci/compose.ci.yml) without a container engine:
+#  0. the generated ones (compose, mtls, scale, the PostgreSQL init script) are what
 #     scripts/gen-deploy.py makes of deploy/services.tsv;
 #  1. against the Compose Specification JSON schema (check-jsonschema,
 #     installed from PyPI into .tools/venv on first use);
@@ -24,9 +25,14 @@ fi
 echo "check-compose.sh: the generated files against deploy/services.tsv" >&2
 python3 scripts/gen-deploy.py --check
 
-echo "check-compose.sh: docker-compose.yml, docker-compose.mtls.yml and docker-compose.observability.yml against the Compose Specification" >&2
+echo "check-compose.sh: docker-compose.yml and its overrides (mtls, scale, observability, CI) against the Compose Specification" >&2
+# The scale override replaces the ports list with Compose's `!override`
+# merge tag, which a plain YAML reader refuses: the schema sees the list.
+untagged="$(mktemp --suffix=.yml)"
+trap 'rm -f "$untagged"' EXIT
+sed 's/: !override$/:/' docker-compose.scale.yml > "$untagged"
 "$venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml docker-compose.mtls.yml \
-    docker-compose.observability.yml
+    docker-compose.observability.yml deploy/ci/compose.ci.yml "$untagged"
 
 echo "check-compose.sh: variables and health check flags against the binaries' --help" >&2
 # Every target, as scripts/test.sh builds them: one build of the

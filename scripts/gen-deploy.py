@@ -4,6 +4,7 @@ service, so that adding a service is one line there:
 
   docker-compose.yml                     PostgreSQL and every service
   docker-compose.mtls.yml                mutual TLS on every hop
+  docker-compose.scale.yml               free host ports, for --scale
   deploy/postgres/init/01-databases.sh   one database and role per service
   deploy/k8s/                            kustomize bases, overlays, components
                                          (scripts/lib/k8s.py)
@@ -206,10 +207,42 @@ def compose(rows):
             "    # SHUTDOWN_GRACE plus time to exit.",
             "    stop_grace_period: 35s",
             "    restart: unless-stopped",
+            "    # Writes nothing but its volumes; no capability, no setuid.",
+            "    read_only: true",
+            "    cap_drop: [ALL]",
+            "    security_opt: [no-new-privileges:true]",
         ]
     out += ["", "volumes:", "  pgdata:"]
     out += [f"  {volume(s['name'])}:" for s in rows]
     out += ["  service-accounts:"]
+    return "\n".join(out) + "\n"
+
+
+def compose_scale(rows):
+    """docker-compose.scale.yml: every service another one calls publishes
+    its ports on free host ports, so that it can run several replicas."""
+    callees = [s for s in rows if any(s["name"] in other["calls"] for other in rows)]
+    out = [
+        "# Lets the services that others call run more than one replica:",
+        "#",
+        "#   docker compose -f docker-compose.yml -f docker-compose.scale.yml \\",
+        "#       up -d --scale user-service=2",
+        "#   docker compose port --index 2 user-service 50051   # where replica 2 is",
+        "#",
+        "# Replicas cannot share a fixed host port, so here each replica publishes",
+        "# its ports on a free one. Callers inside the network reach every replica",
+        "# through the service name (dns:///user-service:50051), re-resolved and",
+        "# balanced. Generated from deploy/services.tsv by scripts/gen-deploy.py.",
+        "",
+        "services:",
+    ]
+    for s in callees:
+        out += [
+            f"  {s['name']}:",
+            "    ports: !override",
+            f'      - "{s["grpc"]}"',
+            f'      - "{s["admin"]}"',
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -324,6 +357,7 @@ def main():
     files = {
         ROOT / "docker-compose.yml": compose(rows),
         ROOT / "docker-compose.mtls.yml": compose_mtls(rows),
+        ROOT / "docker-compose.scale.yml": compose_scale(rows),
         ROOT / "deploy" / "postgres" / "init" / "01-databases.sh": databases(rows),
     }
     for path, text in k8s.manifests(rows, databases(rows), methods_of).items():

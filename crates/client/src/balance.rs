@@ -2,11 +2,16 @@
 //!
 //! Each endpoint has its own HTTP/2 connection (a tonic [`Channel`]). A call
 //! goes to the less busy of two ready endpoints picked at random (power of
-//! two choices). An endpoint whose connection fails is taken out at once and
-//! reconnected in the background with gRPC's connection backoff; it takes
-//! traffic again as soon as a connection succeeds. A DNS target is
-//! re-resolved periodically: new addresses get traffic, vanished ones stop
-//! getting it.
+//! two choices), among those with an open connection when there are any. An
+//! endpoint whose connection fails is taken out at once and reconnected in
+//! the background with gRPC's connection backoff; it takes traffic again as
+//! soon as a connection succeeds. An endpoint whose connection ends (the
+//! server's GOAWAY, say, when it shuts down gracefully) is reconnected in
+//! the background at once, and meanwhile gets no calls while another
+//! endpoint is connected ([`crate::watched`]): a restarting replica's
+//! vanished address never holds a call for the connect timeout. A DNS
+//! target is re-resolved periodically: new addresses are connected in the
+//! background and get traffic, vanished ones stop getting it.
 //!
 //! [`Balance`] is the innermost service of a client channel: one attempt,
 //! one endpoint.
@@ -16,7 +21,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock, Weak,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -26,15 +31,30 @@ use tokio::sync::watch;
 use tonic::{body::Body, transport::Channel};
 use tower::{Service, ServiceExt as _};
 
-use crate::{attempt::AttemptError, backoff::ConnectionBackoff, dial::Dialer, target::Target};
+use crate::{
+    attempt::AttemptError, backoff::ConnectionBackoff, dial::Dialer, target::Target,
+    watched::ConnectionWatch,
+};
 
 /// One address of the target.
 pub struct EndpointSlot {
     uri: Uri,
-    channel: Mutex<Channel>,
+    connection: Mutex<Connection>,
+    /// Numbers the channels this endpoint has had, so that the end of an
+    /// old channel's connection is told from the current one's.
+    generations: AtomicU64,
     up: AtomicBool,
     removed: AtomicBool,
+    /// A background reconnect after a connection ended is under way.
+    reconnecting: AtomicBool,
     in_flight: AtomicUsize,
+}
+
+/// An endpoint's current channel and what watches its connections.
+struct Connection {
+    channel: Channel,
+    watch: ConnectionWatch,
+    generation: u64,
 }
 
 impl EndpointSlot {
@@ -46,6 +66,23 @@ impl EndpointSlot {
     /// Takes calls.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Its channel has an open connection.
+    pub fn is_connected(&self) -> bool {
+        self.connection
+            .lock()
+            .expect("connection lock")
+            .watch
+            .is_live()
+    }
+
+    fn channel(&self) -> Channel {
+        self.connection
+            .lock()
+            .expect("connection lock")
+            .channel
+            .clone()
     }
 }
 
@@ -136,8 +173,7 @@ impl Endpoints {
         shop_telemetry::metrics::count_attempt(request.uri().path());
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in_flight = InFlight(Arc::clone(&slot));
-        let channel = slot.channel.lock().expect("channel lock").clone();
-        match channel.oneshot(request).await {
+        match slot.channel().oneshot(request).await {
             Ok(response) => Ok(response),
             Err(error) if shop_core::context::is_timeout(&error) => Err(AttemptError::Timeout),
             Err(error) => {
@@ -147,10 +183,14 @@ impl Endpoints {
         }
     }
 
-    /// Power of two choices among the ready endpoints.
+    /// Power of two choices among the ready endpoints, those connected
+    /// when there are any.
     fn pick(&self) -> Option<Arc<EndpointSlot>> {
         let slots = self.slots.read().expect("endpoints lock");
-        let ready: Vec<&Arc<EndpointSlot>> = slots.iter().filter(|s| s.is_up()).collect();
+        let up: Vec<&Arc<EndpointSlot>> = slots.iter().filter(|s| s.is_up()).collect();
+        let connected: Vec<&Arc<EndpointSlot>> =
+            up.iter().copied().filter(|s| s.is_connected()).collect();
+        let ready = if connected.is_empty() { up } else { connected };
         match ready.len() {
             0 => None,
             1 => Some(Arc::clone(ready[0])),
@@ -195,9 +235,10 @@ impl Endpoints {
                 if slot.removed.load(Ordering::Acquire) {
                     return;
                 }
-                match endpoints.dialer.connect(&slot.uri).await {
+                let (watch, generation) = endpoints.watch(&slot);
+                match endpoints.dialer.connect(&slot.uri, watch.clone()).await {
                     Ok(channel) => {
-                        *slot.channel.lock().expect("channel lock") = channel;
+                        slot.install(channel, watch, generation);
                         slot.up.store(true, Ordering::Release);
                         tracing::info!(
                             target = %endpoints.target,
@@ -219,9 +260,70 @@ impl Endpoints {
         });
     }
 
-    /// Makes the endpoint set `uris`: new ones join (lazily connected),
+    /// A watch for the next channel of `slot`, and that channel's
+    /// generation: when one of its connections ends, the endpoint is
+    /// reconnected ([`Endpoints::connection_ended`]).
+    fn watch(self: &Arc<Self>, slot: &Arc<EndpointSlot>) -> (ConnectionWatch, u64) {
+        let generation = slot.generations.fetch_add(1, Ordering::AcqRel);
+        (self.watch_of(Arc::downgrade(slot), generation), generation)
+    }
+
+    fn watch_of(self: &Arc<Self>, slot: Weak<EndpointSlot>, generation: u64) -> ConnectionWatch {
+        let endpoints = Arc::downgrade(self);
+        ConnectionWatch::new(move || {
+            if let (Some(endpoints), Some(slot)) = (endpoints.upgrade(), slot.upgrade()) {
+                endpoints.connection_ended(&slot, generation);
+            }
+        })
+    }
+
+    /// A connection of `slot`'s channel number `generation` ended. If that
+    /// is the endpoint's current channel and it has no other connection,
+    /// a new one is opened in the background; until then the endpoint gets
+    /// calls only when no other is connected. An endpoint taken out is left
+    /// to its reconnect loop.
+    fn connection_ended(self: &Arc<Self>, slot: &Arc<EndpointSlot>, generation: u64) {
+        if slot.removed.load(Ordering::Acquire) || !slot.is_up() {
+            return;
+        }
+        {
+            let connection = slot.connection.lock().expect("connection lock");
+            if connection.generation != generation || connection.watch.is_live() {
+                return;
+            }
+        }
+        tracing::debug!(target = %self.target, endpoint = %slot.uri, "connection ended; reconnecting in the background");
+        self.connect_in_background(slot);
+    }
+
+    /// Opens a new connection to `slot` on a background task and makes it
+    /// the endpoint's channel; if that fails, takes the endpoint out.
+    fn connect_in_background(self: &Arc<Self>, slot: &Arc<EndpointSlot>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if slot.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (endpoints, slot) = (Arc::clone(self), Arc::clone(slot));
+        runtime.spawn(async move {
+            let (watch, generation) = endpoints.watch(&slot);
+            let result = endpoints.dialer.connect(&slot.uri, watch.clone()).await;
+            slot.reconnecting.store(false, Ordering::Release);
+            match result {
+                Ok(channel) => slot.install(channel, watch, generation),
+                Err(error) if !slot.removed.load(Ordering::Acquire) => {
+                    endpoints.take_out(&slot, &error)
+                }
+                Err(_) => {}
+            }
+        });
+    }
+
+    /// Makes the endpoint set `uris`: new ones join (connected in the
+    /// background, and lazily by a call that finds no connected endpoint),
     /// missing ones leave, the others keep their connection and state.
-    fn replace(&self, uris: Vec<Uri>) {
+    fn replace(self: &Arc<Self>, uris: Vec<Uri>) {
         let mut slots = self.slots.write().expect("endpoints lock");
         let wanted: BTreeSet<String> = uris.iter().map(|u| u.to_string()).collect();
         slots.retain(|slot| {
@@ -237,13 +339,24 @@ impl Endpoints {
                 continue;
             }
             tracing::info!(target = %self.target, endpoint = %uri, "endpoint added");
-            slots.push(Arc::new(EndpointSlot {
-                channel: Mutex::new(self.dialer.lazy(&uri)),
-                uri,
-                up: AtomicBool::new(true),
-                removed: AtomicBool::new(false),
-                in_flight: AtomicUsize::new(0),
-            }));
+            let slot = Arc::new_cyclic(|slot| {
+                let watch = self.watch_of(slot.clone(), 0);
+                EndpointSlot {
+                    connection: Mutex::new(Connection {
+                        channel: self.dialer.lazy(&uri, watch.clone()),
+                        watch,
+                        generation: 0,
+                    }),
+                    generations: AtomicU64::new(1),
+                    uri,
+                    up: AtomicBool::new(true),
+                    removed: AtomicBool::new(false),
+                    reconnecting: AtomicBool::new(false),
+                    in_flight: AtomicUsize::new(0),
+                }
+            });
+            self.connect_in_background(&slot);
+            slots.push(slot);
         }
         drop(slots);
         self.export_counts();
@@ -256,6 +369,18 @@ impl Endpoints {
             .set(ready as f64);
         metrics::gauge!("grpc_client_endpoints", "target" => self.target.clone(), "state" => "down")
             .set((slots.len() - ready) as f64);
+    }
+}
+
+impl EndpointSlot {
+    /// Makes `channel` (number `generation`, watched by `watch`) the one
+    /// calls use; the one it replaces closes when its last call ends.
+    fn install(&self, channel: Channel, watch: ConnectionWatch, generation: u64) {
+        *self.connection.lock().expect("connection lock") = Connection {
+            channel,
+            watch,
+            generation,
+        };
     }
 }
 

@@ -1,12 +1,17 @@
 //! Opening one HTTP/2 connection to one endpoint, with the configured
-//! connect timeout and keepalive.
+//! connect timeout and keepalive, over TCP or TLS, each stream watched
+//! ([`crate::watched`]) so that the balancer hears when it ends.
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
 use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
 use shop_tls::ClientTls;
+
+use crate::watched::{ConnectionWatch, Watched};
 
 /// Connection settings shared by every endpoint of a client.
 #[derive(Debug, Clone, Copy)]
@@ -42,47 +47,85 @@ impl Dialer {
             .unwrap_or_else(|_| uri.clone());
         Endpoint::from(plain)
             .connect_timeout(self.settings.connect_timeout)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(self.settings.keepalive_interval)
             .keep_alive_timeout(self.settings.keepalive_timeout)
             .keep_alive_while_idle(true)
     }
 
-    /// A channel that connects on first use.
-    pub fn lazy(&self, uri: &Uri) -> Channel {
+    /// A channel that connects on first use; `watch` hears of each of its
+    /// connections.
+    pub fn lazy(&self, uri: &Uri, watch: ConnectionWatch) -> Channel {
+        let endpoint = self.endpoint(uri);
         match &self.tls {
-            None => self.endpoint(uri).connect_lazy(),
-            Some(tls) => self
-                .endpoint(uri)
-                .connect_with_connector_lazy(tls_connector(tls.clone())),
+            None => endpoint.connect_with_connector_lazy(tcp_connector(watch)),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls.clone(), watch)),
         }
     }
 
-    /// A connected channel, or why it could not connect.
-    pub async fn connect(&self, uri: &Uri) -> Result<Channel, tonic::transport::Error> {
+    /// A connected channel, or why it could not connect; `watch` hears of
+    /// each of its connections.
+    pub async fn connect(
+        &self,
+        uri: &Uri,
+        watch: ConnectionWatch,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = self.endpoint(uri);
         match &self.tls {
-            None => self.endpoint(uri).connect().await,
+            None => endpoint.connect_with_connector(tcp_connector(watch)).await,
             Some(tls) => {
-                self.endpoint(uri)
-                    .connect_with_connector(tls_connector(tls.clone()))
+                endpoint
+                    .connect_with_connector(tls_connector(tls.clone(), watch))
                     .await
             }
         }
     }
 }
 
-fn tls_connector(
-    tls: ClientTls,
+/// Plain TCP to the URI's host and port, without Nagle's delay.
+fn tcp_connector(
+    watch: ConnectionWatch,
 ) -> impl tower::Service<
     Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    Error = std::io::Error,
+    Response = TokioIo<Watched<TcpStream>>,
+    Error = io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    tower::service_fn(move |uri: Uri| {
+        let watch = watch.clone();
+        async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            Ok(TokioIo::new(watch.wrap(tcp)))
+        }
+    })
+}
+
+fn tls_connector(
+    tls: ClientTls,
+    watch: ConnectionWatch,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<Watched<tokio_rustls::client::TlsStream<TcpStream>>>,
+    Error = io::Error,
     Future = impl Send,
 > + Send
 + Clone
 + 'static {
     tower::service_fn(move |uri: Uri| {
         let tls = tls.clone();
-        async move { tls.connect(uri).await }
+        let watch = watch.clone();
+        async move {
+            let stream = tls.connect(uri).await?.into_inner();
+            Ok(TokioIo::new(watch.wrap(stream)))
+        }
     })
 }

@@ -40,6 +40,7 @@ pub mod keys;
 pub mod layers;
 pub mod service_token;
 pub mod target;
+pub mod watched;
 
 use std::{
     future::Future,

@@ -124,6 +124,142 @@ async fn calls_spread_over_endpoints_and_a_dead_one_is_retried_around_then_back(
     }
 }
 
+/// A TCP forwarder in front of a replica that can stop completing
+/// handshakes, as a container's address does once the container is gone:
+/// its accept queue (backlog 0) is filled and never drained, so further
+/// SYNs go unanswered.
+struct Proxy {
+    addr: SocketAddr,
+    listener: Arc<TcpListener>,
+    accepting: JoinHandle<()>,
+    fillers: Vec<tokio::net::TcpStream>,
+}
+
+impl Proxy {
+    async fn start(to: SocketAddr) -> Proxy {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = Arc::new(socket.listen(0).unwrap());
+        let addr = listener.local_addr().unwrap();
+        let accept_on = Arc::clone(&listener);
+        let accepting = tokio::spawn(async move {
+            let listener = accept_on;
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            listener,
+            accepting,
+            fillers: Vec::new(),
+        }
+    }
+
+    /// Stops accepting; new connections then hang in the TCP handshake.
+    /// Connections already forwarded carry on.
+    async fn stop_answering(&mut self) {
+        self.accepting.abort();
+        let _ = (&mut self.accepting).await;
+        assert_eq!(
+            self.listener.local_addr().unwrap(),
+            self.addr,
+            "still listening"
+        );
+        loop {
+            let connect = tokio::net::TcpStream::connect(self.addr);
+            match tokio::time::timeout(Duration::from_millis(300), connect).await {
+                Ok(Ok(stream)) => self.fillers.push(stream),
+                Ok(Err(e)) => panic!("the stopped proxy refused a connection: {e}"),
+                Err(_) => break,
+            }
+            assert!(self.fillers.len() < 16, "the accept queue never filled");
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_shuts_down_holds_no_call_while_its_address_stops_answering() {
+    let a = Replica::start("127.0.0.1:0", FixedUsers::default()).await;
+    let b = Replica::start("127.0.0.1:0", FixedUsers::default()).await;
+    let mut to_a = Proxy::start(a.addr).await;
+    // The connect timeout is longer than a call's deadline, as in
+    // production (5 s against the callers' deadlines): a call that waited
+    // for a connect to the vanished address would fail.
+    let args = ClientArgs {
+        client_connect_timeout: Duration::from_secs(5),
+        ..args()
+    };
+    let channel = connect("users", &format!("{},{}", to_a.url(), b.url()), &args).unwrap();
+    let connected = |channel: &ClientChannel| {
+        channel
+            .endpoints()
+            .slots()
+            .iter()
+            .filter(|s| s.is_connected())
+            .count()
+    };
+    let warm = tokio::time::Instant::now();
+    while connected(&channel) < 2 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(5),
+            "never connected to both"
+        );
+        get_user(&channel).await.unwrap();
+    }
+
+    // a's address stops answering, then a drains and exits (GOAWAY, and the
+    // connection closes): what a restarting container looks like.
+    to_a.stop_answering().await;
+    let _ = a.kill().await;
+
+    for i in 0..50 {
+        let mut request = Request::new(pb::GetUserRequest::default());
+        request.set_timeout(Duration::from_secs(1));
+        client(&channel)
+            .get_user(request)
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e:?}"));
+    }
+    let slot_a = channel
+        .endpoints()
+        .slots()
+        .into_iter()
+        .find(|s| s.uri().to_string() == format!("{}/", to_a.url()))
+        .expect("a is still an endpoint");
+    assert!(!slot_a.is_connected(), "a has no connection");
+    assert!(
+        slot_a.is_up(),
+        "a is not taken out before its connect times out"
+    );
+}
+
+#[tokio::test]
+async fn a_calls_own_deadline_bounds_its_wait_for_a_connection() {
+    let a = Replica::start("127.0.0.1:0", FixedUsers::default()).await;
+    let mut to_a = Proxy::start(a.addr).await;
+    to_a.stop_answering().await;
+    let args = ClientArgs {
+        client_connect_timeout: Duration::from_secs(5),
+        ..args()
+    };
+    let channel = connect("users", &to_a.url(), &args).unwrap();
+    let mut request = Request::new(pb::GetUserRequest::default());
+    request.set_timeout(Duration::from_millis(300));
+    let status = client(&channel).get_user(request).await.unwrap_err();
+    // Not UNAVAILABLE once the 5 s connect timeout is over.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
 /// The value of the first sample of `name` in a Prometheus text.
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()

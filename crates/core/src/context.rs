@@ -213,7 +213,13 @@ where
                 }
             }
         }
-        let deadline = ctx.map(|c| c.deadline);
+        // The caller's deadline, or the call's own grpc-timeout when there
+        // is no caller: bounds the wait for a connection too, which tonic's
+        // own timer (started once a connection takes the request) does not.
+        let deadline = match &ctx {
+            Some(ctx) => Some(ctx.deadline),
+            None => grpc_timeout::parse(req.headers()).map(|t| Instant::now() + t),
+        };
         let future = self.inner.call(req);
         Box::pin(async move {
             let result = match deadline {
