@@ -7,11 +7,12 @@
 //! the background with gRPC's connection backoff; it takes traffic again as
 //! soon as a connection succeeds. An endpoint whose connection ends (the
 //! server's GOAWAY, say, when it shuts down gracefully) is reconnected in
-//! the background at once, and meanwhile gets no calls while another
-//! endpoint is connected ([`crate::watched`]): a restarting replica's
-//! vanished address never holds a call for the connect timeout. A DNS
-//! target is re-resolved periodically: new addresses are connected in the
-//! background and get traffic, vanished ones stop getting it.
+//! the background at once (and again with backoff while that fails), and
+//! meanwhile gets no calls while another endpoint is connected
+//! ([`crate::watched`]): a restarting replica's vanished address never
+//! holds a call for the connect timeout. A DNS target is re-resolved
+//! periodically: new addresses are connected in the background and get
+//! traffic, vanished ones stop getting it.
 //!
 //! [`Balance`] is the innermost service of a client channel: one attempt,
 //! one endpoint.
@@ -292,12 +293,18 @@ impl Endpoints {
                 return;
             }
         }
-        tracing::debug!(target = %self.target, endpoint = %slot.uri, "connection ended; reconnecting in the background");
+        tracing::info!(target = %self.target, endpoint = %slot.uri, "connection ended; reconnecting in the background");
         self.connect_in_background(slot);
     }
 
     /// Opens a new connection to `slot` on a background task and makes it
-    /// the endpoint's channel; if that fails, takes the endpoint out.
+    /// the endpoint's channel, trying again with the reconnect backoff while
+    /// it fails. Meanwhile the endpoint stays in rotation, unconnected: it
+    /// gets calls only when no endpoint is connected, and then its channel
+    /// reconnects inside the call as tonic does (a lone endpoint that
+    /// restarts is back as soon as it listens). The attempts stop once the
+    /// endpoint is connected (by them or by such a call), taken out (its
+    /// reconnect loop takes over) or removed.
     fn connect_in_background(self: &Arc<Self>, slot: &Arc<EndpointSlot>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -305,18 +312,44 @@ impl Endpoints {
         if slot.reconnecting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (endpoints, slot) = (Arc::clone(self), Arc::clone(slot));
+        let (endpoints, slot) = (Arc::downgrade(self), Arc::clone(slot));
+        let settings = self.reconnect;
         runtime.spawn(async move {
-            let (watch, generation) = endpoints.watch(&slot);
-            let result = endpoints.dialer.connect(&slot.uri, watch.clone()).await;
-            slot.reconnecting.store(false, Ordering::Release);
-            match result {
-                Ok(channel) => slot.install(channel, watch, generation),
-                Err(error) if !slot.removed.load(Ordering::Acquire) => {
-                    endpoints.take_out(&slot, &error)
+            let mut backoff = ConnectionBackoff::new(
+                settings.initial,
+                settings.max,
+                settings.multiplier,
+                settings.jitter,
+            );
+            loop {
+                let Some(strong) = endpoints.upgrade() else {
+                    break;
+                };
+                let (watch, generation) = strong.watch(&slot);
+                let dialer = strong.dialer.clone();
+                drop(strong);
+                let result = dialer.connect(&slot.uri, watch.clone()).await;
+                let gone = slot.removed.load(Ordering::Acquire) || !slot.is_up();
+                match result {
+                    Ok(channel) if !gone => {
+                        slot.install(channel, watch, generation);
+                        break;
+                    }
+                    Ok(_) => break,
+                    Err(error) => {
+                        if gone || slot.is_connected() {
+                            break;
+                        }
+                        tracing::debug!(
+                            endpoint = %slot.uri,
+                            error = %error_chain(&error),
+                            "background connect failed; trying again"
+                        );
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
                 }
-                Err(_) => {}
             }
+            slot.reconnecting.store(false, Ordering::Release);
         });
     }
 
