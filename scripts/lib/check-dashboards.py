@@ -34,7 +34,7 @@ def exported_metrics(crates):
             continue
         names.update(re.findall(r'"(grpc_(?:server|client)_[a-z_]+)"', source.read_text()))
     for name in list(names):
-        if name.endswith("_seconds"):
+        if name.endswith(("_seconds", "_bytes")):
             names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})
     return names
 

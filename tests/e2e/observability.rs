@@ -1,5 +1,6 @@
 //! What operators see, from the real binaries: one trace across the three
-//! services exported over OTLP, grpc-ecosystem metrics on the admin port,
+//! services exported over OTLP, grpc-ecosystem metrics on the admin port
+//! (message sizes and stream backpressure waits among them),
 //! a request id and trace id on every log line of a request, one access
 //! line per call, and never a secret.
 
@@ -20,13 +21,19 @@ use shop_auth::{Role, SigningKey, TokenIssuer};
 use shop_core::context::Propagate;
 use shop_proto::{
     auth::v1::{LoginRequest, RefreshTokenRequest, auth_service_client::AuthServiceClient},
+    inventory::v1::{
+        AdjustStockRequest, GetProductRequest, WatchStockRequest,
+        inventory_service_client::InventoryServiceClient,
+    },
     order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
     user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
 use shop_testkit::{Backend, Spec, Stack, authed, http_get, metric_sum};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::{ORDERS, USERS, customer, order};
+use prost::Message as _;
+
+use crate::{INVENTORY, ORDERS, USERS, customer, order};
 
 /// A tiny OTLP trace receiver: keeps every span with its `service.name`.
 #[derive(Default, Clone)]
@@ -217,10 +224,13 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
     let stack = Stack::start(Backend::Sqlite, &[]).await;
     let (user, token) = customer(&stack, "counted").await;
     let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
-    orders
-        .create_order(authed(order(&user.id, "m-1"), &token))
+    let placed_request = order(&user.id, "m-1");
+    let request_len = placed_request.encoded_len();
+    let placed = orders
+        .create_order(authed(placed_request, &token))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
     let missing = orders
         .get_order(authed(
             GetOrderRequest {
@@ -268,10 +278,149 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
         body.contains("grpc_client_handling_seconds_bucket{"),
         "{body}"
     );
+    // Message sizes, as framed on the wire: CreateOrder's one request and
+    // one response, byte for byte.
+    let create_order = [("grpc_method", "CreateOrder")];
+    for (name, value) in [
+        ("grpc_server_msg_received_size_bytes_count", 1.0),
+        (
+            "grpc_server_msg_received_size_bytes_sum",
+            request_len as f64,
+        ),
+        ("grpc_server_msg_sent_size_bytes_count", 1.0),
+        (
+            "grpc_server_msg_sent_size_bytes_sum",
+            placed.encoded_len() as f64,
+        ),
+    ] {
+        assert_eq!(
+            metric_sum(&body, name, &create_order),
+            value,
+            "{name}\n{body}"
+        );
+    }
+    assert!(
+        body.contains("grpc_server_msg_received_size_bytes_bucket{"),
+        "{body}"
+    );
+    // ... and on the client side, order-service's GetUser to user-service.
+    let get_user = [("grpc_method", "GetUser")];
+    for name in [
+        "grpc_client_msg_sent_size_bytes_count",
+        "grpc_client_msg_received_size_bytes_count",
+    ] {
+        assert_eq!(metric_sum(&body, name, &get_user), 1.0, "{name}\n{body}");
+    }
+    assert!(
+        metric_sum(&body, "grpc_client_msg_received_size_bytes_sum", &get_user) > 0.0,
+        "{body}"
+    );
 
     let (healthz, _) = http_get(stack.service(ORDERS).admin, "/healthz").await;
     let (readyz, _) = http_get(stack.service(ORDERS).admin, "/readyz").await;
     assert_eq!((healthz, readyz), (200, 200));
+}
+
+#[tokio::test]
+async fn a_stream_producer_waiting_for_a_client_that_stopped_reading_is_measured() {
+    // A buffer of two messages, and a client whose HTTP/2 stream window
+    // holds about 20 updates and that reads none: after a few dozen
+    // changes the producer must wait.
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[Spec::new(INVENTORY).env("STREAM_BUFFER", "2")],
+    )
+    .await;
+    let (_, token) = customer(&stack, "slowreader").await;
+    let admin = shop_testkit::accounts::admin_token(stack.service(USERS).channel()).await;
+    let inventory = stack.service(INVENTORY);
+    let slow_channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", inventory.addr))
+            .unwrap()
+            .initial_stream_window_size(1024)
+            .connect()
+            .await
+            .unwrap();
+    let mut watch = InventoryServiceClient::new(slow_channel)
+        .watch_stock(authed(
+            WatchStockRequest {
+                skus: vec!["sku-1".into()],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    watch
+        .message()
+        .await
+        .unwrap()
+        .expect("the current stock first");
+
+    let waits = || async {
+        let (_, body) = http_get(inventory.admin, "/metrics").await;
+        metric_sum(
+            &body,
+            "grpc_server_stream_backpressure_waits_total",
+            &[("service", INVENTORY)],
+        )
+    };
+    assert_eq!(waits().await, 0.0, "nothing waits while the client reads");
+    let mut admin_client = InventoryServiceClient::new(inventory.channel());
+    let mut changes = 0;
+    while waits().await == 0.0 {
+        assert!(
+            changes < 400,
+            "{changes} changes unread and the producer never waited"
+        );
+        for _ in 0..10 {
+            admin_client
+                .adjust_stock(authed(
+                    AdjustStockRequest {
+                        sku: "sku-1".into(),
+                        delta: 1,
+                        reason: "backpressure test".into(),
+                        request_id: uuid::Uuid::now_v7().to_string(),
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap();
+            changes += 1;
+        }
+    }
+    eprintln!("the producer waited after {changes} unread changes");
+    // The client reads again: everything arrives, the last change last.
+    let mut last = 0;
+    while let Ok(Ok(Some(update))) =
+        tokio::time::timeout(Duration::from_secs(2), watch.message()).await
+    {
+        last = update.available;
+    }
+    let now = admin_client
+        .get_product(authed(
+            GetProductRequest {
+                sku: "sku-1".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        last, now.available,
+        "the stream caught up with the last change"
+    );
+    // The wait ended when the client read again: it is timed.
+    let (_, body) = http_get(inventory.admin, "/metrics").await;
+    assert!(
+        metric_sum(
+            &body,
+            "grpc_server_stream_backpressure_wait_seconds_count",
+            &[("service", INVENTORY)]
+        ) >= 1.0,
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -99,10 +99,14 @@ impl Default for StreamArgs {
 }
 
 /// The sending half a producer writes to. `send` waits while the client's
-/// buffer is full and fails once the client has gone away.
+/// buffer is full (each wait counted in
+/// `grpc_server_stream_backpressure_waits_total` as it starts and timed in
+/// `grpc_server_stream_backpressure_wait_seconds` when it ends) and fails
+/// once the client has gone away.
 #[derive(Debug)]
 pub struct StreamSender<T> {
     tx: mpsc::Sender<Slot<T>>,
+    service: &'static str,
 }
 
 /// What the channel holds. Boxed: tokio's channel allocates its slots in
@@ -115,6 +119,7 @@ impl<T> Clone for StreamSender<T> {
     fn clone(&self) -> StreamSender<T> {
         StreamSender {
             tx: self.tx.clone(),
+            service: self.service,
         }
     }
 }
@@ -127,10 +132,21 @@ pub struct ClientGone;
 impl<T> StreamSender<T> {
     /// Sends one message, waiting while the buffer is full.
     pub async fn send(&self, message: T) -> Result<(), ClientGone> {
-        self.tx
-            .send(Box::new(Ok(message)))
-            .await
-            .map_err(|_| ClientGone)
+        let slot = match self.tx.try_send(Box::new(Ok(message))) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientGone),
+            Err(mpsc::error::TrySendError::Full(slot)) => slot,
+        };
+        // The client reads slower than we produce: wait, and say so now
+        // (a client that stopped reading may hold us for a long time) and
+        // how long when it is over.
+        metrics::counter!("grpc_server_stream_backpressure_waits_total", "service" => self.service)
+            .increment(1);
+        let waiting = std::time::Instant::now();
+        let sent = self.tx.send(slot).await.map_err(|_| ClientGone);
+        metrics::histogram!("grpc_server_stream_backpressure_wait_seconds", "service" => self.service)
+            .record(waiting.elapsed().as_secs_f64());
+        sent
     }
 
     /// Resolves when the client has gone away.
@@ -270,7 +286,10 @@ impl Streams {
             return Err(Status::unavailable("server is shutting down; reconnect"));
         }
         let (tx, rx) = mpsc::channel(self.inner.args.stream_buffer.max(1));
-        let producer = produce(StreamSender { tx: tx.clone() });
+        let producer = produce(StreamSender {
+            tx: tx.clone(),
+            service: self.inner.service,
+        });
         // Wrapped before it moves into the supervisor, so that aborting the
         // supervisor aborts the producer even if it never got to run.
         let mut producer = AbortOnDrop(match RequestContext::current() {
@@ -434,6 +453,55 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "{what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_producer_waits_for_a_slow_reader_and_the_wait_is_measured() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let metrics = recorder.handle();
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let sample = |name: &str| {
+            let prefix = format!(r#"{name}{{service="test"}} "#);
+            metrics
+                .render()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+                .map_or(0, |v| v.parse::<u64>().unwrap())
+        };
+        let waits = || sample("grpc_server_stream_backpressure_waits_total");
+        let waits_timed = || sample("grpc_server_stream_backpressure_wait_seconds_count");
+        let s = streams(4, 4, 1);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sent);
+        let mut stream = s
+            .open::<u32, _, _>(|tx| async move {
+                for i in 0..3 {
+                    tx.send(i).await.ok();
+                    counted.fetch_add(1, Ordering::AcqRel);
+                }
+                Ok(())
+            })
+            .unwrap();
+        // One message fits; the producer then waits for the reader.
+        eventually("the first message is sent", || {
+            sent.load(Ordering::Acquire) == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            sent.load(Ordering::Acquire),
+            1,
+            "a full buffer holds the producer"
+        );
+        assert_eq!(waits(), 1, "the wait is counted as it starts");
+        assert_eq!(waits_timed(), 0, "and timed when it ends");
+        let mut got = Vec::new();
+        while let Some(item) = stream.next().await {
+            got.push(item.unwrap());
+        }
+        assert_eq!(got, [0, 1, 2]);
+        assert!(waits() >= 1, "{}", metrics.render());
+        assert_eq!(waits_timed(), waits(), "{}", metrics.render());
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Seeing the messages and the end of a call: request and response bodies
-//! wrapped to count gRPC messages each way and, for the response, to read
-//! the final status from the trailers (or notice the call was abandoned).
+//! wrapped to count gRPC messages each way and their sizes and, for the
+//! response, to read the final status from the trailers (or notice the
+//! call was abandoned).
 
 use std::{
     pin::Pin,
@@ -73,15 +74,18 @@ impl HttpBody for ObservedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = this.frames.count(data);
-                    if n > 0 {
-                        let direction = this.direction;
-                        this.with_record(|r| match direction {
-                            Direction::In => r.count(n, 0),
-                            Direction::Out => r.count(0, n),
-                        });
-                    }
+                if let Some(data) = frame.data_ref()
+                    && !data.is_empty()
+                {
+                    let direction = this.direction;
+                    let mut record = this.record.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = this.frames.feed::<()>(data, |len| {
+                        match direction {
+                            Direction::In => record.received_message(len),
+                            Direction::Out => record.sent_message(len),
+                        }
+                        Ok(())
+                    });
                 }
             }
             Poll::Ready(None) if this.finishes => this.with_record(|r| r.finish(Code::Ok)),

@@ -77,9 +77,17 @@ impl CallRecord {
         &self.span
     }
 
-    pub(crate) fn count(&mut self, received: u64, sent: u64) {
-        self.received += received;
-        self.sent += sent;
+    /// One message received, `len` bytes long as framed (compressed, if
+    /// it was).
+    pub(crate) fn received_message(&mut self, len: u32) {
+        self.received += 1;
+        self.metrics.received_size.record(f64::from(len));
+    }
+
+    /// One message sent, `len` bytes long as framed.
+    pub(crate) fn sent_message(&mut self, len: u32) {
+        self.sent += 1;
+        self.metrics.sent_size.record(f64::from(len));
     }
 
     /// Records the end of the call with `code`; later calls do nothing.

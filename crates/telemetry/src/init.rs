@@ -53,6 +53,27 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Size buckets (bytes) for the `*_msg_*_size_bytes` histograms: from an
+/// id to the 4 MiB default message limit and past it.
+const SIZE_BUCKETS: &[f64] = &[
+    32.0,
+    128.0,
+    512.0,
+    2048.0,
+    8192.0,
+    32768.0,
+    131_072.0,
+    524_288.0,
+    2_097_152.0,
+    4_194_304.0,
+    16_777_216.0,
+];
+
+/// Wait buckets (seconds) for the `*_wait_seconds` histograms (a stream
+/// producer waiting for its client to read): from a blip to a client that
+/// stopped reading.
+const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -62,6 +83,12 @@ pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_handling_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), SIZE_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_wait_seconds".into()), WAIT_BUCKETS)
+            })
             .expect("static buckets are valid");
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

@@ -29,6 +29,10 @@ pub(crate) struct MethodMetrics {
     pub(crate) handling: metrics::Histogram,
     pub(crate) received: metrics::Counter,
     pub(crate) sent: metrics::Counter,
+    /// Size of each message received (its length as framed on the wire).
+    pub(crate) received_size: metrics::Histogram,
+    /// Size of each message sent.
+    pub(crate) sent_size: metrics::Histogram,
     /// `grpc_*_handled_total` per status code, registered on first use.
     handled: [OnceLock<metrics::Counter>; 17],
 }
@@ -43,16 +47,21 @@ impl MethodMetrics {
                 "grpc_service" => l.grpc_service,
                 "grpc_method" => l.grpc_method)
         };
+        let histogram = |name: &'static str| {
+            metrics::histogram!(name,
+                "grpc_type" => l.grpc_type,
+                "grpc_service" => l.grpc_service,
+                "grpc_method" => l.grpc_method)
+        };
         MethodMetrics {
             labels,
             side,
             started: per_method(names.started),
-            handling: metrics::histogram!(names.handling,
-                "grpc_type" => l.grpc_type,
-                "grpc_service" => l.grpc_service,
-                "grpc_method" => l.grpc_method),
+            handling: histogram(names.handling),
             received: per_method(names.received),
             sent: per_method(names.sent),
+            received_size: histogram(names.received_size),
+            sent_size: histogram(names.sent_size),
             handled: Default::default(),
         }
     }
@@ -99,6 +108,8 @@ struct MetricNames {
     handling: &'static str,
     received: &'static str,
     sent: &'static str,
+    received_size: &'static str,
+    sent_size: &'static str,
 }
 
 impl Side {
@@ -110,6 +121,8 @@ impl Side {
                 handling: "grpc_server_handling_seconds",
                 received: "grpc_server_msg_received_total",
                 sent: "grpc_server_msg_sent_total",
+                received_size: "grpc_server_msg_received_size_bytes",
+                sent_size: "grpc_server_msg_sent_size_bytes",
             },
             Side::Client => MetricNames {
                 started: "grpc_client_started_total",
@@ -117,6 +130,8 @@ impl Side {
                 handling: "grpc_client_handling_seconds",
                 received: "grpc_client_msg_received_total",
                 sent: "grpc_client_msg_sent_total",
+                received_size: "grpc_client_msg_received_size_bytes",
+                sent_size: "grpc_client_msg_sent_size_bytes",
             },
         }
     }
