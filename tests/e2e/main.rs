@@ -19,6 +19,7 @@ mod saga;
 mod shopctl;
 mod streams;
 mod tls;
+mod web;
 
 use shop_proto::user::v1::User;
 use shop_testkit::Stack;

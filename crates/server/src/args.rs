@@ -222,6 +222,14 @@ pub struct ServerArgs {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// Web pages allowed to call this server from a browser (gRPC-Web,
+    /// with CORS), as comma-separated origins, e.g.
+    /// `https://shop.example.com,http://localhost:5173`. Empty (the
+    /// default): no CORS headers, so pages on other origins cannot read
+    /// any answer. `*` is refused.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: crate::layers::web::AllowedOrigins,
+
     /// Stream limits and buffering.
     #[command(flatten)]
     pub streams: crate::streams::StreamArgs,

@@ -25,7 +25,13 @@ use tonic::{
     service::RoutesBuilder,
     transport::{Server as TonicServer, server::Router},
 };
-use tower::{Service, layer::util::Identity, layer::util::Stack};
+use tonic_web::GrpcWebLayer;
+use tower::{
+    Service,
+    layer::util::{Identity, Stack},
+    util::{Either, option_layer},
+};
+use tower_http::cors::CorsLayer;
 
 use crate::{
     ConfigError,
@@ -37,8 +43,13 @@ use crate::{
     streams::Streams,
 };
 
-/// A tonic server with the shop layer stack.
-pub type ShopServer = TonicServer<Stack<ServerLayers, Identity>>;
+/// The shop layer stack behind gRPC-Web translation and CORS (when origins
+/// are allowed), outermost last.
+pub type ShopLayers =
+    Stack<ServerLayers, Stack<GrpcWebLayer, Stack<Either<CorsLayer, Identity>, Identity>>>;
+
+/// A tonic server with [`ShopLayers`].
+pub type ShopServer = TonicServer<ShopLayers>;
 
 /// A shop server being assembled: register its services with
 /// [`Server::add`], then [`Server::serve`].
@@ -124,7 +135,7 @@ impl Server {
     /// The registered services behind the layer stack, without health,
     /// reflection, the admin port or the graceful shutdown (the stack
     /// benchmark serves this).
-    pub fn into_router(self) -> Router<Stack<ServerLayers, Identity>> {
+    pub fn into_router(self) -> Router<ShopLayers> {
         self.tonic().add_routes(self.routes.routes())
     }
 
@@ -132,6 +143,8 @@ impl Server {
     fn tonic(&self) -> ShopServer {
         let a = &self.args;
         TonicServer::builder()
+            // gRPC-Web from browsers comes over HTTP/1.1 on plain HTTP.
+            .accept_http1(true)
             .tcp_nodelay(true)
             .max_concurrent_streams(a.http2_max_concurrent_streams)
             .http2_max_header_list_size(a.http2_max_header_list_size)
@@ -140,6 +153,12 @@ impl Server {
             .max_connection_age(a.max_connection_age)
             .http2_keepalive_interval(Some(a.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(a.http2_keepalive_timeout))
+            // Outside everything: CORS answers preflights, then gRPC-Web
+            // becomes gRPC, so the layers below see native calls only.
+            .layer(option_layer(crate::layers::web::cors(
+                &a.cors_allowed_origins,
+            )))
+            .layer(GrpcWebLayer::new())
             .layer(server_layers(
                 self.service.name,
                 a,

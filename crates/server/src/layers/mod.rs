@@ -10,6 +10,7 @@ pub mod observe;
 pub mod protect;
 pub mod size;
 pub mod stream_limits;
+pub mod web;
 
 use std::sync::Arc;
 
