@@ -245,12 +245,12 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
     let (status, body) = http_get(stack.service(ORDERS).admin, "/metrics").await;
     assert_eq!(status, 200);
     for line in [
-        r#"grpc_server_started_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
-        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",grpc_code="OK"} 1"#,
-        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="GetOrder",grpc_code="NotFound"} 1"#,
+        r#"grpc_server_started_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",protocol="grpc"} 1"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",protocol="grpc",grpc_code="OK"} 1"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="GetOrder",protocol="grpc",grpc_code="NotFound"} 1"#,
         r#"grpc_client_handled_total{grpc_type="unary",grpc_service="shop.user.v1.UserService",grpc_method="GetUser",grpc_code="OK"} 1"#,
-        r#"grpc_server_msg_received_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
-        r#"grpc_server_msg_sent_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder"} 1"#,
+        r#"grpc_server_msg_received_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",protocol="grpc"} 1"#,
+        r#"grpc_server_msg_sent_total{grpc_type="unary",grpc_service="shop.order.v1.OrderService",grpc_method="CreateOrder",protocol="grpc"} 1"#,
     ] {
         assert!(body.contains(line), "missing {line}\n{body}");
     }

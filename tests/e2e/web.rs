@@ -105,19 +105,34 @@ async fn grpc_web_over_http1_gets_the_same_auth_and_metrics_and_cors_only_for_al
         .unwrap_err();
     assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
 
-    // The calls were counted like native ones.
+    // The calls were counted like native ones, labelled with their protocol.
     let (_, metrics) = http_get(users.admin, "/metrics").await;
-    for (code, count) in [("OK", 1.0), ("NotFound", 1.0), ("Unauthenticated", 1.0)] {
-        assert_eq!(
-            metric_sum(
-                &metrics,
-                "grpc_server_handled_total",
-                &[("grpc_method", "GetUser"), ("grpc_code", code)]
-            ),
-            count,
-            "GetUser {code}\n{metrics}"
-        );
+    for code in ["OK", "NotFound", "Unauthenticated"] {
+        for (protocol, count) in [("grpc-web", 1.0), ("grpc", 0.0)] {
+            assert_eq!(
+                metric_sum(
+                    &metrics,
+                    "grpc_server_handled_total",
+                    &[
+                        ("grpc_method", "GetUser"),
+                        ("grpc_code", code),
+                        ("protocol", protocol)
+                    ]
+                ),
+                count,
+                "GetUser {code} over {protocol}\n{metrics}"
+            );
+        }
     }
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "grpc_server_msg_sent_size_bytes_count",
+            &[("grpc_method", "Login"), ("protocol", "grpc-web")]
+        ),
+        1.0,
+        "{metrics}"
+    );
 
     // CORS: the allowed page's preflight is answered for it...
     let allowed = http1(users.addr, &preflight(users.addr, PAGE)).await;

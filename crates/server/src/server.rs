@@ -33,6 +33,8 @@ use tower::{
 };
 use tower_http::cors::CorsLayer;
 
+use crate::layers::web::MarkProtocolLayer;
+
 use crate::{
     ConfigError,
     args::{ServerArgs, ServiceArgs},
@@ -43,10 +45,12 @@ use crate::{
     streams::Streams,
 };
 
-/// The shop layer stack behind gRPC-Web translation and CORS (when origins
-/// are allowed), outermost last.
-pub type ShopLayers =
-    Stack<ServerLayers, Stack<GrpcWebLayer, Stack<Either<CorsLayer, Identity>, Identity>>>;
+/// The shop layer stack behind gRPC-Web translation, the protocol mark it
+/// needs, and CORS (when origins are allowed), outermost last.
+pub type ShopLayers = Stack<
+    ServerLayers,
+    Stack<GrpcWebLayer, Stack<MarkProtocolLayer, Stack<Either<CorsLayer, Identity>, Identity>>>,
+>;
 
 /// A tonic server with [`ShopLayers`].
 pub type ShopServer = TonicServer<ShopLayers>;
@@ -158,6 +162,7 @@ impl Server {
             .layer(option_layer(crate::layers::web::cors(
                 &a.cors_allowed_origins,
             )))
+            .layer(crate::layers::web::mark_protocol())
             .layer(GrpcWebLayer::new())
             .layer(server_layers(
                 self.service.name,

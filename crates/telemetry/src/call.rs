@@ -10,7 +10,7 @@ use tonic::Code;
 use tracing::Span;
 
 use crate::{
-    labels::{MethodLabels, code_label},
+    labels::{MethodLabels, Protocol, code_label},
     metrics::{MethodMetrics, Side},
 };
 
@@ -46,12 +46,19 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Starts observing a call of `path` (and counts it started). Its
+    /// Starts observing a call of `path` that came in over `protocol` (a
+    /// client's: [`Protocol::Grpc`]) and counts it started. Its
     /// access line is logged in `span`, which carries the request id and
     /// trace id: each field once per line.
-    pub fn start(side: Side, path: &str, span: Span, peer: Option<String>) -> CallRecord {
+    pub fn start(
+        side: Side,
+        protocol: Protocol,
+        path: &str,
+        span: Span,
+        peer: Option<String>,
+    ) -> CallRecord {
         let labels = MethodLabels::of(path);
-        let metrics = MethodMetrics::of(side, labels);
+        let metrics = MethodMetrics::of(side, labels, protocol);
         metrics.started.increment(1);
         CallRecord {
             side,

@@ -4,6 +4,37 @@
 
 use tonic::Code;
 
+/// How a call reached the server: the `protocol` label of the
+/// `grpc_server_*` metrics. gRPC-Web is translated to gRPC before the
+/// layers run; the request says which it was with this extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Native gRPC over HTTP/2.
+    #[default]
+    Grpc,
+    /// gRPC-Web (HTTP/1.1 or HTTP/2), from browsers.
+    GrpcWeb,
+}
+
+impl Protocol {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::GrpcWeb => "grpc-web",
+        }
+    }
+
+    /// Which protocol a request with this `content-type` speaks.
+    pub fn of_content_type(content_type: &[u8]) -> Protocol {
+        if content_type.starts_with(b"application/grpc-web") {
+            Protocol::GrpcWeb
+        } else {
+            Protocol::Grpc
+        }
+    }
+}
+
 /// The metric labels of a method: static strings from the generated
 /// method table (or `unknown`), so a caller cannot create label values.
 #[derive(Debug, Clone, Copy)]

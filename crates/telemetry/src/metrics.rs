@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use tonic::Code;
 
-use crate::labels::{MethodLabels, code_label};
+use metrics::Label;
+
+use crate::labels::{MethodLabels, Protocol, code_label};
 
 /// Which side of a call is being observed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +25,9 @@ pub enum Side {
 /// [`MethodMetrics::of`]).
 #[derive(Debug)]
 pub(crate) struct MethodMetrics {
-    labels: MethodLabels,
     side: Side,
+    /// The method's labels (and, on the server, the protocol's).
+    base: Vec<Label>,
     pub(crate) started: metrics::Counter,
     pub(crate) handling: metrics::Histogram,
     pub(crate) received: metrics::Counter,
@@ -38,31 +41,30 @@ pub(crate) struct MethodMetrics {
 }
 
 impl MethodMetrics {
-    fn register(side: Side, labels: MethodLabels) -> MethodMetrics {
+    fn register(side: Side, labels: MethodLabels, protocol: Protocol) -> MethodMetrics {
         let names = side.metric_names();
         let l = labels;
-        let per_method = |name: &'static str| {
-            metrics::counter!(name,
-                "grpc_type" => l.grpc_type,
-                "grpc_service" => l.grpc_service,
-                "grpc_method" => l.grpc_method)
-        };
-        let histogram = |name: &'static str| {
-            metrics::histogram!(name,
-                "grpc_type" => l.grpc_type,
-                "grpc_service" => l.grpc_service,
-                "grpc_method" => l.grpc_method)
-        };
+        let mut base = vec![
+            Label::new("grpc_type", l.grpc_type),
+            Label::new("grpc_service", l.grpc_service),
+            Label::new("grpc_method", l.grpc_method),
+        ];
+        // The server says how the call came in; a client always speaks gRPC.
+        if side == Side::Server {
+            base.push(Label::new("protocol", protocol.label()));
+        }
+        let counter = |name: &'static str| metrics::counter!(name, base.clone());
+        let histogram = |name: &'static str| metrics::histogram!(name, base.clone());
         MethodMetrics {
-            labels,
             side,
-            started: per_method(names.started),
+            started: counter(names.started),
             handling: histogram(names.handling),
-            received: per_method(names.received),
-            sent: per_method(names.sent),
+            received: counter(names.received),
+            sent: counter(names.sent),
             received_size: histogram(names.received_size),
             sent_size: histogram(names.sent_size),
             handled: Default::default(),
+            base,
         }
     }
 
@@ -70,33 +72,33 @@ impl MethodMetrics {
     /// Prometheus recorder is installed (from then on the global recorder
     /// cannot change), registered afresh before that, so that a call
     /// observed before start-up finished is not tied to a no-op handle.
-    pub(crate) fn of(side: Side, labels: MethodLabels) -> Arc<MethodMetrics> {
-        type Table = Box<[[OnceLock<Arc<MethodMetrics>>; 2]]>;
+    pub(crate) fn of(side: Side, labels: MethodLabels, protocol: Protocol) -> Arc<MethodMetrics> {
+        type Table = Box<[[OnceLock<Arc<MethodMetrics>>; 3]]>;
         static TABLE: OnceLock<Table> = OnceLock::new();
         if !crate::init::recorder_installed() {
-            return Arc::new(MethodMetrics::register(side, labels));
+            return Arc::new(MethodMetrics::register(side, labels, protocol));
         }
         let table = TABLE.get_or_init(|| {
             (0..MethodLabels::slots())
                 .map(|_| Default::default())
                 .collect()
         });
-        let side_index = match side {
-            Side::Server => 0,
-            Side::Client => 1,
+        let column = match (side, protocol) {
+            (Side::Server, Protocol::Grpc) => 0,
+            (Side::Server, Protocol::GrpcWeb) => 1,
+            (Side::Client, _) => 2,
         };
         Arc::clone(
-            table[labels.slot][side_index]
-                .get_or_init(|| Arc::new(MethodMetrics::register(side, labels))),
+            table[labels.slot][column]
+                .get_or_init(|| Arc::new(MethodMetrics::register(side, labels, protocol))),
         )
     }
 
     pub(crate) fn handled(&self, code: Code) -> &metrics::Counter {
         self.handled[(code as usize).min(16)].get_or_init(|| {
-            let l = self.labels;
-            metrics::counter!(self.side.metric_names().handled,
-                "grpc_type" => l.grpc_type, "grpc_service" => l.grpc_service,
-                "grpc_method" => l.grpc_method, "grpc_code" => code_label(code))
+            let mut labels = self.base.clone();
+            labels.push(Label::new("grpc_code", code_label(code)));
+            metrics::counter!(self.side.metric_names().handled, labels)
         })
     }
 }

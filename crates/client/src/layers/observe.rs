@@ -15,7 +15,7 @@ use http::{Request, Response};
 use shop_telemetry::{
     body::{observe_request, observe_response},
     call::CallRecord,
-    labels::MethodLabels,
+    labels::{MethodLabels, Protocol},
     metrics::Side,
     propagation::HeaderCarrier,
 };
@@ -73,6 +73,7 @@ where
         });
         let record = Arc::new(Mutex::new(CallRecord::start(
             Side::Client,
+            Protocol::Grpc,
             &path,
             span.clone(),
             None,

@@ -16,7 +16,7 @@ use shop_core::context::{REQUEST_ID, request_id_of};
 use shop_telemetry::{
     body::{observe_request, observe_response},
     call::CallRecord,
-    labels::MethodLabels,
+    labels::{MethodLabels, Protocol},
     metrics::Side,
     propagation::{HeaderReader, trace_id},
 };
@@ -93,7 +93,12 @@ where
         }
 
         let peer = peer_addr(&parts.extensions).map(|a| a.to_string());
-        let record = CallRecord::start(Side::Server, &path, span.clone(), peer);
+        let protocol = parts
+            .extensions
+            .get::<Protocol>()
+            .copied()
+            .unwrap_or_default();
+        let record = CallRecord::start(Side::Server, protocol, &path, span.clone(), peer);
         parts.extensions.insert(record.caller_slot());
         let record = Arc::new(Mutex::new(record));
 

@@ -1,12 +1,16 @@
 //! Browsers on the gRPC port. gRPC-Web is translated to gRPC by tonic-web
 //! outside every other layer, so auth, deadlines (`grpc-timeout`), limits,
-//! metrics and traces see a native call. CORS answers only for the origins
+//! metrics and traces see a native call (the metrics label it
+//! `protocol="grpc-web"`, marked before the translation). CORS answers only for the origins
 //! `CORS_ALLOWED_ORIGINS` names; with none (the default) no CORS header is
 //! sent, and a page on another origin cannot read any answer.
 
 use std::{str::FromStr, time::Duration};
 
-use http::{HeaderName, HeaderValue, Method, header};
+use http::{HeaderName, HeaderValue, Method, Request, header};
+use shop_telemetry::labels::Protocol;
+use tonic::body::Body;
+use tower::util::MapRequestLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The origins browsers may call from, e.g. `https://shop.example.com`.
@@ -83,6 +87,26 @@ pub fn cors(origins: &AllowedOrigins) -> Option<CorsLayer> {
             .expose_headers(EXPOSED_HEADERS)
             .max_age(Duration::from_secs(24 * 60 * 60)),
     )
+}
+
+/// Marks each request with the [`Protocol`] it came in, before gRPC-Web
+/// is translated away, for the `protocol` label of the server metrics.
+pub type MarkProtocolLayer = MapRequestLayer<fn(Request<Body>) -> Request<Body>>;
+
+/// The layer that marks requests with their protocol.
+pub fn mark_protocol() -> MarkProtocolLayer {
+    MapRequestLayer::new(mark as fn(Request<Body>) -> Request<Body>)
+}
+
+fn mark(mut request: Request<Body>) -> Request<Body> {
+    let protocol = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map_or(Protocol::Grpc, |v| Protocol::of_content_type(v.as_bytes()));
+    if protocol != Protocol::Grpc {
+        request.extensions_mut().insert(protocol);
+    }
+    request
 }
 
 #[cfg(test)]
