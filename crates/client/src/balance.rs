@@ -119,6 +119,13 @@ pub struct ReconnectBackoff {
     pub jitter: f64,
 }
 
+impl ReconnectBackoff {
+    /// A fresh backoff with these settings.
+    fn start(self) -> ConnectionBackoff {
+        ConnectionBackoff::new(self.initial, self.max, self.multiplier, self.jitter)
+    }
+}
+
 impl Endpoints {
     /// The endpoints of `target`; a DNS target is resolved now and every
     /// `refresh` on a background task that ends with the last clone of the
@@ -222,12 +229,7 @@ impl Endpoints {
         let slot = Arc::clone(slot);
         let settings = self.reconnect;
         tokio::spawn(async move {
-            let mut backoff = ConnectionBackoff::new(
-                settings.initial,
-                settings.max,
-                settings.multiplier,
-                settings.jitter,
-            );
+            let mut backoff = settings.start();
             loop {
                 tokio::time::sleep(backoff.next_delay()).await;
                 let Some(endpoints) = endpoints.upgrade() else {
@@ -315,12 +317,7 @@ impl Endpoints {
         let (endpoints, slot) = (Arc::downgrade(self), Arc::clone(slot));
         let settings = self.reconnect;
         runtime.spawn(async move {
-            let mut backoff = ConnectionBackoff::new(
-                settings.initial,
-                settings.max,
-                settings.multiplier,
-                settings.jitter,
-            );
+            let mut backoff = settings.start();
             loop {
                 let Some(strong) = endpoints.upgrade() else {
                     break;

@@ -95,13 +95,7 @@ fn tcp_connector(
     tower::service_fn(move |uri: Uri| {
         let watch = watch.clone();
         async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned();
-            let port = uri.port_u16().unwrap_or(80);
+            let (host, port) = shop_tls::client::host_and_port(&uri, 80)?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             Ok(TokioIo::new(watch.wrap(tcp)))

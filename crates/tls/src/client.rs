@@ -114,13 +114,7 @@ impl ClientTls {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, io::Error> {
-        let host = uri
-            .host()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(443);
+        let (host, port) = host_and_port(&uri, 443)?;
         let server_name = match &self.server_name {
             Some(name) => name.clone(),
             None => ServerName::try_from(host.clone())
@@ -133,4 +127,16 @@ impl ClientTls {
             .await?;
         Ok(TokioIo::new(tls))
     }
+}
+
+/// The host (an IPv6 address without its brackets) and port of `uri`,
+/// `default_port` when it names none: what to open a TCP connection to.
+pub fn host_and_port(uri: &Uri, default_port: u16) -> Result<(String, u16), io::Error> {
+    let host = uri
+        .host()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(default_port)))
 }
