@@ -195,10 +195,10 @@ impl Endpoints {
     /// when there are any.
     fn pick(&self) -> Option<Arc<EndpointSlot>> {
         let slots = self.slots.read().expect("endpoints lock");
-        let up: Vec<&Arc<EndpointSlot>> = slots.iter().filter(|s| s.is_up()).collect();
-        let connected: Vec<&Arc<EndpointSlot>> =
-            up.iter().copied().filter(|s| s.is_connected()).collect();
-        let ready = if connected.is_empty() { up } else { connected };
+        let mut ready: Vec<&Arc<EndpointSlot>> = slots.iter().filter(|s| s.is_up()).collect();
+        if ready.iter().any(|s| s.is_connected()) {
+            ready.retain(|s| s.is_connected());
+        }
         match ready.len() {
             0 => None,
             1 => Some(Arc::clone(ready[0])),
@@ -406,11 +406,15 @@ impl EndpointSlot {
     /// Makes `channel` (number `generation`, watched by `watch`) the one
     /// calls use; the one it replaces closes when its last call ends.
     fn install(&self, channel: Channel, watch: ConnectionWatch, generation: u64) {
-        *self.connection.lock().expect("connection lock") = Connection {
+        let new = Connection {
             channel,
             watch,
             generation,
         };
+        let old = std::mem::replace(&mut *self.connection.lock().expect("connection lock"), new);
+        // Dropped outside the lock: the end of its connection calls back
+        // into `connection_ended`, which takes it.
+        drop(old);
     }
 }
 
