@@ -64,14 +64,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# Seven distinct free ports (six for the stack, one for Prometheus), all
+# held until every one is chosen so that none is handed out twice.
+mapfile -t ports < <(python3 -c '
+import socket
+held = [socket.socket() for _ in range(7)]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+for s in held:
+    print(s.getsockname()[1])
+')
 declare -A grpc admin
+i=0
 for service in user-service order-service inventory-service; do
-    grpc[$service]=$(free_port)
-    admin[$service]=$(free_port)
+    grpc[$service]=${ports[i]}
+    admin[$service]=${ports[i + 1]}
+    i=$((i + 2))
 done
+prometheus_port=${ports[6]}
 
 log "starting devstack"
 "$bin/devstack" --data-dir "$work/data" \
@@ -91,7 +101,6 @@ done
 
 # The project's rules, scraped and evaluated every second so that the
 # windowed rates have samples within seconds.
-prometheus_port=$(free_port)
 sed -e 's/scrape_interval: 15s/scrape_interval: 1s/' \
     -e 's/evaluation_interval: 15s/evaluation_interval: 1s/' \
     -e "s|rules/|$root/deploy/prometheus/rules/|" \
@@ -116,7 +125,14 @@ while ((SECONDS < end)); do
     sleep 0.1
 done
 
-python3 - "http://127.0.0.1:$prometheus_port" deploy/prometheus/rules/slo.yml <<'EOF'
+live_failed() {
+    log "devstack's last log lines:"
+    tail -n 30 "$work/devstack.log" | cut -c1-400 >&2
+    log "Prometheus's last log lines:"
+    tail -n 10 "$work/prometheus.log" | cut -c1-400 >&2
+    exit 1
+}
+python3 - "http://127.0.0.1:$prometheus_port" deploy/prometheus/rules/slo.yml <<'EOF' || live_failed
 import json, re, sys, time, urllib.parse, urllib.request
 
 base, rules_file = sys.argv[1], sys.argv[2]
