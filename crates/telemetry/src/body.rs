@@ -74,12 +74,15 @@ impl HttpBody for ObservedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && !data.is_empty()
-                {
-                    let direction = this.direction;
-                    let mut record = this.record.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(data) = frame.data_ref() {
+                    let (direction, shared) = (this.direction, &this.record);
+                    // Locked only by a chunk that completes a message header:
+                    // the chunks of a large message's payload take no lock.
+                    let mut record = None;
                     let _ = this.frames.feed::<()>(data, |len| {
+                        let record = record.get_or_insert_with(|| {
+                            shared.lock().unwrap_or_else(|p| p.into_inner())
+                        });
                         match direction {
                             Direction::In => record.received_message(len),
                             Direction::Out => record.sent_message(len),
