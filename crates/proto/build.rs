@@ -7,7 +7,10 @@
 //!
 //! Every `.proto` under `proto/shop` is compiled, and the module tree of
 //! the generated code is generated too, so a new service's proto needs no
-//! line here or in `lib.rs`.
+//! line here or in `lib.rs`. `proto/google` holds the googleapis protos
+//! they use (`google.api.http` for the REST routes, `google.rpc.Status` and
+//! its details for error bodies), copied unchanged from the
+//! googleapis-common-protos release; no code is generated for them here.
 
 use std::{
     collections::BTreeMap,
@@ -44,7 +47,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
-    let files = proto_files(&proto_root, &proto_root.join("shop"))?;
+    let mut files = proto_files(&proto_root, &proto_root.join("shop"))?;
+    // Not imported by a shop proto, but in the descriptor set: the REST
+    // gateway writes error bodies and their details as JSON from them.
+    files.extend([
+        "google/rpc/status.proto".into(),
+        "google/rpc/error_details.proto".into(),
+    ]);
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_files(&files)?;

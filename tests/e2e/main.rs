@@ -15,6 +15,7 @@ mod http2;
 mod lifecycle;
 mod loadgen;
 mod observability;
+mod rest;
 mod saga;
 mod shopctl;
 mod streams;

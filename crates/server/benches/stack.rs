@@ -92,6 +92,7 @@ async fn setup() -> Setup {
     tokio::spawn(
         server
             .into_router()
+            .expect("the REST routes of the protos")
             .serve_with_incoming(incoming(full_listener)),
     );
 

@@ -33,7 +33,7 @@ use tower::{
 };
 use tower_http::cors::CorsLayer;
 
-use crate::layers::web::MarkProtocolLayer;
+use crate::layers::{rest::RestLayer, web::MarkProtocolLayer};
 
 use crate::{
     ConfigError,
@@ -45,11 +45,15 @@ use crate::{
     streams::Streams,
 };
 
-/// The shop layer stack behind gRPC-Web translation, the protocol mark it
-/// needs, and CORS (when origins are allowed), outermost last.
+/// The shop layer stack behind gRPC-Web translation, the REST routes, the
+/// protocol mark they need, and CORS (when origins are allowed), outermost
+/// last.
 pub type ShopLayers = Stack<
     ServerLayers,
-    Stack<GrpcWebLayer, Stack<MarkProtocolLayer, Stack<Either<CorsLayer, Identity>, Identity>>>,
+    Stack<
+        GrpcWebLayer,
+        Stack<RestLayer, Stack<MarkProtocolLayer, Stack<Either<CorsLayer, Identity>, Identity>>>,
+    >,
 >;
 
 /// A tonic server with [`ShopLayers`].
@@ -139,14 +143,17 @@ impl Server {
     /// The registered services behind the layer stack, without health,
     /// reflection, the admin port or the graceful shutdown (the stack
     /// benchmark serves this).
-    pub fn into_router(self) -> Router<ShopLayers> {
-        self.tonic().add_routes(self.routes.routes())
+    pub fn into_router(self) -> Result<Router<ShopLayers>, ConfigError> {
+        Ok(self.tonic()?.add_routes(self.routes.routes()))
     }
 
-    /// A tonic server with the shop layer stack and HTTP/2 settings.
-    fn tonic(&self) -> ShopServer {
+    /// A tonic server with the shop layer stack and HTTP/2 settings; an
+    /// error names a REST binding in the protos that cannot be served.
+    fn tonic(&self) -> Result<ShopServer, ConfigError> {
         let a = &self.args;
-        TonicServer::builder()
+        let rest = RestLayer::new(&self.served, a.max_message_bytes)
+            .map_err(|e| ConfigError(format!("REST routes: {e}")))?;
+        Ok(TonicServer::builder()
             // gRPC-Web from browsers comes over HTTP/1.1 on plain HTTP.
             .accept_http1(true)
             .tcp_nodelay(true)
@@ -157,12 +164,14 @@ impl Server {
             .max_connection_age(a.max_connection_age)
             .http2_keepalive_interval(Some(a.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(a.http2_keepalive_timeout))
-            // Outside everything: CORS answers preflights, then gRPC-Web
-            // becomes gRPC, so the layers below see native calls only.
+            // Outside everything: CORS answers preflights, then REST and
+            // gRPC-Web become gRPC, so the layers below see native calls
+            // only.
             .layer(option_layer(crate::layers::web::cors(
                 &a.cors_allowed_origins,
             )))
             .layer(crate::layers::web::mark_protocol())
+            .layer(rest)
             .layer(GrpcWebLayer::new())
             .layer(server_layers(
                 self.service.name,
@@ -171,7 +180,7 @@ impl Server {
                 &infrastructure_services(),
                 self.streams.clone(),
                 self.authority.clone(),
-            ))
+            )))
     }
 
     /// Serves the registered services (plus health and reflection) on
@@ -192,7 +201,7 @@ impl Server {
         RFut: Future<Output = bool> + Send,
     {
         let name = self.service.name;
-        let mut tonic = self.tonic();
+        let mut tonic = self.tonic()?;
         let router = tonic.add_routes(self.routes.routes());
         let router = with_infrastructure(
             router,

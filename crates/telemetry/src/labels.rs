@@ -14,6 +14,8 @@ pub enum Protocol {
     Grpc,
     /// gRPC-Web (HTTP/1.1 or HTTP/2), from browsers.
     GrpcWeb,
+    /// REST/JSON, from the protos' `google.api.http` routes.
+    Http,
 }
 
 impl Protocol {
@@ -22,6 +24,7 @@ impl Protocol {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::GrpcWeb => "grpc-web",
+            Protocol::Http => "http",
         }
     }
 

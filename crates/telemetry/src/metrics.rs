@@ -73,7 +73,7 @@ impl MethodMetrics {
     /// cannot change), registered afresh before that, so that a call
     /// observed before start-up finished is not tied to a no-op handle.
     pub(crate) fn of(side: Side, labels: MethodLabels, protocol: Protocol) -> Arc<MethodMetrics> {
-        type Table = Box<[[OnceLock<Arc<MethodMetrics>>; 3]]>;
+        type Table = Box<[[OnceLock<Arc<MethodMetrics>>; 4]]>;
         static TABLE: OnceLock<Table> = OnceLock::new();
         if !crate::init::recorder_installed() {
             return Arc::new(MethodMetrics::register(side, labels, protocol));
@@ -86,7 +86,8 @@ impl MethodMetrics {
         let column = match (side, protocol) {
             (Side::Server, Protocol::Grpc) => 0,
             (Side::Server, Protocol::GrpcWeb) => 1,
-            (Side::Client, _) => 2,
+            (Side::Server, Protocol::Http) => 2,
+            (Side::Client, _) => 3,
         };
         Arc::clone(
             table[labels.slot][column]

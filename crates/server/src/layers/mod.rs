@@ -8,6 +8,7 @@ pub mod context;
 pub mod fault;
 pub mod observe;
 pub mod protect;
+pub mod rest;
 pub mod size;
 pub mod stream_limits;
 pub mod web;

@@ -82,7 +82,14 @@ pub fn cors(origins: &AllowedOrigins) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins.0.iter().cloned()))
-            .allow_methods([Method::POST])
+            // POST for gRPC-Web; the rest for the REST routes.
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
             .allow_headers(ALLOWED_HEADERS)
             .expose_headers(EXPOSED_HEADERS)
             .max_age(Duration::from_secs(24 * 60 * 60)),
