@@ -389,6 +389,17 @@ async fn rest_routes_answer_json_under_the_same_auth_deadlines_and_metrics() {
         "{live}"
     );
 
+    // Each service serves the OpenAPI document of its own routes.
+    let (status, _, users_api) =
+        call(&http, users, Method::GET, "/openapi.json", None, None, &[]).await;
+    assert_eq!((status, &users_api["openapi"]), (200, &json!("3.0.3")));
+    assert!(users_api["paths"]["/v1/users/{user_id}"]["get"].is_object(), "{users_api}");
+    assert!(users_api["paths"].get("/v1/orders").is_none());
+    let (_, _, orders_api) =
+        call(&http, orders, Method::GET, "/openapi.json", None, None, &[]).await;
+    assert!(orders_api["paths"]["/v1/orders/{order_id}:cancel"]["post"].is_object());
+    assert!(orders_api["paths"].get("/v1/users").is_none());
+
     // Counted like native calls, under protocol="http"; refusals apart.
     let (_, metrics) = http_get(stack.service(USERS).admin, "/metrics").await;
     for (method, code, count) in [

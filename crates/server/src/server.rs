@@ -151,7 +151,7 @@ impl Server {
     /// error names a REST binding in the protos that cannot be served.
     fn tonic(&self) -> Result<ShopServer, ConfigError> {
         let a = &self.args;
-        let rest = RestLayer::new(&self.served, a.max_message_bytes)
+        let rest = RestLayer::new(self.service.name, &self.served, a.max_message_bytes)
             .map_err(|e| ConfigError(format!("REST routes: {e}")))?;
         Ok(TonicServer::builder()
             // gRPC-Web from browsers comes over HTTP/1.1 on plain HTTP.

@@ -13,11 +13,15 @@
 //! (`application/x-ndjson`): one `{"result": …}` line per message, and an
 //! `{"error": …}` line if the stream fails after it started.
 //!
+//! `GET /openapi.json` answers the OpenAPI 3 document of the server's
+//! routes ([`openapi`]), generated from the same descriptors.
+//!
 //! What is refused before the call is made (no route, a method the path
 //! does not have, a body over its limit, JSON that does not fit the
 //! message) never reaches the layers below, and is counted in
 //! `shop_rest_refused_total{reason}` instead.
 
+pub mod openapi;
 pub mod routes;
 pub mod status;
 pub mod transcode;
@@ -70,16 +74,28 @@ pub struct RestLayer {
 #[derive(Debug)]
 struct Shared {
     routes: Routes,
+    openapi: Bytes,
     max_message_bytes: usize,
 }
 
+/// Where each server serves the OpenAPI document of its routes.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
 impl RestLayer {
-    /// The routes of `services` (full names); an error names a binding in
-    /// the protos that cannot be served.
-    pub fn new(services: &[&str], max_message_bytes: usize) -> Result<RestLayer, String> {
+    /// The routes of `services` (full names) served by the server named
+    /// `server`; an error names a binding in the protos that cannot be
+    /// served.
+    pub fn new(
+        server: &str,
+        services: &[&str],
+        max_message_bytes: usize,
+    ) -> Result<RestLayer, String> {
+        let routes = Routes::of_services(descriptor_pool(), services)?;
+        let openapi = Bytes::from(openapi::document(server, &routes).to_string());
         Ok(RestLayer {
             shared: Arc::new(Shared {
-                routes: Routes::of_services(descriptor_pool(), services)?,
+                routes,
+                openapi,
                 max_message_bytes,
             }),
         })
@@ -151,6 +167,14 @@ where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
     let (parts, body) = request.into_parts();
+    if parts.method == Method::GET && parts.uri.path() == OPENAPI_PATH {
+        return Ok(json_response(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Body::new(Full::new(shared.openapi.clone())),
+            false,
+        ));
+    }
     let (route, captures) = match shared.routes.find(&parts.method, parts.uri.path()) {
         Found::Route(route, captures) => (route, captures),
         Found::OtherMethods(methods) => {
