@@ -393,7 +393,10 @@ async fn rest_routes_answer_json_under_the_same_auth_deadlines_and_metrics() {
     let (status, _, users_api) =
         call(&http, users, Method::GET, "/openapi.json", None, None, &[]).await;
     assert_eq!((status, &users_api["openapi"]), (200, &json!("3.0.3")));
-    assert!(users_api["paths"]["/v1/users/{user_id}"]["get"].is_object(), "{users_api}");
+    assert!(
+        users_api["paths"]["/v1/users/{user_id}"]["get"].is_object(),
+        "{users_api}"
+    );
     assert!(users_api["paths"].get("/v1/orders").is_none());
     let (_, _, orders_api) =
         call(&http, orders, Method::GET, "/openapi.json", None, None, &[]).await;
