@@ -114,6 +114,15 @@ def main():
         check("idle streams that received their order's change", f"{watch['updated']}/{watch['requested']}",
               "all", watch["updated"] == watch["requested"] and watch["opened"] == watch["requested"])
 
+    # The same cached GetUser over the three protocols (h2load, h2c, same
+    # stack), and our messages' sizes in protobuf and JSON.
+    protocols = [(label, scenarios[name]) for label, name in (
+        ("gRPC", "get-user-sqlite-h2load"),
+        ("gRPC-Web", "get-user-sqlite-grpc-web-h2load"),
+        ("REST/JSON", "get-user-sqlite-rest-h2load")) if name in scenarios]
+    sizes_file = work / "extra" / "payload-sizes.json"
+    payload_sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else None
+
     document = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),
@@ -125,6 +134,7 @@ def main():
         "checks": checks,
         "scenarios": scenarios,
         "scaling_2cpu": two_cpu,
+        "payload_sizes": payload_sizes,
     }
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
 
@@ -192,6 +202,22 @@ def main():
                 f"| {name} | {one['throughput_rps']:.0f} | {cpu(one) or '-'} | {two['throughput_rps']:.0f} "
                 f"| {cpu(two) or '-'} | {two['generator']['cpu_cores']:.2f} | {times:.2f} "
                 f"| {per_cpu(one)} → {per_cpu(two)} |")
+    if protocols:
+        grpc_rps = protocols[0][1]["throughput_rps"] if protocols[0][0] == "gRPC" else None
+        lines += ["", "GetUser (users cache on, SQLite) over each protocol, h2load over h2c:", "",
+                  "| protocol | req/s | × gRPC | server CPU | h2load CPU |", "|---|---:|---:|---:|---:|"]
+        for label, report in protocols:
+            times = f"{report['throughput_rps'] / grpc_rps:.2f}" if grpc_rps else "-"
+            server = (report.get("server") or {}).get("cpu_cores")
+            lines.append(f"| {label} | {report['throughput_rps']:.0f} | {times} | {server or '-'} "
+                         f"| {report['generator']['cpu_cores']:.2f} |")
+    if payload_sizes:
+        lines += ["", "Message sizes on the wire (bytes; gzip level 6):", "",
+                  "| message | protobuf | protobuf gzip | JSON | JSON gzip | JSON / protobuf |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for message, s in payload_sizes.items():
+            lines.append(f"| {message} | {s['protobuf']} | {s['protobuf_gzip']} | {s['json']} "
+                         f"| {s['json_gzip']} | {s['json'] / s['protobuf']:.1f} |")
     lines += ["", "| target | value | goal | met |", "|---|---:|---|---|"]
     for c in checks:
         met = ("not valid (generator saturated)" if not c.get("valid", True)

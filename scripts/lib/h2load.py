@@ -3,11 +3,15 @@
 cheaper per call than any tonic client) and writes a report in the shape of
 shop-loadgen's, so that scripts/bench-report.py treats both alike.
 
-    h2load.py [--server-pid=PID] URL REQUEST_DIR REPORT DURATION WARMUP
-              CONNECTIONS STREAMS [ADMIN_URL] -- [PREFIX...]
+    h2load.py [--server-pid=PID] [--protocol=grpc|grpc-web|http] URL
+              REQUEST_DIR REPORT DURATION WARMUP CONNECTIONS STREAMS
+              [ADMIN_URL] -- [PREFIX...]
 
 REQUEST_DIR is what `shop-loadgen --write-request` wrote (body, path,
-authorization). PREFIX (e.g. `taskset -c 1`) runs before h2load. h2load
+authorization, rest-path). --protocol says how the same call is made
+(every one over h2c, so only the protocol differs): native gRPC (the
+default), gRPC-Web (the same frames, `application/grpc-web+proto`), or the
+REST route (`GET rest-path`, JSON back). PREFIX (e.g. `taskset -c 1`) runs before h2load. h2load
 counts an HTTP 200 as success whatever the gRPC status: with ADMIN_URL (a
 shop service's admin address), the server's own count of OK answers for
 the method is read before and after, and the calls it did not answer OK
@@ -64,9 +68,15 @@ def main():
     split = args.index("--") if "--" in args else len(args)
     own, prefix = args[:split], args[split + 1:]
     server_pid = None
+    protocol = "grpc"
     for arg in [a for a in own if a.startswith("--server-pid=")]:
         server_pid = int(arg.split("=", 1)[1])
         own.remove(arg)
+    for arg in [a for a in own if a.startswith("--protocol=")]:
+        protocol = arg.split("=", 1)[1]
+        own.remove(arg)
+    if protocol not in ("grpc", "grpc-web", "http"):
+        raise SystemExit(f"h2load.py: --protocol={protocol}: grpc, grpc-web or http")
     url, request_dir, report = own[0], Path(own[1]), Path(own[2])
     duration, warmup = seconds(own[3]), seconds(own[4])
     connections, streams = int(own[5]), int(own[6])
@@ -75,12 +85,21 @@ def main():
     path = (request_dir / "path").read_text().strip()
     authorization = (request_dir / "authorization").read_text().strip()
     command = [*prefix, "h2load", "--no-tls-proto=h2c", "-D", f"{duration:g}",
-               f"--warm-up-time={warmup:g}", "-c", str(connections), "-m", str(streams), "-t", "1",
-               "-d", str(request_dir / "body"),
-               "-H", "content-type: application/grpc", "-H", "te: trailers"]
+               f"--warm-up-time={warmup:g}", "-c", str(connections), "-m", str(streams), "-t", "1"]
+    if protocol == "grpc":
+        command += ["-d", str(request_dir / "body"),
+                    "-H", "content-type: application/grpc", "-H", "te: trailers"]
+        target = path
+    elif protocol == "grpc-web":
+        command += ["-d", str(request_dir / "body"),
+                    "-H", "content-type: application/grpc-web+proto", "-H", "x-grpc-web: 1"]
+        target = path
+    else:
+        command += ["-H", "accept: application/json"]
+        target = (request_dir / "rest-path").read_text().strip()
     if authorization:
         command += ["-H", f"authorization: {authorization}"]
-    command.append(url.rstrip("/") + path)
+    command.append(url.rstrip("/") + target)
 
     before_ok = ok_count(admin_url, path)
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -129,6 +148,7 @@ def main():
         "watch": None,
         "generator": {"cpu_cores": round(cores, 3), "cpus": cpus, "saturated": cores >= 0.9 * cpus},
         "driver": "h2load",
+        "protocol": protocol,
         "server": None if server_pid is None else {
             "cpu_cores": round((server_after - server_before) / max(wall, 1e-9), 3)},
     }

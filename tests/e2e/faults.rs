@@ -29,7 +29,13 @@ async fn replicated(n: usize) -> Stack {
         Backend::Sqlite,
         &[
             Spec::new(USERS).replicas(n),
-            Spec::new(ORDERS).env("USER_STATUS_CACHE_MAX_AGE", "0s"),
+            // Every CreateOrder asks user-service; and a replica that comes
+            // back is reconnected within the backoff's ceiling (120 s by
+            // default: after a long outage on a busy machine the next
+            // attempt could fall past these tests' 15 s windows).
+            Spec::new(ORDERS)
+                .env("USER_STATUS_CACHE_MAX_AGE", "0s")
+                .env("CLIENT_RECONNECT_BACKOFF_MAX", "2s"),
         ],
     )
     .await

@@ -12,6 +12,7 @@
 //! environment variables (see the README).
 
 mod table;
+mod web;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -56,6 +57,17 @@ struct Args {
     /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     log_format: LogFormat,
+
+    /// Port of the web page (sign in, order, watch it live), served from
+    /// --web-dir once built (`npm --prefix web ci && npm --prefix web run
+    /// build`); 0 turns it off. Its origin is allowed on the services
+    /// (CORS_ALLOWED_ORIGINS) unless that is set.
+    #[arg(long, env = "DEVSTACK_WEB_PORT", default_value_t = 8080)]
+    web_port: u16,
+
+    /// The built web page.
+    #[arg(long, env = "DEVSTACK_WEB_DIR", default_value = "web/dist")]
+    web_dir: PathBuf,
 }
 
 /// Where one service of the stack listens.
@@ -161,6 +173,32 @@ async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::
     if std::env::var_os("SEED_CATALOGUE").is_none() {
         shared.push(("SEED_CATALOGUE".into(), "true".into()));
     }
+    // The web page, when it is built and its port is free; the services
+    // let it call them from its origin.
+    let page = if args.web_port == 0 {
+        None
+    } else if !web::is_built(&args.web_dir) {
+        tracing::info!(
+            dir = %args.web_dir.display(),
+            "the web page is not built (npm --prefix web ci && npm --prefix web run build); not serving it"
+        );
+        None
+    } else {
+        let addr = SocketAddr::new(args.host, args.web_port);
+        match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the web page's port is taken (DEVSTACK_WEB_PORT); not serving it");
+                None
+            }
+        }
+    };
+    if page.is_some() && std::env::var_os("CORS_ALLOWED_ORIGINS").is_none() {
+        shared.push((
+            "CORS_ALLOWED_ORIGINS".into(),
+            web::origins(args.host, args.web_port),
+        ));
+    }
     // A laptop stack is for exploring: reflection on unless told otherwise.
     if std::env::var_os("GRPC_REFLECTION").is_none() {
         shared.push(("GRPC_REFLECTION".into(), "true".into()));
@@ -196,7 +234,35 @@ async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::
     for (service, place) in services.iter().zip(&placements) {
         wait_until_serving(place.grpc, service.info.name).await?;
     }
-    print_banner(&args, &services, &placements, &admin_password);
+    let page_url = match page {
+        Some(listener) => {
+            let url = format!("http://localhost:{}/", listener.local_addr()?.port());
+            let ports: Vec<(&str, u16)> = services
+                .iter()
+                .zip(&placements)
+                .map(|(s, p)| (s.info.name, p.grpc.port()))
+                .collect();
+            let mut stop = stop_rx.clone();
+            let dir = args.web_dir.clone();
+            let config = web::config(&ports);
+            running.spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                let served = web::serve(listener, dir, config, stopped).await;
+                ("web page", served.map_err(anyhow::Error::from))
+            });
+            Some(url)
+        }
+        None => None,
+    };
+    print_banner(
+        &args,
+        &services,
+        &placements,
+        &admin_password,
+        page_url.as_deref(),
+    );
 
     tokio::select! {
         _ = shutdown => {}
@@ -276,7 +342,13 @@ async fn wait_until_serving(addr: SocketAddr, name: &str) -> anyhow::Result<()> 
     }
 }
 
-fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin_password: &str) {
+fn print_banner(
+    args: &Args,
+    services: &[Entry],
+    placements: &[Placement],
+    admin_password: &str,
+    page_url: Option<&str>,
+) {
     println!(
         "\nshop devstack is up (data directory: {})\n",
         args.data_dir.display()
@@ -296,6 +368,14 @@ fn print_banner(args: &Args, services: &[Entry], placements: &[Placement], admin
             "  {:<18} http://{}/metrics  /healthz  /readyz",
             "", place.admin
         );
+    }
+    match page_url {
+        Some(url) => println!("\n  {:<18} {url}", "web page"),
+        None if args.web_port != 0 => println!(
+            "\n  {:<18} not served (build it: npm --prefix web ci && npm --prefix web run build)",
+            "web page"
+        ),
+        None => {}
     }
     let users = placements[0].grpc;
     let orders = services

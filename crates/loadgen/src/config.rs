@@ -111,8 +111,9 @@ pub struct Config {
     /// Instead of driving load, write what an external HTTP/2 load tool
     /// (h2load) needs to send this scenario's GetUser into this directory
     /// and exit: `body` (the gRPC-framed request), `path` (the method's
-    /// path) and `authorization` (the header's value; empty for `echo`).
-    /// Only for `echo` and `get-user`.
+    /// path), `authorization` (the header's value; empty for `echo`) and
+    /// `rest-path` (the same call's REST route, for `GET`). Only for `echo`
+    /// and `get-user`.
     #[arg(long, env = "LOADGEN_WRITE_REQUEST")]
     pub write_request: Option<PathBuf>,
 

@@ -63,6 +63,7 @@ async fn write_request(config: &Config, dir: &std::path::Path) -> anyhow::Result
             .ok_or_else(|| anyhow::anyhow!("no account signed up"))?;
         (account.id.clone(), account.authorization().to_owned())
     };
+    let rest_path = format!("/v1/users/{user_id}");
     let message = GetUserRequest {
         identifier: Some(Identifier::UserId(user_id)),
     }
@@ -75,6 +76,8 @@ async fn write_request(config: &Config, dir: &std::path::Path) -> anyhow::Result
     std::fs::write(dir.join("body"), body)?;
     std::fs::write(dir.join("path"), "/shop.user.v1.UserService/GetUser")?;
     std::fs::write(dir.join("authorization"), authorization)?;
+    // The same call as a REST route (GET, no body).
+    std::fs::write(dir.join("rest-path"), rest_path)?;
     Ok(())
 }
 
