@@ -84,7 +84,13 @@ async fn health_watches_of_megabyte_names_leave_nothing_behind() {
         let call = health.watch(HealthCheckRequest { service: name });
         if let Ok(answer) = tokio::time::timeout(Duration::from_millis(50), call).await {
             let status = answer.unwrap_err();
-            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            // Refused from its length prefix, before the megabyte is read:
+            // the client gets the status, or, when the server's reset of
+            // the stream reaches it while it is still sending, a broken
+            // pipe.
+            let refused = status.code() == Code::ResourceExhausted
+                || (status.code() == Code::Unknown && status.message() == "transport error");
+            assert!(refused, "{status:?}");
         }
     }
     // The same with names under the size limit, past the name limit, and

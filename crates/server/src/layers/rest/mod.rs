@@ -454,3 +454,160 @@ fn stream_response(response: Response<Body>, output: MessageDescriptor) -> Respo
         true,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    use tonic_types::{ErrorDetails, StatusExt as _};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// What the gRPC side of the layer saw.
+    #[derive(Debug, Default, Clone)]
+    struct Seen {
+        path: String,
+        content_type: String,
+        grpc_timeout: String,
+        authorization: String,
+        protocol: Option<Protocol>,
+        body: Vec<u8>,
+    }
+
+    /// The layer in front of a service that records the call and answers
+    /// `answer`.
+    async fn through(
+        request: Request<Body>,
+        answer: fn() -> Response<Body>,
+    ) -> (Seen, Response<Body>) {
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let recorder = Arc::clone(&seen);
+        let inner = tower::service_fn(move |request: Request<Body>| {
+            let recorder = Arc::clone(&recorder);
+            async move {
+                let (parts, body) = request.into_parts();
+                let header = |name: &str| {
+                    parts
+                        .headers
+                        .get(name)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default()
+                };
+                let mut seen = Seen {
+                    path: parts.uri.path().to_owned(),
+                    content_type: header("content-type"),
+                    grpc_timeout: header("grpc-timeout"),
+                    authorization: header("authorization"),
+                    protocol: parts.extensions.get::<Protocol>().copied(),
+                    body: Vec::new(),
+                };
+                seen.body = body.collect().await.unwrap().to_bytes().to_vec();
+                *recorder.lock().unwrap() = seen;
+                Ok::<_, Infallible>(answer())
+            }
+        });
+        let layer = RestLayer::new("user-service", &["shop.user.v1.UserService"], 1 << 20).unwrap();
+        let response = layer.layer(inner).oneshot(request).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        (seen, response)
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::builder()
+            .uri(path)
+            .header("authorization", "Bearer t0ken")
+            .header("grpc-timeout", "2S")
+            .body(Body::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_rest_call_becomes_the_grpc_call_and_its_failure_a_status_with_retry_after() {
+        let (seen, response) = through(get("/v1/users/u-1"), || {
+            let details = ErrorDetails::with_retry_info(Some(Duration::from_millis(2500)));
+            Status::with_error_details(Code::ResourceExhausted, "slow down", details).into_http()
+        })
+        .await;
+        assert_eq!(seen.path, "/shop.user.v1.UserService/GetUser");
+        assert_eq!(seen.content_type, "application/grpc");
+        assert_eq!(seen.grpc_timeout, "2S", "the deadline goes on");
+        assert_eq!(seen.authorization, "Bearer t0ken");
+        assert_eq!(seen.protocol, Some(Protocol::Http));
+        let request = shop_proto::user::v1::GetUserRequest::decode(&seen.body[5..]).unwrap();
+        assert_eq!(
+            request.identifier,
+            Some(shop_proto::user::v1::get_user_request::Identifier::UserId(
+                "u-1".into()
+            ))
+        );
+
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["code"], 8);
+        assert_eq!(
+            json["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.RetryInfo"
+        );
+        assert_eq!(json["details"][0]["retryDelay"], "2.500s");
+    }
+
+    #[tokio::test]
+    async fn grpc_goes_straight_through_and_an_answer_becomes_json() {
+        let grpc = Request::builder()
+            .uri("/shop.user.v1.UserService/GetUser")
+            .header("content-type", "application/grpc")
+            .body(Body::default())
+            .unwrap();
+        let (seen, _) = through(grpc, || Response::new(Body::default())).await;
+        assert_eq!(seen.protocol, None, "native calls are not marked here");
+
+        let (_, response) = through(get("/v1/users/u-1"), || {
+            let user = shop_proto::user::v1::User {
+                id: "u-1".into(),
+                email: "ada@example.com".into(),
+                ..Default::default()
+            };
+            let mut body = vec![0u8];
+            body.extend_from_slice(&(user.encoded_len() as u32).to_be_bytes());
+            body.extend_from_slice(&user.encode_to_vec());
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames = futures_util::stream::iter([
+                Ok::<_, Infallible>(Frame::data(Bytes::from(body))),
+                Ok(Frame::trailers(trailers)),
+            ]);
+            let mut response = Response::new(Body::new(StreamBody::new(frames)));
+            response
+                .headers_mut()
+                .insert("x-request-id", HeaderValue::from_static("r-1"));
+            response
+        })
+        .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-request-id"], "r-1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id": "u-1", "email": "ada@example.com"})
+        );
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_is_served_and_other_paths_are_404() {
+        let (_, response) = through(get(OPENAPI_PATH), || unreachable!()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let (_, response) = through(get("/v1/orders"), || unreachable!()).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "not a route of this server"
+        );
+    }
+}
