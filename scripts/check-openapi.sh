@@ -53,23 +53,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Six distinct free ports, all held until every one is chosen.
-mapfile -t ports < <(python3 -c '
-import socket
-held = [socket.socket() for _ in range(6)]
-for s in held:
-    s.bind(("127.0.0.1", 0))
-for s in held:
-    print(s.getsockname()[1])
-')
-declare -A grpc admin
-i=0
-for service in user-service order-service inventory-service; do
-    grpc[$service]=${ports[i]}
-    admin[$service]=${ports[i + 1]}
-    i=$((i + 2))
-done
-
 failed() {
     log "devstack's last log lines:"
     tail -n 30 "$work/devstack.log" | cut -c1-400 >&2
@@ -77,20 +60,10 @@ failed() {
 }
 
 log "starting devstack"
-"$bin/devstack" --data-dir "$work/data" --web-port 0 \
-    --user-service-port "${grpc[user-service]}" --user-service-admin-port "${admin[user-service]}" \
-    --order-service-port "${grpc[order-service]}" --order-service-admin-port "${admin[order-service]}" \
-    --inventory-service-port "${grpc[inventory-service]}" \
-    --inventory-service-admin-port "${admin[inventory-service]}" \
-    >"$work/devstack.log" 2>&1 &
-pids+=($!)
-for service in user-service order-service inventory-service; do
-    for _ in $(seq 1 300); do
-        "$bin/shop-health-probe" --addr "http://127.0.0.1:${grpc[$service]}" --timeout 1s \
-            >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-done
+# shellcheck source=lib/devstack.sh
+source "$root/scripts/lib/devstack.sh"
+start_devstack "$bin" "$work"
+pids+=("$devstack_pid")
 
 for service in user-service order-service inventory-service; do
     url="http://127.0.0.1:${grpc[$service]}/openapi.json"
