@@ -1,8 +1,8 @@
 // The page in a real browser (headless Chromium, driven by playwright-core)
 // against the real stack (devstack, which also serves the built page):
-// sign in, place an order, see it change live when an admin moves it
-// through ProcessOrders (shopctl, from this test), and see a clear message
-// once the stack is stopped. Run by scripts/web-test.sh.
+// sign in, place an order and cancel it, place another and see it change
+// live when an admin moves it through ProcessOrders (shopctl, from this
+// test), and see a clear message once the stack is stopped. Run by scripts/web-test.sh.
 //
 // SHOP_BIN_DIR: where devstack and shopctl are (the cargo target's debug
 // directory). CHROMIUM: the browser (default /usr/bin/chromium).
@@ -154,10 +154,22 @@ test("a customer orders on the page, sees the admin ship it live, and is told wh
   await rows.first().waitFor();
   assert.ok((await rows.count()) >= 1, "the catalogue is listed");
 
-  // Order two of the first product.
+  // One of the first product, cancelled from the page: its watch follows
+  // it to the end.
+  const status = page.locator("#order-status");
+  await rows.first().locator("input").fill("1");
+  await page.getByRole("button", { name: "Place order" }).click();
+  await status.filter({ hasText: "PENDING" }).waitFor();
+  const cancelledId = (await page.locator("#order-id").textContent()).trim();
+  await page.getByRole("button", { name: "Cancel order" }).click();
+  await status.filter({ hasText: "CANCELLED" }).waitFor();
+  await page.getByText("(final)").waitFor();
+
+  // Then two of it, which the admin ships.
   await rows.first().locator("input").fill("2");
   await page.getByRole("button", { name: "Place order" }).click();
-  const status = page.locator("#order-status");
+  await until("the second order", async () =>
+    (await page.locator("#order-id").textContent()).trim() !== cancelledId);
   await status.filter({ hasText: "PENDING" }).waitFor();
   const orderId = (await page.locator("#order-id").textContent()).trim();
   assert.match(orderId, /^[0-9a-f-]{36}$/);
