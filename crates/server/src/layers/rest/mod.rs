@@ -238,12 +238,19 @@ where
     *grpc.extensions_mut() = parts.extensions;
     grpc.extensions_mut().insert(Protocol::Http);
 
-    let response = inner.call(grpc).await?;
+    let (parts, body) = inner.call(grpc).await?.into_parts();
+    let headers = answer_headers(&parts.headers);
+    // A call that failed before answering anything (trailers only).
+    if let Some(status) = Status::from_header_map(&parts.headers)
+        && status.code() != Code::Ok
+    {
+        return Ok(error_response(&status, descriptor_pool(), headers));
+    }
     let output = route.rpc.output();
     if route.rpc.is_server_streaming() {
-        Ok(stream_response(response, output))
+        Ok(stream_response(headers, body, output))
     } else {
-        Ok(unary_response(response, output, shared.max_message_bytes).await)
+        Ok(unary_response(headers, body, output, shared.max_message_bytes).await)
     }
 }
 
@@ -310,18 +317,12 @@ fn json_response(
 }
 
 async fn unary_response(
-    response: Response<Body>,
+    headers: HeaderMap,
+    body: Body,
     output: MessageDescriptor,
     max_message_bytes: usize,
 ) -> Response<Body> {
     let pool = descriptor_pool();
-    let (parts, body) = response.into_parts();
-    let headers = answer_headers(&parts.headers);
-    if let Some(status) = Status::from_header_map(&parts.headers)
-        && status.code() != Code::Ok
-    {
-        return error_response(&status, pool, headers);
-    }
     // The service's own send limit bounds its message; this bounds the rest.
     let collected = match Limited::new(body, max_message_bytes + 1024).collect().await {
         Ok(collected) => collected,
@@ -367,15 +368,7 @@ async fn unary_response(
 /// A server stream as newline-delimited JSON. Nothing is read from the
 /// service ahead of the caller (backpressure), and a caller that goes away
 /// drops the body and with it the call.
-fn stream_response(response: Response<Body>, output: MessageDescriptor) -> Response<Body> {
-    let pool = descriptor_pool();
-    let (parts, body) = response.into_parts();
-    let headers = answer_headers(&parts.headers);
-    if let Some(status) = Status::from_header_map(&parts.headers)
-        && status.code() != Code::Ok
-    {
-        return error_response(&status, pool, headers);
-    }
+fn stream_response(headers: HeaderMap, body: Body, output: MessageDescriptor) -> Response<Body> {
     struct State {
         body: Body,
         frames: Frames,

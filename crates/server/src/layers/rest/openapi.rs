@@ -76,7 +76,8 @@ fn operation(route: &Route, operation_id: String, schemas: &mut Schemas) -> Json
         BodyRule::Field(name) => input.fields().filter(|f| f.name() != name).collect(),
     };
     for field in query_fields {
-        if bound.iter().any(|b| b == field.name()) || !query_settable(&field) {
+        if bound.iter().any(|b| b == field.name()) || !super::transcode::settable_from_query(&field)
+        {
             continue;
         }
         parameters.push(json!({
@@ -140,21 +141,6 @@ fn response_content(route: &Route, schemas: &mut Schemas) -> Json {
         }}})
     } else {
         json!({"application/json": {"schema": output}})
-    }
-}
-
-/// What a query parameter can set: a scalar, an enum, a repeated one of
-/// those, or a well-known type written as one string.
-fn query_settable(field: &FieldDescriptor) -> bool {
-    if field.is_map() {
-        return false;
-    }
-    match field.kind() {
-        Kind::Message(m) => matches!(
-            m.full_name(),
-            "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
-        ),
-        _ => true,
     }
 }
 

@@ -64,7 +64,7 @@ pub fn request_message(
         let path: Vec<String> = name.split('.').map(str::to_owned).collect();
         let field = resolve(&input, &path)
             .map_err(|e| Status::invalid_argument(format!("query parameter {name:?}: {e}")))?;
-        if field.is_map() || (field.kind().as_message().is_some() && !is_scalar_message(&field)) {
+        if !settable_from_query(&field) {
             return Err(Status::invalid_argument(format!(
                 "query parameter {name:?}: a message field cannot be set from the query"
             )));
@@ -89,16 +89,32 @@ fn parse_body(body: &[u8]) -> Result<Option<Json>, Status> {
         .map_err(|e| Status::invalid_argument(format!("the body is not JSON: {e}")))
 }
 
-/// Well-known types written as one JSON string (a timestamp, a duration,
-/// a wrapper), which a query parameter can therefore set.
-fn is_scalar_message(field: &FieldDescriptor) -> bool {
-    field.kind().as_message().is_some_and(|m| {
-        m.full_name().starts_with("google.protobuf.")
-            && !matches!(
-                m.full_name(),
-                "google.protobuf.Struct" | "google.protobuf.Any" | "google.protobuf.ListValue"
-            )
-    })
+/// What a query parameter can set (and the OpenAPI document lists as
+/// one): a scalar, an enum, a repeated one of those, or a well-known type
+/// that JSON writes as one value (a timestamp, a duration, a field mask, a
+/// wrapper).
+pub fn settable_from_query(field: &FieldDescriptor) -> bool {
+    if field.is_map() {
+        return false;
+    }
+    match field.kind() {
+        Kind::Message(m) => matches!(
+            m.full_name(),
+            "google.protobuf.Timestamp"
+                | "google.protobuf.Duration"
+                | "google.protobuf.FieldMask"
+                | "google.protobuf.StringValue"
+                | "google.protobuf.BoolValue"
+                | "google.protobuf.BytesValue"
+                | "google.protobuf.Int32Value"
+                | "google.protobuf.UInt32Value"
+                | "google.protobuf.Int64Value"
+                | "google.protobuf.UInt64Value"
+                | "google.protobuf.FloatValue"
+                | "google.protobuf.DoubleValue"
+        ),
+        _ => true,
+    }
 }
 
 /// A path or query value as the JSON the field's type takes: booleans and
