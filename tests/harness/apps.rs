@@ -140,9 +140,12 @@ pub async fn inventory_service(
 pub async fn seed_products(database_url: &str, products: &[(&str, i64, i64)]) {
     use inventory_service::domain::{ProductDraft, Sku, StockChange};
     // Two connections: on PostgreSQL the change listener holds one.
-    let store = inventory_service::repo::connect(database_url, 2)
-        .await
-        .expect("inventory database");
+    let store = inventory_service::repo::connect(
+        database_url,
+        inventory_service::repo::ConnectOptions::new(2, None),
+    )
+    .await
+    .expect("inventory database");
     let inventory =
         inventory_service::app::Inventory::new(store, std::time::Duration::from_secs(300));
     for &(sku, price, units) in products {

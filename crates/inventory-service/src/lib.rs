@@ -38,7 +38,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let database_url = config.service.database_url(&SERVICE);
-    let store = repo::connect(&database_url, config.service.database_max_connections).await?;
+    let store = repo::connect(
+        &database_url,
+        shop_storage::ConnectOptions::new(
+            config.service.database_max_connections,
+            config.service.database_pipeline_connections,
+        ),
+    )
+    .await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;
     let tokens = &config.service.tokens;
     let expected = Expected::new(&tokens.jwt_issuer, &tokens.jwt_audience, tokens.jwt_leeway);

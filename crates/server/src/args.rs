@@ -40,6 +40,14 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
 
+    /// PostgreSQL: connections shared by every read outside a transaction,
+    /// the queries of concurrent calls pipelined on them (0: each read
+    /// takes a pooled connection). Default: one per CPU. These connections
+    /// do not use TLS, so they are only opened for a server on this host or
+    /// a URL with `sslmode=disable`; otherwise reads take the pool.
+    #[arg(long, env = "DATABASE_PIPELINE_CONNECTIONS")]
+    pub database_pipeline_connections: Option<u32>,
+
     /// Directory for state the service generates itself (development keys
     /// and secrets).
     #[arg(long, env = "DATA_DIR", default_value = "data")]

@@ -14,6 +14,7 @@ use crate::{
     StoreError,
     group_commit::{GroupCommitStats, Writer},
     notices::LocalChannels,
+    pg_read::Pipelined,
     sqlite_read::Readers,
 };
 
@@ -60,8 +61,42 @@ pub struct Db {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Pool {
-    Postgres(PgPool),
+    Postgres(PostgresDb),
     Sqlite(SqliteDb),
+}
+
+/// A PostgreSQL database: the sqlx pool for transactions, writes and
+/// streams, and pipelined connections for reads outside a transaction
+/// (`pg_read`; `None` when pipelining is off).
+#[derive(Debug, Clone)]
+pub(crate) struct PostgresDb {
+    pub(crate) pool: PgPool,
+    pub(crate) pipelined: Option<Arc<Pipelined>>,
+}
+
+/// How to open a database, beyond its URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections (PostgreSQL); on SQLite, how
+    /// many idle read-only connections are kept between reads.
+    pub max_connections: u32,
+    /// PostgreSQL: connections every read outside a transaction shares,
+    /// its queries pipelined with other callers' (0: reads take a pooled
+    /// connection each). Ignored on SQLite.
+    pub pipeline_connections: u32,
+}
+
+impl ConnectOptions {
+    /// `max_connections` pooled connections and `pipeline_connections`
+    /// pipelined ones; unset, one per CPU this process may use.
+    pub fn new(max_connections: u32, pipeline_connections: Option<u32>) -> ConnectOptions {
+        ConnectOptions {
+            max_connections,
+            pipeline_connections: pipeline_connections.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            }),
+        }
+    }
 }
 
 /// A SQLite file: read-only connections for queries outside transactions
@@ -77,22 +112,31 @@ pub(crate) struct SqliteDb {
 
 /// Opens the database named by `url` (`sqlite:` or `postgres:`) with at
 /// most `max_connections` pooled connections, creating a SQLite file and
-/// its directory when missing, and applies the migrations for its backend.
-/// An error names the URL, its password redacted.
+/// its directory when missing, and applies the migrations for its backend
+/// ([`connect_with`] with [`ConnectOptions::new`]).
 pub async fn connect(
     url: &str,
     max_connections: u32,
     migrations: &Migrations,
 ) -> Result<Db, StoreError> {
-    open(url, max_connections, migrations)
-        .await
-        .map_err(|e| match e {
-            StoreError::UnsupportedUrl(_) => e,
-            other => StoreError::Open {
-                url: shop_core::config::redact_url(url),
-                source: Box::new(other),
-            },
-        })
+    connect_with(url, ConnectOptions::new(max_connections, None), migrations).await
+}
+
+/// Opens the database named by `url` as `options` say, creating a SQLite
+/// file and its directory when missing, and applies the migrations for its
+/// backend. An error names the URL, its password redacted.
+pub async fn connect_with(
+    url: &str,
+    options: ConnectOptions,
+    migrations: &Migrations,
+) -> Result<Db, StoreError> {
+    open(url, options, migrations).await.map_err(|e| match e {
+        StoreError::UnsupportedUrl(_) => e,
+        other => StoreError::Open {
+            url: shop_core::config::redact_url(url),
+            source: Box::new(other),
+        },
+    })
 }
 
 /// Creates the SQLite file `path` (and its missing directories) readable
@@ -124,7 +168,12 @@ fn create_owner_only(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
-async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Result<Db, StoreError> {
+async fn open(
+    url: &str,
+    options: ConnectOptions,
+    migrations: &Migrations,
+) -> Result<Db, StoreError> {
+    let max_connections = options.max_connections;
     let pool = if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Database)?
@@ -170,7 +219,20 @@ async fn open(url: &str, max_connections: u32, migrations: &Migrations) -> Resul
             .connect(url)
             .await?;
         migrations.postgres.run(&pool).await?;
-        Pool::Postgres(pool)
+        let pipelined =
+            match Pipelined::open(url, options.pipeline_connections as usize, ACQUIRE_TIMEOUT)
+                .await?
+            {
+                Ok(pipelined) => {
+                    tracing::debug!(connections = pipelined.len(), "PostgreSQL reads pipelined");
+                    Some(Arc::new(pipelined))
+                }
+                Err(why) => {
+                    tracing::info!("PostgreSQL reads not pipelined: {why}");
+                    None
+                }
+            };
+        Pool::Postgres(PostgresDb { pool, pipelined })
     } else {
         return Err(StoreError::UnsupportedUrl(shop_core::config::redact_url(
             url,

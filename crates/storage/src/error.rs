@@ -15,6 +15,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A read on a pipelined PostgreSQL connection failed (see `pg_read`).
+    #[error("database error: {0}")]
+    PgRead(#[source] tokio_postgres::Error),
     /// A SQLite read on the calling thread failed (see `sqlite_read`).
     #[error("database error: {0}")]
     SqliteRead(#[source] rusqlite::Error),
@@ -54,6 +57,12 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> StoreError {
+        StoreError::PgRead(err)
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> StoreError {
         match err {
@@ -71,6 +80,16 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
+            StoreError::PgRead(err) => {
+                err.is_closed()
+                    || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
+                    || err.code().is_some_and(|code| {
+                        // Class 08 (connection exception), 57P01–57P03
+                        // (the server is shutting down or starting).
+                        let code = code.code();
+                        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                    })
+            }
             StoreError::SqliteRead(err) => matches!(
                 err.sqlite_error_code(),
                 Some(

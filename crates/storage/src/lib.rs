@@ -16,7 +16,9 @@
 //!   is created with its directory, in WAL mode with `synchronous=FULL`)
 //!   and runs the service's migrations for that backend (DDL differs, so
 //!   each service keeps one migration directory per backend);
-//! - **who writes**: on PostgreSQL, any pooled connection. On SQLite, reads
+//! - **who writes**: on PostgreSQL, any pooled connection; reads outside
+//!   a transaction are pipelined on a few shared connections (see
+//!   `pg_read`). On SQLite, reads
 //!   outside a transaction run on the calling thread on read-only
 //!   connections (no thread hand-off per query; see `sqlite_read`), and every
 //!   transaction and every write statement runs on the one writing
@@ -41,16 +43,18 @@ mod db;
 mod error;
 mod group_commit;
 mod notices;
+mod pg_read;
 mod query;
 mod row;
 mod sqlite_read;
 mod value;
 
 pub use cache::ReadThrough;
-pub use db::{Backend, Db, Migrations, connect};
+pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
 pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use notices::{Notice, Notices};
+pub use pg_read::{APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY};
 pub use query::{On, Query, Tx, query};
 pub use row::{Column, ColumnError, Row};
 pub use value::Value;

@@ -90,8 +90,8 @@ impl Db {
                 sender: self.local.sender(channel, capacity),
                 _relay: None,
             }),
-            Pool::Postgres(pool) => {
-                let mut listener = PgListener::connect_with(pool).await?;
+            Pool::Postgres(pg) => {
+                let mut listener = PgListener::connect_with(&pg.pool).await?;
                 listener.listen(channel).await?;
                 let sender = broadcast::channel(capacity).0;
                 let relay = tokio::spawn(relay(listener, sender.clone(), channel));

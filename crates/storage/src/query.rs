@@ -15,7 +15,7 @@ use sqlx::{Postgres, Sqlite, Transaction, postgres::PgArguments, sqlite::SqliteA
 
 use crate::{
     Db, Row, StoreError, Value, db::Pool, group_commit::Turn, notices::LocalChannels,
-    sqlite_read::Readers,
+    pg_read::Pipelined, sqlite_read::Readers,
 };
 
 /// A query: SQL text with `$n` placeholders both backends read, and the
@@ -65,8 +65,8 @@ macro_rules! on_backend {
     ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr) => {
         match $on {
             On::Db(db) => match &db.pool {
-                Pool::Postgres(pool) => {
-                    let ($q, $exec, $row) = ($query.postgres(), pool, Row::Pg);
+                Pool::Postgres(pg) => {
+                    let ($q, $exec, $row) = ($query.postgres(), &pg.pool, Row::Pg);
                     $body
                 }
                 Pool::Sqlite(sqlite) => {
@@ -124,6 +124,27 @@ impl Query {
         }
     }
 
+    /// The pipelined PostgreSQL connections to run this query on: when it
+    /// is a read, outside a transaction, on PostgreSQL with pipelining on.
+    fn pipelined<'d>(&self, on: &On<'d>) -> Option<&'d std::sync::Arc<Pipelined>> {
+        let On::Db(db) = on else { return None };
+        let db: &'d Db = db;
+        match &db.pool {
+            Pool::Postgres(pg) if self.is_read() => pg.pipelined.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Runs this read on a pipelined connection; `None` when it must take
+    /// the pool instead (not a pipelined read, or its connection is being
+    /// replaced).
+    async fn pipelined_rows(
+        &self,
+        on: &On<'_>,
+    ) -> Option<Result<Vec<tokio_postgres::Row>, StoreError>> {
+        self.pipelined(on)?.query(self.sql, &self.args).await
+    }
+
     fn postgres(self) -> sqlx::query::Query<'static, Postgres, PgArguments> {
         self.args
             .into_iter()
@@ -159,6 +180,9 @@ impl Query {
             readers.rows(self.sql, &self.args, |_| Ok(true))?;
             return Ok(0);
         }
+        if let Some(rows) = self.pipelined_rows(&on).await {
+            return rows.map(|rows| rows.len() as u64);
+        }
         on_backend!(on, self, |q, exec, _row| Ok(q
             .execute(exec)
             .await?
@@ -182,6 +206,9 @@ impl Query {
             })?;
             return Ok(found);
         }
+        if let Some(rows) = self.pipelined_rows(&on).await {
+            return rows?.first().map(|r| read(Row::PgPipelined(r))).transpose();
+        }
         on_backend!(on, self, |q, exec, row| {
             let found = q.fetch_optional(exec).await?;
             found.as_ref().map(|r| read(row(r))).transpose()
@@ -195,7 +222,7 @@ impl Query {
         read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let on = on.into();
-        if self.sqlite_readers(&on).is_some() {
+        if self.sqlite_readers(&on).is_some() || self.pipelined(&on).is_some() {
             return self
                 .fetch_optional(on, read)
                 .await?
@@ -222,6 +249,9 @@ impl Query {
             })?;
             return Ok(all);
         }
+        if let Some(rows) = self.pipelined_rows(&on).await {
+            return rows?.iter().map(|r| read(Row::PgPipelined(r))).collect();
+        }
         on_backend!(on, self, |q, exec, row| {
             let rows = q.fetch_all(exec).await?;
             rows.iter().map(|r| read(row(r))).collect()
@@ -239,9 +269,9 @@ impl Query {
         F: FnMut(Row<'_>) -> Result<T, StoreError> + Send + 'a,
     {
         match &db.pool {
-            Pool::Postgres(pool) => self
+            Pool::Postgres(pg) => self
                 .postgres()
-                .fetch(pool)
+                .fetch(&pg.pool)
                 .map(move |r| {
                     r.map_err(StoreError::from)
                         .and_then(|row| read(Row::Pg(&row)))
@@ -281,7 +311,7 @@ impl Db {
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let inner = match &self.pool {
-            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Pool::Postgres(pg) => TxInner::Postgres(pg.pool.begin().await?),
             Pool::Sqlite(sqlite) => TxInner::Sqlite(sqlite.writer.begin().await?),
         };
         Ok(Tx {

@@ -1,5 +1,7 @@
 //! Reading a row of either backend by column name, with the one difference
-//! that matters: ids are `uuid` on PostgreSQL and text on SQLite.
+//! that matters: ids are `uuid` on PostgreSQL and text on SQLite. Each
+//! backend has two drivers (sqlx, and the one its reads outside a
+//! transaction use: rusqlite, tokio-postgres), so four kinds of row.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{Row as _, postgres::PgRow, sqlite::SqliteRow};
@@ -13,8 +15,11 @@ pub type ColumnError = Box<dyn std::error::Error + Send + Sync>;
 /// A row of the result of a query, on either backend.
 #[derive(Debug, Clone, Copy)]
 pub enum Row<'r> {
-    /// A PostgreSQL row.
+    /// A PostgreSQL row read through sqlx (transactions, streams).
     Pg(&'r PgRow),
+    /// A PostgreSQL row read on a pipelined connection (reads outside a
+    /// transaction).
+    PgPipelined(&'r tokio_postgres::Row),
     /// A SQLite row read through sqlx (inside a transaction, streams).
     Sqlite(&'r SqliteRow),
     /// A SQLite row read on the calling thread (reads outside a
@@ -27,6 +32,7 @@ impl Row<'_> {
     pub fn get<T: Column>(&self, name: &str) -> Result<T, StoreError> {
         match self {
             Row::Pg(row) => T::from_pg(row, name),
+            Row::PgPipelined(row) => T::from_pg_pipelined(row, name),
             Row::Sqlite(row) => T::from_sqlite(row, name),
             Row::Lite(row) => T::from_lite(row, name),
         }
@@ -36,12 +42,23 @@ impl Row<'_> {
 
 /// A type a column can be read as, on both backends.
 pub trait Column: Sized {
-    /// From a PostgreSQL row.
+    /// From a PostgreSQL row read through sqlx.
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError>;
+    /// From a PostgreSQL row read on a pipelined connection.
+    fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError>;
     /// From a SQLite row read through sqlx.
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError>;
     /// From a SQLite row read on the calling thread.
     fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError>;
+}
+
+/// A column of a pipelined PostgreSQL row: tokio-postgres decodes the same
+/// types as sqlx does, the same way.
+fn pipelined<T>(row: &tokio_postgres::Row, name: &str) -> Result<T, ColumnError>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    Ok(row.try_get(name)?)
 }
 
 /// Types both backends decode alike.
@@ -51,6 +68,9 @@ macro_rules! same_on_both {
             impl Column for $ty {
                 fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError> {
                     Ok(row.try_get(name)?)
+                }
+                fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError> {
+                    pipelined(row, name)
                 }
                 fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
                     Ok(row.try_get(name)?)
@@ -89,6 +109,9 @@ impl Column for DateTime<Utc> {
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
     }
+    fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError> {
+        pipelined(row, name)
+    }
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
     }
@@ -100,6 +123,9 @@ impl Column for DateTime<Utc> {
 impl Column for Option<DateTime<Utc>> {
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
+    }
+    fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError> {
+        pipelined(row, name)
     }
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
@@ -116,6 +142,9 @@ impl Column for Uuid {
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
     }
+    fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError> {
+        pipelined(row, name)
+    }
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row
             .try_get::<uuid::fmt::Hyphenated, _>(name)
@@ -129,6 +158,9 @@ impl Column for Uuid {
 impl Column for Option<Uuid> {
     fn from_pg(row: &PgRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
+    }
+    fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError> {
+        pipelined(row, name)
     }
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row

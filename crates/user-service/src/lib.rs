@@ -53,7 +53,10 @@ pub async fn run(
     let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(
         &database_url,
-        config.service.database_max_connections,
+        shop_storage::ConnectOptions::new(
+            config.service.database_max_connections,
+            config.service.database_pipeline_connections,
+        ),
         config.user_cache(),
     )
     .await?;

@@ -123,9 +123,14 @@ pub trait InventoryRepo: Send + Sync {
 /// inventory-service's migrations, per backend.
 static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
+pub use shop_storage::ConnectOptions;
+
 /// Opens the database named by `url`, applies migrations and starts
 /// listening for stock changes.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn InventoryRepo>, RepoError> {
-    let db = shop_storage::connect(url, max_connections, &MIGRATIONS).await?;
+pub async fn connect(
+    url: &str,
+    options: ConnectOptions,
+) -> Result<Arc<dyn InventoryRepo>, RepoError> {
+    let db = shop_storage::connect_with(url, options, &MIGRATIONS).await?;
     Ok(Arc::new(SqlStore::new(db).await?))
 }

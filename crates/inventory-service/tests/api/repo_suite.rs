@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use inventory_service::{
     domain::{ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange},
-    repo::{Adjusted, InventoryRepo, Reserved, connect},
+    repo::{Adjusted, ConnectOptions, InventoryRepo, Reserved, connect},
 };
 use shop_core::currency::CurrencyCode;
 use uuid::Uuid;
@@ -17,7 +17,9 @@ use crate::helpers::Backend;
 async fn store(backend: Backend) -> (Arc<dyn InventoryRepo>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.database_url("inventory", dir.path()).await;
-    let store = connect(&url, 5).await.expect("connect and migrate");
+    let store = connect(&url, ConnectOptions::new(5, None))
+        .await
+        .expect("connect and migrate");
     (store, dir)
 }
 

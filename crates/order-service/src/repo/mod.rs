@@ -117,10 +117,12 @@ pub trait OrderRepo: Send + Sync {
 /// order-service's migrations, per backend.
 static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
+pub use shop_storage::ConnectOptions;
+
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
 /// SQLite file and its directory when missing, applies migrations and
 /// starts listening for order changes.
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn OrderRepo>, RepoError> {
-    let db = shop_storage::connect(url, max_connections, &MIGRATIONS).await?;
+pub async fn connect(url: &str, options: ConnectOptions) -> Result<Arc<dyn OrderRepo>, RepoError> {
+    let db = shop_storage::connect_with(url, options, &MIGRATIONS).await?;
     Ok(Arc::new(SqlStore::new(db).await?))
 }

@@ -689,7 +689,9 @@ async fn cancel_follows_the_state_machine_and_is_idempotent() {
         .await
         .unwrap()
         .into_inner();
-    let store = repo::connect(&stack.orders_db, 1).await.unwrap();
+    let store = repo::connect(&stack.orders_db, repo::ConnectOptions::new(1, None))
+        .await
+        .unwrap();
     let id = uuid::Uuid::parse_str(&shipped.id).unwrap();
     store
         .update_status(

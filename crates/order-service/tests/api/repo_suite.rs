@@ -10,7 +10,7 @@ use order_service::{
         CurrencyCode, NewOrder, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
         StockAction, fingerprint,
     },
-    repo::{OrderRepo, connect},
+    repo::{ConnectOptions, OrderRepo, connect},
 };
 use uuid::Uuid;
 
@@ -20,7 +20,9 @@ use shop_testkit::Backend;
 async fn store(backend: Backend) -> (Arc<dyn OrderRepo>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.database_url("orders", dir.path()).await;
-    let store = connect(&url, 5).await.expect("connect and migrate");
+    let store = connect(&url, ConnectOptions::new(5, None))
+        .await
+        .expect("connect and migrate");
     (store, dir)
 }
 

@@ -216,15 +216,17 @@ pub trait Store: UserRepo + RefreshTokenRepo {
 /// user-service's migrations, per backend.
 static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
+pub use shop_storage::ConnectOptions;
+
 /// Opens the database named by `url` (`sqlite:` or `postgres:`), creating a
 /// SQLite file and its directory when missing, applies migrations, and
 /// caches users by id as `cache` says.
 pub async fn connect(
     url: &str,
-    max_connections: u32,
+    options: ConnectOptions,
     cache: UserCache,
 ) -> Result<Arc<dyn Store>, RepoError> {
-    let db = shop_storage::connect(url, max_connections, &MIGRATIONS).await?;
+    let db = shop_storage::connect_with(url, options, &MIGRATIONS).await?;
     let store = SqlStore::new(db.clone());
     if !cache.is_on() {
         return Ok(Arc::new(store));

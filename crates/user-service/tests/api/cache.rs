@@ -7,7 +7,7 @@ use chrono::{SubsecRound as _, Utc};
 use shop_testkit::Backend;
 use user_service::{
     domain::{UserPatch, UserStatus},
-    repo::{Store, UserCache, UserKey, connect},
+    repo::{ConnectOptions, Store, UserCache, UserKey, connect},
 };
 
 use crate::repo_suite::new_user;
@@ -17,7 +17,9 @@ async fn replica(url: &str, max_age: Duration) -> std::sync::Arc<dyn Store> {
         capacity: 100,
         max_age,
     };
-    connect(url, 2, cache).await.expect("connect")
+    connect(url, ConnectOptions::new(2, None), cache)
+        .await
+        .expect("connect")
 }
 
 /// Suspends a user through `writer` that `reader` has cached; how long

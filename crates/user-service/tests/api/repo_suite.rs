@@ -8,7 +8,10 @@ use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use shop_auth::Role;
 use user_service::{
     domain::{Email, NewUser, PersonName, UserFilter, UserPatch, UserStatus, Username},
-    repo::{NewRefreshToken, RepoError, Rotation, Store, UniqueField, UserCache, UserKey, connect},
+    repo::{
+        ConnectOptions, NewRefreshToken, RepoError, Rotation, Store, UniqueField, UserCache,
+        UserKey, connect,
+    },
 };
 use uuid::Uuid;
 
@@ -24,7 +27,9 @@ async fn store(backend: Backend) -> (Arc<dyn Store>, tempfile::TempDir) {
         capacity: 1000,
         max_age: std::time::Duration::from_secs(60),
     };
-    let store = connect(&url, 5, cache).await.expect("connect and migrate");
+    let store = connect(&url, ConnectOptions::new(5, None), cache)
+        .await
+        .expect("connect and migrate");
     (store, dir)
 }
 
