@@ -54,7 +54,9 @@ pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
 pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use notices::{Notice, Notices};
-pub use pg_read::{APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY};
+pub use pg_read::{
+    APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY,
+};
 pub use query::{On, Query, Tx, query};
 pub use row::{Column, ColumnError, Row};
 pub use value::Value;

@@ -23,6 +23,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
+use crate::json_log::{JsonFields, JsonLines};
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -161,10 +163,8 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
         LogFormat::Pretty => fmt::layer().with_target(true).with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines)
             .boxed(),
     };
     let _ = tracing_subscriber::registry()

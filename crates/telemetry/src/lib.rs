@@ -18,6 +18,7 @@
 pub mod body;
 pub mod call;
 pub mod init;
+mod json_log;
 pub mod labels;
 pub mod metrics;
 pub mod propagation;
