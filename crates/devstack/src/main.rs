@@ -118,6 +118,10 @@ fn placement(matches: &ArgMatches, host: std::net::IpAddr, name: &str) -> Placem
     }
 }
 
+/// The services' allocator (see their binaries).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let services = services();
