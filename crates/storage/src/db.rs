@@ -185,16 +185,16 @@ async fn open(
             .foreign_keys(true);
         create_owner_only(options.get_filename())
             .map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
-        // Migrated through a pool of one (what `Migrator::run` takes), whose
-        // connection then becomes the writer.
+        // Migrated through a pool of one (what `Migrator::run` takes),
+        // which also puts the file in WAL mode for good.
         let migrating = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
         migrations.sqlite.run(&migrating).await?;
-        let writing = migrating.acquire().await?.detach();
         migrating.close().await;
+        let writing = crate::sqlite_read::open_writer(options.get_filename(), ACQUIRE_TIMEOUT)?;
         // Readers refuse to write: every write must go through the writer
         // (and its group commit), never around it.
         let readers = Readers::open(

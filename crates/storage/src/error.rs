@@ -18,9 +18,11 @@ pub enum StoreError {
     /// A read on a pipelined PostgreSQL connection failed (see `pg_read`).
     #[error("database error: {0}")]
     PgRead(#[source] tokio_postgres::Error),
-    /// A SQLite read on the calling thread failed (see `sqlite_read`).
+    /// A SQLite statement run on the calling thread failed: a read outside
+    /// a transaction (`sqlite_read`) or any statement of the writer
+    /// (`group_commit`).
     #[error("database error: {0}")]
-    SqliteRead(#[source] rusqlite::Error),
+    Sqlite(#[source] rusqlite::Error),
     /// A stored value the code does not understand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -70,7 +72,7 @@ impl From<rusqlite::Error> for StoreError {
             | rusqlite::Error::IntegralValueOutOfRange(..)
             | rusqlite::Error::InvalidColumnType(..)
             | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(err.to_string()),
-            other => StoreError::SqliteRead(other),
+            other => StoreError::Sqlite(other),
         }
     }
 }
@@ -90,7 +92,7 @@ impl StoreError {
                         code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
                     })
             }
-            StoreError::SqliteRead(err) => matches!(
+            StoreError::Sqlite(err) => matches!(
                 err.sqlite_error_code(),
                 Some(
                     rusqlite::ErrorCode::DatabaseBusy
@@ -109,6 +111,16 @@ impl StoreError {
     /// columns on SQLite (`users.email`, or `t.a, t.b` for a constraint on
     /// two columns). A repository maps both spellings to its meaning.
     pub fn unique_violation(&self) -> Option<&str> {
+        if let StoreError::Sqlite(rusqlite::Error::SqliteFailure(err, Some(message))) = self {
+            use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+            return matches!(
+                err.extended_code,
+                SQLITE_CONSTRAINT_UNIQUE | SQLITE_CONSTRAINT_PRIMARYKEY
+            )
+            .then(|| message.strip_prefix("UNIQUE constraint failed: "))
+            .flatten()
+            .map(str::trim);
+        }
         let StoreError::Database(err) = self else {
             return None;
         };

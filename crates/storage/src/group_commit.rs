@@ -24,6 +24,13 @@
 //!   order, found through a conflict) may come from the open batch, and
 //!   must not be answered before it is durable.
 //!
+//! The connection is rusqlite's, and every statement of a turn runs on the
+//! thread that calls it (as the readers' do, `sqlite_read`): through sqlx,
+//! each statement would be handed to the connection's own thread and its
+//! result handed back, two thread hand-offs that cost more CPU than the
+//! statement. Only `COMMIT`, which waits for the disk, leaves the calling
+//! thread: it runs on tokio's blocking pool, one hand-off per batch.
+//!
 //! A failed `COMMIT` fails every transaction of its batch, and one that
 //! cannot even be rolled back to its savepoint (SQLite rolled the whole
 //! transaction back: disk full, I/O error) breaks the batch: each member
@@ -38,7 +45,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sqlx::{Executor as _, SqliteConnection};
+use rusqlite::Connection;
 use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
 
 use crate::StoreError;
@@ -64,7 +71,10 @@ pub(crate) struct Writer {
 
 #[derive(Debug)]
 struct State {
-    conn: SqliteConnection,
+    /// Only ever used through `&mut State` ([`State::conn`]), never
+    /// locked: the `Mutex` only makes a `State` shareable between threads
+    /// (a rusqlite connection is `Send` but not `Sync`).
+    conn: std::sync::Mutex<Connection>,
     batch: Option<Batch>,
 }
 
@@ -113,22 +123,30 @@ impl Drop for Ticket<'_> {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     let guard = Arc::clone(&writer.state).lock_owned().await;
-                    writer.let_go(guard).await;
+                    writer.let_go(guard);
                 });
             }
         }
     }
 }
 
-fn failed(context: &str, err: &sqlx::Error) -> Arc<str> {
+/// Runs one statement that takes no parameters, kept prepared.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(drop)
+}
+
+fn failed(context: &str, err: &rusqlite::Error) -> Arc<str> {
     format!("{context}: {err}").into()
 }
 
 impl Writer {
-    /// The writer over `conn` (migrated, in WAL mode).
-    pub(crate) fn new(conn: SqliteConnection, acquire_timeout: Duration) -> Writer {
+    /// The writer over `conn` (migrated, in WAL mode, `synchronous=FULL`).
+    pub(crate) fn new(conn: Connection, acquire_timeout: Duration) -> Writer {
         Writer {
-            state: Arc::new(Mutex::new(State { conn, batch: None })),
+            state: Arc::new(Mutex::new(State {
+                conn: std::sync::Mutex::new(conn),
+                batch: None,
+            })),
             queued: Arc::default(),
             counts: Arc::default(),
             acquire_timeout,
@@ -157,28 +175,29 @@ impl Writer {
         let guard = locked.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?;
         ticket.0 = None;
         self.queued.fetch_sub(1, Ordering::AcqRel);
-        // On a task of its own: a caller cancelled halfway through `BEGIN`
-        // or `SAVEPOINT` must not leave the connection between states. If
-        // the caller is gone, the finished turn is dropped, and so rolled
-        // back, with the task's output.
-        tokio::spawn(self.clone().open(guard))
-            .await
-            .unwrap_or_else(|e| Err(batch_error(format!("opening a turn: {e}").into())))
+        // No await from here on: a caller cannot be cancelled halfway
+        // through `BEGIN` or `SAVEPOINT`.
+        self.clone().open(guard)
     }
 
     /// Opens the batch if none is open, then this turn's savepoint.
-    async fn open(self, mut guard: OwnedMutexGuard<State>) -> Result<Turn, StoreError> {
+    fn open(self, mut guard: OwnedMutexGuard<State>) -> Result<Turn, StoreError> {
         if guard.batch.is_none() {
-            guard.conn.execute("BEGIN IMMEDIATE").await?;
+            if !guard.conn().is_autocommit() {
+                // A batch whose commit never ran (its runtime was shutting
+                // down): nobody was told it committed.
+                run(guard.conn(), "ROLLBACK")?;
+            }
+            run(guard.conn(), "BEGIN IMMEDIATE")?;
             guard.batch = Some(Batch {
                 opened: Instant::now(),
                 members: 0,
                 waiting: Vec::new(),
             });
         }
-        if let Err(e) = guard.conn.execute("SAVEPOINT turn").await {
-            self.break_batch(&mut guard, failed("savepoint", &e)).await;
-            self.let_go(guard).await;
+        if let Err(e) = run(guard.conn(), "SAVEPOINT turn") {
+            self.break_batch(&mut guard, failed("savepoint", &e));
+            self.let_go(guard);
             return Err(e.into());
         }
         if let Some(batch) = guard.batch.as_mut() {
@@ -192,75 +211,78 @@ impl Writer {
 
     /// Lets go of the connection, first committing the open batch when
     /// nobody is queued to add to it or it is full.
-    async fn let_go(&self, mut guard: OwnedMutexGuard<State>) {
+    fn let_go(&self, guard: OwnedMutexGuard<State>) {
         let due = guard.batch.as_ref().is_some_and(|batch| {
             self.queued() == 0
                 || batch.members >= MAX_BATCH
                 || batch.opened.elapsed() >= MAX_BATCH_AGE
         });
         if due {
-            self.commit_batch(&mut guard).await;
+            self.commit_batch(guard);
         }
     }
 
-    /// Commits the open batch and answers everyone waiting for it.
-    async fn commit_batch(&self, state: &mut State) {
-        let Some(batch) = state.batch.take() else {
+    /// Commits the open batch and answers everyone waiting for it, then
+    /// lets go of the connection. The `COMMIT` waits for the disk, so it
+    /// runs on the blocking pool (the connection stays taken meanwhile);
+    /// the statements before it take microseconds and run where they are
+    /// called.
+    fn commit_batch(&self, mut guard: OwnedMutexGuard<State>) {
+        let Some(batch) = guard.batch.take() else {
             return;
         };
         if batch.waiting.is_empty() {
             // Nothing released into it: nothing to make durable.
-            if let Err(e) = state.conn.execute("ROLLBACK").await {
+            if let Err(e) = run(guard.conn(), "ROLLBACK") {
                 tracing::warn!(error = %e, "group commit: rolling back an empty batch failed");
             }
             return;
         }
-        let outcome = state
-            .conn
-            .execute("COMMIT")
-            .await
-            .map(drop)
-            .map_err(|e| failed("commit", &e));
-        if outcome.is_err() {
-            // A failed COMMIT may leave the transaction open.
-            let _ = state.conn.execute("ROLLBACK").await;
-        } else {
-            self.counts.commits.fetch_add(1, Ordering::Relaxed);
-            self.counts
-                .transactions
-                .fetch_add(batch.waiting.len() as u64, Ordering::Relaxed);
-        }
-        for waiter in batch.waiting {
-            let _ = waiter.send(outcome.clone());
+        let counts = Arc::clone(&self.counts);
+        let commit = move || {
+            let outcome = run(guard.conn(), "COMMIT").map_err(|e| failed("commit", &e));
+            if outcome.is_err() {
+                // A failed COMMIT may leave the transaction open.
+                let _ = run(guard.conn(), "ROLLBACK");
+            } else {
+                counts.commits.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .transactions
+                    .fetch_add(batch.waiting.len() as u64, Ordering::Relaxed);
+            }
+            drop(guard);
+            for waiter in batch.waiting {
+                let _ = waiter.send(outcome.clone());
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(commit)),
+            // A turn dropped outside any runtime (at exit): commit here.
+            Err(_) => commit(),
         }
     }
 
     /// Fails the open batch: rolls back whatever SQLite still has of it and
     /// answers everyone waiting with `why`.
-    async fn break_batch(&self, state: &mut State, why: Arc<str>) {
+    fn break_batch(&self, state: &mut State, why: Arc<str>) {
         let Some(batch) = state.batch.take() else {
             return;
         };
         tracing::error!(error = %why, members = batch.members, "group commit: batch failed");
-        let _ = state.conn.execute("ROLLBACK").await;
+        let _ = run(state.conn(), "ROLLBACK");
         for waiter in batch.waiting {
             let _ = waiter.send(Err(Arc::clone(&why)));
         }
     }
-}
 
-impl Writer {
     /// Ends a turn: releases its savepoint into the batch (`keep`) or
     /// rolls back to it, and lets go of the connection. `done`, when
     /// someone waits, hears the outcome of the batch's commit.
-    async fn finish(self, mut guard: OwnedMutexGuard<State>, keep: bool, done: Option<Done>) {
+    fn finish(&self, mut guard: OwnedMutexGuard<State>, keep: bool, done: Option<Done>) {
         let ended = if keep {
-            guard.conn.execute("RELEASE turn").await.map(drop)
+            run(guard.conn(), "RELEASE turn")
         } else {
-            match guard.conn.execute("ROLLBACK TO turn").await {
-                Ok(_) => guard.conn.execute("RELEASE turn").await.map(drop),
-                Err(e) => Err(e),
-            }
+            run(guard.conn(), "ROLLBACK TO turn").and_then(|()| run(guard.conn(), "RELEASE turn"))
         };
         match ended {
             Err(e) => {
@@ -268,7 +290,7 @@ impl Writer {
                 if let Some(done) = done {
                     let _ = done.send(Err(Arc::clone(&why)));
                 }
-                self.break_batch(&mut guard, why).await;
+                self.break_batch(&mut guard, why);
             }
             Ok(()) => {
                 if let Some(done) = done {
@@ -281,7 +303,15 @@ impl Writer {
                 }
             }
         }
-        self.let_go(guard).await;
+        self.let_go(guard);
+    }
+}
+
+impl State {
+    fn conn(&mut self) -> &Connection {
+        self.conn
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -295,12 +325,11 @@ fn batch_error(why: Arc<str>) -> StoreError {
 
 impl Turn {
     /// The connection, for this turn's statements.
-    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self
-            .guard
+    pub(crate) fn conn(&mut self) -> &Connection {
+        self.guard
             .as_mut()
             .expect("a turn holds the connection until it ends")
-            .conn
+            .conn()
     }
 
     /// Makes this turn's writes part of the batch and returns once the
@@ -317,13 +346,13 @@ impl Turn {
         self.end(false).await
     }
 
-    /// Ends the turn on a task of its own, so that a caller that goes away
-    /// meanwhile does not cut short the batch of others, and waits for the
-    /// batch's outcome.
+    /// Ends the turn (at once: the savepoint's end and the hand-over take
+    /// no await, so a caller that goes away meanwhile cannot cut short the
+    /// batch of others) and waits for the batch's outcome.
     async fn end(mut self, keep: bool) -> Result<(), StoreError> {
         let guard = self.guard.take().expect("a turn ends once");
         let (done, outcome) = oneshot::channel();
-        tokio::spawn(self.writer.clone().finish(guard, keep, Some(done)));
+        self.writer.finish(guard, keep, Some(done));
         match outcome.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(batch_error(why)),
@@ -334,13 +363,10 @@ impl Turn {
 
 impl Drop for Turn {
     /// A turn dropped without commit or rollback (an early return, a
-    /// cancelled call) is rolled back on a task of its own.
+    /// cancelled call) is rolled back there and then.
     fn drop(&mut self) {
-        let Some(guard) = self.guard.take() else {
-            return;
-        };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.writer.clone().finish(guard, false, None));
+        if let Some(guard) = self.guard.take() {
+            self.writer.finish(guard, false, None);
         }
     }
 }

@@ -14,8 +14,12 @@ use futures_util::{StreamExt as _, stream::BoxStream};
 use sqlx::{Postgres, Sqlite, Transaction, postgres::PgArguments, sqlite::SqliteArguments};
 
 use crate::{
-    Db, Row, StoreError, Value, db::Pool, group_commit::Turn, notices::LocalChannels,
-    pg_read::Pipelined, sqlite_read::Readers,
+    Db, Row, StoreError, Value,
+    db::Pool,
+    group_commit::{Turn, Writer},
+    notices::LocalChannels,
+    pg_read::Pipelined,
+    sqlite_read::{self, Readers},
 };
 
 /// A query: SQL text with `$n` placeholders both backends read, and the
@@ -56,44 +60,69 @@ impl<'a> From<&'a mut Tx> for On<'a> {
     }
 }
 
-/// Runs `$body` with `$q` the query for the backend of `$on`, `$exec` its
-/// executor and `$row` the [`Row`] constructor. On SQLite, a write outside
-/// a transaction runs in a transaction of its own on the writer (joining
-/// its group commit), committed when `$body` succeeds; a read outside a
-/// transaction never gets here (see [`Query::sqlite_readers`]).
-macro_rules! on_backend {
-    ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr) => {
-        match $on {
+/// Where a query that is not a calling-thread read runs.
+enum Target<'a> {
+    /// A PostgreSQL pooled connection.
+    PgPool(&'a sqlx::PgPool),
+    /// A PostgreSQL transaction.
+    PgTx(&'a mut sqlx::PgConnection),
+    /// SQLite's writer, inside a transaction.
+    LiteTx(&'a mut Turn),
+    /// SQLite's writer, for a write outside a transaction: a transaction
+    /// of its own, joining the group commit, committed when the statement
+    /// succeeds.
+    LiteWrite(&'a Writer),
+}
+
+impl<'a> On<'a> {
+    fn target(self) -> Target<'a> {
+        match self {
             On::Db(db) => match &db.pool {
-                Pool::Postgres(pg) => {
-                    let ($q, $exec, $row) = ($query.postgres(), &pg.pool, Row::Pg);
-                    $body
-                }
-                Pool::Sqlite(sqlite) => {
-                    let mut turn = sqlite.writer.begin().await?;
-                    let done = {
-                        let ($q, $exec, $row) = ($query.sqlite(), turn.conn(), Row::Sqlite);
-                        $body
-                    };
-                    match done {
-                        Ok(value) => {
-                            turn.commit().await?;
-                            Ok(value)
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
+                Pool::Postgres(pg) => Target::PgPool(&pg.pool),
+                Pool::Sqlite(sqlite) => Target::LiteWrite(&sqlite.writer),
             },
             On::Tx(tx) => match &mut tx.inner {
-                TxInner::Postgres(t) => {
-                    let ($q, $exec, $row) = ($query.postgres(), &mut **t, Row::Pg);
-                    $body
-                }
-                TxInner::Sqlite(turn) => {
-                    let ($q, $exec, $row) = ($query.sqlite(), turn.conn(), Row::Sqlite);
-                    $body
-                }
+                TxInner::Postgres(t) => Target::PgTx(t),
+                TxInner::Sqlite(turn) => Target::LiteTx(turn),
             },
+        }
+    }
+}
+
+/// Runs `$body` with `$q` the query for PostgreSQL, `$exec` its executor
+/// and `$row` the [`Row`] constructor, or `$lite` with the SQLite writer's
+/// connection (see [`Target`]; a SQLite read outside a transaction never
+/// gets here, see [`Query::sqlite_readers`]).
+macro_rules! on_backend {
+    ($on:expr, $query:expr, |$q:ident, $exec:ident, $row:ident| $body:expr, |$conn:ident| $lite:expr) => {
+        match $on.target() {
+            Target::PgPool(pool) => {
+                let ($q, $exec, $row) = ($query.postgres(), pool, Row::Pg);
+                $body
+            }
+            Target::PgTx(conn) => {
+                let ($q, $exec, $row) = ($query.postgres(), conn, Row::Pg);
+                $body
+            }
+            Target::LiteTx(turn) => {
+                let $conn = turn.conn();
+                $lite
+            }
+            Target::LiteWrite(writer) => {
+                let mut turn = writer.begin().await?;
+                let done = {
+                    let $conn = turn.conn();
+                    $lite
+                };
+                match done {
+                    Ok(value) => {
+                        turn.commit().await?;
+                        Ok(value)
+                    }
+                    // Dropping the turn rolls its statement back.
+                    Err(e) => Err(e),
+                }
+            }
         }
     };
 }
@@ -177,16 +206,17 @@ impl Query {
     pub async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, StoreError> {
         let on = on.into();
         if let Some(readers) = self.sqlite_readers(&on) {
-            readers.rows(self.sql, &self.args, |_| Ok(true))?;
-            return Ok(0);
+            return readers.with(|conn| sqlite_read::execute(conn, self.sql, &self.args));
         }
         if let Some(rows) = self.pipelined_rows(&on).await {
             return rows.map(|rows| rows.len() as u64);
         }
-        on_backend!(on, self, |q, exec, _row| Ok(q
-            .execute(exec)
-            .await?
-            .rows_affected()))
+        on_backend!(
+            on,
+            self,
+            |q, exec, _row| Ok(q.execute(exec).await?.rows_affected()),
+            |conn| sqlite_read::execute(conn, self.sql, &self.args)
+        )
     }
 
     /// The first row, read by `read`, if there is one.
@@ -197,22 +227,20 @@ impl Query {
     ) -> Result<Option<T>, StoreError> {
         let on = on.into();
         if let Some(readers) = self.sqlite_readers(&on) {
-            let (mut read, mut found) = (Some(read), None);
-            readers.rows(self.sql, &self.args, |row| {
-                if let Some(read) = read.take() {
-                    found = Some(read(Row::Lite(row))?);
-                }
-                Ok(false)
-            })?;
-            return Ok(found);
+            return readers.with(|conn| lite_first(conn, &self, read));
         }
         if let Some(rows) = self.pipelined_rows(&on).await {
             return rows?.first().map(|r| read(Row::PgPipelined(r))).transpose();
         }
-        on_backend!(on, self, |q, exec, row| {
-            let found = q.fetch_optional(exec).await?;
-            found.as_ref().map(|r| read(row(r))).transpose()
-        })
+        on_backend!(
+            on,
+            self,
+            |q, exec, row| {
+                let found = q.fetch_optional(exec).await?;
+                found.as_ref().map(|r| read(row(r))).transpose()
+            },
+            |conn| lite_first(conn, &self, read)
+        )
     }
 
     /// The one row, read by `read` (a missing row is an error).
@@ -228,10 +256,16 @@ impl Query {
                 .await?
                 .ok_or(StoreError::Database(sqlx::Error::RowNotFound));
         }
-        on_backend!(on, self, |q, exec, row| {
-            let found = q.fetch_one(exec).await?;
-            read(row(&found))
-        })
+        on_backend!(
+            on,
+            self,
+            |q, exec, row| {
+                let found = q.fetch_one(exec).await?;
+                read(row(&found))
+            },
+            |conn| lite_first(conn, &self, read)?
+                .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
+        )
     }
 
     /// Every row, each read by `read`.
@@ -242,20 +276,20 @@ impl Query {
     ) -> Result<Vec<T>, StoreError> {
         let on = on.into();
         if let Some(readers) = self.sqlite_readers(&on) {
-            let mut all = Vec::new();
-            readers.rows(self.sql, &self.args, |row| {
-                all.push(read(Row::Lite(row))?);
-                Ok(true)
-            })?;
-            return Ok(all);
+            return readers.with(|conn| lite_all(conn, &self, read));
         }
         if let Some(rows) = self.pipelined_rows(&on).await {
             return rows?.iter().map(|r| read(Row::PgPipelined(r))).collect();
         }
-        on_backend!(on, self, |q, exec, row| {
-            let rows = q.fetch_all(exec).await?;
-            rows.iter().map(|r| read(row(r))).collect()
-        })
+        on_backend!(
+            on,
+            self,
+            |q, exec, row| {
+                let rows = q.fetch_all(exec).await?;
+                rows.iter().map(|r| read(row(r))).collect()
+            },
+            |conn| lite_all(conn, &self, read)
+        )
     }
 
     /// The rows as a stream, read from the database as it is polled (not
@@ -287,6 +321,36 @@ impl Query {
                 .boxed(),
         }
     }
+}
+
+/// The first row of `query` on SQLite's `conn`, read by `read`.
+fn lite_first<T>(
+    conn: &rusqlite::Connection,
+    query: &Query,
+    read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let (mut read, mut found) = (Some(read), None);
+    sqlite_read::rows(conn, query.sql, &query.args, |row| {
+        if let Some(read) = read.take() {
+            found = Some(read(Row::Lite(row))?);
+        }
+        Ok(false)
+    })?;
+    Ok(found)
+}
+
+/// Every row of `query` on SQLite's `conn`, each read by `read`.
+fn lite_all<T>(
+    conn: &rusqlite::Connection,
+    query: &Query,
+    mut read: impl FnMut(Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut all = Vec::new();
+    sqlite_read::rows(conn, query.sql, &query.args, |row| {
+        all.push(read(Row::Lite(row))?);
+        Ok(true)
+    })?;
+    Ok(all)
 }
 
 /// A transaction on either backend; dropped without [`Tx::commit`], it is

@@ -20,12 +20,15 @@
 //!   read by key is a few µs; a query that scans a large table (a `LIKE`
 //!   filter, a count) holds its runtime thread for the whole scan.
 //!
+//! The writer (`group_commit`) runs its statements the same way, through
+//! [`rows`] and [`execute`], on its one writing connection.
+//!
 //! Queries are written with `$n` placeholders for both backends; SQLite
 //! reads `$1` as a *named* parameter, so values are bound by the number in
 //! each parameter's name, as sqlx does, not by position.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
     time::Duration,
 };
@@ -102,31 +105,72 @@ impl Readers {
         }
     }
 
-    /// Runs `sql` with `args` and hands each row to `each` until it
-    /// returns `false`.
-    pub(crate) fn rows(
+    /// Runs `run` on one of these connections.
+    pub(crate) fn with<T>(
         &self,
-        sql: &str,
-        args: &[Value],
-        mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<bool, StoreError>,
-    ) -> Result<(), StoreError> {
+        run: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.take()?;
-        let done = (|| {
-            let mut statement = conn.prepare_cached(sql)?;
-            bind(&mut statement, args)?;
-            let mut rows = statement.raw_query();
-            while let Some(row) = rows.next()? {
-                if !each(row)? {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        // Dropping the rows and the statement above reset it, which ends
-        // its read transaction: the connection holds no snapshot now.
+        let done = run(&conn);
+        // Whatever `run` ran was reset when it finished, which ended its
+        // read transaction: the connection holds no snapshot now.
         self.put_back(conn);
         done
     }
+}
+
+/// Opens the one writing connection of the SQLite file `path` (already
+/// migrated and in WAL mode) as sqlx opens its own: every commit on disk
+/// before it returns (`synchronous=FULL`: a committed write survives a
+/// power cut, not just a crash), foreign keys enforced, a locked database
+/// waited for up to `busy_timeout`.
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS_PER_CONNECTION);
+    Ok(conn)
+}
+
+/// Runs `sql` with `args` on `conn`, on the calling thread, and hands each
+/// row to `each` until it returns `false`; the statement is kept prepared
+/// in `conn`'s cache. Used by the readers above and by the writer
+/// (`group_commit`) for every statement of a transaction.
+pub(crate) fn rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[Value],
+    mut each: impl FnMut(&rusqlite::Row<'_>) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    bind(&mut statement, args)?;
+    let mut rows = statement.raw_query();
+    while let Some(row) = rows.next()? {
+        if !each(row)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the statement `sql` with `args` on `conn` to its end; how many
+/// rows it inserted, updated or deleted (0 for a `SELECT`).
+pub(crate) fn execute(conn: &Connection, sql: &str, args: &[Value]) -> Result<u64, StoreError> {
+    let before = conn.total_changes();
+    rows(conn, sql, args, |_| Ok(true))?;
+    // `changes` is the last INSERT, UPDATE or DELETE's count, which is not
+    // this statement's when it changed nothing (a SELECT, or no row
+    // matched): then the total did not move.
+    Ok(if conn.total_changes() == before {
+        0
+    } else {
+        conn.changes()
+    })
 }
 
 /// Binds `args` to `statement`'s `$n` (or `?n`) parameters by their
