@@ -152,6 +152,17 @@ async fn a_user_signs_up_orders_and_watches_while_an_admin_processes() {
         .args(["orders", "watch", &id, "-o", "json"])
         .spawn()
         .unwrap();
+    // The watch prints the current state first; waited for, so that the
+    // changes below cannot overtake it.
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut first),
+    )
+    .await
+    .expect("the current state within 10 s")
+    .unwrap();
     let admin_login = run(
         shopctl(&stack, admin.path()),
         &["login", ADMIN_EMAIL],
@@ -178,8 +189,7 @@ async fn a_user_signs_up_orders_and_watches_while_an_admin_processes() {
     );
 
     let watched = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut stdout = watch.stdout.take().unwrap();
-        let mut text = String::new();
+        let mut text = first;
         tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
             .await
             .unwrap();
@@ -239,6 +249,23 @@ async fn an_admin_keeps_the_catalogue_and_stock_while_a_customer_watches_it() {
         .args(["stock", "watch", "sku-tea", "-o", "json"])
         .spawn()
         .unwrap();
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut next_available = async || {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
+            .await
+            .expect("a line from the watch within 10 s")
+            .unwrap();
+        assert_ne!(read, 0, "the watch ended early");
+        serde_json::from_str::<Value>(&line).unwrap()["available"]
+            .as_i64()
+            .unwrap()
+    };
+    // The watch prints the current value first (waited for, so that the
+    // delivery below cannot overtake it), then every change.
+    assert_eq!(next_available().await, 0);
+
     let adjust = json(&["stock", "adjust", "sku-tea", "40", "--reason", "delivery"]);
     let adjusted = run(shopctl(&stack, admin.path()), &refs(&adjust), "").await;
     assert_eq!(adjusted.code, 0, "{}", adjusted.stderr);
@@ -247,27 +274,7 @@ async fn an_admin_keeps_the_catalogue_and_stock_while_a_customer_watches_it() {
     let below = run(shopctl(&stack, admin.path()), &refs(&below), "").await;
     assert_eq!(below.code, 10 + 9, "FAILED_PRECONDITION: {}", below.stderr);
 
-    // The watch printed the current value, then the delivery.
-    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        use tokio::io::AsyncBufReadExt as _;
-        let mut line = String::new();
-        while seen.last() != Some(&40) {
-            line.clear();
-            if stdout.read_line(&mut line).await.unwrap() == 0 {
-                break;
-            }
-            seen.push(
-                serde_json::from_str::<Value>(&line).unwrap()["available"]
-                    .as_i64()
-                    .unwrap(),
-            );
-        }
-    })
-    .await
-    .expect("the change within 10 s");
-    assert_eq!(seen, [0, 40]);
+    assert_eq!(next_available().await, 40, "the delivery");
     watch.kill().await.unwrap();
 
     let listed = run(
