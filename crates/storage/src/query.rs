@@ -249,23 +249,9 @@ impl Query {
         on: impl Into<On<'a>>,
         read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let on = on.into();
-        if self.sqlite_readers(&on).is_some() || self.pipelined(&on).is_some() {
-            return self
-                .fetch_optional(on, read)
-                .await?
-                .ok_or(StoreError::Database(sqlx::Error::RowNotFound));
-        }
-        on_backend!(
-            on,
-            self,
-            |q, exec, row| {
-                let found = q.fetch_one(exec).await?;
-                read(row(&found))
-            },
-            |conn| lite_first(conn, &self, read)?
-                .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
-        )
+        self.fetch_optional(on, read)
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))
     }
 
     /// Every row, each read by `read`.
