@@ -43,7 +43,8 @@ pub async fn run(
         shop_storage::ConnectOptions::new(
             config.service.database_max_connections,
             config.service.database_pipeline_connections,
-        ),
+        )
+        .with_group_commit(config.service.database_group_commit),
     )
     .await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;

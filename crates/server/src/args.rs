@@ -48,6 +48,14 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATABASE_PIPELINE_CONNECTIONS")]
     pub database_pipeline_connections: Option<u32>,
 
+    /// PostgreSQL: transactions run in turn on one connection and
+    /// concurrent ones share one commit (group commit), so that
+    /// transactions updating the same row (a product's stock) no longer
+    /// take one disk flush each. `false`: each transaction takes a pooled
+    /// connection of its own. SQLite always commits in groups.
+    #[arg(long, env = "DATABASE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub database_group_commit: bool,
+
     /// Directory for state the service generates itself (development keys
     /// and secrets).
     #[arg(long, env = "DATA_DIR", default_value = "data")]

@@ -4,7 +4,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     migrate::Migrator,
-    postgres::{PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
     },
@@ -14,6 +14,7 @@ use crate::{
     StoreError,
     group_commit::{GroupCommitStats, Writer},
     notices::LocalChannels,
+    pg_group_commit::PgWriter,
     pg_read::Pipelined,
     sqlite_read::Readers,
 };
@@ -65,12 +66,15 @@ pub(crate) enum Pool {
     Sqlite(SqliteDb),
 }
 
-/// A PostgreSQL database: the sqlx pool for transactions, writes and
-/// streams, and pipelined connections for reads outside a transaction
-/// (`pg_read`; `None` when pipelining is off).
+/// A PostgreSQL database: the sqlx pool for writes outside a transaction
+/// and streams (and transactions, without group commit), the group-commit
+/// writer for transactions (`pg_group_commit`; `None` when off), and
+/// pipelined connections for reads outside a transaction (`pg_read`;
+/// `None` when pipelining is off).
 #[derive(Debug, Clone)]
 pub(crate) struct PostgresDb {
     pub(crate) pool: PgPool,
+    pub(crate) writer: Option<PgWriter>,
     pub(crate) pipelined: Option<Arc<Pipelined>>,
 }
 
@@ -84,17 +88,31 @@ pub struct ConnectOptions {
     /// its queries pipelined with other callers' (0: reads take a pooled
     /// connection each). Ignored on SQLite.
     pub pipeline_connections: u32,
+    /// PostgreSQL: transactions run in turn on one connection, concurrent
+    /// ones sharing one commit (see `pg_group_commit`); off, each takes a
+    /// pooled connection of its own. SQLite always commits in groups.
+    pub group_commit: bool,
 }
 
 impl ConnectOptions {
     /// `max_connections` pooled connections and `pipeline_connections`
-    /// pipelined ones; unset, one per CPU this process may use.
+    /// pipelined ones (unset, one per CPU this process may use), with group
+    /// commit.
     pub fn new(max_connections: u32, pipeline_connections: Option<u32>) -> ConnectOptions {
         ConnectOptions {
+            group_commit: true,
             max_connections,
             pipeline_connections: pipeline_connections.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             }),
+        }
+    }
+
+    /// These options with PostgreSQL's group commit on or off.
+    pub fn with_group_commit(self, group_commit: bool) -> ConnectOptions {
+        ConnectOptions {
+            group_commit,
+            ..self
         }
     }
 }
@@ -232,7 +250,17 @@ async fn open(
                     None
                 }
             };
-        Pool::Postgres(PostgresDb { pool, pipelined })
+        let writer = if options.group_commit {
+            let connect = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
+            Some(PgWriter::new(connect, ACQUIRE_TIMEOUT))
+        } else {
+            None
+        };
+        Pool::Postgres(PostgresDb {
+            pool,
+            writer,
+            pipelined,
+        })
     } else {
         return Err(StoreError::UnsupportedUrl(shop_core::config::redact_url(
             url,
@@ -253,20 +281,21 @@ impl Db {
         }
     }
 
-    /// How SQLite's group commit has batched so far; `None` on PostgreSQL
-    /// (which shares WAL flushes between concurrent commits itself).
+    /// How group commit has batched so far; `None` on PostgreSQL with
+    /// group commit off.
     pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         match &self.pool {
-            Pool::Postgres(_) => None,
+            Pool::Postgres(pg) => pg.writer.as_ref().map(PgWriter::stats),
             Pool::Sqlite(sqlite) => Some(sqlite.writer.stats()),
         }
     }
 
-    /// How many transactions wait for SQLite's writing connection (0 on
-    /// PostgreSQL); for tests that need a queue to exist.
+    /// How many transactions wait for the group-commit connection (0 on
+    /// PostgreSQL with group commit off); for tests that need a queue to
+    /// exist.
     pub fn writers_queued(&self) -> usize {
         match &self.pool {
-            Pool::Postgres(_) => 0,
+            Pool::Postgres(pg) => pg.writer.as_ref().map_or(0, PgWriter::queued),
             Pool::Sqlite(sqlite) => sqlite.writer.queued(),
         }
     }

@@ -78,7 +78,8 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl StoreError {
-    /// True when the database could not be reached (worth a retry later).
+    /// True when the database could not be reached, or refused this
+    /// transaction for the sake of others (worth a retry later).
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
@@ -102,6 +103,12 @@ impl StoreError {
                 )
             ),
             StoreError::Open { source, .. } => source.is_unavailable(),
+            // A deadlock or serialization failure: PostgreSQL failed this
+            // transaction so that others could go on; it may be retried.
+            StoreError::Database(err) => err
+                .as_database_error()
+                .and_then(|db| db.code())
+                .is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001")),
             _ => false,
         }
     }

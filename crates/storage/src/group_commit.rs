@@ -78,26 +78,45 @@ struct State {
     batch: Option<Batch>,
 }
 
-/// The transactions sharing the open SQLite transaction.
+/// The transactions sharing the open database transaction (here and in
+/// `pg_group_commit`).
 #[derive(Debug)]
-struct Batch {
-    opened: Instant,
+pub(crate) struct Batch {
+    pub(crate) opened: Instant,
     /// Savepoints taken in it (committed or not).
-    members: usize,
+    pub(crate) members: usize,
     /// The callers whose writes it holds, waiting for its `COMMIT`.
-    waiting: Vec<Done>,
+    pub(crate) waiting: Vec<Done>,
 }
 
+/// Commits run and the transactions they held.
 #[derive(Debug, Default)]
-struct Counts {
+pub(crate) struct Counts {
     commits: AtomicU64,
     transactions: AtomicU64,
 }
 
-/// How many `COMMIT`s the writer ran and how many transactions they held.
+impl Counts {
+    /// One commit holding `transactions` transactions.
+    pub(crate) fn committed(&self, transactions: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.transactions
+            .fetch_add(transactions as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How many `COMMIT`s a group-commit writer ran and how many transactions
+/// they held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommitStats {
-    /// SQLite commits (one fsync each).
+    /// Commits (one disk flush each).
     pub commits: u64,
     /// Transactions acknowledged by those commits.
     pub transactions: u64,
@@ -154,10 +173,7 @@ impl Writer {
     }
 
     pub(crate) fn stats(&self) -> GroupCommitStats {
-        GroupCommitStats {
-            commits: self.counts.commits.load(Ordering::Relaxed),
-            transactions: self.counts.transactions.load(Ordering::Relaxed),
-        }
+        self.counts.stats()
     }
 
     /// How many callers wait for the connection (for tests).
@@ -245,10 +261,7 @@ impl Writer {
                 // A failed COMMIT may leave the transaction open.
                 let _ = run(guard.conn(), "ROLLBACK");
             } else {
-                counts.commits.fetch_add(1, Ordering::Relaxed);
-                counts
-                    .transactions
-                    .fetch_add(batch.waiting.len() as u64, Ordering::Relaxed);
+                counts.committed(batch.waiting.len());
             }
             drop(guard);
             for waiter in batch.waiting {
@@ -316,10 +329,10 @@ impl State {
 }
 
 /// Where a turn hears the outcome of its batch's commit.
-type Done = oneshot::Sender<Result<(), Arc<str>>>;
+pub(crate) type Done = oneshot::Sender<Result<(), Arc<str>>>;
 
 /// A shared batch failure as a caller's error.
-fn batch_error(why: Arc<str>) -> StoreError {
+pub(crate) fn batch_error(why: Arc<str>) -> StoreError {
     StoreError::Database(sqlx::Error::Protocol(why.to_string()))
 }
 

@@ -16,8 +16,11 @@
 //!   is created with its directory, in WAL mode with `synchronous=FULL`)
 //!   and runs the service's migrations for that backend (DDL differs, so
 //!   each service keeps one migration directory per backend);
-//! - **who writes**: on PostgreSQL, any pooled connection; reads outside
-//!   a transaction are pipelined on a few shared connections (see
+//! - **who writes**: on PostgreSQL, transactions run in turn on one
+//!   connection and concurrent ones share a commit (see `pg_group_commit`;
+//!   `ConnectOptions::group_commit` off: any pooled connection), writes
+//!   outside a transaction on any pooled connection, and reads outside a
+//!   transaction are pipelined on a few shared connections (see
 //!   `pg_read`). On SQLite, reads
 //!   outside a transaction run on the calling thread on read-only
 //!   connections (no thread hand-off per query; see `sqlite_read`), and every
@@ -43,6 +46,7 @@ mod db;
 mod error;
 mod group_commit;
 mod notices;
+mod pg_group_commit;
 mod pg_read;
 mod query;
 mod row;

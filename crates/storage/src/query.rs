@@ -18,6 +18,7 @@ use crate::{
     db::Pool,
     group_commit::{Turn, Writer},
     notices::LocalChannels,
+    pg_group_commit::PgTurn,
     pg_read::Pipelined,
     sqlite_read::{self, Readers},
 };
@@ -83,6 +84,7 @@ impl<'a> On<'a> {
             },
             On::Tx(tx) => match &mut tx.inner {
                 TxInner::Postgres(t) => Target::PgTx(t),
+                TxInner::PgBatched(turn) => Target::PgTx(turn.conn()),
                 TxInner::Sqlite(turn) => Target::LiteTx(turn),
             },
         }
@@ -354,6 +356,8 @@ pub struct Tx {
 #[derive(Debug)]
 enum TxInner {
     Postgres(Transaction<'static, Postgres>),
+    /// A turn in PostgreSQL's group commit (`DATABASE_GROUP_COMMIT`).
+    PgBatched(PgTurn),
     Sqlite(Turn),
 }
 
@@ -361,7 +365,10 @@ impl Db {
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let inner = match &self.pool {
-            Pool::Postgres(pg) => TxInner::Postgres(pg.pool.begin().await?),
+            Pool::Postgres(pg) => match &pg.writer {
+                Some(writer) => TxInner::PgBatched(writer.begin().await?),
+                None => TxInner::Postgres(pg.pool.begin().await?),
+            },
             Pool::Sqlite(sqlite) => TxInner::Sqlite(sqlite.writer.begin().await?),
         };
         Ok(Tx {
@@ -379,7 +386,7 @@ impl Tx {
         match self.inner {
             // Delivered by PostgreSQL at commit, to every listening
             // connection of every replica.
-            TxInner::Postgres(_) => query("SELECT pg_notify($1, $2)")
+            TxInner::Postgres(_) | TxInner::PgBatched(_) => query("SELECT pg_notify($1, $2)")
                 .bind(channel)
                 .bind(payload)
                 .execute(&mut *self)
@@ -396,6 +403,7 @@ impl Tx {
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(t) => t.commit().await?,
+            TxInner::PgBatched(t) => t.commit().await?,
             TxInner::Sqlite(t) => t.commit().await?,
         }
         for (channel, payload) in &self.pending {
@@ -408,6 +416,7 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Postgres(t) => t.rollback().await?,
+            TxInner::PgBatched(t) => t.rollback().await?,
             TxInner::Sqlite(t) => t.rollback().await?,
         }
         Ok(())

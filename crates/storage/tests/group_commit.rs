@@ -1,11 +1,12 @@
-//! SQLite's group commit: concurrent transactions share a commit, each is
-//! answered after the commit that holds it, and one that fails or is
-//! abandoned takes nothing of the others with it.
+//! Group commit, on SQLite and on PostgreSQL: concurrent transactions
+//! share a commit, each is answered after the commit that holds it, and
+//! one that fails or is abandoned takes nothing of the others with it.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use shop_storage::{Db, Migrations, StoreError, Tx, query};
+use shop_testkit::Backend;
 use uuid::Uuid;
 
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations/postgres");
@@ -15,11 +16,16 @@ static MIGRATIONS: Migrations = Migrations {
     sqlite: &SQLITE,
 };
 
-async fn sqlite() -> (Db, tempfile::TempDir) {
+/// A fresh database of `backend`, with group commit (the default).
+async fn open(backend: Backend) -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("group.db").display());
+    let url = backend.database_url("group", dir.path()).await;
     let db = shop_storage::connect(&url, 4, &MIGRATIONS).await.unwrap();
     (db, dir)
+}
+
+async fn sqlite() -> (Db, tempfile::TempDir) {
+    open(Backend::Sqlite).await
 }
 
 async fn insert(tx: &mut Tx, name: &str) -> Result<u64, StoreError> {
@@ -50,9 +56,8 @@ async fn until_queued(db: &Db, n: usize) {
     .expect("the writers queued");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transactions_queued_behind_a_commit_share_one() {
-    let (db, _dir) = sqlite().await;
+async fn transactions_queued_behind_a_commit_share_one(backend: Backend) {
+    let (db, _dir) = open(backend).await;
     let mut first = db.begin().await.unwrap();
     insert(&mut first, "thing-00").await.unwrap();
 
@@ -79,7 +84,7 @@ async fn transactions_queued_behind_a_commit_share_one() {
     }
 
     assert_eq!(names(&db).await.len(), 32);
-    let stats = db.group_commit_stats().expect("SQLite batches commits");
+    let stats = db.group_commit_stats().expect("group commit is on");
     assert_eq!(stats.transactions, 32);
     assert!(
         stats.commits < stats.transactions,
@@ -87,9 +92,8 @@ async fn transactions_queued_behind_a_commit_share_one() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it() {
-    let (db, _dir) = sqlite().await;
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(backend: Backend) {
+    let (db, _dir) = open(backend).await;
     let mut existing = db.begin().await.unwrap();
     insert(&mut existing, "taken").await.unwrap();
     existing.commit().await.unwrap();
@@ -127,7 +131,11 @@ async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it() 
 
     fine.await.unwrap().unwrap();
     let err = duplicate.await.unwrap().unwrap_err();
-    assert_eq!(err.unique_violation(), Some("things.name"));
+    let collided = err.unique_violation().expect("a unique violation");
+    assert!(
+        ["things.name", "things_name_key"].contains(&collided),
+        "{collided}"
+    );
     abandoned.await.unwrap().unwrap();
 
     // The duplicate's first insert went with its savepoint and the
@@ -136,9 +144,8 @@ async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it() 
     assert_eq!(names(&db).await, ["fine", "holder", "taken"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch() {
-    let (db, _dir) = sqlite().await;
+async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch(backend: Backend) {
+    let (db, _dir) = open(backend).await;
     let mut holder = db.begin().await.unwrap();
     insert(&mut holder, "holder").await.unwrap();
     let waiting = tokio::spawn({
@@ -181,9 +188,8 @@ async fn writes_outside_a_transaction_commit_through_the_writer() {
     assert_eq!(stats.transactions, 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_returns_only_once_the_batch_holding_it_is_committed() {
-    let (db, _dir) = sqlite().await;
+async fn a_commit_returns_only_once_the_batch_holding_it_is_committed(backend: Backend) {
+    let (db, _dir) = open(backend).await;
     let mut first = db.begin().await.unwrap();
     insert(&mut first, "first").await.unwrap();
     // The next transaction joins the batch and keeps it open for a while.
@@ -205,9 +211,8 @@ async fn a_commit_returns_only_once_the_batch_holding_it_is_committed() {
     assert_eq!(names(&db).await, ["first", "slow"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_cancelled_at_any_point_never_stall_the_writer() {
-    let (db, _dir) = sqlite().await;
+async fn callers_cancelled_at_any_point_never_stall_the_writer(backend: Backend) {
+    let (db, _dir) = open(backend).await;
     for round in 0..40 {
         let mut holder = db.begin().await.unwrap();
         insert(&mut holder, &format!("held-{round:02}"))
@@ -252,4 +257,151 @@ async fn callers_cancelled_at_any_point_never_stall_the_writer() {
     let names = names(&db).await;
     assert_eq!(names.iter().filter(|n| n.starts_with("held-")).count(), 40);
     assert_eq!(names.iter().filter(|n| n.starts_with("next-")).count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_queued_behind_a_commit_share_one_on_sqlite() {
+    transactions_queued_behind_a_commit_share_one(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_queued_behind_a_commit_share_one_on_postgres() {
+    transactions_queued_behind_a_commit_share_one(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it_on_sqlite() {
+    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it_on_postgres() {
+    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch_on_sqlite() {
+    a_caller_that_gives_up_waiting_does_not_hold_up_the_batch(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch_on_postgres() {
+    a_caller_that_gives_up_waiting_does_not_hold_up_the_batch(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_returns_only_once_the_batch_holding_it_is_committed_on_sqlite() {
+    a_commit_returns_only_once_the_batch_holding_it_is_committed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_returns_only_once_the_batch_holding_it_is_committed_on_postgres() {
+    a_commit_returns_only_once_the_batch_holding_it_is_committed(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cancelled_at_any_point_never_stall_the_writer_on_sqlite() {
+    callers_cancelled_at_any_point_never_stall_the_writer(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cancelled_at_any_point_never_stall_the_writer_on_postgres() {
+    callers_cancelled_at_any_point_never_stall_the_writer(Backend::Postgres).await;
+}
+
+/// The server pid of the group-commit connection (asked inside a
+/// transaction, which runs on it).
+async fn writer_pid(db: &Db) -> i32 {
+    let mut tx = db.begin().await.unwrap();
+    let pid = query("SELECT pg_backend_pid() AS pid")
+        .fetch_one(&mut tx, |row| row.get::<i32>("pid"))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_fails_its_batch_and_is_replaced_on_postgres() {
+    let (db, _dir) = open(Backend::Postgres).await;
+    let before = writer_pid(&db).await;
+    let terminated: bool = query("SELECT pg_terminate_backend($1) AS done")
+        .bind(before)
+        .fetch_one(&db, |row| row.get("done"))
+        .await
+        .unwrap();
+    assert!(terminated);
+
+    // The first transaction may find the connection gone and fail; the
+    // next one gets a new connection.
+    let mut failures = 0;
+    for attempt in 0..3 {
+        let outcome = async {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, &format!("after-{attempt}")).await?;
+            tx.commit().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => break,
+            Err(_) => failures += 1,
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} transactions failed after one lost connection"
+    );
+    assert_ne!(writer_pid(&db).await, before, "a new connection");
+    assert_eq!(names(&db).await.len(), 1, "exactly the one that succeeded");
+}
+
+/// A PostgreSQL transaction whose statement failed is aborted: committing
+/// it anyway must fail it, and it alone, whether the next thing on the
+/// connection is another transaction or the batch's commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_postgres() {
+    let (db, _dir) = open(Backend::Postgres).await;
+    let mut existing = db.begin().await.unwrap();
+    insert(&mut existing, "taken").await.unwrap();
+    existing.commit().await.unwrap();
+
+    for followed in [true, false] {
+        let mut holder = db.begin().await.unwrap();
+        insert(&mut holder, &format!("holder-{followed}"))
+            .await
+            .unwrap();
+        let stubborn = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await?;
+                insert(&mut tx, &format!("half-{followed}")).await?;
+                assert!(insert(&mut tx, "taken").await.is_err());
+                tx.commit().await
+            }
+        });
+        until_queued(&db, 1).await;
+        let next = followed.then(|| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let mut tx = db.begin().await?;
+                insert(&mut tx, "next").await?;
+                tx.commit().await
+            })
+        });
+        if followed {
+            until_queued(&db, 2).await;
+        }
+        holder.commit().await.unwrap();
+        assert!(
+            stubborn.await.unwrap().is_err(),
+            "an aborted transaction was acknowledged"
+        );
+        if let Some(next) = next {
+            next.await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(
+        names(&db).await,
+        ["holder-false", "holder-true", "next", "taken"]
+    );
 }

@@ -25,6 +25,9 @@ async fn open_db(max_connections: u32, pipeline_connections: u32) -> Db {
         ConnectOptions {
             max_connections,
             pipeline_connections,
+            // Transactions on the pool, which some tests hold to show that
+            // reads do not need it.
+            group_commit: false,
         },
         &MIGRATIONS,
     )

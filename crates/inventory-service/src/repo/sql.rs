@@ -391,16 +391,21 @@ impl InventoryRepo for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Reservation>, RepoError> {
         let mut tx = self.db.begin().await?;
+        // The confirmed reservation comes back from the update itself: on
+        // the hot path (every order confirms) each statement saved is a
+        // round trip less while the product's row is locked.
         let confirmed = query(
             "UPDATE reservations SET status = 'confirmed', updated_at = $1 \
-             WHERE order_id = $2 AND status = 'pending' AND expires_at > $1",
+             WHERE order_id = $2 AND status = 'pending' AND expires_at > $1 \
+             RETURNING order_id, status, currency_code, items_hash, expires_at",
         )
         .bind(now)
         .bind(order_id)
-        .execute(&mut tx)
+        .fetch_optional(&mut tx, reservation)
         .await?;
-        if confirmed == 1 {
-            for line in lines_in(&mut tx, order_id).await? {
+        if let Some(mut confirmed) = confirmed {
+            confirmed.lines = lines_in(&mut tx, order_id).await?;
+            for line in &confirmed.lines {
                 // Available is unchanged: the units leave both columns.
                 query(
                     "UPDATE products SET on_hand = on_hand - $1, reserved = reserved - $1, \
@@ -412,7 +417,10 @@ impl InventoryRepo for SqlStore {
                 .execute(&mut tx)
                 .await?;
             }
-        } else if let Some(due) = SqlStore::reservation_in(&mut tx, order_id).await?
+            tx.commit().await?;
+            return Ok(Some(confirmed));
+        }
+        if let Some(due) = SqlStore::reservation_in(&mut tx, order_id).await?
             && due.status == ReservationStatus::Pending
             && move_reservation(
                 &mut tx,
