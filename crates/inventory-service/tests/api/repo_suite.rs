@@ -166,6 +166,16 @@ pub(crate) async fn reservations_hold_all_or_nothing_once_per_order(store: &dyn 
         .await
         .unwrap();
     assert!(matches!(again, Reserved::Existing(_)));
+    // A repeat whose units are still there finds the reservation after
+    // holding them, and gives them back.
+    let again = store
+        .reserve(other, &items(&[("a", 2)]), later, now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Reserved::Existing(ref r) if r.lines.len() == 2),
+        "{again:?}"
+    );
     assert_eq!(
         store
             .get_product(&sku("a"))
