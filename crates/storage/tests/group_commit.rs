@@ -405,3 +405,75 @@ async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_pos
         ["holder-false", "holder-true", "next", "taken"]
     );
 }
+
+/// Sets `name`'s quantity inside `tx` (taking the row's lock until the
+/// batch holding `tx` commits).
+async fn set_quantity(tx: &mut Tx, name: &str, quantity: i32) -> Result<u64, StoreError> {
+    query("UPDATE things SET quantity = $1 WHERE name = $2")
+        .bind(quantity)
+        .bind(name)
+        .execute(tx)
+        .await
+}
+
+/// Two replicas (two processes' worth of `Db` on one database, each with
+/// its batching connection) whose transactions take the same two rows in
+/// opposite orders: PostgreSQL breaks the deadlock by failing one
+/// statement. That transaction alone fails, as unavailable (the caller
+/// retries), and both replicas' batches go on committing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_between_replicas_fails_one_transaction_as_unavailable_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Postgres.database_url("deadlock", dir.path()).await;
+    let one = shop_storage::connect(&url, 4, &MIGRATIONS).await.unwrap();
+    let two = shop_storage::connect(&url, 4, &MIGRATIONS).await.unwrap();
+    let mut setup = one.begin().await.unwrap();
+    insert(&mut setup, "left").await.unwrap();
+    insert(&mut setup, "right").await.unwrap();
+    setup.commit().await.unwrap();
+
+    let mut first = one.begin().await.unwrap();
+    set_quantity(&mut first, "left", 10).await.unwrap();
+    let mut second = two.begin().await.unwrap();
+    set_quantity(&mut second, "right", 20).await.unwrap();
+    // Each now waits for the row the other holds.
+    let (a, b) = tokio::join!(
+        async {
+            set_quantity(&mut first, "right", 11).await?;
+            first.commit().await
+        },
+        async {
+            set_quantity(&mut second, "left", 21).await?;
+            second.commit().await
+        },
+    );
+    let failed = match (a, b) {
+        (Ok(()), Err(e)) | (Err(e), Ok(())) => e,
+        other => panic!("exactly one side of the deadlock fails: {other:?}"),
+    };
+    assert!(
+        failed.is_unavailable(),
+        "a deadlock victim is told to retry: {failed:?}"
+    );
+
+    // Both replicas' writers still work: each commits a new transaction.
+    for (db, name) in [(&one, "after-one"), (&two, "after-two")] {
+        let mut tx = db.begin().await.unwrap();
+        insert(&mut tx, name).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let quantities: Vec<(String, i32)> =
+        query("SELECT name, quantity FROM things WHERE name IN ('left', 'right') ORDER BY name")
+            .fetch_all(&one, |row| Ok((row.get("name")?, row.get("quantity")?)))
+            .await
+            .unwrap();
+    assert!(
+        quantities == [("left".into(), 10), ("right".into(), 11)]
+            || quantities == [("left".into(), 21), ("right".into(), 20)],
+        "the winner's writes, all of them, and nothing of the victim's: {quantities:?}"
+    );
+    assert_eq!(
+        names(&one).await,
+        ["after-one", "after-two", "left", "right"]
+    );
+}
