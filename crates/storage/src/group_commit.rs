@@ -40,15 +40,18 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use rusqlite::Connection;
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
-use crate::StoreError;
+use crate::{
+    StoreError,
+    writer_queue::{Queue, Queued},
+};
 
 /// The most transactions one commit holds.
 pub const MAX_BATCH: usize = 128;
@@ -62,15 +65,12 @@ pub const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 /// to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
-    state: Arc<Mutex<State>>,
-    /// Callers waiting for the connection.
-    queued: Arc<AtomicUsize>,
+    queue: Queue<State>,
     counts: Arc<Counts>,
-    acquire_timeout: Duration,
 }
 
 #[derive(Debug)]
-struct State {
+pub(crate) struct State {
     /// Only ever used through `&mut State` ([`State::conn`]), never
     /// locked: the `Mutex` only makes a `State` shareable between threads
     /// (a rusqlite connection is `Send` but not `Sync`).
@@ -87,6 +87,23 @@ pub(crate) struct Batch {
     pub(crate) members: usize,
     /// The callers whose writes it holds, waiting for its `COMMIT`.
     pub(crate) waiting: Vec<Done>,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Batch {
+        Batch {
+            opened: Instant::now(),
+            members: 0,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// Whether a writer letting go of the connection with `queued`
+    /// callers waiting should commit this batch: nobody is queued to add to
+    /// it, or it is full.
+    pub(crate) fn due(&self, queued: usize) -> bool {
+        queued == 0 || self.members >= MAX_BATCH || self.opened.elapsed() >= MAX_BATCH_AGE
+    }
 }
 
 /// Commits run and the transactions they held.
@@ -130,25 +147,6 @@ pub(crate) struct Turn {
     writer: Writer,
 }
 
-/// Counts a caller in the queue until it gets the connection; one that
-/// gives up waiting commits the open batch if it was the last one queued.
-struct Ticket<'a>(Option<&'a Writer>);
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        let Some(writer) = self.0 else { return };
-        if writer.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let writer = writer.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let guard = Arc::clone(&writer.state).lock_owned().await;
-                    writer.let_go(guard);
-                });
-            }
-        }
-    }
-}
-
 /// Runs one statement that takes no parameters, kept prepared.
 fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.raw_execute().map(drop)
@@ -162,13 +160,14 @@ impl Writer {
     /// The writer over `conn` (migrated, in WAL mode, `synchronous=FULL`).
     pub(crate) fn new(conn: Connection, acquire_timeout: Duration) -> Writer {
         Writer {
-            state: Arc::new(Mutex::new(State {
-                conn: std::sync::Mutex::new(conn),
-                batch: None,
-            })),
-            queued: Arc::default(),
+            queue: Queue::new(
+                State {
+                    conn: std::sync::Mutex::new(conn),
+                    batch: None,
+                },
+                acquire_timeout,
+            ),
             counts: Arc::default(),
-            acquire_timeout,
         }
     }
 
@@ -178,19 +177,13 @@ impl Writer {
 
     /// How many callers wait for the connection (for tests).
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.queue.queued()
     }
 
     /// Waits for the connection (at most the acquire timeout: then the
     /// database counts as unavailable) and opens a savepoint in the batch.
     pub(crate) async fn begin(&self) -> Result<Turn, StoreError> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let mut ticket = Ticket(Some(self));
-        let locked =
-            tokio::time::timeout(self.acquire_timeout, Arc::clone(&self.state).lock_owned()).await;
-        let guard = locked.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?;
-        ticket.0 = None;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let guard = Queue::acquire(self).await?;
         // No await from here on: a caller cannot be cancelled halfway
         // through `BEGIN` or `SAVEPOINT`.
         self.clone().open(guard)
@@ -205,11 +198,7 @@ impl Writer {
                 run(guard.conn(), "ROLLBACK")?;
             }
             run(guard.conn(), "BEGIN IMMEDIATE")?;
-            guard.batch = Some(Batch {
-                opened: Instant::now(),
-                members: 0,
-                waiting: Vec::new(),
-            });
+            guard.batch = Some(Batch::new());
         }
         if let Err(e) = run(guard.conn(), "SAVEPOINT turn") {
             self.break_batch(&mut guard, failed("savepoint", &e));
@@ -225,15 +214,14 @@ impl Writer {
         })
     }
 
-    /// Lets go of the connection, first committing the open batch when
-    /// nobody is queued to add to it or it is full.
+    /// Lets go of the connection, first committing the open batch if it
+    /// is due ([`Batch::due`]).
     fn let_go(&self, guard: OwnedMutexGuard<State>) {
-        let due = guard.batch.as_ref().is_some_and(|batch| {
-            self.queued() == 0
-                || batch.members >= MAX_BATCH
-                || batch.opened.elapsed() >= MAX_BATCH_AGE
-        });
-        if due {
+        if guard
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.due(self.queued()))
+        {
             self.commit_batch(guard);
         }
     }
@@ -336,6 +324,30 @@ pub(crate) fn batch_error(why: Arc<str>) -> StoreError {
     StoreError::Database(sqlx::Error::Protocol(why.to_string()))
 }
 
+/// Waits for the outcome of the batch a turn ended in, as its caller's
+/// result.
+pub(crate) async fn batch_outcome(
+    outcome: oneshot::Receiver<Result<(), Arc<str>>>,
+) -> Result<(), StoreError> {
+    match outcome.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(batch_error(why)),
+        Err(_) => Err(batch_error("the batch ended without an outcome".into())),
+    }
+}
+
+impl Queued for Writer {
+    type State = State;
+
+    fn queue(&self) -> &Queue<State> {
+        &self.queue
+    }
+
+    async fn commit_if_due(&self, guard: OwnedMutexGuard<State>) {
+        self.let_go(guard);
+    }
+}
+
 impl Turn {
     /// The connection, for this turn's statements.
     pub(crate) fn conn(&mut self) -> &Connection {
@@ -366,11 +378,7 @@ impl Turn {
         let guard = self.guard.take().expect("a turn ends once");
         let (done, outcome) = oneshot::channel();
         self.writer.finish(guard, keep, Some(done));
-        match outcome.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(batch_error(why)),
-            Err(_) => Err(batch_error("the batch ended without an outcome".into())),
-        }
+        batch_outcome(outcome).await
     }
 }
 

@@ -47,11 +47,13 @@ mod error;
 mod group_commit;
 mod notices;
 mod pg_group_commit;
+mod pg_notices;
 mod pg_read;
 mod query;
 mod row;
 mod sqlite_read;
 mod value;
+mod writer_queue;
 
 pub use cache::ReadThrough;
 pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};

@@ -15,7 +15,9 @@
 //! commit, exactly as SQLite's writer does (see `group_commit`, whose
 //! batching rules these are): a turn's statements are its own and
 //! rolling back undoes only them; a turn that commits is answered once the
-//! `COMMIT` that holds its writes has returned.
+//! `COMMIT` that holds its writes has returned. The notices of the turns
+//! a batch keeps go out in one statement just before its `COMMIT`
+//! (`pg_notices`).
 //!
 //! Unlike SQLite's, each step here waits for the network, so a caller
 //! could be cancelled halfway through one. Every step that others depend
@@ -33,43 +35,46 @@
 //! to its savepoint and its caller sees UNAVAILABLE (retry), while the rest
 //! of the batch goes on.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use sqlx::{Connection as _, Executor as _, PgConnection, postgres::PgConnectOptions, raw_sql};
-use tokio::sync::{Mutex, OwnedMutexGuard, oneshot};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::{
     StoreError,
-    group_commit::{Batch, Counts, Done, GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE, batch_error},
+    group_commit::{Batch, Counts, Done, GroupCommitStats, batch_error, batch_outcome},
+    pg_notices::{self, Outgoing},
+    writer_queue::{Queue, Queued},
 };
 
 /// The batching connection of a PostgreSQL database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct PgWriter {
-    state: Arc<Mutex<State>>,
-    /// Callers waiting for the connection.
-    queued: Arc<AtomicUsize>,
+    queue: Queue<State>,
     counts: Arc<Counts>,
     options: Arc<PgConnectOptions>,
     acquire_timeout: Duration,
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// None until the first turn, and after the connection broke.
     conn: Option<PgConnection>,
     batch: Option<Batch>,
-    /// The last turn, when it kept its writes: its `RELEASE` goes out with
-    /// the next statement (the next `SAVEPOINT` or the `COMMIT`), a round
-    /// trip saved per transaction. Its caller joins those waiting for the
-    /// commit once the release succeeded.
-    unreleased: Option<Done>,
+    /// The notices of the turns released into the open batch, sent just
+    /// before its `COMMIT` (see `pg_notices`).
+    notices: Vec<Outgoing>,
+    /// The last turn, when it kept its writes, and its notices: its
+    /// `RELEASE` goes out with the next statement (the next `SAVEPOINT` or
+    /// the `COMMIT`), a round trip saved per transaction. Its caller joins
+    /// those waiting for the commit once the release succeeded.
+    unreleased: Option<Unreleased>,
+}
+
+#[derive(Debug)]
+struct Unreleased {
+    done: Done,
+    notices: Vec<Outgoing>,
 }
 
 type Guard = OwnedMutexGuard<State>;
@@ -86,31 +91,11 @@ fn failed(context: &str, err: &sqlx::Error) -> Arc<str> {
     format!("{context}: {err}").into()
 }
 
-/// Counts a caller in the queue until it gets the connection; one that
-/// gives up waiting commits the open batch if it was the last one queued.
-struct Ticket<'a>(Option<&'a PgWriter>);
-
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
-        let Some(writer) = self.0 else { return };
-        if writer.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let writer = writer.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let guard = Arc::clone(&writer.state).lock_owned().await;
-                    writer.let_go(guard).await;
-                });
-            }
-        }
-    }
-}
-
 impl PgWriter {
     /// A writer that connects as `options` say when it is first used.
     pub(crate) fn new(options: PgConnectOptions, acquire_timeout: Duration) -> PgWriter {
         PgWriter {
-            state: Arc::default(),
-            queued: Arc::default(),
+            queue: Queue::new(State::default(), acquire_timeout),
             counts: Arc::default(),
             options: Arc::new(options),
             acquire_timeout,
@@ -123,19 +108,13 @@ impl PgWriter {
 
     /// How many callers wait for the connection (for tests).
     pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.queue.queued()
     }
 
     /// Waits for the connection (at most the acquire timeout: then the
     /// database counts as unavailable) and opens a savepoint in the batch.
     pub(crate) async fn begin(&self) -> Result<PgTurn, StoreError> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let mut ticket = Ticket(Some(self));
-        let locked =
-            tokio::time::timeout(self.acquire_timeout, Arc::clone(&self.state).lock_owned()).await;
-        let guard = locked.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?;
-        ticket.0 = None;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let guard = Queue::acquire(self).await?;
 
         // Opened in a task of its own, and handed over as a turn: if the
         // caller goes away meanwhile, the turn is dropped wherever it is
@@ -210,14 +189,13 @@ impl PgWriter {
     /// Counts a turn whose savepoint is open into the batch (opening it),
     /// and the last turn, released, among those waiting for its commit.
     fn joined(&self, mut guard: Guard) -> Guard {
-        let unreleased = guard.unreleased.take();
-        let batch = guard.batch.get_or_insert_with(|| Batch {
-            opened: Instant::now(),
-            members: 0,
-            waiting: Vec::new(),
-        });
+        let state = &mut *guard;
+        let batch = state.batch.get_or_insert_with(Batch::new);
         batch.members += 1;
-        batch.waiting.extend(unreleased);
+        if let Some(released) = state.unreleased.take() {
+            batch.waiting.push(released.done);
+            state.notices.extend(released.notices);
+        }
         guard
     }
 
@@ -226,7 +204,7 @@ impl PgWriter {
     /// be released) and tells its caller so. False when even that failed:
     /// the batch is broken (and everyone in it told).
     async fn settle_unreleased(&self, guard: &mut Guard) -> bool {
-        let Some(done) = guard.unreleased.take() else {
+        let Some(Unreleased { done, .. }) = guard.unreleased.take() else {
             return true;
         };
         match undo_turn(guard.conn_mut()).await {
@@ -245,15 +223,14 @@ impl PgWriter {
         }
     }
 
-    /// Lets go of the connection, first committing the open batch when
-    /// nobody is queued to add to it or it is full.
+    /// Lets go of the connection, first committing the open batch if it
+    /// is due ([`Batch::due`]).
     async fn let_go(&self, guard: Guard) {
-        let due = guard.batch.as_ref().is_some_and(|batch| {
-            self.queued() == 0
-                || batch.members >= MAX_BATCH
-                || batch.opened.elapsed() >= MAX_BATCH_AGE
-        });
-        if due {
+        if guard
+            .batch
+            .as_ref()
+            .is_some_and(|batch| batch.due(self.queued()))
+        {
             self.commit_batch(guard).await;
         }
     }
@@ -266,22 +243,31 @@ impl PgWriter {
             return;
         }
         let mut outcome = Ok(());
-        if guard.unreleased.is_some() {
-            let committed = guard
-                .conn_mut()
-                .execute(raw_sql("RELEASE turn; COMMIT"))
-                .await;
+        if let Some(last) = guard.unreleased.as_ref() {
+            // Every notice of the batch goes out inside the last turn's
+            // savepoint: if one of its statements had failed, this fails
+            // too, and is undone with it.
+            let mut notices = guard.notices.clone();
+            notices.extend(last.notices.iter().cloned());
+            let conn = guard.conn_mut();
+            let committed = match pg_notices::send(conn, &notices).await {
+                Ok(()) => conn
+                    .execute(raw_sql("RELEASE turn; COMMIT"))
+                    .await
+                    .map(drop),
+                Err(error) => Err(error),
+            };
             match committed {
-                Ok(_) => {
+                Ok(()) => {
                     let last = guard.unreleased.take();
                     if let Some(batch) = guard.batch.as_mut() {
-                        batch.waiting.extend(last);
+                        batch.waiting.extend(last.map(|last| last.done));
                     }
                 }
-                // The release failed (the batch is still open: undo the
-                // last turn and commit the rest) or the commit did (the
-                // transaction is gone, and so is the savepoint: the batch
-                // breaks).
+                // The notices or the release failed (the batch is still
+                // open: undo the last turn and commit the rest) or the
+                // commit did (the transaction is gone, and so is the
+                // savepoint: the batch breaks).
                 Err(_) if self.settle_unreleased(&mut guard).await => {
                     outcome = self.commit(&mut guard).await;
                 }
@@ -290,6 +276,7 @@ impl PgWriter {
         } else {
             outcome = self.commit(&mut guard).await;
         }
+        guard.notices.clear();
         let Some(batch) = guard.batch.take() else {
             return;
         };
@@ -302,19 +289,32 @@ impl PgWriter {
         }
     }
 
-    /// `COMMIT` (`ROLLBACK` when no turn of the batch kept its writes).
+    /// Sends the batch's notices and `COMMIT`s (`ROLLBACK` when no turn of
+    /// the batch kept its writes).
     async fn commit(&self, guard: &mut Guard) -> Result<(), Arc<str>> {
         let empty = guard
             .batch
             .as_ref()
             .is_none_or(|batch| batch.waiting.is_empty());
+        let state = &mut **guard;
+        let conn = state
+            .conn
+            .as_mut()
+            .expect("a turn holds an open connection");
+        if !empty && let Err(error) = pg_notices::send(conn, &state.notices).await {
+            // The transaction may be aborted, and a `COMMIT` would then
+            // roll it back without an error: close the connection instead,
+            // which aborts it for certain.
+            state.conn = None;
+            return Err(failed("sending the batch's notices", &error));
+        }
         let sql = if empty { "ROLLBACK" } else { "COMMIT" };
-        match guard.conn_mut().execute(raw_sql(sql)).await {
+        match conn.execute(raw_sql(sql)).await {
             Ok(_) => Ok(()),
             Err(error) => {
                 // Whether it committed is unknown to us: tell nobody it did,
                 // and start again on a fresh connection.
-                guard.conn = None;
+                state.conn = None;
                 Err(failed("commit", &error))
             }
         }
@@ -323,7 +323,8 @@ impl PgWriter {
     /// Fails the open batch: rolls back what PostgreSQL still has of it
     /// and answers everyone waiting with `why`.
     async fn break_batch(&self, state: &mut State, why: Arc<str>) {
-        let unreleased = state.unreleased.take();
+        let unreleased = state.unreleased.take().map(|last| last.done);
+        state.notices.clear();
         let Some(batch) = state.batch.take() else {
             return;
         };
@@ -341,10 +342,17 @@ impl PgWriter {
     /// Ends a turn: keeps its writes in the batch (`keep`; its savepoint
     /// is released by the next round trip, [`State::unreleased`]) or rolls
     /// back to its savepoint, and lets go of the connection. `done`, when
-    /// someone waits, hears the outcome of the batch's commit.
-    async fn finish(&self, mut guard: Guard, keep: bool, done: Option<Done>) {
+    /// someone waits, hears the outcome of the batch's commit; `notices`
+    /// go out with the batch if the turn's writes do.
+    async fn finish(
+        &self,
+        mut guard: Guard,
+        keep: bool,
+        done: Option<Done>,
+        notices: Vec<Outgoing>,
+    ) {
         if keep && let Some(done) = done {
-            guard.unreleased = Some(done);
+            guard.unreleased = Some(Unreleased { done, notices });
             self.let_go(guard).await;
             return;
         }
@@ -381,6 +389,18 @@ async fn undo_turn(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     }
 }
 
+impl Queued for PgWriter {
+    type State = State;
+
+    fn queue(&self) -> &Queue<State> {
+        &self.queue
+    }
+
+    async fn commit_if_due(&self, guard: Guard) {
+        self.let_go(guard).await;
+    }
+}
+
 impl State {
     fn conn_mut(&mut self) -> &mut PgConnection {
         self.conn.as_mut().expect("a turn holds an open connection")
@@ -396,10 +416,10 @@ impl PgTurn {
             .conn_mut()
     }
 
-    /// Makes this turn's writes part of the batch and returns once the
-    /// batch's `COMMIT` has.
-    pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        self.end(true).await
+    /// Makes this turn's writes (and `notices`, sent with the batch's
+    /// commit) part of the batch and returns once the batch's `COMMIT` has.
+    pub(crate) async fn commit(self, notices: Vec<Outgoing>) -> Result<(), StoreError> {
+        self.end(true, notices).await
     }
 
     /// Undoes this turn's writes (the rest of the batch is untouched) and
@@ -407,22 +427,18 @@ impl PgTurn {
     /// been written by others in the batch, and must not be acted on
     /// before it is durable.
     pub(crate) async fn rollback(self) -> Result<(), StoreError> {
-        self.end(false).await
+        self.end(false, Vec::new()).await
     }
 
     /// Ends the turn in a task of its own (a caller that goes away
     /// meanwhile cannot cut short the batch of others) and waits for the
     /// batch's outcome.
-    async fn end(mut self, keep: bool) -> Result<(), StoreError> {
+    async fn end(mut self, keep: bool, notices: Vec<Outgoing>) -> Result<(), StoreError> {
         let guard = self.guard.take().expect("a turn ends once");
         let (done, outcome) = oneshot::channel();
         let writer = self.writer.clone();
-        tokio::spawn(async move { writer.finish(guard, keep, Some(done)).await });
-        match outcome.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(batch_error(why)),
-            Err(_) => Err(batch_error("the batch ended without an outcome".into())),
-        }
+        tokio::spawn(async move { writer.finish(guard, keep, Some(done), notices).await });
+        batch_outcome(outcome).await
     }
 }
 
@@ -438,11 +454,11 @@ impl Drop for PgTurn {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let writer = self.writer.clone();
-                runtime.spawn(async move { writer.finish(guard, false, None).await });
+                runtime.spawn(async move { writer.finish(guard, false, None, Vec::new()).await });
             }
             Err(_) => {
                 guard.conn = None;
-                let unreleased = guard.unreleased.take();
+                let unreleased = guard.unreleased.take().map(|last| last.done);
                 if let Some(batch) = guard.batch.take() {
                     for waiter in batch.waiting.into_iter().chain(unreleased) {
                         let _ = waiter.send(Err("the batch was abandoned at exit".into()));

@@ -19,6 +19,7 @@ use crate::{
     group_commit::{Turn, Writer},
     notices::LocalChannels,
     pg_group_commit::PgTurn,
+    pg_notices::{self, Outgoing},
     pg_read::Pipelined,
     sqlite_read::{self, Readers},
 };
@@ -347,9 +348,8 @@ fn lite_all<T>(
 #[derive(Debug)]
 pub struct Tx {
     inner: TxInner,
-    /// Notices to send once committed (SQLite; PostgreSQL queues them
-    /// itself).
-    pending: Vec<(&'static str, String)>,
+    /// Notices to send with the commit.
+    pending: Vec<Outgoing>,
     local: Arc<LocalChannels>,
 }
 
@@ -383,31 +383,29 @@ impl Tx {
     /// Sends `payload` to the listeners of `channel` (see
     /// [`Db::listen`]) when, and only if, this transaction commits.
     pub async fn notify(&mut self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
-        match self.inner {
-            // Delivered by PostgreSQL at commit, to every listening
-            // connection of every replica.
-            TxInner::Postgres(_) | TxInner::PgBatched(_) => query("SELECT pg_notify($1, $2)")
-                .bind(channel)
-                .bind(payload)
-                .execute(&mut *self)
-                .await
-                .map(drop),
-            TxInner::Sqlite(_) => {
-                self.pending.push((channel, payload.to_owned()));
-                Ok(())
-            }
-        }
+        // Kept until the commit on every backend: PostgreSQL would hold a
+        // `NOTIFY` until the commit anyway, so sending them all in one
+        // statement then saves a round trip per notice.
+        self.pending.push((channel, payload.to_owned()));
+        Ok(())
     }
 
-    /// Commits, then (SQLite) sends the notices.
+    /// Commits with the notices: PostgreSQL delivers them at the commit, to
+    /// every listening connection of every replica; on SQLite they go to
+    /// this process's listeners once the commit has returned.
     pub async fn commit(self) -> Result<(), StoreError> {
         match self.inner {
-            TxInner::Postgres(t) => t.commit().await?,
-            TxInner::PgBatched(t) => t.commit().await?,
-            TxInner::Sqlite(t) => t.commit().await?,
-        }
-        for (channel, payload) in &self.pending {
-            self.local.send(channel, payload);
+            TxInner::Postgres(mut t) => {
+                pg_notices::send(&mut t, &self.pending).await?;
+                t.commit().await?;
+            }
+            TxInner::PgBatched(t) => t.commit(self.pending).await?,
+            TxInner::Sqlite(t) => {
+                t.commit().await?;
+                for (channel, payload) in &self.pending {
+                    self.local.send(channel, payload);
+                }
+            }
         }
         Ok(())
     }

@@ -477,3 +477,74 @@ async fn a_deadlock_between_replicas_fails_one_transaction_as_unavailable_on_pos
         ["after-one", "after-two", "left", "right"]
     );
 }
+
+/// The notices of a batch go out with its commit, in order, a repeated
+/// one once,
+/// and only those of the transactions it commits: not a rolled-back one's,
+/// nor those of one whose statement failed, even when it is the batch's
+/// last (its notices then fail with it and the others' are sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sends_the_notices_of_what_it_commits_and_nothing_else_on_postgres() {
+    let (db, _dir) = open(Backend::Postgres).await;
+    let notices = db.listen("batch_notices", 64).await.unwrap();
+    let mut heard = notices.subscribe();
+    let mut existing = db.begin().await.unwrap();
+    insert(&mut existing, "taken").await.unwrap();
+    existing.commit().await.unwrap();
+
+    let mut first = db.begin().await.unwrap();
+    insert(&mut first, "first").await.unwrap();
+    first.notify("batch_notices", "first").await.unwrap();
+    first.notify("batch_notices", "twice").await.unwrap();
+    first.notify("batch_notices", "twice").await.unwrap();
+    let turn = |name: &'static str| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.begin().await?;
+            tx.notify("batch_notices", name).await?;
+            match name {
+                "rolled-back" => {
+                    insert(&mut tx, name).await?;
+                    return tx.rollback().await;
+                }
+                "failed" => assert!(insert(&mut tx, "taken").await.is_err()),
+                _ => {
+                    insert(&mut tx, name).await?;
+                }
+            }
+            tx.commit().await
+        })
+    };
+    let mut queued = Vec::new();
+    for (n, name) in ["second", "rolled-back", "failed"].into_iter().enumerate() {
+        queued.push(turn(name));
+        until_queued(&db, n + 1).await;
+    }
+    first.commit().await.unwrap();
+    let outcomes: Vec<_> = futures_util::future::join_all(queued)
+        .await
+        .into_iter()
+        .map(|joined| joined.unwrap().is_ok())
+        .collect();
+    assert_eq!(outcomes, [true, true, false], "second, rolled-back, failed");
+    assert_eq!(names(&db).await, ["first", "second", "taken"]);
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let notice = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("the batch's notices within 10 s")
+            .unwrap();
+        got.push(notice);
+    }
+    assert_eq!(
+        got,
+        ["first", "twice", "second"].map(|p| shop_storage::Notice::Changed(p.into()))
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        heard.try_recv().is_err(),
+        "nothing more: {:?}",
+        heard.try_recv()
+    );
+}

@@ -275,28 +275,35 @@ impl InventoryRepo for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Reserved, RepoError> {
         let items_hash = items_fingerprint(items);
+        let mut sorted: Vec<&ReserveItem> = items.iter().collect();
+        sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
         let mut tx = self.db.begin().await?;
+        // The reservation takes its currency from its first product as it
+        // is now: the holds below read every product's, and only if one
+        // differs (a mixed order, or a currency changed meanwhile) does the
+        // row need a second write. A statement less on the hot path, where
+        // every statement is a round trip on PostgreSQL.
         let inserted = query(
             "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-             created_at, updated_at) VALUES ($1, 'pending', '', $2, $3, $4, $4) \
-             ON CONFLICT (order_id) DO NOTHING",
+             created_at, updated_at) VALUES ($1, 'pending', \
+             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
         )
         .bind(order_id)
         .bind(&items_hash)
         .bind(expires_at)
         .bind(now)
-        .execute(&mut tx)
+        .bind(sorted.first().map(|item| item.sku.as_str()))
+        .fetch_optional(&mut tx, |row| row.get::<String>("currency_code"))
         .await?;
-        if inserted == 0 {
+        let Some(stored_currency) = inserted else {
             let existing = SqlStore::reservation_in(&mut tx, order_id)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("reservation conflicted but is gone".into()))?;
             tx.rollback().await?;
             return Ok(Reserved::Existing(existing));
-        }
+        };
 
-        let mut sorted: Vec<&ReserveItem> = items.iter().collect();
-        sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
         let mut lines = Vec::with_capacity(sorted.len());
         let mut short = Vec::new();
         let mut currencies = Vec::new();
@@ -349,11 +356,13 @@ impl InventoryRepo for SqlStore {
             tx.rollback().await?;
             return Ok(Reserved::MixedCurrencies);
         };
-        query("UPDATE reservations SET currency_code = $1 WHERE order_id = $2")
-            .bind(currency.as_str())
-            .bind(order_id)
-            .execute(&mut tx)
-            .await?;
+        if *currency != stored_currency {
+            query("UPDATE reservations SET currency_code = $1 WHERE order_id = $2")
+                .bind(currency.as_str())
+                .bind(order_id)
+                .execute(&mut tx)
+                .await?;
+        }
         for line in &lines {
             query(
                 "INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \

@@ -239,10 +239,71 @@ pub(crate) async fn confirm_release_and_expiry_move_the_units(store: &dyn Invent
     store.ping().await.unwrap();
 }
 
+async fn price_in(store: &dyn InventoryRepo, name: &str, currency: &str) {
+    store
+        .put_product(
+            &ProductDraft {
+                sku: sku(name),
+                name: name.into(),
+                unit_price_cents: 100,
+                currency: CurrencyCode::parse(currency).unwrap(),
+                active: true,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+}
+
+pub(crate) async fn a_reservation_is_in_its_products_currency_and_never_in_two(
+    store: &dyn InventoryRepo,
+) {
+    product(store, "euro", 100, 5).await;
+    product(store, "dollar", 100, 5).await;
+    price_in(store, "dollar", "USD").await;
+    let later = now() + Duration::minutes(5);
+
+    // Stored as held: read back, the reservation has the currency of the
+    // product as it is now.
+    let order = Uuid::now_v7();
+    let held = store
+        .reserve(order, &items(&[("dollar", 1)]), later, now())
+        .await
+        .unwrap();
+    assert!(matches!(&held, Reserved::Held(r) if r.currency_code == "USD"));
+    let stored = store.get_reservation(order).await.unwrap().unwrap();
+    assert_eq!(stored.currency_code, "USD");
+
+    let mixed = Uuid::now_v7();
+    let refused = store
+        .reserve(mixed, &items(&[("euro", 1), ("dollar", 1)]), later, now())
+        .await
+        .unwrap();
+    assert!(matches!(refused, Reserved::MixedCurrencies));
+    assert!(store.get_reservation(mixed).await.unwrap().is_none());
+    for (name, reserved) in [("euro", 0), ("dollar", 1)] {
+        let product = store.get_product(&sku(name)).await.unwrap().unwrap();
+        assert_eq!(product.reserved, reserved, "{name}: nothing more held");
+    }
+
+    // Repriced in euros: the next reservation of it is in euros.
+    price_in(store, "dollar", "EUR").await;
+    let next = Uuid::now_v7();
+    let held = store
+        .reserve(next, &items(&[("euro", 1), ("dollar", 1)]), later, now())
+        .await
+        .unwrap();
+    assert!(matches!(&held, Reserved::Held(r) if r.currency_code == "EUR"));
+    let stored = store.get_reservation(next).await.unwrap().unwrap();
+    assert_eq!(stored.currency_code, "EUR");
+    assert_eq!(stored.lines.len(), 2);
+}
+
 shop_testkit::repo_suite!(
     store;
     products_are_put_read_and_listed_by_sku,
     stock_changes_apply_once_and_keep_a_floor,
     reservations_hold_all_or_nothing_once_per_order,
     confirm_release_and_expiry_move_the_units,
+    a_reservation_is_in_its_products_currency_and_never_in_two,
 );

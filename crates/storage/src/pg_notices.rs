@@ -1,0 +1,43 @@
+//! A transaction's notices, sent to PostgreSQL in one statement just
+//! before its commit.
+//!
+//! PostgreSQL delivers a `NOTIFY` only when its transaction commits, so
+//! nothing is lost by holding the notices until then; sent one by one they
+//! cost a round trip each on a connection that, in group commit, every
+//! writer of the process waits for. PostgreSQL drops a repeated notice
+//! (same channel, same payload) within a transaction; so does
+//! [`send`] within its batch.
+
+use std::collections::HashSet;
+
+use sqlx::PgConnection;
+
+/// A notice to send at the commit: the channel and the payload.
+pub(crate) type Outgoing = (&'static str, String);
+
+/// Sends `notices` (nothing when there are none), in their order, as one
+/// statement on `conn`, inside the transaction they belong to.
+pub(crate) async fn send(conn: &mut PgConnection, notices: &[Outgoing]) -> Result<(), sqlx::Error> {
+    if notices.is_empty() {
+        return Ok(());
+    }
+    let mut seen = HashSet::with_capacity(notices.len());
+    let mut channels: Vec<&str> = Vec::with_capacity(notices.len());
+    let mut payloads: Vec<&str> = Vec::with_capacity(notices.len());
+    for (channel, payload) in notices {
+        if seen.insert((*channel, payload.as_str())) {
+            channels.push(channel);
+            payloads.push(payload);
+        }
+    }
+    sqlx::query(
+        "SELECT pg_notify(n.channel, n.payload) \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(channel, payload, i) \
+         ORDER BY n.i",
+    )
+    .bind(channels)
+    .bind(payloads)
+    .execute(conn)
+    .await
+    .map(drop)
+}

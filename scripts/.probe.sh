@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# Benchmarks the shop stack against bare tonic, in one run on one machine.
+#
+#   scripts/bench.sh            # full run (about 9 minutes after the build)
+#   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
+#   scripts/bench.sh --profile=get-user|create-order
+#                               # where the server CPU goes (perf), on SQLite
+#                               # (PROFILE_BACKEND=postgres for PostgreSQL,
+#                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
+#                               # give user-service settings)
+#
+# Builds release binaries, then for each scenario starts the servers it
+# needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
+# two CPUs), warms up, measures, and stops everything it started:
+#
+#   bare           shop-bare-server: tonic with no middleware, GetUser
+#                  answering a fixed user (the yardstick)
+#   get-user       GetUser of oneself: token check + database read
+#   create-order   CreateOrder: GetUser hop to user-service, ReserveStock and
+#                  ConfirmReservation at inventory-service, database write
+#   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
+#   get-order      GetOrder alone: the read latency with no writes running
+#   mixed          the realistic mix with WatchOrder streams held open
+#   watch-idle     N idle WatchOrder streams: server memory per stream, and
+#                  every stream receives its order's change
+#
+# The yardstick is taken twice, with shop-loadgen and with h2load (nghttp2's
+# load tool in C: the cheapest driver available, installed from Debian
+# packages when missing and possible), and GetUser is also driven by h2load,
+# so the ratio of like to like is reported with each driver. Every report
+# says how busy its load generator was; a ratio whose generator used 90% or
+# more of its CPU is reported as not valid (it measured the generator).
+# Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
+# route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
+# scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
+# raw and gzipped, on the same stack.
+# get-user also runs with the users cache off (get-user-uncached-*: every
+# call reads the database). bare and cached get-user (SQLite) run once more
+# with the server allowed both CPUs (*-2cpu, h2load sharing them): scaling
+# from 1 to 2 server cores, against the CPU the server used.
+#
+# get-user and create-order run on SQLite and on PostgreSQL (a throwaway
+# cluster with PostgreSQL's default durability, started like
+# scripts/test.sh does; skipped with a note when PostgreSQL is missing).
+# Results: bench/results/<date>-<git-sha>[-quick].json and .md, every
+# throughput also a ratio to the bare server measured in the same run.
+#
+# The servers run as in docker-compose (access log at info, JSON to a
+# file), except: per-caller rate limits are lifted (the point is capacity,
+# not throttling one caller), and so is the per-address quota of sign-ups
+# and logins (every load account comes from this one address), the stream
+# limits are raised for watch-idle, and BCRYPT_COST is 10 (only sign-up and
+# login of the load accounts hash, before measuring). No timing is asserted anywhere: numbers are reported.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+quick=0 profile=
+for arg in "$@"; do
+    case "$arg" in
+        --quick) quick=1 ;;
+        --profile=*) profile="${arg#--profile=}" ;;
+        -h|--help) sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ $quick == 1 ]]; then
+    duration=3s warmup=1s concurrency=32 streams=500 users=4
+else
+    duration=20s warmup=5s concurrency=64 streams=${BENCH_WATCH_STREAMS:-10000} users=16
+fi
+
+log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
+
+log "cargo build --release (servers, loadgen, bare server, health probe)"
+true
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+bin=/tmp/binB
+
+server_cpu=() load_cpu=()
+if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
+    server_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
+    log "servers on CPU 0, load on CPU 1"
+else
+    log "taskset or a second CPU missing: servers and load share the CPUs"
+fi
+
+work="$(mktemp -d /tmp/shop-bench.XXXXXX)"
+pids=()
+last_pid=
+# shellcheck source=lib/postgres.sh
+source "$root/scripts/lib/postgres.sh"
+cleanup() {
+    stop_servers
+    stop_pg
+    rm -rf "$work"
+}
+stop_servers() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    pids=()
+}
+trap cleanup EXIT
+
+# start NAME HEALTH_SERVICE PORT VAR=VALUE... : starts a server and waits
+# until it answers SERVING for HEALTH_SERVICE (`-`: until its port accepts
+# connections); its pid goes to pids and last_pid.
+start() {
+    local name=$1 health=$2 port=$3
+    shift 3
+    env -i PATH="$PATH" HOME="$work" "$@" "${server_cpu[@]}" "$bin/$name" \
+        >>"$work/$name.log" 2>&1 &
+    local pid=$!
+    pids+=("$pid")
+    last_pid=$pid
+    for _ in $(seq 1 300); do
+        if [[ $health == - ]]; then
+            if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                return 0
+            fi
+        elif "$bin/shop-health-probe" --addr "http://127.0.0.1:$port" --service "$health" \
+            --timeout 1s >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited during start-up:"
+            tail -5 "$work/$name.log" | cut -c1-400 >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+    log "$name not serving after 60 s"
+    return 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json.
+load() {
+    local name=$1
+    shift
+    log "measuring $name"
+    "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --report "$work/$name.json" \
+        --duration "$duration" --warmup "$warmup" --virtual-users "$users" "$@" \
+        | tee "$work/$name.txt" >&2
+}
+
+# drive_h2load NAME URL ADMIN_URL(or -) SERVER_PID LOADGEN_ARGS...: writes the
+# request with shop-loadgen --write-request, then drives it with h2load (same
+# callers: CONNECTIONS x STREAMS = concurrency); report in $work/NAME.json,
+# with the CPU the server at SERVER_PID used.
+have_h2load=0
+if command -v h2load >/dev/null 2>&1; then
+    have_h2load=1
+elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "h2load not found; installing nghttp2-client from Debian packages"
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client >&2 \
+        || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -qq --no-install-recommends nghttp2-client >&2; }; then
+        have_h2load=1
+    fi
+fi
+[[ $have_h2load == 1 ]] || log "h2load not available: the h2load measurements are skipped"
+# PROTOCOL=grpc-web or http in the environment makes the same call over
+# gRPC-Web or its REST route (h2load.py --protocol).
+drive_h2load() {
+    local name=$1 url=$2 admin=$3 server_pid=$4
+    shift 4
+    [[ $have_h2load == 1 ]] || return 0
+    log "measuring $name (h2load, ${PROTOCOL:-grpc})"
+    "$bin/shop-loadgen" --write-request "$work/request-$name" --users-url "$url" "$@" >&2
+    local admin_arg=()
+    [[ $admin == - ]] || admin_arg=("$admin")
+    python3 scripts/lib/h2load.py --server-pid="$server_pid" --protocol="${PROTOCOL:-grpc}" \
+        "$url" "$work/request-$name" "$work/$name.json" \
+        "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
+}
+
+# The servers' shared settings (docker-compose's, see the header).
+server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=1000000
+    RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_ADDRESS=100000 \
+    STREAM_MAX_PER_PROCESS=100000
+    SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
+
+# stack BACKEND [VAR=VALUE...]: starts user-service (with the extra
+# settings), inventory-service, inventory-service (the development
+# catalogue, a million units of each product) and order-service on BACKEND;
+# sets users_port, users_pid, orders_port, orders_pid.
+stack() {
+    local backend=$1 users_db inventory_db orders_db data="$work/data-$1-$RANDOM"
+    shift
+    mkdir -p "$data"
+    case "$backend" in
+        sqlite)
+            users_db="sqlite://$data/users.db"
+            inventory_db="sqlite://$data/inventory.db"
+            orders_db="sqlite://$data/orders.db"
+            ;;
+        postgres)
+            local suffix="${RANDOM}"
+            psql_create "bench_users_$suffix" && psql_create "bench_inventory_$suffix" \
+                && psql_create "bench_orders_$suffix"
+            users_db="${PG_URL%/postgres}/bench_users_$suffix"
+            inventory_db="${PG_URL%/postgres}/bench_inventory_$suffix"
+            orders_db="${PG_URL%/postgres}/bench_orders_$suffix"
+            ;;
+    esac
+    users_port=$(free_port)
+    inventory_port=$(free_port)
+    orders_port=$(free_port)
+    users_admin_port=$(free_port)
+    start user-service shop.user.v1.UserService "$users_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$users_port" ADMIN_ADDR="127.0.0.1:$users_admin_port" \
+        DATABASE_URL="$users_db" DATA_DIR="$data" BCRYPT_COST=10 \
+        CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000 \
+        SERVICE_ACCOUNTS_DIR="$data/service-accounts" "$@"
+    users_pid=$last_pid
+    start inventory-service shop.inventory.v1.InventoryService "$inventory_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$((inv_admin=$(free_port)))" \
+        DATABASE_URL="$inventory_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
+        SEED_CATALOGUE=true SEED_CATALOGUE_UNITS=1000000
+    start order-service shop.order.v1.OrderService "$orders_port" "${server_env[@]}" \
+        GRPC_ADDR="127.0.0.1:$orders_port" ADMIN_ADDR="127.0.0.1:$((inv_admin=$(free_port)))" \
+        DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
+        INVENTORY_SERVICE_URL="http://127.0.0.1:$inventory_port"
+    orders_pid=$last_pid
+}
+
+psql_create() {
+    # psql sits next to the real pg_ctl (PATH may hold only symlinks).
+    local dir
+    dir="$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")"
+    as_pg_user "$dir/psql" -q "$PG_URL" -c "CREATE DATABASE $1" >/dev/null
+}
+
+# profile SCENARIO: drives SCENARIO at full load with shop-loadgen on CPU 1
+# and samples what runs on CPU 0 (every server of the stack) with perf for
+# 15 s, then prints the self time grouped by where it goes
+# (scripts/lib/profile-groups.py) and per process.
+profile() {
+    local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
+    command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
+    if [[ $backend == postgres ]]; then
+        start_pg durable || { log "PostgreSQL not available"; return 1; }
+    fi
+    # PROFILE_USERS_ENV: extra user-service settings, e.g.
+    # USER_CACHE_CAPACITY=0 (word-split on purpose).
+    # shellcheck disable=SC2086
+    stack "$backend" ${PROFILE_USERS_ENV:-}
+    log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-}"
+    "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --duration 35s --warmup 0s \
+        --virtual-users "$users" --concurrency "$concurrency" --scenario "$scenario" \
+        --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+        >"$work/profile-load.txt" 2>&1 &
+    local load_pid=$!
+    sleep 10
+    local where=(-a)
+    [[ ${#server_cpu[@]} -eq 0 ]] || where=(-C 0)
+    perf record -q -F 999 -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
+    wait "$load_pid" || true
+    grep -E "req/s" "$work/profile-load.txt" >&2 || true
+    perf report -q -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
+        >"$work/perf.txt"
+    python3 scripts/lib/profile-groups.py "$work/perf.txt"
+    stop_servers
+}
+
+if [[ -n $profile ]]; then
+    case "$profile" in
+        get-user|create-order) profile "$profile"; exit ;;
+        *) echo "bench.sh: --profile=$profile: get-user or create-order" >&2; exit 2 ;;
+    esac
+fi
+
+start_pg durable || exit 1
+for p in $(pgrep -f "postgres"); do taskset -a -cp ${PG_CPU:-0} $p >/dev/null; done
+as_pg_user "$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")/psql" -q "$PG_URL" -c "ALTER SYSTEM SET log_min_duration_statement = 0" -c "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a %d '" -c "SELECT pg_reload_conf()" >/dev/null
+stack postgres
+echo "inventory admin $inv_admin"; [[ -n ${INV_CPU:-} ]] && for p in $(pgrep inventory-serv); do taskset -a -cp $INV_CPU $p; done
+urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
+load co --scenario create-order "${urls[@]}" --concurrency "$concurrency"
+for p in $(cp "$pg_dir/server.log" /tmp/pg-server.log
+ss -ltnp | grep -E 'inventory|order-serv|user-serv' | awk '{print $4}' | sed 's/.*://'); do
+  curl -s "http://127.0.0.1:$p/metrics" > /tmp/metrics-$p.txt 2>/dev/null && echo "port $p: $(wc -l < /tmp/metrics-$p.txt) lines"
+done
+ss -ltnp | grep -E 'inventory|order-serv|user-serv'
