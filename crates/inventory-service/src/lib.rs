@@ -37,14 +37,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let database_url = config.service.database_url(&SERVICE);
     let store = repo::connect(
-        &database_url,
-        shop_storage::ConnectOptions::new(
-            config.service.database_max_connections,
-            config.service.database_pipeline_connections,
-        )
-        .with_group_commit(config.service.database_group_commit),
+        &config.service.database_url(&SERVICE),
+        config.service.database_options(),
     )
     .await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;

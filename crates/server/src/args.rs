@@ -12,6 +12,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_core::{config::ConfigError, pagination::PageTokenCodec};
+use shop_storage::ConnectOptions;
 use shop_telemetry::LogFormat;
 
 use crate::service::ServiceInfo;
@@ -117,6 +118,16 @@ impl ServiceArgs {
         self.database_url
             .clone()
             .unwrap_or_else(|| service.default_database_url())
+    }
+
+    /// How to connect to the database: pool size, pipelined reads, group
+    /// commit (`DATABASE_*`).
+    pub fn database_options(&self) -> ConnectOptions {
+        ConnectOptions::new(
+            self.database_max_connections,
+            self.database_pipeline_connections,
+        )
+        .with_group_commit(self.database_group_commit)
     }
 }
 
