@@ -283,7 +283,7 @@ fi
 
 start_pg durable || exit 1
 for p in $(pgrep -f "postgres"); do taskset -a -cp ${PG_CPU:-0} $p >/dev/null; done
-as_pg_user "$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")/psql" -q "$PG_URL" -c "ALTER SYSTEM SET log_min_duration_statement = 0" -c "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a %d '" -c "SELECT pg_reload_conf()" >/dev/null
+[[ -n ${LOG_STATEMENTS:-} ]] && as_pg_user "$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")/psql" -q "$PG_URL" -c "ALTER SYSTEM SET log_min_duration_statement = 0" -c "ALTER SYSTEM SET log_line_prefix = '%m [%p] %a %d '" -c "SELECT pg_reload_conf()" >/dev/null
 stack postgres
 echo "inventory admin $inv_admin"; [[ -n ${INV_CPU:-} ]] && for p in $(pgrep inventory-serv); do taskset -a -cp $INV_CPU $p; done
 urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")

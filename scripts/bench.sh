@@ -8,6 +8,14 @@
 #                               # (PROFILE_BACKEND=postgres for PostgreSQL,
 #                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
 #                               # give user-service settings)
+#   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
+#                               # A/B of two builds: DIR_A and DIR_B each hold
+#                               # release binaries (copies of target/release
+#                               # from two commits); runs the scenario on a
+#                               # fresh stack of each in turn, A B A B ...,
+#                               # and prints every run and each side's median
+#                               # (one run says little on a shared VM: runs
+#                               # of one build here vary by a third)
 #
 # Builds release binaries, then for each scenario starts the servers it
 # needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
@@ -55,12 +63,16 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-quick=0 profile=
+quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         --profile=*) profile="${arg#--profile=}" ;;
-        -h|--help) sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ab=*) ab="${arg#--ab=}" ;;
+        --scenario=*) ab_scenario="${arg#--scenario=}" ;;
+        --backend=*) ab_backend="${arg#--backend=}" ;;
+        --rounds=*) ab_rounds="${arg#--rounds=}" ;;
+        -h|--help) sed -n '2,61p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -73,11 +85,26 @@ fi
 
 log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
 
-log "cargo build --release (servers, loadgen, bare server, health probe)"
-cargo build --release --locked -p user-service -p inventory-service -p order-service -p shop-loadgen -p shop-health-probe
-target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
-bin="$target_dir/release"
+if [[ -n $ab ]]; then
+    ab_dirs=("${ab%%,*}" "${ab#*,}")
+    for dir in "${ab_dirs[@]}"; do
+        for name in user-service inventory-service order-service shop-loadgen shop-health-probe; do
+            [[ -x $dir/$name ]] || { echo "bench.sh: --ab: $dir/$name missing" >&2; exit 2; }
+        done
+    done
+    [[ $ab_scenario =~ ^(get-user|create-order|get-order|mixed)$ ]] \
+        || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order or mixed" >&2; exit 2; }
+    [[ $ab_backend =~ ^(sqlite|postgres)$ ]] \
+        || { echo "bench.sh: --backend=$ab_backend: sqlite or postgres" >&2; exit 2; }
+    [[ $ab_rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds=$ab_rounds: a count" >&2; exit 2; }
+    bin="${ab_dirs[0]}"
+else
+    log "cargo build --release (servers, loadgen, bare server, health probe)"
+    cargo build --release --locked -p user-service -p inventory-service -p order-service -p shop-loadgen -p shop-health-probe
+    target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
+        | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    bin="$target_dir/release"
+fi
 
 server_cpu=() load_cpu=()
 if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
@@ -273,6 +300,36 @@ profile() {
     python3 scripts/lib/profile-groups.py "$work/perf.txt"
     stop_servers
 }
+
+# ab: alternating runs of two builds (see the header).
+ab() {
+    if [[ $ab_backend == postgres ]]; then
+        start_pg durable || { log "PostgreSQL not available"; return 1; }
+    fi
+    local round side
+    for round in $(seq 1 "$ab_rounds"); do
+        for side in 0 1; do
+            bin="${ab_dirs[$side]}"
+            stack "$ab_backend"
+            load "ab-$side-$round" --scenario "$ab_scenario" --concurrency "$concurrency" \
+                --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port"
+            stop_servers
+        done
+    done
+    python3 - "$work" "$ab_rounds" "${ab_dirs[@]}" <<'PY'
+import json, statistics, sys
+work, rounds, dirs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+for side, name in enumerate("AB"):
+    runs = [json.load(open(f"{work}/ab-{side}-{r}.json"))["throughput_rps"] for r in range(1, rounds + 1)]
+    print(f"{name} {dirs[side]}: " + ", ".join(f"{x:.0f}" for x in runs)
+          + f" req/s; median {statistics.median(runs):.0f}")
+PY
+}
+
+if [[ -n $ab ]]; then
+    ab
+    exit
+fi
 
 if [[ -n $profile ]]; then
     case "$profile" in
