@@ -63,7 +63,7 @@ pub use notices::{Notice, Notices};
 pub use pg_read::{
     APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY,
 };
-pub use query::{On, Query, Tx, query};
+pub use query::{MAX_NOTICE_PAYLOAD, On, Query, Tx, query};
 pub use row::{Column, ColumnError, Row};
 pub use value::Value;
 

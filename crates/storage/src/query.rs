@@ -342,6 +342,11 @@ fn lite_all<T>(
     Ok(all)
 }
 
+/// The longest payload a change notice may carry, in bytes: PostgreSQL's
+/// limit (shorter than 8000), kept on SQLite too so that code behaves the
+/// same on both.
+pub const MAX_NOTICE_PAYLOAD: usize = 7999;
+
 /// A transaction on either backend; dropped without [`Tx::commit`], it is
 /// rolled back. On SQLite it holds the one writing connection until it
 /// ends: never wait on anything slow (a network call) inside one.
@@ -382,7 +387,16 @@ impl Db {
 impl Tx {
     /// Sends `payload` to the listeners of `channel` (see
     /// [`Db::listen`]) when, and only if, this transaction commits.
+    /// A payload longer than [`MAX_NOTICE_PAYLOAD`] is refused here, so
+    /// that it fails this call rather than the commit (on PostgreSQL, the
+    /// commit of every transaction batched with this one).
     pub async fn notify(&mut self, channel: &'static str, payload: &str) -> Result<(), StoreError> {
+        if payload.len() > MAX_NOTICE_PAYLOAD {
+            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "a notice payload of {} bytes (at most {MAX_NOTICE_PAYLOAD})",
+                payload.len()
+            ))));
+        }
         // Kept until the commit on every backend: PostgreSQL would hold a
         // `NOTIFY` until the commit anyway, so sending them all in one
         // statement then saves a round trip per notice.

@@ -168,6 +168,12 @@ async fn notices_arrive_on_commit_only(backend: Backend) {
     rolled_back.rollback().await.unwrap();
 
     let mut tx = db.begin().await.unwrap();
+    // PostgreSQL's limit, on both backends: refused at once, and the
+    // transaction goes on.
+    let too_long = "x".repeat(shop_storage::MAX_NOTICE_PAYLOAD + 1);
+    assert!(tx.notify("storage_test", &too_long).await.is_err());
+    let longest = "y".repeat(shop_storage::MAX_NOTICE_PAYLOAD);
+    tx.notify("storage_test", &longest).await.unwrap();
     let id = Uuid::now_v7();
     query("INSERT INTO things (id, name, nickname, quantity, created_at) VALUES ($1, $2, NULL, 1, $3)")
         .bind(id)
@@ -179,6 +185,11 @@ async fn notices_arrive_on_commit_only(backend: Backend) {
     tx.notify("storage_test", &id.to_string()).await.unwrap();
     tx.commit().await.unwrap();
 
+    let notice = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    assert_eq!(notice, Notice::Changed(longest.into()));
     let notice = tokio::time::timeout(Duration::from_secs(10), heard.recv())
         .await
         .expect("a notice within 10 s")
