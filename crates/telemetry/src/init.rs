@@ -152,12 +152,17 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
     // Lines are formatted on the calling thread and written to stdout by a
     // thread of their own, so no request waits on the write. Not lossy: when
     // the writer falls behind by LOG_BUFFERED_LINES lines, callers wait
-    // rather than drop access lines.
+    // rather than drop access lines. The thread writes every line it finds
+    // queued with one system call (stdout alone would make one per line, as
+    // it is line-buffered), flushing whenever the queue is empty.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_BUFFERED_LINES)
         .thread_name("log-writer")
-        .finish(std::io::stdout());
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BUFFER,
+            std::io::stdout(),
+        ));
     let _ = LOG_WRITER.set(Mutex::new(Some(guard)));
     let fmt_layer = match format {
         LogFormat::Pretty => fmt::layer().with_target(true).with_writer(writer).boxed(),
@@ -221,6 +226,9 @@ fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
 
 /// Lines the log writer thread may fall behind by before callers wait.
 const LOG_BUFFERED_LINES: usize = 64 * 1024;
+
+/// Bytes of queued lines the log writer thread hands to one `write`.
+const LOG_WRITE_BUFFER: usize = 64 * 1024;
 
 /// The log writer thread's guard: dropping it writes out what is queued.
 static LOG_WRITER: OnceLock<Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>> =
