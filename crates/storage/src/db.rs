@@ -228,7 +228,7 @@ async fn open(
         Pool::Sqlite(SqliteDb {
             readers: Arc::new(readers),
             read,
-            writer: Writer::new(writing, ACQUIRE_TIMEOUT),
+            writer: Writer::new(writing, ACQUIRE_TIMEOUT, ACQUIRE_TIMEOUT),
         })
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()

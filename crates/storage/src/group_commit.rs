@@ -28,8 +28,13 @@
 //! thread that calls it (as the readers' do, `sqlite_read`): through sqlx,
 //! each statement would be handed to the connection's own thread and its
 //! result handed back, two thread hand-offs that cost more CPU than the
-//! statement. Only `COMMIT`, which waits for the disk, leaves the calling
-//! thread: it runs on tokio's blocking pool, one hand-off per batch.
+//! statement. Only what may wait leaves the calling thread, for tokio's
+//! blocking pool: `COMMIT`, which waits for the disk (one hand-off per
+//! batch), and a `BEGIN IMMEDIATE` that finds the database locked by
+//! another process (a backup, the `sqlite3` shell), which waits up to the
+//! busy timeout for it. The batch is first opened without waiting; only
+//! when that finds the lock taken does the opening move to the pool, so
+//! that the runtime thread goes on serving meanwhile.
 //!
 //! A failed `COMMIT` fails every transaction of its batch, and one that
 //! cannot even be rolled back to its savepoint (SQLite rolled the whole
@@ -67,6 +72,8 @@ pub const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 pub(crate) struct Writer {
     queue: Queue<State>,
     counts: Arc<Counts>,
+    /// How long the connection waits for another process's lock.
+    busy_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -157,8 +164,13 @@ fn failed(context: &str, err: &rusqlite::Error) -> Arc<str> {
 }
 
 impl Writer {
-    /// The writer over `conn` (migrated, in WAL mode, `synchronous=FULL`).
-    pub(crate) fn new(conn: Connection, acquire_timeout: Duration) -> Writer {
+    /// The writer over `conn` (migrated, in WAL mode, `synchronous=FULL`,
+    /// waiting up to `busy_timeout` for another process's lock).
+    pub(crate) fn new(
+        conn: Connection,
+        acquire_timeout: Duration,
+        busy_timeout: Duration,
+    ) -> Writer {
         Writer {
             queue: Queue::new(
                 State {
@@ -168,6 +180,7 @@ impl Writer {
                 acquire_timeout,
             ),
             counts: Arc::default(),
+            busy_timeout,
         }
     }
 
@@ -183,10 +196,51 @@ impl Writer {
     /// Waits for the connection (at most the acquire timeout: then the
     /// database counts as unavailable) and opens a savepoint in the batch.
     pub(crate) async fn begin(&self) -> Result<Turn, StoreError> {
-        let guard = Queue::acquire(self).await?;
+        let mut guard = Queue::acquire(self).await?;
+        if guard.batch.is_none()
+            && let Err(e) = self.open_batch_now(&mut guard)
+        {
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+                return self.open_when_unlocked(guard).await;
+            }
+            return Err(e.into());
+        }
         // No await from here on: a caller cannot be cancelled halfway
-        // through `BEGIN` or `SAVEPOINT`.
+        // through `SAVEPOINT`.
         self.clone().open(guard)
+    }
+
+    /// Opens the batch if the database's write lock is free now, without
+    /// waiting for another process to let go of it (`SQLITE_BUSY` then).
+    fn open_batch_now(&self, state: &mut State) -> rusqlite::Result<()> {
+        let conn = state.conn();
+        if !conn.is_autocommit() {
+            // A batch whose commit never ran (its runtime was shutting
+            // down): nobody was told it committed.
+            run(conn, "ROLLBACK")?;
+        }
+        conn.busy_timeout(Duration::ZERO)?;
+        let begun = run(conn, "BEGIN IMMEDIATE");
+        conn.busy_timeout(self.busy_timeout)?;
+        begun?;
+        state.batch = Some(Batch::new());
+        Ok(())
+    }
+
+    /// Opens the batch and this turn's savepoint on the blocking pool,
+    /// where `BEGIN IMMEDIATE` may wait up to the busy timeout for another
+    /// process's lock. A caller that goes away meanwhile leaves the turn
+    /// to be dropped, and so rolled back, where it ends up.
+    async fn open_when_unlocked(&self, guard: OwnedMutexGuard<State>) -> Result<Turn, StoreError> {
+        let (opened_tx, opened) = oneshot::channel();
+        let writer = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = opened_tx.send(writer.open(guard));
+        });
+        match opened.await {
+            Ok(turn) => turn,
+            Err(_) => Err(batch_error("opening a turn was interrupted".into())),
+        }
     }
 
     /// Opens the batch if none is open, then this turn's savepoint.

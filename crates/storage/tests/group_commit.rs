@@ -163,6 +163,40 @@ async fn a_caller_that_gives_up_waiting_does_not_hold_up_the_batch(backend: Back
     assert_eq!(names(&db).await, ["holder"]);
 }
 
+/// Another process holding SQLite's write lock (a backup, the `sqlite3`
+/// shell) makes a transaction wait for it, up to the busy timeout, but not
+/// the runtime thread the transaction was begun on: here the only one, so
+/// this test's own task runs again only if the waiting does not hold it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_transaction_waiting_for_another_process_s_lock_leaves_the_runtime_free_on_sqlite() {
+    let (db, dir) = sqlite().await;
+    let outside = rusqlite::Connection::open(dir.path().join("group.db")).unwrap();
+    outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let writer = db.clone();
+    let waiting = tokio::spawn(async move {
+        let mut tx = writer.begin().await?;
+        insert(&mut tx, "after the lock").await?;
+        tx.commit().await
+    });
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_secs(2),
+        "the runtime thread was held for {held:?} while the transaction waited for the lock"
+    );
+    assert!(!waiting.is_finished(), "the lock is still held");
+
+    outside.execute_batch("COMMIT").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the transaction went on once the lock was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(names(&db).await, ["after the lock"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_outside_a_transaction_commit_through_the_writer() {
     let (db, _dir) = sqlite().await;
