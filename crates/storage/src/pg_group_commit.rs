@@ -243,14 +243,17 @@ impl PgWriter {
             return;
         }
         let mut outcome = Ok(());
-        if let Some(last) = guard.unreleased.as_ref() {
+        let state = &mut *guard;
+        if let Some(last) = state.unreleased.as_ref() {
             // Every notice of the batch goes out inside the last turn's
             // savepoint: if one of its statements had failed, this fails
             // too, and is undone with it.
-            let mut notices = guard.notices.clone();
-            notices.extend(last.notices.iter().cloned());
-            let conn = guard.conn_mut();
-            let committed = match pg_notices::send(conn, &notices).await {
+            let notices = state.notices.iter().chain(&last.notices);
+            let conn = state
+                .conn
+                .as_mut()
+                .expect("a turn holds an open connection");
+            let committed = match pg_notices::send(conn, notices).await {
                 Ok(()) => conn
                     .execute(raw_sql("RELEASE turn; COMMIT"))
                     .await

@@ -17,18 +17,20 @@ pub(crate) type Outgoing = (&'static str, String);
 
 /// Sends `notices` (nothing when there are none), in their order, as one
 /// statement on `conn`, inside the transaction they belong to.
-pub(crate) async fn send(conn: &mut PgConnection, notices: &[Outgoing]) -> Result<(), sqlx::Error> {
-    if notices.is_empty() {
-        return Ok(());
-    }
-    let mut seen = HashSet::with_capacity(notices.len());
-    let mut channels: Vec<&str> = Vec::with_capacity(notices.len());
-    let mut payloads: Vec<&str> = Vec::with_capacity(notices.len());
+pub(crate) async fn send<'a>(
+    conn: &mut PgConnection,
+    notices: impl IntoIterator<Item = &'a Outgoing>,
+) -> Result<(), sqlx::Error> {
+    let mut seen = HashSet::new();
+    let (mut channels, mut payloads): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
     for (channel, payload) in notices {
         if seen.insert((*channel, payload.as_str())) {
             channels.push(channel);
             payloads.push(payload);
         }
+    }
+    if channels.is_empty() {
+        return Ok(());
     }
     sqlx::query(
         "SELECT pg_notify(n.channel, n.payload) \
