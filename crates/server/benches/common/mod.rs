@@ -1,0 +1,120 @@
+//! What both server benchmarks share: bare tonic and the shop stack
+//! serving the same `UserService.GetUser` handler (the workspace's stand-in
+//! `FixedUsers`: a fixed answer, no database) on loopback, a client of
+//! each, and a caller's token.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::Parser as _;
+use shop_auth::{KeySet, Role, SigningKey, TokenIssuer, TokenVerifier};
+use shop_loadgen::stub::FixedUsers;
+use shop_proto::user::v1::{
+    self as pb, user_service_client::UserServiceClient, user_service_server::UserServiceServer,
+};
+use shop_server::{Server, ServiceArgs, ServiceInfo};
+use tokio::net::TcpListener;
+use tonic::{
+    Request,
+    transport::{Channel, server::TcpIncoming},
+};
+
+/// In-flight calls per batch.
+pub(crate) const CONCURRENCY: usize = 32;
+
+#[derive(clap::Parser)]
+struct Args {
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+const BENCH: ServiceInfo = ServiceInfo::new("bench", 0, 0, "bench");
+
+/// A client of each server, and a token the shop stack accepts.
+pub(crate) struct Setup {
+    pub(crate) bare: UserServiceClient<Channel>,
+    pub(crate) full: UserServiceClient<Channel>,
+    pub(crate) token: String,
+}
+
+/// Accepted connections with TCP_NODELAY, as `Server::serve` does in
+/// production (a plain listener stream leaves Nagle on).
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Starts both servers on this runtime.
+pub(crate) async fn setup() -> Setup {
+    let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_addr = bare_listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UserServiceServer::new(FixedUsers::default()))
+            .serve_with_incoming(incoming(bare_listener)),
+    );
+
+    let key = Arc::new(SigningKey::generate());
+    let keys: KeySet = [key.verification_key().clone()].into_iter().collect();
+    let verifier = Arc::new(TokenVerifier::new(
+        keys,
+        "bench",
+        "bench",
+        Duration::from_secs(30),
+    ));
+    let token = TokenIssuer::new(key, "bench", "bench", Duration::from_secs(3600))
+        .issue("01a20000-0000-7000-8000-000000000000", &[Role::Customer])
+        .unwrap()
+        .token;
+    // Production settings, except limits a benchmark would trip.
+    let mut args = Args::parse_from(["bench"]).service;
+    args.server.rate_limit_per_second = 1e9;
+    args.server.rate_limit_burst = u32::MAX;
+    let mut server = Server::new(BENCH, &args, verifier);
+    server.add(UserServiceServer::new(FixedUsers::default()));
+    let full_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let full_addr = full_listener.local_addr().unwrap();
+    tokio::spawn(
+        server
+            .into_router()
+            .expect("the REST routes of the protos")
+            .serve_with_incoming(incoming(full_listener)),
+    );
+
+    let channel = |addr| {
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy()
+    };
+    Setup {
+        bare: UserServiceClient::new(channel(bare_addr)),
+        full: UserServiceClient::new(channel(full_addr)),
+        token,
+    }
+}
+
+/// Makes `n` GetUser calls, [`CONCURRENCY`] at a time, and returns how
+/// long they took.
+pub(crate) async fn calls(client: &UserServiceClient<Channel>, token: &str, n: u64) -> Duration {
+    let started = Instant::now();
+    let mut remaining = n;
+    while remaining > 0 {
+        let batch = remaining.min(CONCURRENCY as u64);
+        let calls: Vec<_> = (0..batch)
+            .map(|_| {
+                let mut client = client.clone();
+                let mut request = Request::new(pb::GetUserRequest {
+                    identifier: Some(pb::get_user_request::Identifier::Username("bench".into())),
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
+                async move { client.get_user(request).await.expect("call succeeds") }
+            })
+            .collect();
+        futures_util::future::join_all(calls).await;
+        remaining -= batch;
+    }
+    started.elapsed()
+}
