@@ -616,6 +616,12 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
                     "access line without {field}: {line}"
                 );
             }
+            assert!(
+                line["peer"]
+                    .as_str()
+                    .is_some_and(|peer| peer.parse::<std::net::SocketAddr>().is_ok()),
+                "the peer is the caller's address: {line}"
+            );
         }
     }
 }

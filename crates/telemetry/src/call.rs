@@ -2,6 +2,8 @@
 //! server, its `access` log line, finished exactly once.
 
 use std::{
+    fmt,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -38,7 +40,7 @@ pub struct CallRecord {
     metrics: Arc<MethodMetrics>,
     start: Instant,
     span: Span,
-    peer: Option<String>,
+    peer: Option<SocketAddr>,
     caller: CallerSlot,
     received: u64,
     sent: u64,
@@ -55,7 +57,7 @@ impl CallRecord {
         protocol: Protocol,
         path: &str,
         span: Span,
-        peer: Option<String>,
+        peer: Option<SocketAddr>,
     ) -> CallRecord {
         let labels = MethodLabels::of(path);
         let metrics = MethodMetrics::of(side, labels, protocol);
@@ -127,7 +129,7 @@ impl CallRecord {
                 method = l.grpc_method,
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
-                peer = self.peer.as_deref().unwrap_or("-"),
+                peer = %Peer(self.peer),
                 principal = principal.as_deref().unwrap_or("-"),
                 "rpc"
             );
@@ -139,6 +141,19 @@ impl Drop for CallRecord {
     fn drop(&mut self) {
         // Dropped unfinished: the response was abandoned (client gone).
         self.finish(Code::Cancelled);
+    }
+}
+
+/// The caller's address in the access line, `-` when the transport does
+/// not say; formatted only if the line is written.
+struct Peer(Option<SocketAddr>);
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 

@@ -62,13 +62,13 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path().to_owned();
-        let labels = MethodLabels::of(&path);
+        let path = parts.uri.path();
+        let labels = MethodLabels::of(path);
 
         // Request id: the caller's when it is sane, else a fresh one.
         let request_id = request_id_of(&parts.headers);
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        let request_id_text = request_id.to_str().unwrap_or_default().to_owned();
+        let request_id_text = request_id.to_str().unwrap_or_default();
 
         // Trace context from the caller, then the span of this call.
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -92,13 +92,13 @@ where
             span.record("trace_id", trace.as_str());
         }
 
-        let peer = peer_addr(&parts.extensions).map(|a| a.to_string());
+        let peer = peer_addr(&parts.extensions);
         let protocol = parts
             .extensions
             .get::<Protocol>()
             .copied()
             .unwrap_or_default();
-        let record = CallRecord::start(Side::Server, protocol, &path, span.clone(), peer);
+        let record = CallRecord::start(Side::Server, protocol, path, span.clone(), peer);
         parts.extensions.insert(record.caller_slot());
         let record = Arc::new(Mutex::new(record));
 
