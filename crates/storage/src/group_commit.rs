@@ -213,18 +213,10 @@ impl Writer {
     /// Opens the batch if the database's write lock is free now, without
     /// waiting for another process to let go of it (`SQLITE_BUSY` then).
     fn open_batch_now(&self, state: &mut State) -> rusqlite::Result<()> {
-        let conn = state.conn();
-        if !conn.is_autocommit() {
-            // A batch whose commit never ran (its runtime was shutting
-            // down): nobody was told it committed.
-            run(conn, "ROLLBACK")?;
-        }
-        conn.busy_timeout(Duration::ZERO)?;
-        let begun = run(conn, "BEGIN IMMEDIATE");
-        conn.busy_timeout(self.busy_timeout)?;
-        begun?;
-        state.batch = Some(Batch::new());
-        Ok(())
+        state.conn().busy_timeout(Duration::ZERO)?;
+        let opened = state.open_batch();
+        state.conn().busy_timeout(self.busy_timeout)?;
+        opened
     }
 
     /// Opens the batch and this turn's savepoint on the blocking pool,
@@ -246,13 +238,7 @@ impl Writer {
     /// Opens the batch if none is open, then this turn's savepoint.
     fn open(self, mut guard: OwnedMutexGuard<State>) -> Result<Turn, StoreError> {
         if guard.batch.is_none() {
-            if !guard.conn().is_autocommit() {
-                // A batch whose commit never ran (its runtime was shutting
-                // down): nobody was told it committed.
-                run(guard.conn(), "ROLLBACK")?;
-            }
-            run(guard.conn(), "BEGIN IMMEDIATE")?;
-            guard.batch = Some(Batch::new());
+            guard.open_batch()?;
         }
         if let Err(e) = run(guard.conn(), "SAVEPOINT turn") {
             self.break_batch(&mut guard, failed("savepoint", &e));
@@ -367,6 +353,20 @@ impl State {
         self.conn
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens the batch (`BEGIN IMMEDIATE`, waiting for another process's
+    /// lock as long as the connection's busy timeout says).
+    fn open_batch(&mut self) -> rusqlite::Result<()> {
+        let conn = self.conn();
+        if !conn.is_autocommit() {
+            // A batch whose commit never ran (its runtime was shutting
+            // down): nobody was told it committed.
+            run(conn, "ROLLBACK")?;
+        }
+        run(conn, "BEGIN IMMEDIATE")?;
+        self.batch = Some(Batch::new());
+        Ok(())
     }
 }
 
