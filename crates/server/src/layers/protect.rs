@@ -84,9 +84,10 @@ impl KeyedLimit {
     }
 
     /// Ok, or [`AppError::RateLimited`] saying how long to wait
-    /// (RESOURCE_EXHAUSTED with `RetryInfo` once it is a status).
-    pub fn check(&self, key: &str) -> Result<(), AppError> {
-        match self.limiter.check_key(&key.to_owned()) {
+    /// (RESOURCE_EXHAUSTED with `RetryInfo` once it is a status). An owned
+    /// `key` is used as it is, not copied.
+    pub fn check(&self, key: impl Into<String>) -> Result<(), AppError> {
+        match self.limiter.check_key(&key.into()) {
             Ok(()) => Ok(()),
             Err(not_until) => Err(AppError::RateLimited {
                 what: self.what,
@@ -151,10 +152,15 @@ where
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         if !self.layer.exempt.contains(&service) {
             let key = match req.extensions().get::<Principal>() {
-                Some(p) => format!("user:{}", p.user_id),
+                Some(p) => {
+                    let mut key = String::with_capacity("user:".len() + p.user_id.len());
+                    key.push_str("user:");
+                    key.push_str(&p.user_id);
+                    key
+                }
                 None => crate::peer::caller_key(req.extensions()),
             };
-            if let Err(limited) = self.layer.limit.check(&key) {
+            if let Err(limited) = self.layer.limit.check(key) {
                 let labels = MethodLabels::of(path);
                 metrics::counter!("grpc_server_rate_limited_total",
                     "grpc_service" => labels.grpc_service, "grpc_method" => labels.grpc_method)

@@ -49,8 +49,8 @@ impl Accounts {
             Some(c) => format!("user:{}", c.user.id),
             None => format!("identifier:{identifier}"),
         };
-        self.login_limit.check(&format!("{account}|{from}"))?;
-        self.account_login_limit.check(&account)?;
+        self.login_limit.check(format!("{account}|{from}"))?;
+        self.account_login_limit.check(account)?;
 
         // Always run bcrypt, against a dummy hash for unknown users, so that
         // the answer takes as long whether or not the account exists.

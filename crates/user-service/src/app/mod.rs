@@ -57,7 +57,7 @@ impl Accounts {
     /// Counts a call of `method` from the address `from` (see
     /// `shop_server::peer::caller_address`) against its quota.
     pub fn check_address(&self, method: &str, from: &str) -> Result<(), AppError> {
-        self.address_limit.check(&format!("{method}|{from}"))
+        self.address_limit.check(format!("{method}|{from}"))
     }
 
     /// When the current request must be answered by, for the hasher.
