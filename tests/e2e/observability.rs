@@ -219,6 +219,53 @@ async fn one_trace_covers_the_caller_order_service_user_service_and_inventory_se
     );
 }
 
+/// With no collector, no OpenTelemetry span is built
+/// (`shop_telemetry::trace_ids`), yet every service a call reaches puts its
+/// span under its caller's and logs the caller's trace id.
+#[tokio::test]
+async fn without_a_collector_the_caller_s_trace_id_reaches_every_service_s_log_lines() {
+    let stack = Stack::start(Backend::Sqlite, &Spec::everyone(&[])).await;
+    let (user, token) = customer(&stack, "untraced").await;
+    let caller_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = authed(order(&user.id, "trace-2"), &token);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    OrderServiceClient::new(stack.service(ORDERS).channel())
+        .create_order(request)
+        .await
+        .unwrap();
+
+    for (service, method) in [
+        (ORDERS, "CreateOrder"),
+        (USERS, "GetUser"),
+        (INVENTORY, "ReserveStock"),
+        (INVENTORY, "ConfirmReservation"),
+    ] {
+        let in_trace = |e: &serde_json::Value| {
+            e["target"] == "access"
+                && e["method"] == method
+                && e["span"]["trace_id"] == caller_trace
+        };
+        assert!(
+            stack
+                .service(service)
+                .wait_for_logs(Duration::from_secs(5), 1, in_trace)
+                .await,
+            "{service} logged no {method} in the caller's trace: {:?}",
+            stack
+                .service(service)
+                .log_events()
+                .iter()
+                .filter(|e| e["target"] == "access")
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
 #[tokio::test]
 async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
     let stack = Stack::start(Backend::Sqlite, &[]).await;

@@ -9,7 +9,9 @@
 //!   them and `traceparent` propagates); they are exported over OTLP/gRPC
 //!   only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, honouring the standard
 //!   `OTEL_*` variables (service name, resource attributes, sampler, batch
-//!   delay). Unset, nothing is exported and nothing complains;
+//!   delay). Unset, nothing is exported and nothing complains, and spans
+//!   carry their ids alone ([`crate::trace_ids`]), with no OpenTelemetry
+//!   span built for them;
 //! - the Prometheus metrics recorder behind `/metrics`.
 
 use std::{
@@ -23,7 +25,10 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
-use crate::json_log::{JsonFields, JsonLines};
+use crate::{
+    json_log::{JsonFields, JsonLines},
+    trace_ids::TraceIdLayer,
+};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,24 +133,39 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     prometheus();
 
-    let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
-    let tracer = provider.tracer(service_name);
     // Application spans only (INFO and above, not the transport's own):
-    // hyper, h2 and tower instrument every frame at TRACE, and handing
-    // those to OpenTelemetry would cost more than the calls themselves.
-    // The access line is left out too: the span already carries its
-    // fields. Thread, source location and busy/idle time are not
-    // recorded: the same for every call, and each costs time per span.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_threads(false)
-        .with_location(false)
-        .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+    // hyper, h2 and tower instrument every frame at TRACE, and tracing
+    // those would cost more than the calls themselves. The access line is
+    // left out too: the span already carries its fields.
+    let application_spans = || {
+        tracing_subscriber::filter::filter_fn(|meta| {
             *meta.level() <= tracing::Level::INFO
                 && !is_transport(meta.target())
                 && !(meta.is_event() && meta.target() == "access")
-        }));
+        })
+    };
+    // Spans become OpenTelemetry spans only when something exports them;
+    // otherwise they just get their W3C ids (see `trace_ids`), which is
+    // all the log lines and outgoing calls need.
+    // (One layer or the other, never an absent `Option` layer: an absent
+    // layer takes an interest in every callsite, and the transport's TRACE
+    // instrumentation would then run, only to be filtered out.)
+    let spans = if otlp_endpoint_set() {
+        let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
+        // Thread, source location and busy/idle time are not recorded: the
+        // same for every call, and each costs time per span.
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(application_spans())
+            .boxed()
+    } else {
+        TraceIdLayer::default()
+            .with_filter(application_spans())
+            .boxed()
+    };
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -173,7 +193,7 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
             .boxed(),
     };
     let _ = tracing_subscriber::registry()
-        .with(otel)
+        .with(spans)
         .with(fmt_layer.with_filter(filter))
         .try_init();
 }
@@ -192,8 +212,17 @@ fn is_transport(target: &str) -> bool {
     })
 }
 
-/// A provider that always assigns trace and span ids, and exports only
-/// when an OTLP endpoint is configured.
+/// Whether an OTLP endpoint for spans is configured.
+fn otlp_endpoint_set() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+}
+
+/// A provider that exports spans to the configured OTLP endpoint.
 fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
     let resource = Resource::builder().build();
     // OTEL_SERVICE_NAME wins; otherwise the binary's own name.
@@ -203,15 +232,6 @@ fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
         Resource::builder().with_service_name(service_name).build()
     };
     let builder = SdkTracerProvider::builder().with_resource(resource);
-    let endpoint_set = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-    if !endpoint_set {
-        return builder.build();
-    }
     match opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .build()

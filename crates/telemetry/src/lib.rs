@@ -10,7 +10,8 @@
 //! - [`call`]: one observed call (span, metrics, access log), finished
 //!   exactly once.
 //! - [`body`]: bodies wrapped to count messages and read the final status.
-//! - [`propagation`]: W3C trace context on HTTP headers.
+//! - [`propagation`]: W3C trace context on HTTP headers and spans.
+//! - [`trace_ids`]: trace ids for spans when nothing exports them.
 //!
 //! The layers that use these sit in the kits: the server's observe layer
 //! in `shop-server`, the client's in `shop-client`.
@@ -22,5 +23,6 @@ mod json_log;
 pub mod labels;
 pub mod metrics;
 pub mod propagation;
+pub mod trace_ids;
 
 pub use init::{LogFormat, init, prometheus, shutdown};

@@ -1,13 +1,19 @@
 //! W3C trace context on HTTP headers: OpenTelemetry carriers for
-//! `http::HeaderMap`, and the trace id of a span for log lines.
+//! `http::HeaderMap`, and a span's trace context (to send on, to log, to
+//! put under a caller's) from whichever layer keeps it:
+//! tracing-opentelemetry when spans are exported, [`crate::trace_ids`]
+//! when not.
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::{
+    Context,
     propagation::{Extractor, Injector},
-    trace::TraceContextExt as _,
+    trace::{TraceContextExt as _, TraceId},
 };
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::trace_ids;
 
 /// `http::HeaderMap` as an OpenTelemetry carrier.
 pub struct HeaderCarrier<'a>(pub &'a mut HeaderMap);
@@ -36,13 +42,66 @@ impl Extractor for HeaderReader<'_> {
     }
 }
 
-/// The trace id of `span` in hex, or empty when it has none.
-pub fn trace_id(span: &Span) -> String {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span_context.trace_id().to_string()
-    } else {
-        String::new()
+/// The trace context of `span`, to inject into an outgoing call's headers.
+pub fn context_of(span: &Span) -> Context {
+    match trace_ids::of(span) {
+        Some(ids) => Context::new().with_remote_span_context(ids),
+        None => span.context(),
+    }
+}
+
+/// Puts `span` under `parent`, a caller's context extracted from its
+/// headers. Call it before any span is created under `span`.
+pub fn set_parent(span: &Span, parent: Context) {
+    if !trace_ids::set_parent(span, parent.span().span_context()) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The trace id of `span`, if it has one.
+pub fn trace_id(span: &Span) -> Option<TraceId> {
+    let span_context = match trace_ids::of(span) {
+        Some(ids) => ids,
+        None => span.context().span().span_context().clone(),
+    };
+    span_context.is_valid().then(|| span_context.trace_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use tracing_subscriber::{Registry, prelude::*};
+
+    use super::*;
+    use crate::trace_ids::TraceIdLayer;
+
+    #[test]
+    fn a_span_under_a_caller_sends_the_caller_s_trace_with_its_own_span_id() {
+        let subscriber = Registry::default().with(TraceIdLayer::default());
+        tracing::subscriber::with_default(subscriber, || {
+            let propagator = TraceContextPropagator::new();
+            let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            let mut incoming = HeaderMap::new();
+            incoming.insert(
+                "traceparent",
+                HeaderValue::from_str(&format!("00-{caller_trace}-00f067aa0ba902b7-01")).unwrap(),
+            );
+
+            let server = tracing::info_span!("grpc.server");
+            set_parent(&server, propagator.extract(&HeaderReader(&incoming)));
+            assert_eq!(trace_id(&server).unwrap().to_string(), caller_trace);
+
+            let client = server.in_scope(|| tracing::info_span!("grpc.client"));
+            let mut outgoing = HeaderMap::new();
+            propagator.inject_context(&context_of(&client), &mut HeaderCarrier(&mut outgoing));
+            let client_ids = crate::trace_ids::of(&client).unwrap();
+            assert_eq!(
+                outgoing["traceparent"],
+                format!("00-{caller_trace}-{}-01", client_ids.span_id()),
+                "the caller's trace, the client span's own id"
+            );
+            assert_ne!(client_ids.span_id().to_string(), "00f067aa0ba902b7");
+        });
     }
 }

@@ -17,11 +17,10 @@ use shop_telemetry::{
     call::CallRecord,
     labels::{MethodLabels, Protocol},
     metrics::Side,
-    propagation::HeaderCarrier,
+    propagation::{HeaderCarrier, context_of},
 };
 use tonic::body::Body;
 use tower::{Layer, Service};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Builds [`Observe`] services.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,7 +68,7 @@ where
             rpc.grpc.status_code = tracing::field::Empty,
         );
         opentelemetry::global::get_text_map_propagator(|p| {
-            p.inject_context(&span.context(), &mut HeaderCarrier(req.headers_mut()));
+            p.inject_context(&context_of(&span), &mut HeaderCarrier(req.headers_mut()));
         });
         let record = Arc::new(Mutex::new(CallRecord::start(
             Side::Client,

@@ -18,14 +18,13 @@ use shop_telemetry::{
     call::CallRecord,
     labels::{MethodLabels, Protocol},
     metrics::Side,
-    propagation::{HeaderReader, trace_id},
+    propagation::{HeaderReader, set_parent, trace_id},
 };
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::peer::peer_addr;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing::field::{Empty, display};
 
 /// Builds [`Observe`] services: the outermost server layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -86,10 +85,9 @@ where
             request_id = %request_id_text,
             trace_id = Empty,
         );
-        let _ = span.set_parent(parent);
-        let trace = trace_id(&span);
-        if !trace.is_empty() {
-            span.record("trace_id", trace.as_str());
+        set_parent(&span, parent);
+        if let Some(trace) = trace_id(&span) {
+            span.record("trace_id", display(trace));
         }
 
         let peer = peer_addr(&parts.extensions);
