@@ -75,6 +75,13 @@ impl Principal {
     }
 }
 
+/// A principal shows as its user id, as the access log names callers.
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.user_id)
+    }
+}
+
 /// The subject prefix of service tokens: `service:order-service`.
 pub const SERVICE_SUBJECT_PREFIX: &str = "service:";
 

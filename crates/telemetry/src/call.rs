@@ -16,17 +16,29 @@ use crate::{
     metrics::{MethodMetrics, Side},
 };
 
+/// The authenticated caller, as the access log names them (the auth
+/// layer's principal, shared rather than copied).
+pub type Caller = Arc<dyn fmt::Display + Send + Sync>;
+
 /// Who made the call, filled in by the auth layer for the access log.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<Mutex<Option<String>>>);
+#[derive(Clone, Default)]
+pub struct CallerSlot(Arc<Mutex<Option<Caller>>>);
+
+impl fmt::Debug for CallerSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CallerSlot")
+            .field(&self.get().map(|c| c.to_string()))
+            .finish()
+    }
+}
 
 impl CallerSlot {
     /// Records the authenticated caller.
-    pub fn set(&self, principal: &str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(principal.to_owned());
+    pub fn set(&self, caller: Caller) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(caller);
     }
 
-    fn get(&self) -> Option<String> {
+    fn get(&self) -> Option<Caller> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -130,7 +142,7 @@ impl CallRecord {
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
                 peer = %Peer(self.peer),
-                principal = principal.as_deref().unwrap_or("-"),
+                principal = %Principal(principal),
                 "rpc"
             );
         }
@@ -152,6 +164,18 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The caller in the access line, `-` when the call was anonymous.
+struct Principal(Option<Caller>);
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(caller) => caller.fmt(f),
             None => f.write_str("-"),
         }
     }

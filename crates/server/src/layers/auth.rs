@@ -47,14 +47,14 @@ struct VerifiedTokens {
 struct VerifiedEntries {
     /// The key generation the entries were verified under.
     generation: u64,
-    by_token: std::collections::HashMap<String, Principal>,
+    by_token: std::collections::HashMap<String, Arc<Principal>>,
 }
 
 /// Most tokens kept verified at once.
 const VERIFIED_TOKENS_CAPACITY: usize = 10_000;
 
 impl VerifiedTokens {
-    fn get(&self, token: &str, now: i64, generation: u64) -> Option<Principal> {
+    fn get(&self, token: &str, now: i64, generation: u64) -> Option<Arc<Principal>> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.generation != generation {
             entries.by_token.clear();
@@ -68,7 +68,7 @@ impl VerifiedTokens {
             .cloned()
     }
 
-    fn insert(&self, token: &str, principal: &Principal, now: i64, generation: u64) {
+    fn insert(&self, token: &str, principal: &Arc<Principal>, now: i64, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.generation != generation {
             entries.by_token.clear();
@@ -80,7 +80,9 @@ impl VerifiedTokens {
                 entries.by_token.clear();
             }
         }
-        entries.by_token.insert(token.to_owned(), principal.clone());
+        entries
+            .by_token
+            .insert(token.to_owned(), Arc::clone(principal));
     }
 }
 
@@ -152,22 +154,20 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let path = req.uri().path().to_owned();
-            let token = bearer_token(req.headers()).map(str::to_owned);
-            let service_token = service_token(req.headers()).map(str::to_owned);
-            let caller = match service_token {
-                Some(service_token) if layer.is_service_method(&path) => {
-                    match layer.authorize_service(&service_token).await {
+            // Read in place: the request is only changed once the verdict
+            // is in.
+            let path = req.uri().path();
+            let token = bearer_token(req.headers());
+            let caller = match service_token(req.headers()) {
+                Some(service_token) if layer.is_service_method(path) => {
+                    match layer.authorize_service(service_token).await {
                         Ok(caller) => Some(caller),
                         Err(status) => return Ok(status.into_http()),
                     }
                 }
                 _ => None,
             };
-            match layer
-                .authorize(&path, token.as_deref(), caller.is_some())
-                .await
-            {
+            match layer.authorize(path, token, caller.is_some()).await {
                 Ok(principal) => {
                     if let Some(caller) = caller {
                         req.extensions_mut().insert(caller);
@@ -176,7 +176,7 @@ where
                         if let Some(slot) =
                             req.extensions().get::<shop_telemetry::call::CallerSlot>()
                         {
-                            slot.set(&principal.user_id);
+                            slot.set(principal.clone());
                         }
                         req.extensions_mut().insert(principal);
                     }
@@ -221,7 +221,7 @@ impl AuthLayer {
         path: &str,
         token: Option<&str>,
         service_proven: bool,
-    ) -> Result<Option<Principal>, Status> {
+    ) -> Result<Option<Arc<Principal>>, Status> {
         let Some(method) = policy::lookup(path) else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
             if self.public_services.contains(&service) {
@@ -270,13 +270,13 @@ impl AuthLayer {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+    async fn verify(&self, token: &str) -> Result<Arc<Principal>, VerifyError> {
         let now = unix_now();
         let generation = self.verifier.generation();
         if let Some(principal) = self.verified.get(token, now, generation) {
             return Ok(principal);
         }
-        let principal = self.verifier.verify(token).await?;
+        let principal = Arc::new(self.verifier.verify(token).await?);
         // Under the generation the token was checked against: if the keys
         // changed meanwhile, the entry is dropped at the next look.
         self.verified.insert(token, &principal, now, generation);
@@ -285,7 +285,7 @@ impl AuthLayer {
 
     /// [`Self::verify`], refusing service tokens: they never stand for a
     /// user.
-    async fn verify_user(&self, token: &str) -> Result<Principal, VerifyError> {
+    async fn verify_user(&self, token: &str) -> Result<Arc<Principal>, VerifyError> {
         let principal = self.verify(token).await?;
         if principal.service_name().is_some() {
             return Err(VerifyError::Token(TokenError::Malformed));
@@ -293,7 +293,7 @@ impl AuthLayer {
         Ok(principal)
     }
 
-    async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Status> {
+    async fn authenticate(&self, token: Option<&str>) -> Result<Arc<Principal>, Status> {
         let token = token.ok_or_else(|| {
             Status::unauthenticated("missing bearer token in the authorization metadata")
         })?;
@@ -347,10 +347,14 @@ pub fn service_caller<T>(request: &tonic::Request<T>) -> Result<&ServiceCaller, 
 /// `AUTHENTICATED` or `ADMIN` method only happens if the layer is missing
 /// from the server: a wiring bug that must not turn into open access.
 pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
-    request
-        .extensions()
-        .get::<Principal>()
+    principal_in(request.extensions())
         .ok_or_else(|| Status::new(Code::Unauthenticated, "not authenticated"))
+}
+
+/// The caller the auth layer put in `extensions`, if any (kept there as an
+/// `Arc<Principal>`, shared with its verified-token entry).
+pub fn principal_in(extensions: &http::Extensions) -> Option<&Principal> {
+    extensions.get::<Arc<Principal>>().map(|p| &**p)
 }
 
 #[cfg(test)]
@@ -483,11 +487,11 @@ mod tests {
             token_id: "t".into(),
             expires_at: exp,
         };
-        cache.insert("t1", &principal(100), 50, 0);
+        cache.insert("t1", &Arc::new(principal(100)), 50, 0);
         assert!(cache.get("t1", 99, 0).is_some());
         assert!(cache.get("t1", 100, 0).is_none(), "expired");
         for i in 0..VERIFIED_TOKENS_CAPACITY + 10 {
-            cache.insert(&format!("k{i}"), &principal(1_000), 50, 0);
+            cache.insert(&format!("k{i}"), &Arc::new(principal(1_000)), 50, 0);
         }
         assert!(cache.entries.lock().unwrap().by_token.len() <= VERIFIED_TOKENS_CAPACITY);
     }
@@ -495,12 +499,12 @@ mod tests {
     #[test]
     fn verified_tokens_are_forgotten_when_the_keys_change() {
         let cache = VerifiedTokens::default();
-        let principal = Principal {
+        let principal = Arc::new(Principal {
             user_id: "u".into(),
             roles: vec![],
             token_id: "t".into(),
             expires_at: 1_000,
-        };
+        });
         cache.insert("t1", &principal, 50, 7);
         assert!(cache.get("t1", 60, 7).is_some());
         assert!(cache.get("t1", 60, 8).is_none(), "a key was retired");

@@ -29,7 +29,6 @@ use governor::{
     clock::{Clock as _, DefaultClock},
 };
 use http::{Request, Response};
-use shop_auth::Principal;
 use shop_core::error::AppError;
 use tokio::sync::Semaphore;
 use tonic::{Status, body::Body};
@@ -151,7 +150,7 @@ where
         let path = req.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         if !self.layer.exempt.contains(&service) {
-            let key = match req.extensions().get::<Principal>() {
+            let key = match crate::layers::auth::principal_in(req.extensions()) {
                 Some(p) => {
                     let mut key = String::with_capacity("user:".len() + p.user_id.len());
                     key.push_str("user:");

@@ -174,7 +174,7 @@ where
         if !is_streaming(req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        let principal = req.extensions().get::<Principal>();
+        let principal = crate::layers::auth::principal_in(req.extensions());
         let address = crate::peer::caller_key(req.extensions());
         let caller = match principal {
             Some(p) => format!("user:{}", p.user_id),
@@ -232,7 +232,7 @@ impl Registry {
         let started = Instant::now();
         let mut ends_at = started + self.lifetime;
         let mut expires = false;
-        let principal = req.extensions().get::<Principal>();
+        let principal = crate::layers::auth::principal_in(req.extensions());
         if let Some(p) = principal {
             let now_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -591,7 +591,7 @@ mod tests {
             .body(body)
             .unwrap();
         if let Some(p) = who {
-            req.extensions_mut().insert(p);
+            req.extensions_mut().insert(Arc::new(p));
         }
         req
     }
