@@ -23,17 +23,24 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderValue, Request, Response, header::AUTHORIZATION};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header::AUTHORIZATION};
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use crate::grpc_timeout;
 
+// Header names are `HeaderName`s rather than text: a name given as text is
+// parsed, hashed and, when it is not a standard one, copied into a fresh
+// allocation on every insert.
+
 /// Header carrying the request id.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C trace context headers, passed through unchanged.
-const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
 
 tokio::task_local! {
     static CURRENT: RequestContext;
@@ -50,7 +57,7 @@ pub struct RequestContext {
     /// The request id, received or generated.
     pub request_id: HeaderValue,
     /// `traceparent` and `tracestate`, as received.
-    pub trace: Vec<(&'static str, HeaderValue)>,
+    pub trace: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl RequestContext {
@@ -67,7 +74,7 @@ impl RequestContext {
             request_id,
             trace: TRACE_HEADERS
                 .iter()
-                .filter_map(|name| headers.get(*name).map(|v| (*name, v.clone())))
+                .filter_map(|name| headers.get(name).map(|v| (name.clone(), v.clone())))
                 .collect(),
         }
     }
@@ -208,8 +215,8 @@ where
             // A client span's own trace context, put there by an observing
             // layer outside this one, wins over the one received.
             for (name, value) in &ctx.trace {
-                if !headers.contains_key(*name) {
-                    headers.insert(*name, value.clone());
+                if !headers.contains_key(name) {
+                    headers.insert(name.clone(), value.clone());
                 }
             }
         }
@@ -281,7 +288,10 @@ mod tests {
             deadline: Instant::now() + deadline_in,
             authorization: Some(HeaderValue::from_static("Bearer caller-token")),
             request_id: HeaderValue::from_static("req-1"),
-            trace: vec![("traceparent", HeaderValue::from_static("00-abc-def-01"))],
+            trace: vec![(
+                HeaderName::from_static("traceparent"),
+                HeaderValue::from_static("00-abc-def-01"),
+            )],
         }
     }
 
