@@ -6,7 +6,10 @@
 //! keyed by their /64 prefix; an IPv4-mapped IPv6 address is its IPv4
 //! address.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -24,15 +27,25 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
 
 /// The limit key of `ip`: the IPv4 address, or the IPv6 /64 prefix.
 pub fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                format!("{}/64", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
-            }
-        },
+    AddressKey(ip).to_string()
+}
+
+/// [`address_key`] as it is written, so that a key built around it is
+/// formatted once, into its own allocation.
+struct AddressKey(IpAddr);
+
+impl fmt::Display for AddressKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(v4) => v4.fmt(f),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.fmt(f),
+                None => {
+                    let [a, b, c, d, ..] = v6.segments();
+                    write!(f, "{}/64", Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+                }
+            },
+        }
     }
 }
 
@@ -40,7 +53,7 @@ pub fn address_key(ip: IpAddr) -> String {
 /// when the transport does not say, as in tests over in-memory streams).
 pub fn caller_key(extensions: &http::Extensions) -> String {
     match peer_addr(extensions) {
-        Some(addr) => format!("addr:{}", address_key(addr.ip())),
+        Some(addr) => format!("addr:{}", AddressKey(addr.ip())),
         None => "addr:unknown".to_owned(),
     }
 }
