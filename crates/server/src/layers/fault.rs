@@ -30,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::Either;
 use http::{Request, Response};
 use thiserror::Error;
 use tonic::{Code, Status, body::Body};
@@ -306,7 +307,10 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    /// The call as it is (no fault for its method, the usual case), or
+    /// the fault around it.
+    type Future =
+        Either<S::Future, Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -317,14 +321,14 @@ where
         let delay = self.layer.delay_for(path);
         let error = self.layer.error_for(path);
         if delay.is_none() && error.is_none() {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         tracing::info!(rpc.method = %path, ?delay, error = ?error, "injecting fault");
         // The inner service was made ready for this call; take it and
         // leave a fresh clone behind (the usual tower pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
@@ -338,7 +342,7 @@ where
                 }
                 None => inner.call(req).await,
             }
-        })
+        }))
     }
 }
 

@@ -19,24 +19,36 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
-use futures_util::FutureExt as _;
+use futures_util::{
+    FutureExt as _,
+    future::{CatchUnwind, Either, Ready},
+};
 use governor::{
     DefaultKeyedRateLimiter, Quota,
     clock::{Clock as _, DefaultClock},
 };
 use http::{Request, Response};
 use shop_core::error::AppError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use shop_telemetry::labels::MethodLabels;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+// The layers here pass a call on as it is, or answer it themselves at
+// once: their futures are the inner one or a ready answer (`Either`), not a
+// box of their own per call.
+
+/// An answer given without calling the handler.
+pub type Refusal<E> = Ready<Result<Response<Body>, E>>;
+
+fn refuse<E>(status: Status) -> Refusal<E> {
+    futures_util::future::ready(Ok(status.into_http()))
+}
 
 /// A token bucket per key: `per_second` sustained, `burst` at once.
 #[derive(Clone)]
@@ -140,7 +152,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+    type Future = Either<S::Future, Refusal<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -164,10 +176,10 @@ where
                 metrics::counter!("grpc_server_rate_limited_total",
                     "grpc_service" => labels.grpc_service, "grpc_method" => labels.grpc_method)
                 .increment(1);
-                return Box::pin(std::future::ready(Ok(Status::from(limited).into_http())));
+                return Either::Right(refuse(Status::from(limited)));
             }
         }
-        Box::pin(self.inner.call(req))
+        Either::Left(self.inner.call(req))
     }
 }
 
@@ -212,7 +224,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+    type Future = Either<Permitted<S::Future>, Refusal<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -222,21 +234,39 @@ where
         // Streams are bounded by the stream limits: a client stream would
         // hold a permit until its client ended it.
         if super::stream_limits::is_streaming(req.uri().path()) {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(Permitted {
+                future: self.inner.call(req),
+                _permit: None,
+            });
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             metrics::counter!("grpc_server_load_shed_total").increment(1);
-            return Box::pin(std::future::ready(Ok(Status::unavailable(
+            return Either::Right(refuse(Status::unavailable(
                 "server overloaded; retry (preferably on another replica)",
-            )
-            .into_http())));
+            )));
         };
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            // Held until the handler has answered (for a stream: opened).
-            let _permit = permit;
-            future.await
+        Either::Left(Permitted {
+            future: self.inner.call(req),
+            _permit: Some(permit),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's answer, holding its concurrency permit (if it took one)
+    /// until the handler has answered (for a stream: opened it).
+    pub struct Permitted<F> {
+        #[pin]
+        future: F,
+        _permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F: Future> Future for Permitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
     }
 }
 
@@ -266,31 +296,48 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+    type Future = Either<Guarded<S::Future>, Refusal<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
+    // The panic's log line names the method through the call's span (the
+    // observe layer's, entered whenever the call runs).
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
         // A panic while building the future is caught too.
-        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => future,
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => Either::Left(Guarded {
+                future: AssertUnwindSafe(future).catch_unwind(),
+            }),
             Err(panic) => {
-                tracing::error!(rpc.method = %path, panic = %panic_text(&panic), "handler panicked");
-                return Box::pin(std::future::ready(Ok(
-                    Status::internal("internal error").into_http()
-                )));
+                tracing::error!(panic = %panic_text(&panic), "handler panicked");
+                Either::Right(refuse(Status::internal("internal error")))
             }
-        };
-        Box::pin(async move {
-            match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(result) => result,
-                Err(panic) => {
-                    tracing::error!(rpc.method = %path, panic = %panic_text(&panic), "handler panicked");
-                    Ok(Status::internal("internal error").into_http())
-                }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A handler's answer, or INTERNAL if it panicked on the way.
+    pub struct Guarded<F> {
+        #[pin]
+        future: CatchUnwind<AssertUnwindSafe<F>>,
+    }
+}
+
+impl<F, E> Future for Guarded<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        Poll::Ready(match ready!(self.project().future.poll(cx)) {
+            Ok(answer) => answer,
+            Err(panic) => {
+                tracing::error!(panic = %panic_text(&panic), "handler panicked");
+                Ok(Status::internal("internal error").into_http())
             }
         })
     }
@@ -354,6 +401,30 @@ mod tests {
         });
         let response = PanicGuardLayer
             .layer(handler)
+            .oneshot(request())
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(response.headers()), Some(Code::Internal));
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_before_its_future_exists_answers_internal() {
+        struct PanicsAtCall;
+        impl Service<Request<Body>> for PanicsAtCall {
+            type Response = Response<Body>;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, _req: Request<Body>) -> Self::Future {
+                panic!("handler bug while building its future")
+            }
+        }
+        let response = PanicGuardLayer
+            .layer(PanicsAtCall)
             .oneshot(request())
             .await
             .unwrap();

@@ -39,7 +39,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{StreamExt as _, task::AtomicWaker};
+use futures_util::{StreamExt as _, future::Either, task::AtomicWaker};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shop_auth::{BoxFuture, Principal, Role};
@@ -164,7 +164,9 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxResponseFuture<S::Error>;
+    /// A unary call's own future; a stream's, watched (boxed: streams are
+    /// few and long, unary calls many and short).
+    type Future = Either<S::Future, BoxResponseFuture<S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -172,7 +174,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if !is_streaming(req.uri().path()) {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         let principal = crate::layers::auth::principal_in(req.extensions());
         let address = crate::peer::caller_key(req.extensions());
@@ -182,7 +184,9 @@ where
         };
         let permit = match self.layer.streams.admit(&caller, &address) {
             Ok(permit) => permit,
-            Err(refused) => return Box::pin(std::future::ready(Ok(refused.into_http()))),
+            Err(refused) => {
+                return Either::Right(Box::pin(std::future::ready(Ok(refused.into_http()))));
+            }
         };
         let state = self.layer.registry.open(&req);
         let (parts, body) = req.into_parts();
@@ -191,7 +195,7 @@ where
             state: Arc::clone(&state),
         });
         let mut future = Box::pin(self.inner.call(Request::from_parts(parts, body)));
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let opened = std::future::poll_fn(|cx| {
                 if let Poll::Ready(response) = future.as_mut().poll(cx) {
                     return Poll::Ready(Ok(response));
@@ -211,7 +215,7 @@ where
                 }
                 Err(ended) => Ok(ended.into_http()),
             }
-        })
+        }))
     }
 }
 
