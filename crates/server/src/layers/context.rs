@@ -6,13 +6,14 @@
 //! call it was waiting on) and the caller gets DEADLINE_EXCEEDED.
 
 use std::{
+    borrow::Cow,
     future::Future,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use shop_core::{
     context::{REQUEST_ID, RequestContext, request_id_of},
     grpc_timeout,
@@ -74,11 +75,16 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        let path = req.uri().path().to_owned();
+        let method = shop_proto::policy::lookup(req.uri().path());
         // Only known unary methods get the cap: streams (including health
         // Watch and reflection, which are not in the shop protos) may last.
-        let unary = shop_proto::policy::lookup(&path)
-            .is_some_and(|m| !m.client_streaming && !m.server_streaming);
+        let unary = method.is_some_and(|m| !m.client_streaming && !m.server_streaming);
+        // The method table's own copy of a shop method's path; only other
+        // paths are copied.
+        let path = match method {
+            Some(m) => Cow::Borrowed(m.path),
+            None => Cow::Owned(req.uri().path().to_owned()),
+        };
         let sent = grpc_timeout::parse(req.headers());
         let budget = match (sent, unary) {
             (Some(sent), true) => sent.min(self.unary_cap),
@@ -108,7 +114,7 @@ where
             let mut guard = AbandonGuard {
                 path,
                 start,
-                request_id: ctx.request_id().to_owned(),
+                request_id,
                 finished: false,
             };
             let result = ctx.scope(tokio::time::timeout_at(deadline, future)).await;
@@ -118,14 +124,16 @@ where
                 Err(_) => {
                     tracing::info!(
                         rpc.method = %guard.path,
-                        request_id = %guard.request_id,
+                        request_id = guard.request_id.to_str().unwrap_or_default(),
                         elapsed_ms = start.elapsed().as_millis() as u64,
                         "deadline exceeded; handler dropped"
                     );
                     Status::deadline_exceeded("deadline exceeded").into_http()
                 }
             };
-            response.headers_mut().insert(REQUEST_ID, request_id);
+            response
+                .headers_mut()
+                .insert(REQUEST_ID, guard.request_id.clone());
             Ok(response)
         })
     }
@@ -135,9 +143,9 @@ where
 /// went away (or the connection broke), and everything the handler was
 /// waiting on was dropped with it.
 struct AbandonGuard {
-    path: String,
+    path: Cow<'static, str>,
     start: Instant,
-    request_id: String,
+    request_id: HeaderValue,
     finished: bool,
 }
 
@@ -146,7 +154,7 @@ impl Drop for AbandonGuard {
         if !self.finished {
             tracing::info!(
                 rpc.method = %self.path,
-                request_id = %self.request_id,
+                request_id = self.request_id.to_str().unwrap_or_default(),
                 elapsed_ms = self.start.elapsed().as_millis() as u64,
                 "request cancelled by the client; handler dropped"
             );

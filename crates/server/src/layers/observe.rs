@@ -6,12 +6,13 @@
 //! by the layers below are seen too.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use shop_core::context::{REQUEST_ID, request_id_of};
 use shop_telemetry::{
     body::{observe_request, observe_response},
@@ -52,8 +53,7 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -105,13 +105,37 @@ where
             let _entered = span.enter();
             self.inner.call(Request::from_parts(parts, body))
         };
-        Box::pin(tracing::Instrument::instrument(
-            async move {
-                let mut response = future.await?;
-                response.headers_mut().insert(REQUEST_ID, request_id);
-                Ok(observe_response(response, record, Side::Server))
-            },
-            span,
-        ))
+        Observed {
+            inner: tracing::Instrument::instrument(future, span),
+            answer: Some((request_id, record)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner call's answer, run in the call's span, then observed: the
+    /// request id echoed and the body counted until its status.
+    pub struct Observed<F> {
+        #[pin]
+        inner: tracing::instrument::Instrumented<F>,
+        answer: Option<(HeaderValue, Arc<Mutex<CallRecord>>)>,
+    }
+}
+
+impl<F, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        let (request_id, record) = this
+            .answer
+            .take()
+            .expect("an Observed future is not polled after it is done");
+        response.headers_mut().insert(REQUEST_ID, request_id);
+        Poll::Ready(Ok(observe_response(response, record, Side::Server)))
     }
 }
