@@ -95,6 +95,28 @@ impl Collector {
     }
 }
 
+/// Places an order as a caller whose span is `00f067aa0ba902b7` in the
+/// trace `caller_trace` (its `traceparent`, sampled).
+async fn order_in_trace(
+    stack: &Stack,
+    user_id: &str,
+    token: &str,
+    request_id: &str,
+    caller_trace: &str,
+) {
+    let mut request = authed(order(user_id, request_id), token);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    OrderServiceClient::new(stack.service(ORDERS).channel())
+        .create_order(request)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn one_trace_covers_the_caller_order_service_user_service_and_inventory_service() {
     let collector = Collector::default();
@@ -108,17 +130,7 @@ async fn one_trace_covers_the_caller_order_service_user_service_and_inventory_se
 
     // The caller's own trace: its traceparent must be the root of it all.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = authed(order(&user.id, "trace-1"), &token);
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{caller_trace}-00f067aa0ba902b7-01")
-            .parse()
-            .unwrap(),
-    );
-    OrderServiceClient::new(stack.service(ORDERS).channel())
-        .create_order(request)
-        .await
-        .unwrap();
+    order_in_trace(&stack, &user.id, &token, "trace-1", caller_trace).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (server, client, downstream) = loop {
@@ -227,17 +239,7 @@ async fn without_a_collector_the_caller_s_trace_id_reaches_every_service_s_log_l
     let stack = Stack::start(Backend::Sqlite, &Spec::everyone(&[])).await;
     let (user, token) = customer(&stack, "untraced").await;
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
-    let mut request = authed(order(&user.id, "trace-2"), &token);
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{caller_trace}-b7ad6b7169203331-01")
-            .parse()
-            .unwrap(),
-    );
-    OrderServiceClient::new(stack.service(ORDERS).channel())
-        .create_order(request)
-        .await
-        .unwrap();
+    order_in_trace(&stack, &user.id, &token, "trace-2", caller_trace).await;
 
     for (service, method) in [
         (ORDERS, "CreateOrder"),
