@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // One byte picks the message type, so that the corpus of one type
     // teaches the fuzzer the others' shared field numbers too.
-    match which % 26 {
+    match which % 27 {
         0 => round_trip::<user::CreateUserRequest>(message),
         1 => round_trip::<user::GetUserRequest>(message),
         2 => round_trip::<user::UpdateUserRequest>(message),
@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         22 => round_trip::<inventory::ReserveStockRequest>(message),
         23 => round_trip::<inventory::ConfirmReservationRequest>(message),
         24 => round_trip::<inventory::ReleaseReservationRequest>(message),
+        25 => round_trip::<inventory::ConfirmReservationsRequest>(message),
         _ => round_trip::<inventory::WatchStockRequest>(message),
     }
 });

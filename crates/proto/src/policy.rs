@@ -116,7 +116,7 @@ mod tests {
                 "{service} missing from the policy table"
             );
         }
-        assert_eq!(METHODS.len(), 8 + 5 + 8 + 8);
+        assert_eq!(METHODS.len(), 8 + 5 + 8 + 9);
     }
 
     #[test]

@@ -161,6 +161,14 @@ impl Inventory {
         }
     }
 
+    /// Confirms every reservation of `order_ids` that can be, in one
+    /// transaction: each as it is after (confirmed, or released or expired
+    /// when it could not be), in the order given, leaving out the ids
+    /// never reserved.
+    pub async fn confirm_all(&self, order_ids: &[Uuid]) -> Result<Vec<Reservation>, AppError> {
+        Ok(self.store.confirm_all(order_ids, now()).await?)
+    }
+
     /// Releases a reservation (or records the release of one never made).
     pub async fn release(&self, order_id: Uuid) -> Result<Reservation, AppError> {
         Ok(self.store.release(order_id, now()).await?)

@@ -3,6 +3,8 @@
 
 mod convert;
 
+use std::collections::HashSet;
+
 use shop_core::{
     currency::CurrencyCode,
     error::AppError,
@@ -21,9 +23,9 @@ use convert::{product_to_proto, reservation_to_proto, stock_update};
 use crate::{
     app::Inventory,
     domain::{
-        MAX_ITEMS, MAX_NAME_CHARS, MAX_QUANTITY, MAX_REASON_CHARS, MAX_REQUEST_ID_CHARS,
-        MAX_STOCK_DELTA, MAX_UNIT_PRICE_CENTS, MAX_WATCHED_SKUS, ProductDraft, ReserveItem, Sku,
-        StockChange, Violations,
+        MAX_CONFIRMATIONS, MAX_ITEMS, MAX_NAME_CHARS, MAX_QUANTITY, MAX_REASON_CHARS,
+        MAX_REQUEST_ID_CHARS, MAX_STOCK_DELTA, MAX_UNIT_PRICE_CENTS, MAX_WATCHED_SKUS,
+        ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange, Violations,
     },
 };
 
@@ -52,6 +54,29 @@ fn sku(field: &str, raw: &str) -> Result<Sku, AppError> {
 
 fn order_id(raw: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(raw).map_err(|_| AppError::invalid("order_id", "must be a UUID"))
+}
+
+/// The order ids of a ConfirmReservations: 1..=[`MAX_CONFIRMATIONS`], each
+/// a UUID, each once.
+fn decode_order_ids(raw: &[String]) -> Result<Vec<Uuid>, AppError> {
+    if raw.is_empty() || raw.len() > MAX_CONFIRMATIONS {
+        return Err(AppError::invalid(
+            "order_ids",
+            &format!("must hold 1..={MAX_CONFIRMATIONS} order ids"),
+        ));
+    }
+    let mut v = Violations::new();
+    let mut ids = Vec::with_capacity(raw.len());
+    let mut seen = HashSet::with_capacity(raw.len());
+    for (i, id) in raw.iter().enumerate() {
+        match Uuid::parse_str(id) {
+            Ok(id) if seen.insert(id) => ids.push(id),
+            Ok(_) => v.add(format!("order_ids[{i}]"), "is repeated"),
+            Err(_) => v.add(format!("order_ids[{i}]"), "must be a UUID"),
+        }
+    }
+    v.into_result()?;
+    Ok(ids)
 }
 
 fn decode_draft(req: pb::PutProductRequest) -> Result<ProductDraft, AppError> {
@@ -250,6 +275,28 @@ impl InventoryService for InventoryGrpc {
         Ok(Response::new(reservation_to_proto(&reservation)))
     }
 
+    async fn confirm_reservations(
+        &self,
+        request: Request<pb::ConfirmReservationsRequest>,
+    ) -> Result<Response<pb::ConfirmReservationsResponse>, Status> {
+        let service = service_caller(&request)?.name.clone();
+        let ids = decode_order_ids(&request.get_ref().order_ids)?;
+        let reservations = self.inventory.confirm_all(&ids).await?;
+        let confirmed = reservations
+            .iter()
+            .filter(|r| r.status == ReservationStatus::Confirmed)
+            .count();
+        tracing::info!(
+            asked = ids.len(),
+            confirmed,
+            service,
+            "reservations confirmed"
+        );
+        Ok(Response::new(pb::ConfirmReservationsResponse {
+            reservations: reservations.iter().map(reservation_to_proto).collect(),
+        }))
+    }
+
     async fn release_reservation(
         &self,
         request: Request<pb::ReleaseReservationRequest>,
@@ -373,6 +420,14 @@ mod tests {
             order_id: Uuid::nil().to_string(),
         };
         assert!(id.encoded_len() <= declared("ConfirmReservation"));
+        let many = pb::ConfirmReservationsRequest {
+            order_ids: vec![Uuid::nil().to_string(); MAX_CONFIRMATIONS],
+        };
+        assert!(
+            many.encoded_len() <= declared("ConfirmReservations"),
+            "{}",
+            many.encoded_len()
+        );
         assert!(id.encoded_len() <= declared("ReleaseReservation"));
     }
 

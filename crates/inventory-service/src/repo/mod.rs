@@ -100,6 +100,15 @@ pub trait InventoryRepo: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Option<Reservation>, RepoError>;
 
+    /// Confirms each of `order_ids` as [`InventoryRepo::confirm`] would, in
+    /// one transaction; the reservations after, in the order given,
+    /// without the ids that have none.
+    async fn confirm_all(
+        &self,
+        order_ids: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>, RepoError>;
+
     /// Releases a pending or confirmed reservation (returning its units),
     /// or records an empty released one for an order never reserved; the
     /// reservation after.

@@ -5,6 +5,8 @@
 //! their condition on the locked row. Skus are locked in sku order, so
 //! two reservations never wait on each other in a cycle.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shop_storage::{Db, Notice, Notices, Row, StoreError, Tx, query};
@@ -138,6 +140,52 @@ async fn unhold(
         tx.notify(CHANNEL, &line.sku).await?;
     }
     Ok(())
+}
+
+/// Confirms the reservation of `order_id` within `tx` if it is pending and
+/// not expired at `now`, adding its units to `taken` (the caller takes
+/// them off the products); expires it if it is pending past its expiry.
+/// The reservation after, None when there is none.
+async fn confirm_in(
+    tx: &mut Tx,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+    taken: &mut BTreeMap<String, i64>,
+) -> Result<Option<Reservation>, RepoError> {
+    // The confirmed reservation comes back from the update itself: on the
+    // hot path (every order confirms) each statement saved is a round trip
+    // less while the product's row is locked.
+    let confirmed = query(
+        "UPDATE reservations SET status = 'confirmed', updated_at = $1 \
+         WHERE order_id = $2 AND status = 'pending' AND expires_at > $1 \
+         RETURNING order_id, status, currency_code, items_hash, expires_at",
+    )
+    .bind(now)
+    .bind(order_id)
+    .fetch_optional(&mut *tx, reservation)
+    .await?;
+    if let Some(mut confirmed) = confirmed {
+        confirmed.lines = lines_in(tx, order_id).await?;
+        for line in &confirmed.lines {
+            *taken.entry(line.sku.clone()).or_default() += line.quantity;
+        }
+        return Ok(Some(confirmed));
+    }
+    if let Some(due) = SqlStore::reservation_in(tx, order_id).await?
+        && due.status == ReservationStatus::Pending
+        && move_reservation(
+            tx,
+            order_id,
+            ReservationStatus::Pending,
+            ReservationStatus::Expired,
+            now,
+        )
+        .await?
+    {
+        // Pending past its expiry and not swept yet: expire it now.
+        unhold(tx, &due.lines, now).await?;
+    }
+    SqlStore::reservation_in(tx, order_id).await
 }
 
 #[async_trait]
@@ -399,51 +447,37 @@ impl InventoryRepo for SqlStore {
         order_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<Option<Reservation>, RepoError> {
+        let mut confirmed = self.confirm_all(&[order_id], now).await?;
+        Ok(confirmed.pop())
+    }
+
+    async fn confirm_all(
+        &self,
+        order_ids: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Reservation>, RepoError> {
         let mut tx = self.db.begin().await?;
-        // The confirmed reservation comes back from the update itself: on
-        // the hot path (every order confirms) each statement saved is a
-        // round trip less while the product's row is locked.
-        let confirmed = query(
-            "UPDATE reservations SET status = 'confirmed', updated_at = $1 \
-             WHERE order_id = $2 AND status = 'pending' AND expires_at > $1 \
-             RETURNING order_id, status, currency_code, items_hash, expires_at",
-        )
-        .bind(now)
-        .bind(order_id)
-        .fetch_optional(&mut tx, reservation)
-        .await?;
-        if let Some(mut confirmed) = confirmed {
-            confirmed.lines = lines_in(&mut tx, order_id).await?;
-            for line in &confirmed.lines {
-                // Available is unchanged: the units leave both columns.
-                query(
-                    "UPDATE products SET on_hand = on_hand - $1, reserved = reserved - $1, \
-                     updated_at = $2 WHERE sku = $3",
-                )
-                .bind(line.quantity)
-                .bind(now)
-                .bind(&line.sku)
-                .execute(&mut tx)
-                .await?;
+        let mut taken = BTreeMap::new();
+        let mut after = Vec::with_capacity(order_ids.len());
+        for &order_id in order_ids {
+            if let Some(reservation) = confirm_in(&mut tx, order_id, now, &mut taken).await? {
+                after.push(reservation);
             }
-            tx.commit().await?;
-            return Ok(Some(confirmed));
         }
-        if let Some(due) = SqlStore::reservation_in(&mut tx, order_id).await?
-            && due.status == ReservationStatus::Pending
-            && move_reservation(
-                &mut tx,
-                order_id,
-                ReservationStatus::Pending,
-                ReservationStatus::Expired,
-                now,
+        // One update per product for the whole batch, in sku order (the
+        // order reservations lock them in).
+        for (sku, quantity) in &taken {
+            // Available is unchanged: the units leave both columns.
+            query(
+                "UPDATE products SET on_hand = on_hand - $1, reserved = reserved - $1, \
+                 updated_at = $2 WHERE sku = $3",
             )
-            .await?
-        {
-            // Pending past its expiry and not swept yet: expire it now.
-            unhold(&mut tx, &due.lines, now).await?;
+            .bind(*quantity)
+            .bind(now)
+            .bind(sku.as_str())
+            .execute(&mut tx)
+            .await?;
         }
-        let after = SqlStore::reservation_in(&mut tx, order_id).await?;
         tx.commit().await?;
         Ok(after)
     }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use shop_proto::inventory::v1::{
-    ConfirmReservationRequest, ReleaseReservationRequest, ReservationStatus, ReserveItem,
-    ReserveStockRequest,
+    ConfirmReservationRequest, ConfirmReservationsRequest, ReleaseReservationRequest,
+    ReservationStatus, ReserveItem, ReserveStockRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -216,6 +216,124 @@ async fn an_unconfirmed_reservation_expires_and_its_units_come_back() {
         .unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition);
     assert!(late.message().contains("expired"), "{}", late.message());
+}
+
+fn confirm_all(order_ids: &[Uuid]) -> ConfirmReservationsRequest {
+    ConfirmReservationsRequest {
+        order_ids: order_ids.iter().map(Uuid::to_string).collect(),
+    }
+}
+
+/// Several orders' reservations confirmed in one call: each as
+/// ConfirmReservation would, the units taken once per product, the
+/// released one and the unknown one answered as they are.
+async fn confirm_many_at_once(backend: Backend) {
+    let f = Fixture::spawn_with(backend, &[]).await;
+    f.product("sku-1", 250, 10).await;
+    f.product("sku-2", 1000, 10).await;
+    let mut inventory = f.inventory.clone();
+    let orders: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+    for (order, items) in orders.iter().zip([
+        &[("sku-1", 1), ("sku-2", 2)][..],
+        &[("sku-1", 3)],
+        &[("sku-2", 1)],
+        &[("sku-1", 2)],
+    ]) {
+        inventory
+            .reserve_stock(f.as_service(reserve(*order, items)))
+            .await
+            .unwrap();
+    }
+    inventory
+        .release_reservation(f.as_service(release(orders[3])))
+        .await
+        .unwrap();
+    let never = Uuid::now_v7();
+
+    // Twice: confirming again changes nothing.
+    let asked = [orders[2], never, orders[0], orders[3], orders[1]];
+    for _ in 0..2 {
+        let after = inventory
+            .confirm_reservations(f.as_service(confirm_all(&asked)))
+            .await
+            .unwrap()
+            .into_inner()
+            .reservations;
+        let statuses: Vec<_> = after
+            .iter()
+            .map(|r| (r.order_id.clone(), r.status))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                (orders[2].to_string(), ReservationStatus::Confirmed as i32),
+                (orders[0].to_string(), ReservationStatus::Confirmed as i32),
+                (orders[3].to_string(), ReservationStatus::Released as i32),
+                (orders[1].to_string(), ReservationStatus::Confirmed as i32),
+            ],
+            "in the order asked, the unknown id left out"
+        );
+        let one = f.get("sku-1").await;
+        let two = f.get("sku-2").await;
+        assert_eq!(
+            (one.on_hand, one.reserved, two.on_hand, two.reserved),
+            (6, 0, 7, 0),
+            "units taken once, the released ones back"
+        );
+    }
+}
+
+#[tokio::test]
+async fn many_reservations_are_confirmed_in_one_call() {
+    confirm_many_at_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn many_reservations_are_confirmed_in_one_call_on_postgres() {
+    confirm_many_at_once(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_batch_confirmation_is_for_services_and_names_each_bad_id() {
+    let f = Fixture::spawn().await;
+    let mut inventory = f.inventory.clone();
+    let order = Uuid::now_v7();
+    let refused = inventory
+        .confirm_reservations(authed(confirm_all(&[order]), &f.customer))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let bad = ConfirmReservationsRequest {
+        order_ids: vec![order.to_string(), "not-a-uuid".into(), order.to_string()],
+    };
+    let refused = inventory
+        .confirm_reservations(f.as_service(bad))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let fields: Vec<_> = refused
+        .get_details_bad_request()
+        .expect("a BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("order_ids[1]".to_owned(), "must be a UUID".to_owned()),
+            ("order_ids[2]".to_owned(), "is repeated".to_owned()),
+        ]
+    );
+    for count in [0, 257] {
+        let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+        let refused = inventory
+            .confirm_reservations(f.as_service(confirm_all(&ids)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{count} ids");
+    }
 }
 
 /// `n` reservations of one unit each race for `stock` units.
