@@ -58,15 +58,15 @@ where
 }
 
 #[tokio::test]
-async fn a_crash_between_reserve_and_confirm_leaves_no_stock_held_and_no_half_made_order() {
+async fn a_crash_before_the_confirmation_leaves_no_stock_held_and_no_order_without_stock() {
     // Confirmations take 3 s at inventory-service, reservations expire
     // after 1 s: order-service is killed while its confirmation is in
-    // flight, after the order was stored.
+    // flight, after the order was stored and answered.
     let mut stack = Stack::start(
         Backend::Sqlite,
         &[
             Spec::new(INVENTORY).envs(&[
-                ("FAULT_DELAY", "ConfirmReservation=3s"),
+                ("FAULT_DELAY", "ConfirmReservations=3s"),
                 ("RESERVATION_TTL", "1s"),
                 ("RESERVATION_SWEEP_INTERVAL", "100ms"),
             ]),
@@ -78,16 +78,14 @@ async fn a_crash_between_reserve_and_confirm_leaves_no_stock_held_and_no_half_ma
     let before = available(&stack, &token).await;
 
     let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
-    let mut request = authed(order(&user.id, "crash-1"), &token);
-    request.set_timeout(Duration::from_secs(10));
-    let placing = tokio::spawn(async move { orders.create_order(request).await });
-    until(Duration::from_secs(5), "the stored order", || async {
-        orders_of(&stack, &token).await.len() == 1
-    })
-    .await;
+    let placed = orders
+        .create_order(authed(order(&user.id, "crash-1"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(placed.status, OrderStatus::Pending as i32);
     assert_eq!(available(&stack, &token).await, before - 3, "units held");
     stack.service_mut(ORDERS).kill().await;
-    assert!(placing.await.unwrap().is_err(), "the caller saw the crash");
 
     // The reservation expires: every unit is back without order-service.
     until(Duration::from_secs(10), "the units back", || async {
@@ -99,7 +97,8 @@ async fn a_crash_between_reserve_and_confirm_leaves_no_stock_held_and_no_half_ma
     // finds the reservation expired, and cancels the order: no order is
     // left without stock.
     stack.service_mut(ORDERS).restart().await;
-    let id = orders_of(&stack, &token).await[0].id.clone();
+    let id = placed.id;
+    assert_eq!(orders_of(&stack, &token).await[0].id, id);
     let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     until(
         Duration::from_secs(20),
@@ -132,6 +131,65 @@ async fn a_crash_between_reserve_and_confirm_leaves_no_stock_held_and_no_half_ma
         "exactly one order"
     );
     assert_eq!(available(&stack, &token).await, before, "nothing held");
+}
+
+/// sku-1's (on_hand, reserved).
+async fn stock_of_sku_1(stack: &Stack, token: &str) -> (i64, i64) {
+    let product = InventoryServiceClient::new(stack.service(INVENTORY).channel())
+        .get_product(authed(
+            GetProductRequest {
+                sku: "sku-1".into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (product.on_hand, product.reserved)
+}
+
+#[tokio::test]
+async fn orders_placed_together_share_their_confirmation_call() {
+    // Each confirmation call is held a second at inventory-service: the
+    // orders answered meanwhile queue at order-service for the next call.
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[Spec::new(INVENTORY).env("FAULT_DELAY", "ConfirmReservations=1s")],
+    )
+    .await;
+    let (user, token) = customer(&stack, "bulk").await;
+    let (on_hand, reserved) = stock_of_sku_1(&stack, &token).await;
+    let n = 20;
+    let orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+    let placing: Vec<_> = (0..n)
+        .map(|i| {
+            let mut orders = orders.clone();
+            let request = authed(order(&user.id, &format!("bulk-{i}")), &token);
+            tokio::spawn(async move { orders.create_order(request).await })
+        })
+        .collect();
+    for placed in placing {
+        placed.await.unwrap().unwrap();
+    }
+    // Each order takes 3 units of sku-1, off the shelf once confirmed.
+    until(Duration::from_secs(30), "every order confirmed", || async {
+        stock_of_sku_1(&stack, &token).await == (on_hand - 3 * n, reserved)
+    })
+    .await;
+    let metrics = http_get(stack.service(INVENTORY).admin, "/metrics").await.1;
+    let calls = |method| {
+        metric_sum(
+            &metrics,
+            "grpc_server_handled_total",
+            &[("grpc_method", method), ("grpc_code", "OK")],
+        )
+    };
+    let batched = calls("ConfirmReservations");
+    assert!(
+        (1.0..=10.0).contains(&batched),
+        "{n} orders confirmed in {batched} calls:\n{metrics}"
+    );
+    assert_eq!(calls("ConfirmReservation"), 0.0, "none one by one");
 }
 
 #[tokio::test]

@@ -41,6 +41,10 @@ pub use shop_server::ConfigError;
 /// order-service as the kit, devstack and deployments know it.
 pub const SERVICE: ServiceInfo = ServiceInfo::new("order-service", 50052, 9102, "orders");
 
+/// Confirmations of new orders that may wait for their batch call; beyond
+/// this (inventory-service slow or down) the outbox worker confirms them.
+const CONFIRM_QUEUE_CAPACITY: usize = 4096;
+
 /// Runs order-service on `listeners` until `shutdown` completes: opens and
 /// migrates the database, sets up token verification (configured keys, or
 /// keys fetched from user-service in the background), then serves
@@ -90,7 +94,9 @@ pub async fn run(
         ),
     ));
     server.stream_authority(users.clone());
-    let orders = Orders::new(Arc::clone(&store), users, stock);
+    let (confirmations, queued) = app::confirm_queue(CONFIRM_QUEUE_CAPACITY);
+    let orders = Orders::new(Arc::clone(&store), users, stock, confirmations);
+    let _confirming = BackgroundTask::spawn(app::confirm_queued(orders.clone(), queued));
     let _settling = BackgroundTask::spawn(app::settle_every(
         orders.clone(),
         config.stock_outbox_interval,

@@ -1,17 +1,17 @@
 //! order-service's client of inventory-service: reservations for new
 //! orders ([`crate::app::Stock`]), with order-service's own service token
-//! (ReserveStock, ConfirmReservation and ReleaseReservation are for
+//! (ReserveStock, ConfirmReservations and ReleaseReservation are for
 //! services only) next to the end user's forwarded token, and the caller's
 //! remaining deadline.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use shop_client::{ClientChannel, service_token::ServiceToken};
 use shop_core::error::{AppError, DependencyFailure};
 use shop_proto::inventory::v1::{
-    ConfirmReservationRequest, ReleaseReservationRequest, ReserveItem, ReserveStockRequest,
-    inventory_service_client::InventoryServiceClient,
+    ConfirmReservationsRequest, ReleaseReservationRequest, ReservationStatus, ReserveItem,
+    ReserveStockRequest, inventory_service_client::InventoryServiceClient,
 };
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     app::{Reserved, Settled, Stock},
-    domain::{OrderItem, StockAction},
+    domain::OrderItem,
 };
 
 /// inventory-service as order-service's callers know it.
@@ -112,19 +112,50 @@ impl Stock for StockClient {
         }
     }
 
-    async fn settle(&self, order_id: Uuid, action: StockAction) -> Result<Settled, AppError> {
-        let order_id = order_id.to_string();
-        let answer = match action {
-            StockAction::Confirm => {
-                let request = self.request(ConfirmReservationRequest { order_id }).await?;
-                self.client.clone().confirm_reservation(request).await
-            }
-            StockAction::Release => {
-                let request = self.request(ReleaseReservationRequest { order_id }).await?;
-                self.client.clone().release_reservation(request).await
-            }
-        };
-        match answer {
+    async fn confirm_all(&self, order_ids: &[Uuid]) -> Result<Vec<Settled>, AppError> {
+        let request = self
+            .request(ConfirmReservationsRequest {
+                order_ids: order_ids.iter().map(Uuid::to_string).collect(),
+            })
+            .await?;
+        let answered = self
+            .client
+            .clone()
+            .confirm_reservations(request)
+            .await
+            .map_err(|status| dependency(&status))?
+            .into_inner()
+            .reservations;
+        let statuses: HashMap<String, i32> = answered
+            .into_iter()
+            .map(|reservation| (reservation.order_id, reservation.status))
+            .collect();
+        order_ids
+            .iter()
+            .map(|id| match statuses.get(&id.to_string()).copied() {
+                Some(status) if status == ReservationStatus::Confirmed as i32 => Ok(Settled::Done),
+                Some(status)
+                    if status == ReservationStatus::Released as i32
+                        || status == ReservationStatus::Expired as i32 =>
+                {
+                    Ok(Settled::Gone)
+                }
+                // Never reserved: nothing to confirm.
+                None => Ok(Settled::Gone),
+                Some(status) => Err(AppError::internal(format!(
+                    "inventory-service left reservation {id} in status {status} after confirming it"
+                ))),
+            })
+            .collect()
+    }
+
+    async fn release(&self, order_id: Uuid) -> Result<Settled, AppError> {
+        let request = self
+            .request(ReleaseReservationRequest {
+                order_id: order_id.to_string(),
+            })
+            .await?;
+        match self.client.clone().release_reservation(request).await {
             Ok(_) => Ok(Settled::Done),
             Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
                 Ok(Settled::Gone)

@@ -4,9 +4,11 @@
 //! decode requests into the values these take and encode what they
 //! return.
 
+mod confirmer;
 mod orders;
 mod stock;
 
+pub use confirmer::{ConfirmQueue, QueuedConfirmations, confirm_queue, confirm_queued};
 pub use orders::{ActiveUsers, OrderWatch, Orders, PlaceOrder, Repeat, StatusChange};
 pub use shop_core::error::AppError;
 pub use stock::{Reserved, Settled, Stock, settle_every};

@@ -10,8 +10,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use uuid::Uuid;
 
 use super::{
-    AppError,
-    stock::{Settled, Stock, priced},
+    AppError, ConfirmQueue,
+    stock::{Stock, priced},
 };
 use crate::{
     domain::{
@@ -79,6 +79,7 @@ pub struct Orders {
     pub(super) store: Arc<dyn OrderRepo>,
     users: Arc<dyn ActiveUsers>,
     pub(super) stock: Arc<dyn Stock>,
+    confirmations: ConfirmQueue,
 }
 
 impl std::fmt::Debug for Orders {
@@ -90,17 +91,21 @@ impl std::fmt::Debug for Orders {
 }
 
 impl Orders {
-    /// The use cases over `store`, checking users with `users` and
-    /// taking prices and stock from `stock`.
+    /// The use cases over `store`, checking users with `users`, taking
+    /// prices and stock from `stock`, and leaving the confirmations of
+    /// new orders in `confirmations` (drained by
+    /// [`super::confirm_queued`]).
     pub fn new(
         store: Arc<dyn OrderRepo>,
         users: Arc<dyn ActiveUsers>,
         stock: Arc<dyn Stock>,
+        confirmations: ConfirmQueue,
     ) -> Orders {
         Orders {
             store,
             users,
             stock,
+            confirmations,
         }
     }
 
@@ -160,12 +165,10 @@ impl Orders {
         match placed {
             PlacedOrder::Created(order) => {
                 tracing::info!(order_id = %order.id, user_id = %order.user_id, total_cents = order.total_cents, "order created");
-                // Under the caller's deadline; if it fails, the outbox
-                // worker confirms later (the order is stored either way).
-                if self.settle(order.id, StockAction::Confirm).await == Some(Settled::Gone) {
-                    // Cancelled for want of stock: answer it as it is now.
-                    return Ok(self.get_stored(order.id).await?.unwrap_or(order));
-                }
+                // The order and the confirmation it owes are stored: the
+                // confirmation goes out with others, off the request path
+                // (see `confirmer`).
+                self.confirmations.push(order.id);
                 Ok(order)
             }
             // A concurrent twin won the race: our reservation is not needed.
@@ -192,11 +195,7 @@ impl Orders {
             tracing::warn!(order_id = %id, %error, "could not record the release; the reservation will expire");
             return;
         }
-        self.settle(id, StockAction::Release).await;
-    }
-
-    async fn get_stored(&self, id: Uuid) -> Result<Option<Order>, AppError> {
-        Ok(self.store.get_order(id).await?)
+        self.release_now(id).await;
     }
 
     /// The order `id`, if `caller` may see it (NOT_FOUND otherwise).
@@ -267,8 +266,8 @@ impl Orders {
                 .await?
             {
                 tracing::info!(order_id = %id, from = %order.status, to = %to, by = %caller.user_id, "order moved");
-                if let Some(action) = owes {
-                    self.settle(id, action).await;
+                if owes.is_some() {
+                    self.release_now(id).await;
                 }
                 return Ok(StatusChange::Done(moved));
             }

@@ -13,7 +13,10 @@ use super::{AppError, Orders, PlaceOrder};
 use crate::domain::{CurrencyCode, OrderItem, OrderStatus, StockAction, StockStep, total_cents};
 
 /// Most owed steps one pass of the outbox worker takes.
-const OUTBOX_BATCH: u32 = 100;
+const OUTBOX_BATCH: u32 = 256;
+/// Most confirmations in one ConfirmReservations call (inventory-service
+/// takes up to 256).
+pub(super) const MAX_CONFIRM_BATCH: usize = 256;
 /// The longest wait between attempts at one step.
 const MAX_STEP_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -44,8 +47,14 @@ pub trait Stock: Send + Sync {
     /// (naming each short product) when stock is short.
     async fn reserve(&self, order_id: Uuid, items: &[OrderItem]) -> Result<Reserved, AppError>;
 
-    /// Runs an owed step for `order_id`; an error means "try again later".
-    async fn settle(&self, order_id: Uuid, action: StockAction) -> Result<Settled, AppError>;
+    /// Confirms the reservations of `order_ids` in one call: how each
+    /// ended, in the order given; an error means "try them all again
+    /// later".
+    async fn confirm_all(&self, order_ids: &[Uuid]) -> Result<Vec<Settled>, AppError>;
+
+    /// Releases the reservation of `order_id`; an error means "try again
+    /// later".
+    async fn release(&self, order_id: Uuid) -> Result<Settled, AppError>;
 }
 
 /// An order priced by its reservation.
@@ -98,51 +107,84 @@ pub(super) fn priced(order: &PlaceOrder, reserved: &Reserved) -> Result<Priced, 
 }
 
 impl Orders {
-    /// Tries an owed step once: done steps leave the outbox; a
-    /// confirmation with nothing to confirm cancels the order (it has no
-    /// stock); a failure is put off with backoff for the outbox worker.
-    /// How it ended, None when it failed.
-    pub(super) async fn settle(&self, order_id: Uuid, action: StockAction) -> Option<Settled> {
+    /// Releases the reservation of `order_id` once (the release is owed in
+    /// the outbox already): done, it leaves the outbox; failed, it is put
+    /// off with backoff for the outbox worker.
+    pub(super) async fn release_now(&self, order_id: Uuid) {
         let step = StockStep {
             order_id,
-            action,
+            action: StockAction::Release,
             attempts: 0,
         };
-        self.settle_step(&step).await
+        self.release_step(&step).await;
     }
 
-    async fn settle_step(&self, step: &StockStep) -> Option<Settled> {
+    async fn release_step(&self, step: &StockStep) {
+        match self.stock.release(step.order_id).await {
+            Ok(_) => {
+                self.steps_done(&[step.order_id], StockAction::Release)
+                    .await
+            }
+            Err(error) => self.step_failed(step, &error).await,
+        }
+    }
+
+    /// Tries the owed confirmations of `steps` in one call: the done ones
+    /// leave the outbox together; a confirmation with nothing to confirm
+    /// cancels its order (it has no stock); if the call fails, each is put
+    /// off with backoff for the outbox worker.
+    pub(super) async fn confirm_steps(&self, steps: &[StockStep]) {
+        let ids: Vec<Uuid> = steps.iter().map(|step| step.order_id).collect();
+        match self.stock.confirm_all(&ids).await {
+            Ok(outcomes) => {
+                let mut done = Vec::with_capacity(ids.len());
+                for (&order_id, outcome) in ids.iter().zip(outcomes) {
+                    match outcome {
+                        Settled::Done => done.push(order_id),
+                        Settled::Gone => {
+                            if let Err(error) = self.cancel_unstocked(order_id).await {
+                                tracing::warn!(%order_id, %error, "could not cancel an order without stock");
+                            }
+                        }
+                    }
+                }
+                self.steps_done(&done, StockAction::Confirm).await;
+            }
+            Err(error) => {
+                for step in steps {
+                    self.step_failed(step, &error).await;
+                }
+            }
+        }
+    }
+
+    async fn steps_done(&self, order_ids: &[Uuid], action: StockAction) {
+        if order_ids.is_empty() {
+            return;
+        }
+        if let Err(error) = self.store.stock_steps_done(order_ids, action).await {
+            tracing::warn!(steps = order_ids.len(), action = action.as_str(), %error, "could not record stock steps as done; they will be tried again");
+        }
+    }
+
+    async fn step_failed(&self, step: &StockStep, error: &AppError) {
         let StockStep {
             order_id, action, ..
         } = *step;
-        let outcome = self.stock.settle(order_id, action).await;
-        let settled = outcome.as_ref().ok().copied();
-        let result = match outcome {
-            Ok(Settled::Done) => self.store.stock_step_done(order_id, action).await,
-            Ok(Settled::Gone) if action == StockAction::Confirm => {
-                self.cancel_unstocked(order_id).await
-            }
-            Ok(Settled::Gone) => self.store.stock_step_done(order_id, action).await,
-            Err(error) => {
-                let attempt = u32::try_from(step.attempts).unwrap_or(0).saturating_add(1);
-                let wait = shop_client::backoff::full_jitter(
-                    Duration::from_millis(500),
-                    MAX_STEP_BACKOFF,
-                    2.0,
-                    attempt,
-                )
-                .max(Duration::from_millis(100));
-                tracing::warn!(%order_id, action = action.as_str(), attempt, ?wait, %error, "stock step failed; will retry");
-                let next = Utc::now().trunc_subsecs(6)
-                    + chrono::Duration::from_std(wait)
-                        .unwrap_or_else(|_| chrono::Duration::seconds(1));
-                self.store.stock_step_failed(order_id, action, next).await
-            }
-        };
-        if let Err(error) = result {
-            tracing::warn!(%order_id, action = action.as_str(), %error, "could not record a stock step's outcome");
+        let attempt = u32::try_from(step.attempts).unwrap_or(0).saturating_add(1);
+        let wait = shop_client::backoff::full_jitter(
+            Duration::from_millis(500),
+            MAX_STEP_BACKOFF,
+            2.0,
+            attempt,
+        )
+        .max(Duration::from_millis(100));
+        tracing::warn!(%order_id, action = action.as_str(), attempt, ?wait, %error, "stock step failed; will retry");
+        let next = Utc::now().trunc_subsecs(6)
+            + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(1));
+        if let Err(error) = self.store.stock_step_failed(order_id, action, next).await {
+            tracing::warn!(%order_id, action = action.as_str(), %error, "could not record a stock step's failure");
         }
-        settled
     }
 
     /// The order's reservation is gone before it was confirmed (it expired
@@ -169,18 +211,27 @@ impl Orders {
             }
         }
         self.store
-            .stock_step_done(order_id, StockAction::Confirm)
+            .stock_steps_done(&[order_id], StockAction::Confirm)
             .await
     }
 
-    /// Settles every owed step that is due; how many were tried.
+    /// Settles every owed step that is due: the confirmations in batches
+    /// of up to [`MAX_CONFIRM_BATCH`], the releases one by one; how many
+    /// were tried.
     pub async fn settle_due(&self) -> Result<usize, AppError> {
         let due = self
             .store
             .due_stock_steps(Utc::now().trunc_subsecs(6), OUTBOX_BATCH)
             .await?;
-        for step in &due {
-            self.settle_step(step).await;
+        let (confirms, releases): (Vec<_>, Vec<_>) = due
+            .iter()
+            .cloned()
+            .partition(|step| step.action == StockAction::Confirm);
+        for batch in confirms.chunks(MAX_CONFIRM_BATCH) {
+            self.confirm_steps(batch).await;
+        }
+        for step in &releases {
+            self.release_step(step).await;
         }
         Ok(due.len())
     }

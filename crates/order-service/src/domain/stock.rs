@@ -7,7 +7,7 @@ use uuid::Uuid;
 /// One step of the stock saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StockAction {
-    /// ConfirmReservation: the order is stored.
+    /// ConfirmReservation(s): the order is stored.
     Confirm,
     /// ReleaseReservation: the order was cancelled or never stored.
     Release,

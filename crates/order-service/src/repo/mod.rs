@@ -83,8 +83,13 @@ pub trait OrderRepo: Send + Sync {
         limit: u32,
     ) -> Result<Vec<StockStep>, RepoError>;
 
-    /// Removes a step that is done.
-    async fn stock_step_done(&self, order_id: Uuid, action: StockAction) -> Result<(), RepoError>;
+    /// Removes the `action` steps of `order_ids`, which are done, in one
+    /// transaction.
+    async fn stock_steps_done(
+        &self,
+        order_ids: &[Uuid],
+        action: StockAction,
+    ) -> Result<(), RepoError>;
 
     /// Counts a failed attempt and puts the step off until `next`.
     async fn stock_step_failed(

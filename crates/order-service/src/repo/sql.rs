@@ -360,13 +360,20 @@ impl OrderRepo for SqlStore {
         .await
     }
 
-    async fn stock_step_done(&self, order_id: Uuid, action: StockAction) -> Result<(), RepoError> {
-        query("DELETE FROM stock_outbox WHERE order_id = $1 AND action = $2")
-            .bind(order_id)
-            .bind(action.as_str())
-            .execute(&self.db)
-            .await
-            .map(drop)
+    async fn stock_steps_done(
+        &self,
+        order_ids: &[Uuid],
+        action: StockAction,
+    ) -> Result<(), RepoError> {
+        let mut tx = self.db.begin().await?;
+        for &order_id in order_ids {
+            query("DELETE FROM stock_outbox WHERE order_id = $1 AND action = $2")
+                .bind(order_id)
+                .bind(action.as_str())
+                .execute(&mut tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     async fn stock_step_failed(

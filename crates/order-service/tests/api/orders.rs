@@ -227,6 +227,77 @@ async fn concurrent_orders_for_the_last_units_place_exactly_as_many_as_there_are
     race_for_the_last_units(Backend::Postgres).await;
 }
 
+/// sku-apple's (on_hand, reserved).
+async fn apples(stack: &Stack, token: &str) -> (i64, i64) {
+    let product = InventoryServiceClient::new(stack.inventory_service.channel())
+        .get_product(authed(
+            GetProductRequest {
+                sku: "sku-apple".into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (product.on_hand, product.reserved)
+}
+
+/// Orders placed together have their reservations confirmed after their
+/// answers: inventory-service holds each ConfirmReservations call for a
+/// second, and the orders placed meanwhile wait in the queue. (That they
+/// share calls is counted by the e2e suite, where each service has its
+/// own metrics.)
+async fn placed_orders_are_confirmed_after_their_answers(backend: Backend) {
+    let stack = Stack::spawn_full(
+        backend,
+        &[],
+        &["--fault-delay", "ConfirmReservations=1s"],
+        &[],
+    )
+    .await;
+    let (user, token) = stack.customer("bulk").await;
+    let (on_hand, reserved) = apples(&stack, &token).await;
+    let n = 20;
+    let placing = (0..n).map(|i| {
+        let mut orders = stack.orders.clone();
+        let request = authed(order_request(&user.id, &format!("bulk-{i}")), &token);
+        async move { orders.create_order(request).await }
+    });
+    for answer in futures_util::future::join_all(placing).await {
+        assert_eq!(
+            answer.unwrap().into_inner().status,
+            OrderStatus::Pending as i32
+        );
+    }
+    // Each order takes 2 apples. The last orders' confirmation is still
+    // held at inventory-service: the answers did not wait for it.
+    let (_, held) = apples(&stack, &token).await;
+    assert!(held > reserved, "every order confirmed before its answer");
+    let mut confirmed = false;
+    for _ in 0..200 {
+        if apples(&stack, &token).await == (on_hand - 2 * n, reserved) {
+            confirmed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        confirmed,
+        "not all confirmed: {:?}",
+        apples(&stack, &token).await
+    );
+}
+
+#[tokio::test]
+async fn placed_orders_are_confirmed_off_the_request_path() {
+    placed_orders_are_confirmed_after_their_answers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn placed_orders_are_confirmed_off_the_request_path_on_postgres() {
+    placed_orders_are_confirmed_after_their_answers(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn cancelling_an_order_gives_its_stock_back() {
     let stack = Stack::spawn().await;

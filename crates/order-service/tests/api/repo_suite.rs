@@ -276,7 +276,7 @@ pub(crate) async fn stock_steps_are_owed_with_the_change_that_owes_them(store: &
         [(StockAction::Confirm, 1)]
     );
     store
-        .stock_step_done(order.id, StockAction::Confirm)
+        .stock_steps_done(&[order.id], StockAction::Confirm)
         .await
         .unwrap();
     assert!(steps(store.due_stock_steps(later, 100).await.unwrap()).is_empty());
