@@ -6,7 +6,9 @@
 #   source scripts/lib/devstack.sh
 #   start_devstack BIN_DIR WORK   # fills grpc[SERVICE] and admin[SERVICE]
 #                                 # (ports), sets devstack_pid; returns
-#                                 # once every service answers health
+#                                 # once every service answers health, or
+#                                 # fails with devstack's log when it exits
+#                                 # first or a service never answers
 #   free_ports N                  # N distinct free ports, one per line
 #
 # devstack logs to WORK/devstack.log.
@@ -37,11 +39,28 @@ start_devstack() {
     done
     "$bin/devstack" --data-dir "$work/data" --web-port 0 "${args[@]}" >"$work/devstack.log" 2>&1 &
     devstack_pid=$!
+    local answered status
     for service in "${DEVSTACK_SERVICES[@]}"; do
+        answered=0
         for _ in $(seq 1 300); do
-            "$bin/shop-health-probe" --addr "http://127.0.0.1:${grpc[$service]}" --timeout 1s \
-                >/dev/null 2>&1 && break
+            if ! kill -0 "$devstack_pid" 2>/dev/null; then
+                status=0
+                wait "$devstack_pid" || status=$?
+                echo "devstack exited (status $status) before $service answered health; its log:" >&2
+                tail -n 50 "$work/devstack.log" >&2
+                return 1
+            fi
+            if "$bin/shop-health-probe" --addr "http://127.0.0.1:${grpc[$service]}" --timeout 1s \
+                >/dev/null 2>&1; then
+                answered=1
+                break
+            fi
             sleep 0.2
         done
+        if [[ $answered == 0 ]]; then
+            echo "$service (gRPC port ${grpc[$service]}) did not answer health within 60 s; devstack's log:" >&2
+            tail -n 50 "$work/devstack.log" >&2
+            return 1
+        fi
     done
 }
