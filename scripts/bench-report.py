@@ -120,6 +120,10 @@ def main():
         ("gRPC", "get-user-sqlite-h2load"),
         ("gRPC-Web", "get-user-sqlite-grpc-web-h2load"),
         ("REST/JSON", "get-user-sqlite-rest-h2load")) if name in scenarios]
+    # CreateOrder answers before its reservation is confirmed: what was
+    # still owed when the load stopped, and how long it took to clear.
+    confirmations = {f.stem.removeprefix("confirmations-"): json.loads(f.read_text())
+                     for f in sorted((work / "extra").glob("confirmations-*.json"))}
     sizes_file = work / "extra" / "payload-sizes.json"
     payload_sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else None
 
@@ -135,6 +139,7 @@ def main():
         "scenarios": scenarios,
         "scaling_2cpu": two_cpu,
         "payload_sizes": payload_sizes,
+        "confirmations_owed": confirmations,
     }
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
 
@@ -181,6 +186,12 @@ def main():
                       f"{watch.get('rss_open_kib')} KiB"
                       + (f" = {per:.0f} bytes per stream" if per is not None else "")
                       + f"; {watch['updated']} received their order's change."]
+    for name, c in confirmations.items():
+        drained = (f"none {c['seconds_to_drain']} s later" if c["owed_after"] == 0
+                   else f"**{c['owed_after']} still owed {c['seconds_to_drain']} s later**")
+        lines += ["", f"{name}: reservation confirmations owed (order-service confirms them in "
+                      f"batches after answering): at most {c.get('most_owed', '-')} during the load "
+                      f"(sampled every 0.5 s), {c['owed_at_stop']} when it stopped, {drained}."]
     if two_cpu:
         lines += ["", "From 1 to 2 server cores (h2load; with 2, h2load shares the server's CPUs):", "",
                   "| scenario | 1 core req/s | server CPU | 2 cores req/s | server CPU | h2load CPU "

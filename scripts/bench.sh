@@ -24,8 +24,10 @@
 #   bare           shop-bare-server: tonic with no middleware, GetUser
 #                  answering a fixed user (the yardstick)
 #   get-user       GetUser of oneself: token check + database read
-#   create-order   CreateOrder: GetUser hop to user-service, ReserveStock and
-#                  ConfirmReservation at inventory-service, database write
+#   create-order   CreateOrder: GetUser hop to user-service, ReserveStock at
+#                  inventory-service, database write; the confirmations,
+#                  batched after the answers, must drain when the load stops
+#                  (the report says how many were owed and for how long)
 #   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
 #   get-order      GetOrder alone: the read latency with no writes running
 #   mixed          the realistic mix with WatchOrder streams held open
@@ -223,7 +225,7 @@ server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=100000
 # catalogue, a million units of each product) and order-service on BACKEND;
 # sets users_port, users_pid, orders_port, orders_pid.
 stack() {
-    local backend=$1 users_db inventory_db orders_db data="$work/data-$1-$RANDOM"
+    local backend=$1 users_db inventory_db data="$work/data-$1-$RANDOM"
     shift
     mkdir -p "$data"
     case "$backend" in
@@ -260,6 +262,52 @@ stack() {
         DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
         INVENTORY_SERVICE_URL="http://127.0.0.1:$inventory_port"
     orders_pid=$last_pid
+}
+
+# Reservation confirmations still owed (stock_outbox rows) in the orders
+# database of the running stack ($orders_db).
+owed_confirmations() {
+    case "$orders_db" in
+        sqlite://*)
+            python3 -c 'import sqlite3, sys
+print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM stock_outbox").fetchone()[0])' \
+                "${orders_db#sqlite://}" ;;
+        *)
+            local dir
+            dir="$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")"
+            as_pg_user "$dir/psql" -tAq "$orders_db" -c "SELECT count(*) FROM stock_outbox" ;;
+    esac
+}
+
+# CreateOrder answers before its reservation is confirmed (order-service
+# confirms in batches after the answer), so that its throughput hides no
+# work put off: sample_confirmations runs beside the load (every 0.5 s, the
+# confirmations owed), and drain_confirmations, after it, records the most
+# owed at once, how many were owed when the load stopped and how long until
+# none were (at most 60 s) for scenario $1.
+sample_confirmations() {
+    while true; do
+        owed_confirmations >>"$work/owed-samples" || true
+        sleep 0.5
+    done
+}
+
+drain_confirmations() {
+    local name=$1 at_stop owed started waited most
+    at_stop=$(owed_confirmations)
+    owed=$at_stop
+    started=$(date +%s%N)
+    while [[ $owed -gt 0 ]] && (( $(date +%s%N) - started < 60000000000 )); do
+        sleep 0.1
+        owed=$(owed_confirmations)
+    done
+    waited=$(python3 -c "print(round(($(date +%s%N) - $started) / 1e9, 2))")
+    most=$(sort -n "$work/owed-samples" 2>/dev/null | tail -n 1)
+    rm -f "$work/owed-samples"
+    mkdir -p "$work/extra"
+    printf '{"most_owed": %s, "owed_at_stop": %s, "owed_after": %s, "seconds_to_drain": %s}\n' \
+        "${most:-0}" "$at_stop" "$owed" "$waited" >"$work/extra/confirmations-$name.json"
+    log "$name: at most ${most:-0} confirmations owed during the load, $at_stop at its end, $owed after $waited s"
 }
 
 psql_create() {
@@ -362,7 +410,14 @@ for backend in "${backends[@]}"; do
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
     drive_h2load "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
+    sample_confirmations &
+    sampler=$!
+    # On the load generator's CPU, off the servers'.
+    [[ ${#load_cpu[@]} -eq 0 ]] || taskset -p -c "${load_cpu[2]}" "$sampler" >/dev/null
     load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    drain_confirmations "create-order-$backend"
     if [[ $backend == sqlite ]]; then
         # The same GetUser over gRPC-Web and REST (h2load, h2c), and our
         # messages' sizes in protobuf and JSON.
