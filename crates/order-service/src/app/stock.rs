@@ -125,7 +125,7 @@ impl Orders {
                 self.steps_done(&[step.order_id], StockAction::Release)
                     .await
             }
-            Err(error) => self.step_failed(step, &error).await,
+            Err(error) => self.steps_failed(std::slice::from_ref(step), &error).await,
         }
     }
 
@@ -150,11 +150,7 @@ impl Orders {
                 }
                 self.steps_done(&done, StockAction::Confirm).await;
             }
-            Err(error) => {
-                for step in steps {
-                    self.step_failed(step, &error).await;
-                }
-            }
+            Err(error) => self.steps_failed(steps, &error).await,
         }
     }
 
@@ -167,23 +163,40 @@ impl Orders {
         }
     }
 
-    async fn step_failed(&self, step: &StockStep, error: &AppError) {
-        let StockStep {
-            order_id, action, ..
-        } = *step;
-        let attempt = u32::try_from(step.attempts).unwrap_or(0).saturating_add(1);
-        let wait = shop_client::backoff::full_jitter(
-            Duration::from_millis(500),
-            MAX_STEP_BACKOFF,
-            2.0,
-            attempt,
-        )
-        .max(Duration::from_millis(100));
-        tracing::warn!(%order_id, action = action.as_str(), attempt, ?wait, %error, "stock step failed; will retry");
-        let next = Utc::now().trunc_subsecs(6)
-            + chrono::Duration::from_std(wait).unwrap_or_else(|_| chrono::Duration::seconds(1));
-        if let Err(error) = self.store.stock_step_failed(order_id, action, next).await {
-            tracing::warn!(%order_id, action = action.as_str(), %error, "could not record a stock step's failure");
+    /// Puts off each of `steps`, all of one action, whose attempt failed
+    /// with `error`: each backs off on its own (0.5 s doubling up to
+    /// [`MAX_STEP_BACKOFF`], full jitter) and waits for the outbox worker.
+    async fn steps_failed(&self, steps: &[StockStep], error: &AppError) {
+        let Some(first) = steps.first() else {
+            return;
+        };
+        let now = Utc::now().trunc_subsecs(6);
+        let put_off: Vec<_> = steps
+            .iter()
+            .map(|step| {
+                let attempt = u32::try_from(step.attempts).unwrap_or(0).saturating_add(1);
+                let wait = shop_client::backoff::full_jitter(
+                    Duration::from_millis(500),
+                    MAX_STEP_BACKOFF,
+                    2.0,
+                    attempt,
+                )
+                .max(Duration::from_millis(100));
+                let wait = chrono::Duration::from_std(wait)
+                    .unwrap_or_else(|_| chrono::Duration::seconds(1));
+                (step.order_id, now + wait)
+            })
+            .collect();
+        tracing::warn!(
+            steps = steps.len(),
+            order_id = %first.order_id,
+            action = first.action.as_str(),
+            attempt = first.attempts + 1,
+            %error,
+            "stock steps failed; will retry"
+        );
+        if let Err(error) = self.store.stock_steps_failed(first.action, &put_off).await {
+            tracing::warn!(steps = steps.len(), action = first.action.as_str(), %error, "could not record stock steps' failure");
         }
     }
 

@@ -91,12 +91,13 @@ pub trait OrderRepo: Send + Sync {
         action: StockAction,
     ) -> Result<(), RepoError>;
 
-    /// Counts a failed attempt and puts the step off until `next`.
-    async fn stock_step_failed(
+    /// Counts a failed attempt at the `action` step of each order in
+    /// `put_off` and puts it off until the time beside it, in one
+    /// transaction.
+    async fn stock_steps_failed(
         &self,
-        order_id: Uuid,
         action: StockAction,
-        next: DateTime<Utc>,
+        put_off: &[(Uuid, DateTime<Utc>)],
     ) -> Result<(), RepoError>;
 
     /// The status changes of an order after `version`, oldest first.

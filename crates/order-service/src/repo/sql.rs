@@ -376,22 +376,24 @@ impl OrderRepo for SqlStore {
         tx.commit().await
     }
 
-    async fn stock_step_failed(
+    async fn stock_steps_failed(
         &self,
-        order_id: Uuid,
         action: StockAction,
-        next: DateTime<Utc>,
+        put_off: &[(Uuid, DateTime<Utc>)],
     ) -> Result<(), RepoError> {
-        query(
-            "UPDATE stock_outbox SET attempts = attempts + 1, next_attempt_at = $1 \
-             WHERE order_id = $2 AND action = $3",
-        )
-        .bind(next)
-        .bind(order_id)
-        .bind(action.as_str())
-        .execute(&self.db)
-        .await
-        .map(drop)
+        let mut tx = self.db.begin().await?;
+        for (order_id, next) in put_off {
+            query(
+                "UPDATE stock_outbox SET attempts = attempts + 1, next_attempt_at = $1 \
+                 WHERE order_id = $2 AND action = $3",
+            )
+            .bind(*next)
+            .bind(*order_id)
+            .bind(action.as_str())
+            .execute(&mut tx)
+            .await?;
+        }
+        tx.commit().await
     }
 
     fn changes(&self) -> broadcast::Receiver<Notice> {

@@ -298,6 +298,52 @@ async fn placed_orders_are_confirmed_off_the_request_path_on_postgres() {
     placed_orders_are_confirmed_after_their_answers(Backend::Postgres).await;
 }
 
+/// A confirmation whose call fails stays in the outbox, and the outbox
+/// worker confirms it later: inventory-service refuses the first three of
+/// every four ConfirmReservations calls, and order-service does not retry
+/// a call by itself.
+#[tokio::test]
+async fn a_failed_confirmation_is_confirmed_later_from_the_outbox() {
+    let stack = Stack::spawn_full(
+        Backend::Sqlite,
+        &[],
+        &["--fault-error", "ConfirmReservations=unavailable:3/4"],
+        &[
+            "--stock-outbox-interval",
+            "100ms",
+            "--client-retry-max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    let (user, token) = stack.customer("unlucky").await;
+    let (on_hand, reserved) = apples(&stack, &token).await;
+    let order = stack
+        .orders
+        .clone()
+        .create_order(authed(order_request(&user.id, "unlucky-1"), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    while apples(&stack, &token).await != (on_hand - 2, reserved) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "not confirmed from the outbox: {:?}",
+            apples(&stack, &token).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let stored = stack
+        .orders
+        .clone()
+        .get_order(authed(GetOrderRequest { order_id: order.id }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.status, OrderStatus::Pending as i32, "not cancelled");
+}
+
 #[tokio::test]
 async fn cancelling_an_order_gives_its_stock_back() {
     let stack = Stack::spawn().await;

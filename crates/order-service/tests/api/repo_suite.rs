@@ -267,7 +267,7 @@ pub(crate) async fn stock_steps_are_owed_with_the_change_that_owes_them(store: &
     // A failed attempt is counted and put off.
     let later = now() + chrono::Duration::seconds(60);
     store
-        .stock_step_failed(order.id, StockAction::Confirm, later)
+        .stock_steps_failed(StockAction::Confirm, &[(order.id, later)])
         .await
         .unwrap();
     assert!(steps(store.due_stock_steps(now(), 100).await.unwrap()).is_empty());
