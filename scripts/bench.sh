@@ -39,7 +39,9 @@
 # packages when missing and possible), and GetUser is also driven by h2load,
 # so the ratio of like to like is reported with each driver. Every report
 # says how busy its load generator was; a ratio whose generator used 90% or
-# more of its CPU is reported as not valid (it measured the generator).
+# more of its CPU is reported as not valid (it measured the generator). When
+# shop-loadgen saturates on the bare server but not on a scenario, that
+# scenario is set against bare-h2load (the server's capacity) instead.
 # Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
