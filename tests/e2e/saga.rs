@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use shop_core::context::Propagate;
 use shop_proto::{
-    inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
+    inventory::v1::{GetProductRequest, Product, inventory_service_client::InventoryServiceClient},
     order::v1::{
         GetOrderRequest, ListOrdersRequest, OrderStatus, order_service_client::OrderServiceClient,
     },
@@ -20,8 +20,8 @@ use crate::{
     order,
 };
 
-/// The units of the development catalogue's sku-1 that can be ordered.
-async fn available(stack: &Stack, token: &str) -> i64 {
+/// The development catalogue's sku-1 as inventory-service has it now.
+async fn sku_1(stack: &Stack, token: &str) -> Product {
     InventoryServiceClient::new(stack.service(INVENTORY).channel())
         .get_product(authed(
             GetProductRequest {
@@ -32,7 +32,11 @@ async fn available(stack: &Stack, token: &str) -> i64 {
         .await
         .unwrap()
         .into_inner()
-        .available
+}
+
+/// The units of sku-1 that can be ordered.
+async fn available(stack: &Stack, token: &str) -> i64 {
+    sku_1(stack, token).await.available
 }
 
 async fn orders_of(stack: &Stack, token: &str) -> Vec<shop_proto::order::v1::Order> {
@@ -133,21 +137,6 @@ async fn a_crash_before_the_confirmation_leaves_no_stock_held_and_no_order_witho
     assert_eq!(available(&stack, &token).await, before, "nothing held");
 }
 
-/// sku-1's (on_hand, reserved).
-async fn stock_of_sku_1(stack: &Stack, token: &str) -> (i64, i64) {
-    let product = InventoryServiceClient::new(stack.service(INVENTORY).channel())
-        .get_product(authed(
-            GetProductRequest {
-                sku: "sku-1".into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    (product.on_hand, product.reserved)
-}
-
 #[tokio::test]
 async fn orders_placed_together_share_their_confirmation_call() {
     // Each confirmation call is held a second at inventory-service: the
@@ -158,7 +147,8 @@ async fn orders_placed_together_share_their_confirmation_call() {
     )
     .await;
     let (user, token) = customer(&stack, "bulk").await;
-    let (on_hand, reserved) = stock_of_sku_1(&stack, &token).await;
+    let before = sku_1(&stack, &token).await;
+    let (on_hand, reserved) = (before.on_hand, before.reserved);
     let n = 20;
     let orders = OrderServiceClient::new(stack.service(ORDERS).channel());
     let placing: Vec<_> = (0..n)
@@ -173,7 +163,10 @@ async fn orders_placed_together_share_their_confirmation_call() {
     }
     // Each order takes 3 units of sku-1, off the shelf once confirmed.
     until(Duration::from_secs(30), "every order confirmed", || async {
-        stock_of_sku_1(&stack, &token).await == (on_hand - 3 * n, reserved)
+        {
+            let now = sku_1(&stack, &token).await;
+            (now.on_hand, now.reserved) == (on_hand - 3 * n, reserved)
+        }
     })
     .await;
     let metrics = http_get(stack.service(INVENTORY).admin, "/metrics").await.1;

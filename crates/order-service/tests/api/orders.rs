@@ -5,7 +5,7 @@
 use chrono::Utc;
 use order_service::{domain::OrderStatus as Status, repo};
 use shop_proto::{
-    inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
+    inventory::v1::{GetProductRequest, Product, inventory_service_client::InventoryServiceClient},
     order::v1::{
         CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem,
         OrderStatus,
@@ -97,14 +97,18 @@ async fn every_invalid_field_is_reported_with_its_item_index() {
     assert_eq!(violated_fields(&empty), ["user_id", "items"]);
 }
 
-/// The units of `sku` that can still be ordered.
-async fn available(stack: &Stack, token: &str, sku: &str) -> i64 {
+/// The product `sku` as inventory-service has it now.
+async fn product(stack: &Stack, token: &str, sku: &str) -> Product {
     InventoryServiceClient::new(stack.inventory_service.channel())
         .get_product(authed(GetProductRequest { sku: sku.into() }, token))
         .await
         .unwrap()
         .into_inner()
-        .available
+}
+
+/// The units of `sku` that can still be ordered.
+async fn available(stack: &Stack, token: &str, sku: &str) -> i64 {
+    product(stack, token, sku).await.available
 }
 
 #[tokio::test]
@@ -229,17 +233,8 @@ async fn concurrent_orders_for_the_last_units_place_exactly_as_many_as_there_are
 
 /// sku-apple's (on_hand, reserved).
 async fn apples(stack: &Stack, token: &str) -> (i64, i64) {
-    let product = InventoryServiceClient::new(stack.inventory_service.channel())
-        .get_product(authed(
-            GetProductRequest {
-                sku: "sku-apple".into(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    (product.on_hand, product.reserved)
+    let apples = product(stack, token, "sku-apple").await;
+    (apples.on_hand, apples.reserved)
 }
 
 /// Orders placed together have their reservations confirmed after their
