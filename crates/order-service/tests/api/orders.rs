@@ -237,6 +237,20 @@ async fn apples(stack: &Stack, token: &str) -> (i64, i64) {
     (apples.on_hand, apples.reserved)
 }
 
+/// Waits up to 30 s for sku-apple's (on_hand, reserved) to be `want`:
+/// the confirmations owed have all gone through.
+async fn until_apples_are(stack: &Stack, token: &str, want: (i64, i64)) {
+    let started = std::time::Instant::now();
+    while apples(stack, token).await != want {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "not all confirmed: {:?}, want {want:?}",
+            apples(stack, token).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Orders placed together have their reservations confirmed after their
 /// answers: inventory-service holds each ConfirmReservations call for a
 /// second, and the orders placed meanwhile wait in the queue. (That they
@@ -268,19 +282,7 @@ async fn placed_orders_are_confirmed_after_their_answers(backend: Backend) {
     // held at inventory-service: the answers did not wait for it.
     let (_, held) = apples(&stack, &token).await;
     assert!(held > reserved, "every order confirmed before its answer");
-    let mut confirmed = false;
-    for _ in 0..200 {
-        if apples(&stack, &token).await == (on_hand - 2 * n, reserved) {
-            confirmed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(
-        confirmed,
-        "not all confirmed: {:?}",
-        apples(&stack, &token).await
-    );
+    until_apples_are(&stack, &token, (on_hand - 2 * n, reserved)).await;
 }
 
 #[tokio::test]
@@ -320,15 +322,7 @@ async fn a_failed_confirmation_is_confirmed_later_from_the_outbox() {
         .await
         .unwrap()
         .into_inner();
-    let started = std::time::Instant::now();
-    while apples(&stack, &token).await != (on_hand - 2, reserved) {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "not confirmed from the outbox: {:?}",
-            apples(&stack, &token).await
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_apples_are(&stack, &token, (on_hand - 2, reserved)).await;
     let stored = stack
         .orders
         .clone()
