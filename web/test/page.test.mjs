@@ -107,9 +107,14 @@ test("a customer orders on the page, sees the admin ship it live, and is told wh
     if (devstack.exitCode === null) devstack.kill("SIGKILL");
     rmSync(data, { recursive: true, force: true });
   });
+  // The error says whether devstack is still running and what it printed
+  // last (the test runner shows an error's message, not the test's stderr).
   const failed = (error) => {
-    console.error(logs.join("").split("\n").slice(-40).join("\n"));
-    throw error;
+    const state = devstack.exitCode !== null
+      ? `exited with status ${devstack.exitCode}`
+      : devstack.signalCode ? `killed by ${devstack.signalCode}` : "still running";
+    const tail = logs.join("").split("\n").slice(-40).join("\n");
+    throw new Error(`${error.message}; devstack ${state}; its last output:\n${tail}`);
   };
 
   try {

@@ -131,13 +131,16 @@ async fn main() -> ExitCode {
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| exit_on_parse_error(e));
     shop_telemetry::init("devstack", args.log_format, "info,sqlx=warn");
     let outcome = run(args, &matches, services).await;
+    // Said before the log's writer stops (a line logged after is lost),
+    // and on stderr too, whatever the log level.
+    if let Err(e) = &outcome {
+        tracing::error!(error = format!("{e:#}"), "devstack failed");
+        eprintln!("devstack failed: {e:#}");
+    }
     shop_telemetry::shutdown();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "devstack failed");
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -208,14 +211,22 @@ async fn run(args: Args, matches: &ArgMatches, services: Vec<Entry>) -> anyhow::
         shared.push(("GRPC_REFLECTION".into(), "true".into()));
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut running = JoinSet::new();
+    // Every port is bound before any service starts: a running service's
+    // outgoing connections take ephemeral ports, which could otherwise
+    // take a port chosen for a service not bound yet.
+    let mut bound = Vec::with_capacity(services.len());
     for (service, place) in services.iter().zip(&placements) {
         let name = service.info.name;
-        let listeners = Listeners {
+        bound.push(Listeners {
             grpc: bind(place.grpc, &format!("{}_PORT", env_prefix(name))).await?,
             admin: bind(place.admin, &format!("{}_ADMIN_PORT", env_prefix(name))).await?,
-        };
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut running = JoinSet::new();
+    for ((service, place), listeners) in services.iter().zip(&placements).zip(bound) {
+        let name = service.info.name;
         let mut settings = vec![
             ("GRPC_ADDR".to_owned(), place.grpc.to_string()),
             ("ADMIN_ADDR".to_owned(), place.admin.to_string()),
