@@ -213,8 +213,9 @@ def main():
                       f"batches after answering): at most {c.get('most_owed', '-')} during the load "
                       f"(sampled every 0.5 s), {c['owed_at_stop']} when it stopped, {drained}."]
     if two_cpu:
-        lines += ["", "From 1 to 2 server cores (h2load; with 2, h2load shares the server's CPUs):", "",
-                  "| scenario | 1 core req/s | server CPU | 2 cores req/s | server CPU | h2load CPU "
+        lines += ["", "From 1 to 2 server cores (with 2, the load generator shares the servers' CPUs; "
+                  "server CPU where h2load measured it):", "",
+                  "| scenario | 1 core req/s | server CPU | 2 cores req/s | server CPU | generator CPU "
                   "| × | req/s per server CPU-second, 1 → 2 |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, two in two_cpu.items():

@@ -6,6 +6,7 @@
 #   scripts/bench.sh --profile=get-user|create-order
 #                               # where the server CPU goes (perf), on SQLite
 #                               # (PROFILE_BACKEND=postgres for PostgreSQL,
+#                               # with the time of its busy connections,
 #                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
 #                               # give user-service settings)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
@@ -49,7 +50,8 @@
 # get-user also runs with the users cache off (get-user-uncached-*: every
 # call reads the database). bare and cached get-user (SQLite) run once more
 # with the server allowed both CPUs (*-2cpu, h2load sharing them): scaling
-# from 1 to 2 server cores, against the CPU the server used.
+# from 1 to 2 server cores, against the CPU the server used; so does
+# create-order on each backend (shop-loadgen, the services on both CPUs).
 #
 # get-user and create-order run on SQLite and on PostgreSQL (a throwaway
 # cluster with PostgreSQL's default durability, started like
@@ -76,7 +78,7 @@ for arg in "$@"; do
         --scenario=*) ab_scenario="${arg#--scenario=}" ;;
         --backend=*) ab_backend="${arg#--backend=}" ;;
         --rounds=*) ab_rounds="${arg#--rounds=}" ;;
-        -h|--help) sed -n '2,61p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -304,7 +306,7 @@ drain_confirmations() {
         owed=$(owed_confirmations)
     done
     waited=$(python3 -c "print(round(($(date +%s%N) - $started) / 1e9, 2))")
-    most=$(sort -n "$work/owed-samples" 2>/dev/null | tail -n 1)
+    most=$( { sort -n "$work/owed-samples" 2>/dev/null || true; } | tail -n 1)
     rm -f "$work/owed-samples"
     mkdir -p "$work/extra"
     printf '{"most_owed": %s, "owed_at_stop": %s, "owed_after": %s, "seconds_to_drain": %s}\n' \
@@ -322,7 +324,9 @@ psql_create() {
 # profile SCENARIO: drives SCENARIO at full load with shop-loadgen on CPU 1
 # and samples what runs on CPU 0 (every server of the stack) with perf for
 # 15 s, then prints the self time grouped by where it goes
-# (scripts/lib/profile-groups.py) and per process.
+# (scripts/lib/profile-groups.py) and per process. On PostgreSQL it also
+# prints where PostgreSQL's busy connections spent those 15 s
+# (scripts/lib/pg-activity.py).
 profile() {
     local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
     command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
@@ -340,10 +344,17 @@ profile() {
         >"$work/profile-load.txt" 2>&1 &
     local load_pid=$!
     sleep 10
-    local where=(-a)
+    local where=(-a) activity_pid=
     [[ ${#server_cpu[@]} -eq 0 ]] || where=(-C 0)
+    if [[ $backend == postgres ]]; then
+        python3 scripts/lib/pg-activity.py \
+            "$(dirname "$(readlink -f "$(find_pg_bin)/pg_ctl")")/psql" "$PG_URL" 15 \
+            >"$work/pg-activity.txt" 2>&1 &
+        activity_pid=$!
+    fi
     perf record -q -F 999 -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
     wait "$load_pid" || true
+    [[ -z $activity_pid ]] || { wait "$activity_pid" || true; cat "$work/pg-activity.txt"; }
     grep -E "req/s" "$work/profile-load.txt" >&2 || true
     perf report -q -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
         >"$work/perf.txt"
@@ -455,7 +466,8 @@ done
 # --- from 1 to 2 server cores ------------------------------------------------
 # The bare server and cached GetUser again, with the server allowed both CPUs
 # (h2load, one thread, shares them): the report sets req/s against the CPU
-# the server used, beside the one-core runs above.
+# the server used, beside the one-core runs above. And CreateOrder on each
+# backend, with the three services allowed both CPUs.
 
 if [[ ${#server_cpu[@]} -gt 0 ]]; then
     pinned_server=("${server_cpu[@]}") pinned_load=("${load_cpu[@]}")
@@ -468,6 +480,20 @@ if [[ ${#server_cpu[@]} -gt 0 ]]; then
     drive_h2load get-user-sqlite-h2load-2cpu "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     stop_servers
+    # CreateOrder's generator needs little CPU (0.05 to 0.15): what it
+    # gains here is the three services no longer taking turns on one core.
+    for backend in "${backends[@]}"; do
+        stack "$backend"
+        sample_confirmations &
+        sampler=$!
+        load "create-order-$backend-2cpu" --scenario create-order \
+            --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+            --concurrency "$concurrency"
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        drain_confirmations "create-order-$backend-2cpu"
+        stop_servers
+    done
     server_cpu=("${pinned_server[@]}") load_cpu=("${pinned_load[@]}")
 fi
 

@@ -39,12 +39,14 @@
 //!
 //! What is not portable (arrays, `::` casts, `pg_notify`, `json_each`) is
 //! not used in query text; a query that truly must differ is written twice
-//! and says why.
+//! and says why. A statement over a list of ids takes them as a fixed
+//! `IN (...)` list instead of an array ([`id_list_sql`]).
 
 mod cache;
 mod db;
 mod error;
 mod group_commit;
+mod id_list;
 mod notices;
 mod pg_group_commit;
 mod pg_notices;
@@ -59,6 +61,7 @@ pub use cache::ReadThrough;
 pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
 pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
+pub use id_list::{IDS_PER_STATEMENT, id_list_sql};
 pub use notices::{Notice, Notices};
 pub use pg_read::{
     APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY,

@@ -137,6 +137,12 @@ impl Query {
         self
     }
 
+    /// The values bound so far.
+    #[cfg(test)]
+    pub(crate) fn args(&self) -> &[Value] {
+        &self.args
+    }
+
     /// True for a statement that only reads (its text starts with
     /// `SELECT`): outside a transaction, SQLite runs it on the read pool.
     fn is_read(&self) -> bool {

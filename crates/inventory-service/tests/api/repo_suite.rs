@@ -299,6 +299,82 @@ pub(crate) async fn a_reservation_is_in_its_products_currency_and_never_in_two(
     assert_eq!(stored.lines.len(), 2);
 }
 
+/// A batch longer than one statement's id list (`IDS_PER_STATEMENT`),
+/// with a reservation past its expiry that no sweep has seen, one of two
+/// lines, and an id never reserved: each is confirmed (or expired) as
+/// `confirm` would, and the units move once.
+pub(crate) async fn a_long_batch_confirms_each_reservation_with_its_lines(
+    store: &dyn InventoryRepo,
+) {
+    product(store, "a", 250, 100).await;
+    product(store, "b", 100, 100).await;
+    let later = now() + Duration::minutes(5);
+    let count = shop_storage::IDS_PER_STATEMENT + 8;
+    let mut asked: Vec<Uuid> = Vec::new();
+    for n in 0..count {
+        let order = Uuid::now_v7();
+        let lines: &[(&str, i64)] = if n % 2 == 0 {
+            &[("a", 1), ("b", 2)]
+        } else {
+            &[("a", 1)]
+        };
+        store
+            .reserve(order, &items(lines), later, now())
+            .await
+            .unwrap();
+        asked.push(order);
+    }
+    let lapsed = Uuid::now_v7();
+    store
+        .reserve(
+            lapsed,
+            &items(&[("b", 5)]),
+            now() + Duration::milliseconds(1),
+            now(),
+        )
+        .await
+        .unwrap();
+    asked.insert(3, lapsed);
+    asked.insert(count / 2, Uuid::now_v7());
+
+    let after = store
+        .confirm_all(&asked, now() + Duration::seconds(1))
+        .await
+        .unwrap();
+    let mut expected: Vec<Uuid> = asked.clone();
+    expected.remove(count / 2);
+    assert_eq!(
+        after.iter().map(|r| r.order_id).collect::<Vec<_>>(),
+        expected,
+        "in the order asked, the unknown id left out"
+    );
+    for r in &after {
+        if r.order_id == lapsed {
+            assert_eq!(r.status, ReservationStatus::Expired);
+            assert_eq!(r.lines.len(), 1);
+        } else {
+            assert_eq!(r.status, ReservationStatus::Confirmed, "{r:?}");
+            let skus: Vec<_> = r
+                .lines
+                .iter()
+                .map(|l| (l.sku.as_str(), l.quantity))
+                .collect();
+            assert!(
+                skus == [("a", 1), ("b", 2)] || skus == [("a", 1)],
+                "its own lines: {skus:?}"
+            );
+        }
+    }
+    let a = store.get_product(&sku("a")).await.unwrap().unwrap();
+    let b = store.get_product(&sku("b")).await.unwrap().unwrap();
+    let b_taken = 2 * count.div_ceil(2) as i64;
+    assert_eq!(
+        (a.on_hand, a.reserved, b.on_hand, b.reserved),
+        (100 - count as i64, 0, 100 - b_taken, 0),
+        "confirmed units taken, the lapsed ones back"
+    );
+}
+
 shop_testkit::repo_suite!(
     store;
     products_are_put_read_and_listed_by_sku,
@@ -306,4 +382,5 @@ shop_testkit::repo_suite!(
     reservations_hold_all_or_nothing_once_per_order,
     confirm_release_and_expiry_move_the_units,
     a_reservation_is_in_its_products_currency_and_never_in_two,
+    a_long_batch_confirms_each_reservation_with_its_lines,
 );

@@ -5,9 +5,13 @@
 //! replica sharing a PostgreSQL database (or every watcher of the one
 //! process on SQLite) when, and only if, it commits.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use shop_storage::{Db, Notice, Notices, On, Row, StoreError, query};
+use shop_storage::{
+    Db, IDS_PER_STATEMENT, Notice, Notices, On, Row, StoreError, id_list_sql, query,
+};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -365,11 +369,20 @@ impl OrderRepo for SqlStore {
         order_ids: &[Uuid],
         action: StockAction,
     ) -> Result<(), RepoError> {
+        static DELETE_DONE: LazyLock<String> = LazyLock::new(|| {
+            id_list_sql(
+                "DELETE FROM stock_outbox WHERE action = $1 AND order_id IN ({ids})",
+                2,
+            )
+        });
+        if order_ids.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.db.begin().await?;
-        for &order_id in order_ids {
-            query("DELETE FROM stock_outbox WHERE order_id = $1 AND action = $2")
-                .bind(order_id)
+        for chunk in order_ids.chunks(IDS_PER_STATEMENT) {
+            query(&DELETE_DONE)
                 .bind(action.as_str())
+                .bind_ids(chunk)
                 .execute(&mut tx)
                 .await?;
         }

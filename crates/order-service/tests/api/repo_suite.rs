@@ -308,6 +308,48 @@ pub(crate) async fn stock_steps_are_owed_with_the_change_that_owes_them(store: &
     );
 }
 
+/// More done steps than one statement's id list takes
+/// (`IDS_PER_STATEMENT`): each is removed, and nothing else is (another
+/// order's step, or another action of one of them).
+pub(crate) async fn a_long_list_of_done_steps_removes_each_and_no_other(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let mut placed = Vec::new();
+    for n in 0..shop_storage::IDS_PER_STATEMENT + 8 {
+        let order = created(
+            store
+                .place_order(&new_order(user, &format!("many-{n}"), 1))
+                .await
+                .unwrap(),
+        );
+        placed.push(order.id);
+    }
+    let kept = placed.pop().unwrap();
+    store
+        .owe_stock_step(placed[0], StockAction::Release, now())
+        .await
+        .unwrap();
+    store
+        .stock_steps_done(&placed, StockAction::Confirm)
+        .await
+        .unwrap();
+    let mut left: Vec<_> = store
+        .due_stock_steps(now(), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.order_id == kept || placed.contains(&s.order_id))
+        .map(|s| (s.order_id, s.action))
+        .collect();
+    left.sort_by_key(|(id, _)| *id);
+    assert_eq!(
+        left,
+        [
+            (placed[0], StockAction::Release),
+            (kept, StockAction::Confirm)
+        ]
+    );
+}
+
 shop_testkit::repo_suite!(
     store;
     stock_steps_are_owed_with_the_change_that_owes_them,
@@ -316,4 +358,5 @@ shop_testkit::repo_suite!(
     concurrent_places_with_one_request_id_create_one_order,
     lists_newest_first_with_status_and_cursor,
     status_changes_are_compare_and_set,
+    a_long_list_of_done_steps_removes_each_and_no_other,
 );
