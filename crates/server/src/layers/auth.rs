@@ -27,11 +27,14 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures_util::{FutureExt as _, future::Either};
 use http::{Request, Response, header::AUTHORIZATION};
 use shop_auth::{BoxFuture, Principal, ServiceCaller, TokenError, VerifyError, VerifyToken};
 use shop_proto::policy::{self, Access};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
+
+use super::protect::Refusal;
 
 /// Tokens verified recently, so that a client sending the same token on
 /// every call pays for the signature check once, not per call (an Ed25519
@@ -141,61 +144,123 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+    type Future = Either<
+        Either<S::Future, Refusal<S::Error>>,
+        BoxFuture<'static, Result<Response<Body>, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // Nearly every call carries tokens verified before: decided here and
+        // now from the verified tokens, the call goes on as the inner
+        // service's own future, with nothing of this layer's to box.
+        match self
+            .layer
+            .verdict(&req, Checking::CachedOnly)
+            .now_or_never()
+        {
+            Some(Ok(verdict)) => {
+                verdict.apply(&mut req);
+                return Either::Left(Either::Left(self.inner.call(req)));
+            }
+            Some(Err(status)) => {
+                return Either::Left(Either::Right(futures_util::future::ready(Ok(
+                    status.into_http()
+                ))));
+            }
+            None => {}
+        }
         let layer = self.layer.clone();
         // The inner service was made ready for this call; take it and leave
         // a fresh clone behind (the usual tower pattern for async layers).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            // Read in place: the request is only changed once the verdict
-            // is in.
-            let path = req.uri().path();
-            let token = bearer_token(req.headers());
-            let caller = match service_token(req.headers()) {
-                Some(service_token) if layer.is_service_method(path) => {
-                    match layer.authorize_service(service_token).await {
-                        Ok(caller) => Some(caller),
-                        Err(status) => return Ok(status.into_http()),
-                    }
-                }
-                _ => None,
-            };
-            match layer.authorize(path, token, caller.is_some()).await {
-                Ok(principal) => {
-                    if let Some(caller) = caller {
-                        req.extensions_mut().insert(caller);
-                    }
-                    if let Some(principal) = principal {
-                        if let Some(slot) =
-                            req.extensions().get::<shop_telemetry::call::CallerSlot>()
-                        {
-                            slot.set(principal.clone());
-                        }
-                        req.extensions_mut().insert(principal);
-                    }
+        Either::Right(Box::pin(async move {
+            match layer.verdict(&req, Checking::Full).await {
+                Ok(verdict) => {
+                    verdict.apply(&mut req);
                     inner.call(req).await
                 }
                 Err(status) => Ok(status.into_http()),
             }
-        })
+        }))
+    }
+}
+
+/// How a call's tokens are verified: from the verified tokens alone (a
+/// token not among them leaves the verdict pending, and the call is
+/// decided again in full), or in full (the signature checked when need be).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checking {
+    CachedOnly,
+    Full,
+}
+
+/// Who a call that passed is from: the calling service and the end user,
+/// each when there is one.
+struct Verdict {
+    caller: Option<ServiceCaller>,
+    principal: Option<Arc<Principal>>,
+}
+
+impl Verdict {
+    /// Puts the caller where handlers and the access line find it.
+    fn apply<B>(self, req: &mut Request<B>) {
+        if let Some(caller) = self.caller {
+            req.extensions_mut().insert(caller);
+        }
+        if let Some(principal) = self.principal {
+            if let Some(slot) = req.extensions().get::<shop_telemetry::call::CallerSlot>() {
+                slot.set(principal.clone());
+            }
+            req.extensions_mut().insert(principal);
+        }
     }
 }
 
 impl AuthLayer {
+    /// The verdict on `req`, read in place: its path and tokens (not its
+    /// body, which need not be `Sync` to be held across the check).
+    fn verdict<'a, B>(
+        &'a self,
+        req: &'a Request<B>,
+        checking: Checking,
+    ) -> impl Future<Output = Result<Verdict, Status>> + Send + 'a {
+        self.verdict_on(req.uri().path(), req.headers(), checking)
+    }
+
+    async fn verdict_on(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        checking: Checking,
+    ) -> Result<Verdict, Status> {
+        let caller = match service_token(headers) {
+            Some(service_token) if self.is_service_method(path) => {
+                Some(self.authorize_service(service_token, checking).await?)
+            }
+            _ => None,
+        };
+        let principal = self
+            .authorize(path, bearer_token(headers), caller.is_some(), checking)
+            .await?;
+        Ok(Verdict { caller, principal })
+    }
+
     fn is_service_method(&self, path: &str) -> bool {
         policy::lookup(path).is_some_and(|m| m.access == Access::Service)
     }
 
     /// The calling service of a service token.
-    async fn authorize_service(&self, token: &str) -> Result<ServiceCaller, Status> {
-        let principal = self.verify(token).await.map_err(|err| {
+    async fn authorize_service(
+        &self,
+        token: &str,
+        checking: Checking,
+    ) -> Result<ServiceCaller, Status> {
+        let principal = self.verify(token, checking).await.map_err(|err| {
             tracing::debug!(error = %err, "service token refused");
             match err {
                 VerifyError::KeysUnavailable => {
@@ -221,6 +286,7 @@ impl AuthLayer {
         path: &str,
         token: Option<&str>,
         service_proven: bool,
+        checking: Checking,
     ) -> Result<Option<Arc<Principal>>, Status> {
         let Some(method) = policy::lookup(path) else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
@@ -231,7 +297,7 @@ impl AuthLayer {
         };
         match method.access {
             Access::Public => match token {
-                Some(t) => Ok(self.verify_user(t).await.ok()),
+                Some(t) => Ok(self.verify_user(t, checking).await.ok()),
                 None => Ok(None),
             },
             Access::Service => {
@@ -243,13 +309,13 @@ impl AuthLayer {
                 // For audit only: a missing or expired user token does not
                 // stop a service (a retried release outlives the token).
                 match token {
-                    Some(t) => Ok(self.verify_user(t).await.ok()),
+                    Some(t) => Ok(self.verify_user(t, checking).await.ok()),
                     None => Ok(None),
                 }
             }
-            Access::Authenticated => self.authenticate(token).await.map(Some),
+            Access::Authenticated => self.authenticate(token, checking).await.map(Some),
             Access::Admin => {
-                let principal = self.authenticate(token).await?;
+                let principal = self.authenticate(token, checking).await?;
                 if principal.is_admin() {
                     Ok(Some(principal))
                 } else {
@@ -270,11 +336,15 @@ impl AuthLayer {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<Arc<Principal>, VerifyError> {
+    async fn verify(&self, token: &str, checking: Checking) -> Result<Arc<Principal>, VerifyError> {
         let now = unix_now();
         let generation = self.verifier.generation();
         if let Some(principal) = self.verified.get(token, now, generation) {
             return Ok(principal);
+        }
+        if checking == Checking::CachedOnly {
+            // Never ready: the caller decides again with `Checking::Full`.
+            std::future::pending::<()>().await;
         }
         let principal = Arc::new(self.verifier.verify(token).await?);
         // Under the generation the token was checked against: if the keys
@@ -285,19 +355,27 @@ impl AuthLayer {
 
     /// [`Self::verify`], refusing service tokens: they never stand for a
     /// user.
-    async fn verify_user(&self, token: &str) -> Result<Arc<Principal>, VerifyError> {
-        let principal = self.verify(token).await?;
+    async fn verify_user(
+        &self,
+        token: &str,
+        checking: Checking,
+    ) -> Result<Arc<Principal>, VerifyError> {
+        let principal = self.verify(token, checking).await?;
         if principal.service_name().is_some() {
             return Err(VerifyError::Token(TokenError::Malformed));
         }
         Ok(principal)
     }
 
-    async fn authenticate(&self, token: Option<&str>) -> Result<Arc<Principal>, Status> {
+    async fn authenticate(
+        &self,
+        token: Option<&str>,
+        checking: Checking,
+    ) -> Result<Arc<Principal>, Status> {
         let token = token.ok_or_else(|| {
             Status::unauthenticated("missing bearer token in the authorization metadata")
         })?;
-        self.verify_user(token).await.map_err(|err| {
+        self.verify_user(token, checking).await.map_err(|err| {
             tracing::debug!(error = %err, "access token refused");
             match err {
                 VerifyError::Token(TokenError::Expired) => {
@@ -391,12 +469,22 @@ mod tests {
     async fn public_methods_need_no_token() {
         let (layer, _) = layer_with_issuer();
         let r = layer
-            .authorize("/shop.user.v1.UserService/CreateUser", None, false)
+            .authorize(
+                "/shop.user.v1.UserService/CreateUser",
+                None,
+                false,
+                Checking::Full,
+            )
             .await;
         assert_eq!(r.unwrap(), None);
         // A bad token on a public method is ignored, not an error.
         let r = layer
-            .authorize("/shop.auth.v1.AuthService/Login", Some("junk"), false)
+            .authorize(
+                "/shop.auth.v1.AuthService/Login",
+                Some("junk"),
+                false,
+                Checking::Full,
+            )
             .await;
         assert_eq!(r.unwrap(), None);
     }
@@ -405,17 +493,20 @@ mod tests {
     async fn authenticated_methods_need_a_valid_token() {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/GetUser";
-        let err = layer.authorize(path, None, false).await.unwrap_err();
+        let err = layer
+            .authorize(path, None, false, Checking::Full)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         let err = layer
-            .authorize(path, Some("x.y.z"), false)
+            .authorize(path, Some("x.y.z"), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
 
         let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
         let p = layer
-            .authorize(path, Some(&token), false)
+            .authorize(path, Some(&token), false, Checking::Full)
             .await
             .unwrap()
             .unwrap();
@@ -428,7 +519,7 @@ mod tests {
         let path = "/shop.user.v1.UserService/ListUsers";
         let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
         let err = layer
-            .authorize(path, Some(&customer), false)
+            .authorize(path, Some(&customer), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
@@ -436,7 +527,12 @@ mod tests {
             .issue("a", &[Role::Customer, Role::Admin])
             .unwrap()
             .token;
-        assert!(layer.authorize(path, Some(&admin), false).await.is_ok());
+        assert!(
+            layer
+                .authorize(path, Some(&admin), false, Checking::Full)
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test]
@@ -452,30 +548,94 @@ mod tests {
 
         // A customer's or an admin's token alone is not a service.
         for token in [&customer, &admin] {
-            let err = layer.authorize(path, Some(token), false).await.unwrap_err();
+            let err = layer
+                .authorize(path, Some(token), false, Checking::Full)
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::PermissionDenied);
         }
         // A user token offered as the service token is refused.
         for token in [&customer, &admin] {
-            let err = layer.authorize_service(token).await.unwrap_err();
+            let err = layer
+                .authorize_service(token, Checking::Full)
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::PermissionDenied);
         }
-        let err = layer.authorize_service("x.y.z").await.unwrap_err();
+        let err = layer
+            .authorize_service("x.y.z", Checking::Full)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
 
         // A service token proves the service; the user's token rides along.
-        let caller = layer.authorize_service(&service).await.unwrap();
+        let caller = layer
+            .authorize_service(&service, Checking::Full)
+            .await
+            .unwrap();
         assert_eq!(caller.name, "order-service");
-        let user = layer.authorize(path, Some(&customer), true).await.unwrap();
+        let user = layer
+            .authorize(path, Some(&customer), true, Checking::Full)
+            .await
+            .unwrap();
         assert_eq!(user.unwrap().user_id, "u1");
 
         // And a service token is no user anywhere else.
         let get_user = "/shop.user.v1.UserService/GetUser";
         let err = layer
-            .authorize(get_user, Some(&service), false)
+            .authorize(get_user, Some(&service), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_decided_at_once_and_a_new_one_in_full() {
+        let (layer, issuer) = layer_with_issuer();
+        let path = "/shop.user.v1.UserService/GetUser";
+        let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
+        let call = |token: Option<&str>| {
+            let mut req = Request::builder().uri(path);
+            if let Some(token) = token {
+                req = req.header(AUTHORIZATION, format!("Bearer {token}"));
+            }
+            req.body(()).unwrap()
+        };
+        let with_token = call(Some(&token));
+        assert!(
+            layer
+                .verdict(&with_token, Checking::CachedOnly)
+                .now_or_never()
+                .is_none(),
+            "a token not verified yet waits for the full check"
+        );
+        let full = layer.verdict(&with_token, Checking::Full).await.unwrap();
+        assert_eq!(full.principal.unwrap().user_id, "u1");
+        let at_once = layer
+            .verdict(&with_token, Checking::CachedOnly)
+            .now_or_never()
+            .expect("a verified token is decided at once")
+            .unwrap();
+        assert_eq!(at_once.principal.unwrap().user_id, "u1");
+
+        // A refusal that needs no signature is decided at once too.
+        let refused = layer
+            .verdict(&call(None), Checking::CachedOnly)
+            .now_or_never()
+            .expect("decided at once")
+            .err()
+            .expect("refused");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        // And a bad token never is: it is checked in full, and refused.
+        let junk = call(Some("x.y.z"));
+        assert!(
+            layer
+                .verdict(&junk, Checking::CachedOnly)
+                .now_or_never()
+                .is_none()
+        );
+        let refused = layer.verdict(&junk, Checking::Full).await.err().unwrap();
+        assert_eq!(refused.code(), Code::Unauthenticated);
     }
 
     #[test]
@@ -515,18 +675,23 @@ mod tests {
     async fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
         let (layer, _) = layer_with_issuer();
         let err = layer
-            .authorize("/shop.user.v1.UserService/Nope", None, false)
+            .authorize(
+                "/shop.user.v1.UserService/Nope",
+                None,
+                false,
+                Checking::Full,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         let err = layer
-            .authorize("/other.Svc/Call", None, false)
+            .authorize("/other.Svc/Call", None, false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(
             layer
-                .authorize("/grpc.health.v1.Health/Check", None, false)
+                .authorize("/grpc.health.v1.Health/Check", None, false, Checking::Full)
                 .await
                 .is_ok()
         );
