@@ -48,6 +48,42 @@ impl Sockets {
     }
 }
 
+/// A listener on 127.0.0.1 at a port below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port from that range, once its
+/// service is killed or stopped, can be taken by any outgoing connection
+/// (of this test, or of another running beside it) before the service
+/// restarts on it, as a CI run saw ("ports ... taken" at a restart); below
+/// the range only another bind can take it. Falls back to a port the
+/// kernel picks when the range leaves no room below it.
+fn bind_below_ephemeral() -> std::io::Result<TcpListener> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+
+    const FIRST: u64 = 10_000;
+    let low: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let localhost = std::net::Ipv4Addr::LOCALHOST;
+    if low < FIRST + 1_000 {
+        return TcpListener::bind((localhost, 0));
+    }
+    // Random without a dependency: std's hasher keys are random per process.
+    let mut next = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    for _ in 0..200 {
+        next = next
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let port = FIRST + (next >> 33) % (low - FIRST);
+        match TcpListener::bind((localhost, port as u16)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            bound => return bound,
+        }
+    }
+    TcpListener::bind((localhost, 0))
+}
+
 /// One service process.
 pub struct Service {
     name: String,
@@ -92,8 +128,10 @@ impl Service {
         env: &[(&str, String)],
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Service {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let sockets = Sockets::bind(any, any).expect("bind two ephemeral ports");
+        let sockets = Sockets {
+            grpc: bind_below_ephemeral().expect("bind the gRPC port"),
+            admin: bind_below_ephemeral().expect("bind the admin port"),
+        };
         let addr = sockets.grpc.local_addr().expect("bound");
         let admin = sockets.admin.local_addr().expect("bound");
         let mut env: Vec<(String, String)> = env
