@@ -314,6 +314,21 @@ drain_confirmations() {
     log "$name: at most ${most:-0} confirmations owed during the load, $at_stop at its end, $owed after $waited s"
 }
 
+# create_order_load NAME: CreateOrder at full load on the running stack as
+# scenario NAME, with the confirmations owed sampled beside it (on the load
+# generator's CPU when pinned, off the servers') and drained after it.
+create_order_load() {
+    local name=$1 sampler
+    sample_confirmations &
+    sampler=$!
+    [[ ${#load_cpu[@]} -eq 0 ]] || taskset -p -c "${load_cpu[2]}" "$sampler" >/dev/null
+    load "$name" --scenario create-order --users-url "http://127.0.0.1:$users_port" \
+        --orders-url "http://127.0.0.1:$orders_port" --concurrency "$concurrency"
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    drain_confirmations "$name"
+}
+
 psql_create() {
     # psql sits next to the real pg_ctl (PATH may hold only symlinks).
     local dir
@@ -423,14 +438,7 @@ for backend in "${backends[@]}"; do
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
     drive_h2load "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
-    sample_confirmations &
-    sampler=$!
-    # On the load generator's CPU, off the servers'.
-    [[ ${#load_cpu[@]} -eq 0 ]] || taskset -p -c "${load_cpu[2]}" "$sampler" >/dev/null
-    load "create-order-$backend" --scenario create-order "${urls[@]}" --concurrency "$concurrency"
-    kill "$sampler" 2>/dev/null || true
-    wait "$sampler" 2>/dev/null || true
-    drain_confirmations "create-order-$backend"
+    create_order_load "create-order-$backend"
     if [[ $backend == sqlite ]]; then
         # The same GetUser over gRPC-Web and REST (h2load, h2c), and our
         # messages' sizes in protobuf and JSON.
@@ -484,14 +492,7 @@ if [[ ${#server_cpu[@]} -gt 0 ]]; then
     # gains here is the three services no longer taking turns on one core.
     for backend in "${backends[@]}"; do
         stack "$backend"
-        sample_confirmations &
-        sampler=$!
-        load "create-order-$backend-2cpu" --scenario create-order \
-            --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
-            --concurrency "$concurrency"
-        kill "$sampler" 2>/dev/null || true
-        wait "$sampler" 2>/dev/null || true
-        drain_confirmations "create-order-$backend-2cpu"
+        create_order_load "create-order-$backend-2cpu"
         stop_servers
     done
     server_cpu=("${pinned_server[@]}") load_cpu=("${pinned_load[@]}")
