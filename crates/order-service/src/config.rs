@@ -47,6 +47,13 @@ pub struct Config {
     #[arg(long, env = "STOCK_OUTBOX_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub stock_outbox_interval: Duration,
 
+    /// When the service stops, how long the reservation confirmations
+    /// still queued may take to be sent, after the server has stopped; what
+    /// is not sent by then stays in the outbox for the next start (or
+    /// another replica on the same database).
+    #[arg(long, env = "CONFIRM_DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub confirm_drain_timeout: Duration,
+
     /// How long user-service's "this user is active" answer is trusted
     /// before CreateOrder asks again (`0s`: ask for every order). This is
     /// the most a suspension can lag for new orders.

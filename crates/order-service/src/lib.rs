@@ -96,7 +96,10 @@ pub async fn run(
     server.stream_authority(users.clone());
     let (confirmations, queued) = app::confirm_queue(CONFIRM_QUEUE_CAPACITY);
     let orders = Orders::new(Arc::clone(&store), users, stock, confirmations);
-    let _confirming = BackgroundTask::spawn(app::confirm_queued(orders.clone(), queued));
+    let (stop_confirming, confirming_stopped) = tokio::sync::oneshot::channel::<()>();
+    let confirming = BackgroundTask::spawn(app::confirm_queued(orders.clone(), queued, async {
+        let _ = confirming_stopped.await;
+    }));
     let _settling = BackgroundTask::spawn(app::settle_every(
         orders.clone(),
         config.stock_outbox_interval,
@@ -122,5 +125,13 @@ pub async fn run(
         let keys_loaded = keys.loaded();
         async move { keys_loaded && store.ping().await.is_ok() }
     };
-    server.serve(listeners, ready, shutdown).await
+    let served = server.serve(listeners, ready, shutdown).await;
+    let _ = stop_confirming.send(());
+    if !confirming.finish(config.confirm_drain_timeout).await {
+        tracing::warn!(
+            within = ?config.confirm_drain_timeout,
+            "confirmations still queued are left to the outbox"
+        );
+    }
+    served
 }

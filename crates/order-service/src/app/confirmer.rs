@@ -8,7 +8,9 @@
 //! share one call and one commit; with none, an order is confirmed at
 //! once. What the queue cannot take (it is full, or the task is gone) and
 //! what fails is confirmed by the outbox worker (`STOCK_OUTBOX_INTERVAL`),
-//! as after a crash.
+//! as after a crash. When the service stops, what is queued is confirmed
+//! before it exits, so that a restart later than the reservations' time
+//! to live does not find them lapsed.
 
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -45,25 +47,56 @@ impl ConfirmQueue {
     }
 }
 
-/// Confirms what `queued` receives, in batches, until every
-/// [`ConfirmQueue`] is dropped (spawn it as a background task).
-pub async fn confirm_queued(orders: Orders, mut queued: QueuedConfirmations) {
+/// Confirms what `queued` receives, in batches, until `stop` completes (or
+/// every [`ConfirmQueue`] is dropped); then takes nothing more in, confirms
+/// what is still queued and returns. The batch in flight when `stop`
+/// completes finishes first. Spawn it beside the server and, once the
+/// server has stopped, give it a bounded time to finish
+/// (`CONFIRM_DRAIN_TIMEOUT`): what it does not get to stays in the outbox.
+pub async fn confirm_queued(
+    orders: Orders,
+    mut queued: QueuedConfirmations,
+    stop: impl Future<Output = ()>,
+) {
     let mut batch = Vec::with_capacity(MAX_CONFIRM_BATCH);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            received = queued.receiver.recv_many(&mut batch, MAX_CONFIRM_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                confirm(&orders, &mut batch).await;
+            }
+        }
+    }
+    queued.receiver.close();
+    let owed = queued.receiver.len();
+    if owed > 0 {
+        tracing::info!(owed, "stopping: confirming the orders still queued");
+    }
     while queued
         .receiver
         .recv_many(&mut batch, MAX_CONFIRM_BATCH)
         .await
         > 0
     {
-        let steps: Vec<StockStep> = batch
-            .drain(..)
-            .map(|order_id| StockStep {
-                order_id,
-                action: StockAction::Confirm,
-                attempts: 0,
-            })
-            .collect();
-        let span = tracing::info_span!("confirm queued orders", orders = steps.len());
-        orders.confirm_steps(&steps).instrument(span).await;
+        confirm(&orders, &mut batch).await;
     }
+}
+
+/// Confirms the orders in `batch` in one call, leaving `batch` empty.
+async fn confirm(orders: &Orders, batch: &mut Vec<Uuid>) {
+    let steps: Vec<StockStep> = batch
+        .drain(..)
+        .map(|order_id| StockStep {
+            order_id,
+            action: StockAction::Confirm,
+            attempts: 0,
+        })
+        .collect();
+    let span = tracing::info_span!("confirm queued orders", orders = steps.len());
+    orders.confirm_steps(&steps).instrument(span).await;
 }

@@ -295,6 +295,37 @@ async fn placed_orders_are_confirmed_off_the_request_path_on_postgres() {
     placed_orders_are_confirmed_after_their_answers(Backend::Postgres).await;
 }
 
+/// Stopping order-service sends the confirmations still queued before it
+/// exits: inventory-service holds each ConfirmReservations call for half a
+/// second, so when the stop comes most of the orders just placed are still
+/// queued behind the first call, and the outbox worker is too slow to be
+/// the one that confirms them.
+#[tokio::test]
+async fn stopping_confirms_the_orders_still_queued() {
+    let mut stack = Stack::spawn_full(
+        Backend::Sqlite,
+        &[],
+        &["--fault-delay", "ConfirmReservations=500ms"],
+        &["--stock-outbox-interval", "1h"],
+    )
+    .await;
+    let (user, token) = stack.customer("leaving").await;
+    let (on_hand, reserved) = apples(&stack, &token).await;
+    let n = 20;
+    let placing = (0..n).map(|i| {
+        let mut orders = stack.orders.clone();
+        let request = authed(order_request(&user.id, &format!("leaving-{i}")), &token);
+        async move { orders.create_order(request).await }
+    });
+    for answer in futures_util::future::join_all(placing).await {
+        answer.unwrap();
+    }
+    let (_, held) = apples(&stack, &token).await;
+    assert!(held > reserved, "every order confirmed before the stop");
+    stack.order_service.stop().await.unwrap();
+    assert_eq!(apples(&stack, &token).await, (on_hand - 2 * n, reserved));
+}
+
 /// A confirmation whose call fails stays in the outbox, and the outbox
 /// worker confirms it later: inventory-service refuses the first three of
 /// every four ConfirmReservations calls, and order-service does not retry
