@@ -91,8 +91,8 @@ impl RequestContext {
 
     /// Runs `future` with this context as the current one; use it to carry
     /// the context into a spawned task.
-    pub async fn scope<F: Future>(self, future: F) -> F::Output {
-        CURRENT.scope(self, future).await
+    pub fn scope<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
+        CURRENT.scope(self, future)
     }
 
     /// The request id as text.

@@ -139,3 +139,47 @@ where
         Poll::Ready(Ok(observe_response(response, record, Side::Server)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use shop_core::context::valid_request_id;
+    use tower::{ServiceExt as _, service_fn};
+
+    use super::*;
+
+    /// The request id the handler saw and the one the response carries,
+    /// for a call that sent `sent` as its `x-request-id`.
+    async fn ids(sent: &'static str) -> (HeaderValue, HeaderValue) {
+        let handler = service_fn(|req: Request<Body>| async move {
+            let seen = req.headers()[REQUEST_ID].clone();
+            let mut response = Response::new(Body::empty());
+            response.extensions_mut().insert(seen);
+            Ok::<_, Infallible>(response)
+        });
+        let request = Request::builder()
+            .uri("http://test/shop.user.v1.UserService/GetUser")
+            .header(REQUEST_ID, sent)
+            .body(Body::empty())
+            .unwrap();
+        let response = ObserveLayer.layer(handler).oneshot(request).await.unwrap();
+        let seen = response.extensions().get::<HeaderValue>().unwrap().clone();
+        (seen, response.headers()[REQUEST_ID].clone())
+    }
+
+    #[tokio::test]
+    async fn the_callers_request_id_is_used_and_echoed() {
+        let (seen, echoed) = ids("order-42.retry:1").await;
+        assert_eq!(seen, "order-42.retry:1");
+        assert_eq!(echoed, "order-42.retry:1");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_request_id_is_replaced_and_the_replacement_echoed() {
+        let (seen, echoed) = ids("two words").await;
+        assert_ne!(seen, "two words");
+        assert!(valid_request_id(&seen), "{seen:?}");
+        assert_eq!(echoed, seen);
+    }
+}
