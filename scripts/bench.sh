@@ -32,6 +32,9 @@
 #   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
 #   get-order      GetOrder alone: the read latency with no writes running
 #   mixed          the realistic mix with WatchOrder streams held open
+#   mixed-half     the mix in open loop at half its peak, and
+#   mixed-reads-half  its reads alone at the read rate that had: the read
+#                  latency with and without writes, like for like
 #   watch-idle     N idle WatchOrder streams: server memory per stream, and
 #                  every stream receives its order's change
 #
@@ -458,6 +461,15 @@ for backend in "${backends[@]}"; do
         # only reads): the baseline of the mixed scenario's read latency.
         load get-order-sqlite --scenario get-order "${urls[@]}" --concurrency "$concurrency"
         load mixed --scenario mixed "${urls[@]}" --concurrency "$concurrency"
+        # The mix in open loop at half its peak, then its reads alone at the
+        # read rate that had: what writes do to reads when neither run
+        # saturates the core (like for like: the target's measure).
+        peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
+            "$work/mixed.json")
+        half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
+        load mixed-half --scenario mixed "${urls[@]}" --rate "$half"
+        load mixed-reads-half --scenario mixed-reads "${urls[@]}" \
+            --rate "$(python3 -c "print(max(1.0, round($half * 0.7, 1)))")"
         load watch-idle --scenario watch-idle "${urls[@]}" --watch-streams "$streams" \
             --server-pid "$orders_pid"
     fi

@@ -79,6 +79,32 @@ async fn the_mixed_scenario_runs_every_method_and_reports_percentiles() {
     );
 }
 
+/// The mix's reads alone: each account places the order its GetOrders
+/// read before the load, and the load is nothing but reads.
+#[tokio::test]
+async fn the_mixed_reads_scenario_only_reads() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await;
+    let report = loadgen(
+        &stack,
+        &stack.dir.path().join("reads.json"),
+        &[
+            "--scenario",
+            "mixed-reads",
+            "--requests",
+            "300",
+            "--concurrency",
+            "4",
+            "--watch-streams",
+            "2",
+        ],
+    );
+    assert_eq!(report["ok"], 300, "{report:#}");
+    let methods = report["methods"].as_object().unwrap();
+    let mut called: Vec<&str> = methods.keys().map(String::as_str).collect();
+    called.sort_unstable();
+    assert_eq!(called, ["GetOrder", "GetUser", "ListOrders"], "{report:#}");
+}
+
 #[tokio::test]
 async fn open_loop_runs_at_the_asked_rate_and_idle_streams_are_measured() {
     let stack = Stack::start(Backend::Sqlite, &[]).await;

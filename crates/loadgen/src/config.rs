@@ -12,6 +12,11 @@ pub enum Scenario {
     /// ListOrders 15%, CancelOrder 10%, while `--watch-streams` WatchOrder
     /// streams stay open.
     Mixed,
+    /// The reads of the mix alone, in its proportions (GetUser 30, GetOrder
+    /// 25, ListOrders 15; each account places one order before the load),
+    /// with the same streams open: run at the read rate of a `mixed` run,
+    /// the baseline its read latency is set against.
+    MixedReads,
     /// GetUser of oneself (token verification, a database read).
     GetUser,
     /// CreateOrder (a GetUser hop to user-service and a database write).
@@ -128,7 +133,7 @@ impl Config {
     pub fn streams(&self) -> usize {
         self.watch_streams.unwrap_or(match self.scenario {
             Scenario::WatchIdle => 10_000,
-            Scenario::Mixed => 8,
+            Scenario::Mixed | Scenario::MixedReads => 8,
             _ => 0,
         })
     }

@@ -101,6 +101,9 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
     };
     let workload = Workload::new(config.scenario, users, orders, accounts, config.timeout);
 
+    if config.scenario == Scenario::MixedReads {
+        workload.place_orders_to_read().await?;
+    }
     if config.scenario == Scenario::WatchIdle {
         return watch_idle(config, &workload, streams).await;
     }

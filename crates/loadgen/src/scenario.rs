@@ -247,6 +247,11 @@ impl Workload {
                 75..90 => self.list_orders(seq).await,
                 _ => self.cancel_order(seq).await,
             },
+            Scenario::MixedReads => match fastrand::u8(0..70) {
+                0..30 => self.get_user(seq).await,
+                30..55 => self.get_order(seq).await,
+                _ => self.list_orders(seq).await,
+            },
         }
     }
 
@@ -347,6 +352,19 @@ impl Workload {
             .cancel_order(request)
             .await;
         ("CancelOrder", code_of(result).0)
+    }
+
+    /// Places one order for each account that has none to read, so that
+    /// GetOrder reads from the first request on (the reads-only mix would
+    /// otherwise place it, a write, inside the measurement).
+    pub async fn place_orders_to_read(&self) -> anyhow::Result<()> {
+        for seq in 0..self.accounts.len() as u64 {
+            if self.account(seq).known.lock().expect("lock").is_empty() {
+                let (method, code) = self.create_order(seq).await;
+                anyhow::ensure!(code == Code::Ok, "{method} of an order to read: {code:?}");
+            }
+        }
+        Ok(())
     }
 
     /// Creates one order per account (or `n`, if more), for streams to
