@@ -251,6 +251,22 @@ async fn until_apples_are(stack: &Stack, token: &str, want: (i64, i64)) {
     }
 }
 
+/// Places `n` orders for `user_id` at once (request ids `{prefix}-{i}`),
+/// each answered PENDING.
+async fn place_at_once(stack: &Stack, user_id: &str, token: &str, prefix: &str, n: i64) {
+    let placing = (0..n).map(|i| {
+        let mut orders = stack.orders.clone();
+        let request = authed(order_request(user_id, &format!("{prefix}-{i}")), token);
+        async move { orders.create_order(request).await }
+    });
+    for answer in futures_util::future::join_all(placing).await {
+        assert_eq!(
+            answer.unwrap().into_inner().status,
+            OrderStatus::Pending as i32
+        );
+    }
+}
+
 /// Orders placed together have their reservations confirmed after their
 /// answers: inventory-service holds each ConfirmReservations call for a
 /// second, and the orders placed meanwhile wait in the queue. (That they
@@ -267,17 +283,7 @@ async fn placed_orders_are_confirmed_after_their_answers(backend: Backend) {
     let (user, token) = stack.customer("bulk").await;
     let (on_hand, reserved) = apples(&stack, &token).await;
     let n = 20;
-    let placing = (0..n).map(|i| {
-        let mut orders = stack.orders.clone();
-        let request = authed(order_request(&user.id, &format!("bulk-{i}")), &token);
-        async move { orders.create_order(request).await }
-    });
-    for answer in futures_util::future::join_all(placing).await {
-        assert_eq!(
-            answer.unwrap().into_inner().status,
-            OrderStatus::Pending as i32
-        );
-    }
+    place_at_once(&stack, &user.id, &token, "bulk", n).await;
     // Each order takes 2 apples. The last orders' confirmation is still
     // held at inventory-service: the answers did not wait for it.
     let (_, held) = apples(&stack, &token).await;
@@ -312,14 +318,7 @@ async fn stopping_confirms_the_orders_still_queued() {
     let (user, token) = stack.customer("leaving").await;
     let (on_hand, reserved) = apples(&stack, &token).await;
     let n = 20;
-    let placing = (0..n).map(|i| {
-        let mut orders = stack.orders.clone();
-        let request = authed(order_request(&user.id, &format!("leaving-{i}")), &token);
-        async move { orders.create_order(request).await }
-    });
-    for answer in futures_util::future::join_all(placing).await {
-        answer.unwrap();
-    }
+    place_at_once(&stack, &user.id, &token, "leaving", n).await;
     let (_, held) = apples(&stack, &token).await;
     assert!(held > reserved, "every order confirmed before the stop");
     stack.order_service.stop().await.unwrap();
