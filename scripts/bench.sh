@@ -42,7 +42,8 @@
 # load tool in C: the cheapest driver available, installed from Debian
 # packages when missing and possible), and GetUser is also driven by h2load,
 # so the ratio of like to like is reported with each driver. Every report
-# says how busy its load generator was; a ratio whose generator used 90% or
+# says how busy its load generator was (and each CPU, and how much of it the
+# hypervisor stole); a ratio whose generator used 90% or
 # more of its CPU is reported as not valid (it measured the generator). When
 # shop-loadgen saturates on the bare server but not on a scenario, that
 # scenario is set against bare-h2load (the server's capacity) instead.
@@ -180,14 +181,25 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# host_cpu NAME before|after: a copy of /proc/stat, from which
+# bench-report.py tells how busy each CPU was while NAME ran and how much
+# of its time the hypervisor gave to someone else (steal): a tail measured
+# while the host took the CPU away says more about the host than the stack.
+host_cpu() {
+    mkdir -p "$work/extra"
+    cp /proc/stat "$work/extra/stat-$1.$2" 2>/dev/null || true
+}
+
 # load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json.
 load() {
     local name=$1
     shift
     log "measuring $name"
+    host_cpu "$name" before
     "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --report "$work/$name.json" \
         --duration "$duration" --warmup "$warmup" --virtual-users "$users" "$@" \
         | tee "$work/$name.txt" >&2
+    host_cpu "$name" after
 }
 
 # drive_h2load NAME URL ADMIN_URL(or -) SERVER_PID LOADGEN_ARGS...: writes the
@@ -216,9 +228,11 @@ drive_h2load() {
     "$bin/shop-loadgen" --write-request "$work/request-$name" --users-url "$url" "$@" >&2
     local admin_arg=()
     [[ $admin == - ]] || admin_arg=("$admin")
+    host_cpu "$name" before
     python3 scripts/lib/h2load.py --server-pid="$server_pid" --protocol="${PROTOCOL:-grpc}" \
         "$url" "$work/request-$name" "$work/$name.json" \
         "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
+    host_cpu "$name" after
 }
 
 # The servers' shared settings (docker-compose's, see the header).

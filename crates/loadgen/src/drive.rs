@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::Code;
 
-use crate::stats::Recorder;
+use crate::{pace::Schedule, stats::Recorder};
 
 /// How requests are issued.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,8 @@ pub enum Mode {
         rate: f64,
         /// Most requests in flight.
         max_in_flight: usize,
+        /// Shortest time between two wake-ups of the pacer.
+        quantum: Duration,
     },
 }
 
@@ -47,8 +49,8 @@ pub type Outcome = (&'static str, Code);
 
 /// Runs `op` (given a sequence number) under `mode` until `bounds`, and
 /// records every outcome in `recorder`, with latency from the request's
-/// start (closed loop) or from when it was due (open loop). `progress`
-/// shows a live bar.
+/// start (closed loop) or from when it was due (open loop; `recorder` also
+/// gets how late each request was issued). `progress` shows a live bar.
 pub async fn run<F, Fut>(
     mode: Mode,
     bounds: Bounds,
@@ -117,25 +119,25 @@ where
         Mode::Open {
             rate,
             max_in_flight,
+            quantum,
         } => {
             let interval = Duration::from_secs_f64(1.0 / rate);
             let slots = Arc::new(Semaphore::new(max_in_flight));
-            let mut due = started;
+            let mut schedule = Schedule::start(started.into_std(), interval, quantum);
             while let Some(seq) = next() {
-                tokio::time::sleep_until(due).await;
+                let intended = Instant::from_std(schedule.next().await);
                 // Taken here, not in the task, so that the final wait below
                 // sees every request that was issued.
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };
+                recorder.record_send_lag(intended.elapsed());
                 let (op, recorder) = (op.clone(), Arc::clone(&recorder));
-                let intended = due;
                 tokio::spawn(async move {
                     let _slot = slot;
                     let (method, code) = op(seq).await;
                     recorder.record(method, code, intended.elapsed());
                 });
-                due += interval;
             }
             // Wait for the requests still in flight.
             let _ = slots
@@ -195,6 +197,7 @@ mod tests {
         .await;
         assert_eq!(seen.load(Ordering::Relaxed), 500);
         assert_eq!(recorder.snapshot()["Test"].count(), 500);
+        assert!(recorder.send_lag().is_none(), "a closed loop is never late");
     }
 
     #[tokio::test]
@@ -219,10 +222,15 @@ mod tests {
         let mode = Mode::Open {
             rate: 100.0,
             max_in_flight: 1_000,
+            quantum: Duration::from_micros(100),
         };
         run(mode, bounds, op, Arc::clone(&recorder), false).await;
         let stats = &recorder.snapshot()["Slow"];
         assert_eq!(stats.count(), 30);
+        let send_lag = recorder
+            .send_lag()
+            .expect("an open loop records its lateness");
+        assert_eq!(send_lag.len(), 30);
         // The 30th was due at 290 ms and served at about 600 ms.
         let max_ms = stats.latency.max() / 1_000;
         assert!(max_ms >= 250, "max latency {max_ms} ms hides the queue");

@@ -9,6 +9,7 @@
 //! - [`drive`]: closed loop (N callers) or open loop (a fixed arrival
 //!   rate, latency measured from the intended send time so that a slow
 //!   server cannot hide its queueing: no coordinated omission).
+//! - [`pace`]: the open loop's clock, finer than tokio's millisecond timer.
 //! - [`stats`]: HDR histograms and status counts per method.
 //! - [`report`]: the terminal table and the JSON report.
 //! - [`rss`]: resident memory of a server process, for memory per stream.
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod drive;
+pub mod pace;
 pub mod report;
 pub mod rss;
 pub mod scenario;

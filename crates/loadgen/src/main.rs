@@ -6,7 +6,7 @@ use clap::Parser as _;
 use shop_loadgen::{
     config::{Config, Scenario},
     drive::{self, Bounds, Mode},
-    report::{GeneratorLoad, Report, WatchReport},
+    report::{GeneratorLoad, Report, SendLag, WatchReport},
     rss,
     scenario::{self, Connections, Workload},
     stats::Recorder,
@@ -121,6 +121,7 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
         Some(rate) => Mode::Open {
             rate,
             max_in_flight: config.max_in_flight,
+            quantum: config.pace_quantum,
         },
         None => Mode::Closed {
             concurrency: config.concurrency,
@@ -159,7 +160,10 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
     let elapsed = drive::run(mode, bounds, op, Arc::clone(&recorder), progress).await;
     let generator = cpu_before
         .zip(rss::own_cpu_seconds())
-        .map(|(before, after)| GeneratorLoad::of(after - before, elapsed, rss::usable_cpus()));
+        .map(|(before, after)| GeneratorLoad {
+            send_lag_ms: recorder.send_lag().as_ref().map(SendLag::of),
+            ..GeneratorLoad::of(after - before, elapsed, rss::usable_cpus())
+        });
 
     let watch = match held {
         Some((to_watch, open, failures)) => {

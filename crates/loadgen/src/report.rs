@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::{config::Scenario, stats::MethodStats};
@@ -102,6 +103,31 @@ pub struct GeneratorLoad {
     pub cpus: usize,
     /// `cpu_cores` at 90% of `cpus` or more.
     pub saturated: bool,
+    /// Open loop: how late the generator issued requests after they were
+    /// due, which is in their latency too.
+    pub send_lag_ms: Option<SendLag>,
+}
+
+/// How late an open loop issued its requests, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SendLag {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Latest.
+    pub max: f64,
+}
+
+impl SendLag {
+    /// From a histogram in microseconds.
+    pub fn of(h: &Histogram<u64>) -> SendLag {
+        SendLag {
+            p50: millis(h.value_at_quantile(0.50)),
+            p99: millis(h.value_at_quantile(0.99)),
+            max: millis(h.max()),
+        }
+    }
 }
 
 impl GeneratorLoad {
@@ -112,6 +138,7 @@ impl GeneratorLoad {
             cpu_cores: (cpu_cores * 1000.0).round() / 1000.0,
             cpus,
             saturated: cpu_cores >= 0.9 * cpus as f64,
+            send_lag_ms: None,
         }
     }
 }
@@ -180,6 +207,12 @@ impl Report {
                     ""
                 }
             ));
+            if let Some(lag) = &g.send_lag_ms {
+                out.push_str(&format!(
+                    "requests issued after they were due: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms\n",
+                    lag.p50, lag.p99, lag.max
+                ));
+            }
         }
         if !self.methods.is_empty() {
             out.push_str(&format!(

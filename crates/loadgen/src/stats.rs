@@ -50,6 +50,7 @@ pub struct Recorder {
     methods: Mutex<BTreeMap<&'static str, MethodStats>>,
     calls: AtomicU64,
     errors: AtomicU64,
+    send_lag: Mutex<Option<Histogram<u64>>>,
 }
 
 /// The status code name as in the gRPC spec.
@@ -87,6 +88,25 @@ impl Recorder {
         let stats = methods.entry(method).or_insert_with(MethodStats::new);
         stats.latency.saturating_record(micros.max(1));
         *stats.codes.entry(code_name(code).to_owned()).or_default() += 1;
+    }
+
+    /// Records how long after it was due an open-loop request was issued:
+    /// the generator's own share of that request's latency.
+    pub fn record_send_lag(&self, lag: Duration) {
+        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.send_lag
+            .lock()
+            .expect("stats lock")
+            .get_or_insert_with(|| {
+                Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid bounds")
+            })
+            .saturating_record(micros.max(1));
+    }
+
+    /// How late open-loop requests were issued, in microseconds (`None`
+    /// in a closed loop).
+    pub fn send_lag(&self) -> Option<Histogram<u64>> {
+        self.send_lag.lock().expect("stats lock").clone()
     }
 
     /// Calls recorded so far (for the progress bar).
