@@ -78,6 +78,21 @@ def host_cpus(work, name):
     return shares or None
 
 
+def services_cpu(work, name):
+    """The CPU each server process used while scenario NAME ran (CPU
+    seconds per second), from bench.sh's snapshots; None where missing."""
+    def read(path):
+        lines = path.read_text().split("\n")
+        return float(lines[0]), {n: int(t) for n, t in (l.split() for l in lines[1:] if l.strip())}
+    before, after = work / "extra" / f"procs-{name}.before", work / "extra" / f"procs-{name}.after"
+    if not (before.exists() and after.exists()):
+        return None
+    (t0, b), (t1, a) = read(before), read(after)
+    user_hz = os.sysconf("SC_CLK_TCK")
+    used = {n: round((a[n] - b[n]) / user_hz / (t1 - t0), 3) for n in a if n in b and t1 > t0}
+    return used or None
+
+
 def most_stolen(report):
     """The largest steal share of any CPU during a scenario, or None."""
     cpus = report.get("host_cpus") or {}
@@ -89,6 +104,7 @@ def main():
     every = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
     for name, report in every.items():
         report["host_cpus"] = host_cpus(work, name)
+        report["services_cpu"] = services_cpu(work, name)
     # `*-2cpu`: the same as their namesake with the server on both CPUs,
     # reported as scaling, not against the one-core yardstick.
     scenarios = {n: r for n, r in every.items() if not n.endswith("-2cpu")}
@@ -212,8 +228,8 @@ def main():
         f"{m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB.",
         "",
         "| scenario | req/s | × bare | p50 ms | p90 ms | p99 ms | p99.9 ms | not OK | load generator CPU "
-        "| CPUs busy / stolen |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPUs busy / stolen | services' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, report in scenarios.items():
         if not report.get("methods"):
@@ -238,11 +254,13 @@ def main():
         lag = (gen or {}).get("send_lag_ms")
         if lag:
             cpu += f"; sent late p50 {lag['p50']:.2f} / p99 {lag['p99']:.2f} ms"
+        services = ", ".join(f"{n.removesuffix('-service')} {c:.2f}"
+                             for n, c in (report.get("services_cpu") or {}).items()) or "-"
         host = ", ".join(f"{n}: {c['busy']:.0%} / {c['steal']:.1%}"
                         for n, c in (report.get("host_cpus") or {}).items()) or "-"
         lines.append(
             f"| {name}{mode} | {report['throughput_rps']:.0f} | {times} | {f(lat['p50'])} | {f(lat['p90'])} "
-            f"| {f(lat['p99'])} | {f(lat['p999'])} | {not_ok} | {cpu} | {host} |")
+            f"| {f(lat['p99'])} | {f(lat['p999'])} | {not_ok} | {cpu} | {host} | {services} |")
     if "mixed" in scenarios:
         lines += ["", "Mixed scenario per method:", "",
                   "| method | req/s | p50 ms | p99 ms | codes |", "|---|---:|---:|---:|---|"]

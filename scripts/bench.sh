@@ -125,7 +125,7 @@ else
 fi
 
 work="$(mktemp -d /tmp/shop-bench.XXXXXX)"
-pids=()
+pids=() names=()
 last_pid=
 # shellcheck source=lib/postgres.sh
 source "$root/scripts/lib/postgres.sh"
@@ -142,7 +142,7 @@ stop_servers() {
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    pids=()
+    pids=() names=()
 }
 trap cleanup EXIT
 
@@ -156,6 +156,7 @@ start() {
         >>"$work/$name.log" 2>&1 &
     local pid=$!
     pids+=("$pid")
+    names+=("$name")
     last_pid=$pid
     for _ in $(seq 1 300); do
         if [[ $health == - ]]; then
@@ -185,9 +186,21 @@ free_port() {
 # bench-report.py tells how busy each CPU was while NAME ran and how much
 # of its time the hypervisor gave to someone else (steal): a tail measured
 # while the host took the CPU away says more about the host than the stack.
+# Also each running server's CPU time so far (`NAME TICKS` lines after the
+# time of day), so that the report can say which service used the CPU.
 host_cpu() {
+    local i stat
     mkdir -p "$work/extra"
     cp /proc/stat "$work/extra/stat-$1.$2" 2>/dev/null || true
+    {
+        date +%s.%N
+        for i in "${!pids[@]}"; do
+            stat=$(cat "/proc/${pids[$i]}/stat" 2>/dev/null) || continue
+            # utime and stime: fields 14 and 15, the 12th and 13th after
+            # the parenthesised command name.
+            awk -v name="${names[$i]}" '{print name, $12 + $13}' <<<"${stat##*) }"
+        done
+    } >"$work/extra/procs-$1.$2"
 }
 
 # load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json.
