@@ -188,6 +188,7 @@ free_port() {
 # while the host took the CPU away says more about the host than the stack.
 # Also each running server's CPU time so far (`NAME TICKS` lines after the
 # time of day), so that the report can say which service used the CPU.
+# Both span the whole run, the generator's set-up and warm-up included.
 host_cpu() {
     local i stat
     mkdir -p "$work/extra"
