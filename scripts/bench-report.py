@@ -103,8 +103,10 @@ def main():
     work, out, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     every = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
     for name, report in every.items():
-        report["host_cpus"] = host_cpus(work, name)
-        report["services_cpu"] = services_cpu(work, name)
+        # shop-loadgen measures both over its measured phase; bench.sh's
+        # snapshots around the whole run are the fallback (h2load).
+        report["host_cpus"] = report.get("cpus") or host_cpus(work, name)
+        report["services_cpu"] = report.get("servers_cpu") or services_cpu(work, name)
     # `*-2cpu`: the same as their namesake with the server on both CPUs,
     # reported as scaling, not against the one-core yardstick.
     scenarios = {n: r for n, r in every.items() if not n.endswith("-2cpu")}
@@ -254,8 +256,12 @@ def main():
         lag = (gen or {}).get("send_lag_ms")
         if lag:
             cpu += f"; sent late p50 {lag['p50']:.2f} / p99 {lag['p99']:.2f} ms"
-        services = ", ".join(f"{n.removesuffix('-service')} {c:.2f}"
-                             for n, c in (report.get("services_cpu") or {}).items()) or "-"
+        used = report.get("services_cpu") or {}
+        services = ", ".join(f"{n.removesuffix('-service')} {c:.2f}" for n, c in used.items()) or "-"
+        if report.get("servers_cpu") and report.get("throughput_rps"):
+            # Measured over the same phase as the throughput: what a request
+            # cost the servers, all of them together.
+            services += f"; {sum(used.values()) / report['throughput_rps'] * 1e6:.0f} µs per request"
         host = ", ".join(f"{n}: {c['busy']:.0%} / {c['steal']:.1%}"
                         for n, c in (report.get("host_cpus") or {}).items()) or "-"
         lines.append(

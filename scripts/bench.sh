@@ -188,7 +188,9 @@ free_port() {
 # while the host took the CPU away says more about the host than the stack.
 # Also each running server's CPU time so far (`NAME TICKS` lines after the
 # time of day), so that the report can say which service used the CPU.
-# Both span the whole run, the generator's set-up and warm-up included.
+# Both span the whole run, the warm-up included (and, for shop-loadgen, its
+# set-up: its report has the measured phase's own figures, which the report
+# prefers).
 host_cpu() {
     local i stat
     mkdir -p "$work/extra"
@@ -204,14 +206,17 @@ host_cpu() {
     } >"$work/extra/procs-$1.$2"
 }
 
-# load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json.
+# load NAME ARGS...: runs shop-loadgen, report in $work/NAME.json; it
+# measures the running servers' CPU and the host's CPUs over its measured
+# phase itself (--server-process).
 load() {
-    local name=$1
+    local name=$1 i servers=()
     shift
+    for i in "${!pids[@]}"; do servers+=(--server-process "${names[$i]}=${pids[$i]}"); done
     log "measuring $name"
     host_cpu "$name" before
     "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --report "$work/$name.json" \
-        --duration "$duration" --warmup "$warmup" --virtual-users "$users" "$@" \
+        --duration "$duration" --warmup "$warmup" --virtual-users "$users" "${servers[@]}" "$@" \
         | tee "$work/$name.txt" >&2
     host_cpu "$name" after
 }

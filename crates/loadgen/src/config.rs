@@ -112,6 +112,11 @@ pub struct Config {
     #[arg(long, env = "LOADGEN_SERVER_PID")]
     pub server_pid: Option<u32>,
 
+    /// A server process whose CPU time over the measured phase goes in the
+    /// report, as NAME=PID; repeat for each (Linux).
+    #[arg(long = "server-process", value_name = "NAME=PID", value_parser = crate::cpu::parse_named_pid)]
+    pub server_processes: Vec<(String, u32)>,
+
     /// Deadline of each request.
     #[arg(long, env = "LOADGEN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,

@@ -13,11 +13,14 @@
 //! - [`stats`]: HDR histograms and status counts per method.
 //! - [`report`]: the terminal table and the JSON report.
 //! - [`rss`]: resident memory of a server process, for memory per stream.
+//! - [`cpu`]: each CPU's busy and stolen share and the servers' CPU time
+//!   over the measured phase.
 //! - [`stub`]: the stand-in UserService of the bare tonic server (the
 //!   yardstick), also used by the stack benchmark and the client kit's
 //!   tests.
 
 pub mod config;
+pub mod cpu;
 pub mod drive;
 pub mod pace;
 pub mod report;

@@ -5,6 +5,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use clap::Parser as _;
 use shop_loadgen::{
     config::{Config, Scenario},
+    cpu,
     drive::{self, Bounds, Mode},
     report::{GeneratorLoad, Report, SendLag, WatchReport},
     rss,
@@ -157,7 +158,11 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
     };
     let progress = !config.no_progress;
     let cpu_before = rss::own_cpu_seconds();
+    let host_before = cpu::Snapshot::take(&config.server_processes);
     let elapsed = drive::run(mode, bounds, op, Arc::clone(&recorder), progress).await;
+    let host_after = cpu::Snapshot::take(&config.server_processes);
+    let cpus = host_after.cpus_since(&host_before);
+    let servers_cpu = host_after.processes_since(&host_before);
     let generator = cpu_before
         .zip(rss::own_cpu_seconds())
         .map(|(before, after)| GeneratorLoad {
@@ -203,6 +208,8 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
         methods,
         watch,
         generator,
+        cpus: (!cpus.is_empty()).then_some(cpus),
+        servers_cpu: (!servers_cpu.is_empty()).then_some(servers_cpu),
     })
 }
 
@@ -257,5 +264,7 @@ async fn watch_idle(
             updated,
         }),
         generator: None,
+        cpus: None,
+        servers_cpu: None,
     })
 }

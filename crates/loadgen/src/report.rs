@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::{config::Scenario, stats::MethodStats};
+use crate::{config::Scenario, cpu::CpuShare, stats::MethodStats};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +90,10 @@ pub struct Report {
     pub watch: Option<WatchReport>,
     /// The load generator's own use of its CPUs while measuring.
     pub generator: Option<GeneratorLoad>,
+    /// Each CPU's busy and stolen share while measuring (Linux).
+    pub cpus: Option<BTreeMap<String, CpuShare>>,
+    /// CPU seconds per second each `--server-process` used while measuring.
+    pub servers_cpu: Option<BTreeMap<String, f64>>,
 }
 
 /// How busy the load generator itself was while measuring: a generator
@@ -207,6 +211,26 @@ impl Report {
                     ""
                 }
             ));
+            if let Some(cpus) = &self.cpus {
+                let shares: Vec<String> = cpus
+                    .iter()
+                    .map(|(cpu, s)| {
+                        format!(
+                            "CPU {cpu} {:.0}% busy ({:.1}% stolen)",
+                            s.busy * 100.0,
+                            s.steal * 100.0
+                        )
+                    })
+                    .collect();
+                out.push_str(&format!("host: {}\n", shares.join(", ")));
+            }
+            if let Some(servers) = &self.servers_cpu {
+                let used: Vec<String> = servers
+                    .iter()
+                    .map(|(name, cores)| format!("{name} {cores:.2}"))
+                    .collect();
+                out.push_str(&format!("servers' CPU: {}\n", used.join(", ")));
+            }
             if let Some(lag) = &g.send_lag_ms {
                 out.push_str(&format!(
                     "requests issued after they were due: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms\n",

@@ -1,5 +1,6 @@
-//! Resident memory of a process, from `/proc/<pid>/status`, and the load
-//! generator's own CPU time, from `/proc/self/stat` (Linux).
+//! Resident memory of a process, from `/proc/<pid>/status`, and the CPU
+//! time of the load generator or another process, from `/proc/.../stat`
+//! (Linux).
 
 /// The resident set size of `pid` in KiB, or `None` where `/proc` does not
 /// say (another OS, a process that exited).
@@ -25,8 +26,17 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 /// thread), from `/proc/self/stat` (Linux; `None` elsewhere). The kernel
 /// reports it in USER_HZ ticks, which Linux fixes at 100 per second.
 pub fn own_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds("/proc/self/stat")
+}
+
+/// The CPU time process `pid` has used so far, as [`own_cpu_seconds`].
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_cpu_seconds(path: &str) -> Option<f64> {
     const USER_HZ: f64 = 100.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name (field 2) may hold spaces: count from after it.
     let after_name = &stat[stat.rfind(')')? + 1..];
     let mut fields = after_name.split_whitespace();
