@@ -103,8 +103,8 @@ def main():
     work, out, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     every = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
     for name, report in every.items():
-        # shop-loadgen measures both over its measured phase; bench.sh's
-        # snapshots around the whole run are the fallback (h2load).
+        # shop-loadgen measures both over its measured phase; bench.sh takes
+        # snapshots around h2load's runs.
         report["host_cpus"] = report.get("cpus") or host_cpus(work, name)
         report["services_cpu"] = report.get("servers_cpu") or services_cpu(work, name)
     # `*-2cpu`: the same as their namesake with the server on both CPUs,

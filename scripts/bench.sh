@@ -188,9 +188,9 @@ free_port() {
 # while the host took the CPU away says more about the host than the stack.
 # Also each running server's CPU time so far (`NAME TICKS` lines after the
 # time of day), so that the report can say which service used the CPU.
-# Both span the whole run, the warm-up included (and, for shop-loadgen, its
-# set-up: its report has the measured phase's own figures, which the report
-# prefers).
+# Both span the whole run, its warm-up included: for h2load, whose
+# measurement is not ours (shop-loadgen takes its own over its measured
+# phase, see load).
 host_cpu() {
     local i stat
     mkdir -p "$work/extra"
@@ -214,11 +214,9 @@ load() {
     shift
     for i in "${!pids[@]}"; do servers+=(--server-process "${names[$i]}=${pids[$i]}"); done
     log "measuring $name"
-    host_cpu "$name" before
     "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --report "$work/$name.json" \
         --duration "$duration" --warmup "$warmup" --virtual-users "$users" "${servers[@]}" "$@" \
         | tee "$work/$name.txt" >&2
-    host_cpu "$name" after
 }
 
 # drive_h2load NAME URL ADMIN_URL(or -) SERVER_PID LOADGEN_ARGS...: writes the

@@ -211,32 +211,32 @@ impl Report {
                     ""
                 }
             ));
-            if let Some(cpus) = &self.cpus {
-                let shares: Vec<String> = cpus
-                    .iter()
-                    .map(|(cpu, s)| {
-                        format!(
-                            "CPU {cpu} {:.0}% busy ({:.1}% stolen)",
-                            s.busy * 100.0,
-                            s.steal * 100.0
-                        )
-                    })
-                    .collect();
-                out.push_str(&format!("host: {}\n", shares.join(", ")));
-            }
-            if let Some(servers) = &self.servers_cpu {
-                let used: Vec<String> = servers
-                    .iter()
-                    .map(|(name, cores)| format!("{name} {cores:.2}"))
-                    .collect();
-                out.push_str(&format!("servers' CPU: {}\n", used.join(", ")));
-            }
             if let Some(lag) = &g.send_lag_ms {
                 out.push_str(&format!(
                     "requests issued after they were due: p50 {:.3} ms, p99 {:.3} ms, max {:.2} ms\n",
                     lag.p50, lag.p99, lag.max
                 ));
             }
+        }
+        if let Some(cpus) = &self.cpus {
+            let shares: Vec<String> = cpus
+                .iter()
+                .map(|(cpu, s)| {
+                    format!(
+                        "CPU {cpu} {:.0}% busy ({:.1}% stolen)",
+                        s.busy * 100.0,
+                        s.steal * 100.0
+                    )
+                })
+                .collect();
+            out.push_str(&format!("host: {}\n", shares.join(", ")));
+        }
+        if let Some(servers) = &self.servers_cpu {
+            let used: Vec<String> = servers
+                .iter()
+                .map(|(name, cores)| format!("{name} {cores:.2}"))
+                .collect();
+            out.push_str(&format!("servers' CPU: {}\n", used.join(", ")));
         }
         if !self.methods.is_empty() {
             out.push_str(&format!(

@@ -25,10 +25,15 @@ pub struct MethodStats {
     pub codes: BTreeMap<String, u64>,
 }
 
+/// An empty latency histogram, in microseconds up to [`MAX_MICROS`].
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid bounds")
+}
+
 impl MethodStats {
     fn new() -> MethodStats {
         MethodStats {
-            latency: Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid bounds"),
+            latency: latency_histogram(),
             codes: BTreeMap::new(),
         }
     }
@@ -97,9 +102,7 @@ impl Recorder {
         self.send_lag
             .lock()
             .expect("stats lock")
-            .get_or_insert_with(|| {
-                Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("valid bounds")
-            })
+            .get_or_insert_with(latency_histogram)
             .saturating_record(micros.max(1));
     }
 
