@@ -52,6 +52,8 @@ pub fn init_test_logging() {
         shop_telemetry::init(
             "tests",
             Default::default(),
+            // Written at once: a test process exits without shutdown().
+            std::time::Duration::ZERO,
             "debug,sqlx=warn,h2=info,hyper=info",
         );
     }

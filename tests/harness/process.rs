@@ -143,6 +143,11 @@ impl Service {
         env.push(("ADMIN_ADDR".into(), admin.to_string()));
         env.push(("HEALTH_CHECK_INTERVAL".into(), "200ms".into()));
         env.push(("LOG_FORMAT".into(), "json".into()));
+        // Tests read the log as it is written; the default delay is the
+        // subject of user-service's binary test and the writer's own.
+        if !env.iter().any(|(k, _)| k == "LOG_FLUSH_DELAY") {
+            env.push(("LOG_FLUSH_DELAY".into(), "0s".into()));
+        }
         if !env.iter().any(|(k, _)| k == "RUST_LOG") {
             env.push((
                 "RUST_LOG".into(),

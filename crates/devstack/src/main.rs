@@ -58,6 +58,12 @@ struct Args {
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     log_format: LogFormat,
 
+    /// How long log lines may wait to be written, so that lines logged
+    /// close together share one write; 0 writes each as soon as the
+    /// writer thread wakes.
+    #[arg(long, env = "LOG_FLUSH_DELAY", default_value = "10ms", value_parser = humantime::parse_duration)]
+    log_flush_delay: std::time::Duration,
+
     /// Port of the web page (sign in, order, watch it live), served from
     /// --web-dir once built (`npm --prefix web ci && npm --prefix web run
     /// build`); 0 turns it off. Its origin is allowed on the services
@@ -129,7 +135,12 @@ async fn main() -> ExitCode {
         .try_get_matches()
         .unwrap_or_else(|e| exit_on_parse_error(e));
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| exit_on_parse_error(e));
-    shop_telemetry::init("devstack", args.log_format, "info,sqlx=warn");
+    shop_telemetry::init(
+        "devstack",
+        args.log_format,
+        args.log_flush_delay,
+        "info,sqlx=warn",
+    );
     let outcome = run(args, &matches, services).await;
     // Said before the log's writer stops (a line logged after is lost),
     // and on stderr too, whatever the log level.

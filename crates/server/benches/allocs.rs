@@ -36,7 +36,12 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
-            shop_telemetry::init("bench", LogFormat::Json, "warn");
+            shop_telemetry::init(
+                "bench",
+                LogFormat::Json,
+                shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
+                "warn",
+            );
         }
         let setup = setup().await;
         let mut per_call = Vec::new();

@@ -73,7 +73,12 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let setup = runtime.block_on(async {
         if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
-            shop_telemetry::init("bench", LogFormat::Json, "warn");
+            shop_telemetry::init(
+                "bench",
+                LogFormat::Json,
+                shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
+                "warn",
+            );
         }
         setup().await
     });

@@ -79,6 +79,13 @@ pub struct ServiceArgs {
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: LogFormat,
 
+    /// How long log lines may wait to be written, so that lines logged
+    /// close together share one write; 0 writes each as soon as the
+    /// writer thread wakes. Killed outright, the process loses at most
+    /// this much of its log; stopped, it writes out everything.
+    #[arg(long, env = "LOG_FLUSH_DELAY", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub log_flush_delay: Duration,
+
     /// Reflection, shutdown grace, timeouts, limits, fault injection,
     /// streams, TLS.
     #[command(flatten)]

@@ -39,7 +39,13 @@ where
     // service as soon as it serves, instead of killing it half-started.
     let shutdown = shutdown_signal();
     let name = C::SERVICE.name;
-    shop_telemetry::init(name, config.service_args().log_format, "info,sqlx=warn");
+    let args = config.service_args();
+    shop_telemetry::init(
+        name,
+        args.log_format,
+        args.log_flush_delay,
+        "info,sqlx=warn",
+    );
     let listeners = match inherited_listeners() {
         Ok(Some(listeners)) => listeners,
         Ok(None) => match Listeners::bind(&config).await {

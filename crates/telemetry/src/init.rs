@@ -27,6 +27,7 @@ use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
 
 use crate::{
     json_log::{JsonFields, JsonLines},
+    log_writer::{self, WriterGuard},
     trace_ids::TraceIdLayer,
 };
 
@@ -126,10 +127,17 @@ pub fn recorder_installed() -> bool {
 
 /// Installs the global subscriber, tracer provider and metrics recorder.
 /// `default_filter` applies when `RUST_LOG` is unset; `service_name` is the
-/// OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise.
+/// OpenTelemetry `service.name` unless `OTEL_SERVICE_NAME` says otherwise;
+/// log lines are written at most `flush_delay` after they are logged
+/// (zero: as soon as the writer thread wakes).
 /// Calling it again (several services in one process) keeps the first set.
 /// Must run inside a Tokio runtime (the OTLP exporter uses tonic).
-pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str) {
+pub fn init(
+    service_name: &'static str,
+    format: LogFormat,
+    flush_delay: Duration,
+    default_filter: &str,
+) {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     prometheus();
 
@@ -170,19 +178,21 @@ pub fn init(service_name: &'static str, format: LogFormat, default_filter: &str)
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Lines are formatted on the calling thread and written to stdout by a
-    // thread of their own, so no request waits on the write. Not lossy: when
-    // the writer falls behind by LOG_BUFFERED_LINES lines, callers wait
-    // rather than drop access lines. The thread writes every line it finds
-    // queued with one system call (stdout alone would make one per line, as
-    // it is line-buffered), flushing whenever the queue is empty.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_BUFFERED_LINES)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_WRITE_BUFFER,
-            std::io::stdout(),
-        ));
+    // thread of their own, which waits out `flush_delay` after a first line
+    // so that the lines which follow share one `write` (see `log_writer`).
+    // Not lossy: callers wait when LOG_BUFFER_LIMIT bytes are queued.
+    let (writer, guard) = match log_writer::spawn(
+        "log-writer",
+        std::io::stdout(),
+        flush_delay,
+        LOG_BUFFER_LIMIT,
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("telemetry: log writer thread not started ({e}); nothing is logged");
+            return;
+        }
+    };
     let _ = LOG_WRITER.set(Mutex::new(Some(guard)));
     let fmt_layer = match format {
         LogFormat::Pretty => fmt::layer().with_target(true).with_writer(writer).boxed(),
@@ -244,15 +254,16 @@ fn tracer_provider(service_name: &'static str) -> SdkTracerProvider {
     }
 }
 
-/// Lines the log writer thread may fall behind by before callers wait.
-const LOG_BUFFERED_LINES: usize = 64 * 1024;
+/// Bytes of log lines queued for the writer thread past which callers
+/// wait (about 50,000 access lines).
+const LOG_BUFFER_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Bytes of queued lines the log writer thread hands to one `write`.
-const LOG_WRITE_BUFFER: usize = 64 * 1024;
+/// How long the log writer thread waits after a first line by default, so
+/// that the lines which follow share its `write`.
+pub const DEFAULT_LOG_FLUSH_DELAY: Duration = Duration::from_millis(10);
 
 /// The log writer thread's guard: dropping it writes out what is queued.
-static LOG_WRITER: OnceLock<Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>> =
-    OnceLock::new();
+static LOG_WRITER: OnceLock<Mutex<Option<WriterGuard>>> = OnceLock::new();
 
 /// Flushes and stops span export, and writes out queued log lines; call
 /// before the process exits.

@@ -21,8 +21,9 @@ pub mod call;
 pub mod init;
 mod json_log;
 pub mod labels;
+mod log_writer;
 pub mod metrics;
 pub mod propagation;
 pub mod trace_ids;
 
-pub use init::{LogFormat, init, prometheus, shutdown};
+pub use init::{DEFAULT_LOG_FLUSH_DELAY, LogFormat, init, prometheus, shutdown};

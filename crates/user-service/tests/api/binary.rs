@@ -10,14 +10,16 @@ use tonic_health::pb::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_user-service");
 
+type LogLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
 /// Reads the binary's JSON log lines until the "serving" one and returns
-/// the gRPC address it bound.
-async fn serving_address(child: &mut tokio::process::Child) -> String {
+/// the gRPC address it bound, and the lines that follow.
+async fn serving_address(child: &mut tokio::process::Child) -> (String, LogLines) {
     use tokio::io::AsyncBufReadExt as _;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
     let deadline = Duration::from_secs(30);
-    tokio::time::timeout(deadline, async {
+    let addr = tokio::time::timeout(deadline, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
@@ -29,7 +31,8 @@ async fn serving_address(child: &mut tokio::process::Child) -> String {
         panic!("user-service exited before serving");
     })
     .await
-    .expect("serving within 30 s")
+    .expect("serving within 30 s");
+    (addr, lines)
 }
 
 async fn wait_until_serving(addr: &str) {
@@ -74,7 +77,7 @@ async fn starts_with_no_flags_and_stops_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let addr = serving_address(&mut child).await;
+    let (addr, mut lines) = serving_address(&mut child).await;
     wait_until_serving(&addr).await;
     assert!(dir.path().join("data/users.db").exists());
     assert!(dir.path().join("data/user-service-jwt.pem").exists());
@@ -91,6 +94,19 @@ async fn starts_with_no_flags_and_stops_on_sigterm() {
         .expect("exits within the grace period after SIGTERM")
         .unwrap();
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    // The log writer, which holds lines for LOG_FLUSH_DELAY (10 ms by
+    // default), wrote out everything before the process exited: its
+    // very last line, and the access line of the health checks above.
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default());
+    }
+    assert!(
+        rest.iter().any(|e| e["target"] == "access"),
+        "no access line after serving: {rest:?}"
+    );
+    let last = rest.last().expect("lines after serving");
+    assert_eq!(last["message"], "stopped", "{rest:?}");
 }
 
 async fn config_error(envs: &[(&str, &str)]) -> String {
