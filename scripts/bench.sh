@@ -3,12 +3,14 @@
 #
 #   scripts/bench.sh            # full run (about 9 minutes after the build)
 #   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
-#   scripts/bench.sh --profile=get-user|create-order
+#   scripts/bench.sh --profile=get-user|create-order|mixed
 #                               # where the server CPU goes (perf), on SQLite
 #                               # (PROFILE_BACKEND=postgres for PostgreSQL,
 #                               # with the time of its busy connections,
 #                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
-#                               # give user-service settings)
+#                               # give user-service settings, PROFILE_RATE=N
+#                               # for an open loop at N req/s instead of the
+#                               # closed loop's saturation)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # A/B of two builds: DIR_A and DIR_B each hold
 #                               # release binaries (copies of target/release
@@ -30,6 +32,7 @@
 #                  batched after the answers, must drain when the load stops
 #                  (the report says how many were owed and for how long)
 #   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
+#   bare-half      bare tonic at that same rate: the transport's own p99/p50
 #   get-order      GetOrder alone: the read latency with no writes running
 #   mixed          the realistic mix with WatchOrder streams held open
 #   mixed-half     the mix in open loop at half its peak, and
@@ -387,8 +390,10 @@ profile() {
     # shellcheck disable=SC2086
     stack "$backend" ${PROFILE_USERS_ENV:-}
     log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-}"
+    local drive=(--concurrency "$concurrency")
+    [[ -z ${PROFILE_RATE:-} ]] || drive=(--rate "$PROFILE_RATE")
     "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --duration 35s --warmup 0s \
-        --virtual-users "$users" --concurrency "$concurrency" --scenario "$scenario" \
+        --virtual-users "$users" "${drive[@]}" --scenario "$scenario" \
         --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
         >"$work/profile-load.txt" 2>&1 &
     local load_pid=$!
@@ -443,8 +448,8 @@ fi
 
 if [[ -n $profile ]]; then
     case "$profile" in
-        get-user|create-order) profile "$profile"; exit ;;
-        *) echo "bench.sh: --profile=$profile: get-user or create-order" >&2; exit 2 ;;
+        get-user|create-order|mixed) profile "$profile"; exit ;;
+        *) echo "bench.sh: --profile=$profile: get-user, create-order or mixed" >&2; exit 2 ;;
     esac
 fi
 
@@ -488,6 +493,7 @@ for backend in "${backends[@]}"; do
             "$work/get-user-sqlite.json")
         half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
         load get-user-half-sqlite --scenario get-user "${urls[@]}" --rate "$half"
+        get_user_half=$half
         # Reads alone (each account places one order in the warm-up, then
         # only reads): the baseline of the mixed scenario's read latency.
         load get-order-sqlite --scenario get-order "${urls[@]}" --concurrency "$concurrency"
@@ -505,6 +511,15 @@ for backend in "${backends[@]}"; do
             --server-pid "$orders_pid"
     fi
     stop_servers
+    if [[ $backend == sqlite ]]; then
+        # Bare tonic at get-user-half-sqlite's rate: the transport's own
+        # p99 / p50 at that rate, beside the target's.
+        bare_port=$(free_port)
+        start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
+        load bare-half --scenario echo --users-url "http://127.0.0.1:$bare_port" \
+            --rate "$get_user_half"
+        stop_servers
+    fi
     # Every GetUser reads the database: the users cache off.
     stack "$backend" USER_CACHE_CAPACITY=0
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")

@@ -19,7 +19,7 @@ GROUPS = [
     ("sqlx (statements, rows, the SQLite worker hand-off)", ["sqlx"]),
     ("PostgreSQL server", ["postgres"]),
     ("the access log and other log lines (formatting, JSON)", ["tracing_subscriber::fmt", "serde_json",
-                                                               "tracing_appender", "tracing_core::field",
+                                                               "log_writer", "tracing_core::field",
                                                                "core::fmt", "alloc::fmt", "std::io::Write",
                                                                "WriteAdaptor"]),
     ("OpenTelemetry spans", ["opentelemetry", "tracing_opentelemetry", "tracing_subscriber::registry",
@@ -50,7 +50,7 @@ def group_of(dso, sym):
 
 
 def main():
-    by_group, by_process = defaultdict(float), defaultdict(float)
+    by_group, by_process, by_thread = defaultdict(float), defaultdict(float), defaultdict(float)
     by_symbol = defaultdict(float)
     total = 0.0
     for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
@@ -61,8 +61,10 @@ def main():
         total += share
         by_group[group_of(dso, sym)] += share
         by_symbol[(group_of(dso, sym), sym[:90])] += share
-        # Threads are all tokio's or sqlx's; the binary says which service.
+        # The binary says which service; the thread (comm) what kind of
+        # work, the kernel's on its behalf included.
         by_process[dso] += share
+        by_thread[match[2]] += share
     if total == 0:
         sys.exit("profile-groups.py: no samples in the report")
     print("| share | where |")
@@ -74,6 +76,11 @@ def main():
     print("|---:|---|")
     for dso, share in sorted(by_process.items(), key=lambda kv: -kv[1])[:10]:
         print(f"| {100 * share / total:.0f}% | {dso} |")
+    print()
+    print("| share | thread (all services; the kernel's work for it included) |")
+    print("|---:|---|")
+    for thread, share in sorted(by_thread.items(), key=lambda kv: -kv[1])[:10]:
+        print(f"| {100 * share / total:.0f}% | {thread} |")
     print()
     print("| share | symbol | counted as |")
     print("|---:|---|---|")
