@@ -99,6 +99,10 @@ def most_stolen(report):
     return max((c["steal"] for c in cpus.values()), default=None)
 
 
+# Generator lateness (p99, ms) that counts as a stall rather than pacing.
+STALL_MS = 1.0
+
+
 def main():
     work, out, quick = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     every = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("*.json"))}
@@ -176,8 +180,9 @@ def main():
     # An open-loop latency is counted from each request's due time, so
     # requests the generator issued late carry its delay in their tail:
     # quoted beside the targets, with the steal. When that lateness p99
-    # reaches a quarter of a run's p99, the run's tail is partly the
-    # measurement's, and the verdict is not valid either way (a stall in
+    # reaches a quarter of a run's p99 and a millisecond (below it, it is
+    # the pacing quantum's tenth of a millisecond, not a stall), the run's
+    # tail is partly the measurement's, and the verdict is not valid either way (a stall in
     # the run without writes once made its p99 the larger one). Late can
     # mean the generator stalled, or that it was busy with a burst of
     # answers after the server stalled; the figures do not say which.
@@ -191,7 +196,7 @@ def main():
     def generator_late(names_and_p99):
         for name, p99 in names_and_p99:
             lag = send_lag(name)
-            if p99 and lag and lag["p99"] >= p99 / 4:
+            if p99 and lag and lag["p99"] >= max(p99 / 4, STALL_MS):
                 return (f"generator late: {name} issued its requests up to {lag['p99']:.2f} ms late"
                         f" (p99) against a p99 of {p99:.2f} ms")
         return None
