@@ -380,6 +380,18 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
         "{body}"
     );
 
+    // The order's durable insert: at least one commit, holding at least
+    // one transaction each, and how long it took.
+    let sqlite = [("backend", "sqlite")];
+    let commits = metric_sum(&body, "shop_db_commits_total", &sqlite);
+    let committed = metric_sum(&body, "shop_db_committed_transactions_total", &sqlite);
+    assert!(commits >= 1.0 && committed >= commits, "{body}");
+    assert!(
+        metric_sum(&body, "shop_db_commit_seconds_count", &sqlite) >= 1.0,
+        "{body}"
+    );
+    assert!(body.contains("shop_db_commit_seconds_bucket{"), "{body}");
+
     let (healthz, _) = http_get(stack.service(ORDERS).admin, "/healthz").await;
     let (readyz, _) = http_get(stack.service(ORDERS).admin, "/readyz").await;
     assert_eq!((healthz, readyz), (200, 200));

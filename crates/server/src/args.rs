@@ -57,6 +57,15 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATABASE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub database_group_commit: bool,
 
+    /// SQLite: when writes arrive closer together than this, a batch of
+    /// the group commit stays open this long for more of them, so that
+    /// they share one disk flush; each is still answered only after that
+    /// flush, the first up to this much later. Writes further apart commit
+    /// at once. 0 turns it off; at most 20ms. PostgreSQL: ignored (its own
+    /// `commit_delay` setting does this).
+    #[arg(long, env = "DATABASE_COMMIT_DELAY", default_value = "2ms", value_parser = parse_commit_delay)]
+    pub database_commit_delay: Duration,
+
     /// Directory for state the service generates itself (development keys
     /// and secrets).
     #[arg(long, env = "DATA_DIR", default_value = "data")]
@@ -135,7 +144,20 @@ impl ServiceArgs {
             self.database_pipeline_connections,
         )
         .with_group_commit(self.database_group_commit)
+        .with_commit_delay(self.database_commit_delay)
     }
+}
+
+/// A commit delay: a duration of at most `shop_storage::MAX_BATCH_AGE`.
+fn parse_commit_delay(text: &str) -> Result<Duration, String> {
+    let delay = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if delay > shop_storage::MAX_BATCH_AGE {
+        return Err(format!(
+            "at most {} (a batch commits when it is that old)",
+            humantime::format_duration(shop_storage::MAX_BATCH_AGE)
+        ));
+    }
+    Ok(delay)
 }
 
 /// What an access token must say to be accepted (and, on the token
@@ -271,4 +293,30 @@ pub struct ServerArgs {
     /// TLS and mutual TLS.
     #[command(flatten)]
     pub tls: shop_tls::ServerTlsArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        service: ServiceArgs,
+    }
+
+    #[test]
+    fn the_commit_delay_defaults_to_the_storage_crate_s_and_refuses_more_than_a_batch_s_age() {
+        let cli = Cli::try_parse_from(["service"]).unwrap();
+        assert_eq!(
+            cli.service.database_options().commit_delay,
+            shop_storage::DEFAULT_COMMIT_DELAY
+        );
+        let off = Cli::try_parse_from(["service", "--database-commit-delay", "0s"]).unwrap();
+        assert_eq!(off.service.database_options().commit_delay, Duration::ZERO);
+        let err = Cli::try_parse_from(["service", "--database-commit-delay", "50ms"]).unwrap_err();
+        assert!(err.to_string().contains("at most 20ms"), "{err}");
+    }
 }

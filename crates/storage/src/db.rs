@@ -92,19 +92,34 @@ pub struct ConnectOptions {
     /// ones sharing one commit (see `pg_group_commit`); off, each takes a
     /// pooled connection of its own. SQLite always commits in groups.
     pub group_commit: bool,
+    /// SQLite: how long a batch stays open for more transactions when
+    /// writes arrive closer together than this, so that they share one
+    /// disk flush (at most [`crate::MAX_BATCH_AGE`]; zero: a batch commits
+    /// as soon as nobody waits to join it). Ignored on PostgreSQL, whose
+    /// own `commit_delay` setting does this.
+    pub commit_delay: Duration,
 }
 
 impl ConnectOptions {
     /// `max_connections` pooled connections and `pipeline_connections`
     /// pipelined ones (unset, one per CPU this process may use), with group
-    /// commit.
+    /// commit and SQLite's [`crate::DEFAULT_COMMIT_DELAY`].
     pub fn new(max_connections: u32, pipeline_connections: Option<u32>) -> ConnectOptions {
         ConnectOptions {
             group_commit: true,
+            commit_delay: crate::DEFAULT_COMMIT_DELAY,
             max_connections,
             pipeline_connections: pipeline_connections.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             }),
+        }
+    }
+
+    /// These options with SQLite's commit delay set to `delay`.
+    pub fn with_commit_delay(self, delay: Duration) -> ConnectOptions {
+        ConnectOptions {
+            commit_delay: delay,
+            ..self
         }
     }
 
@@ -192,6 +207,7 @@ async fn open(
     migrations: &Migrations,
 ) -> Result<Db, StoreError> {
     let max_connections = options.max_connections;
+    let commit_delay = options.commit_delay;
     let pool = if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(StoreError::Database)?
@@ -228,7 +244,8 @@ async fn open(
         Pool::Sqlite(SqliteDb {
             readers: Arc::new(readers),
             read,
-            writer: Writer::new(writing, ACQUIRE_TIMEOUT, ACQUIRE_TIMEOUT),
+            writer: Writer::new(writing, ACQUIRE_TIMEOUT, ACQUIRE_TIMEOUT)
+                .with_commit_delay(commit_delay),
         })
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         let pool = PgPoolOptions::new()

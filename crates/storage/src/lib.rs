@@ -60,7 +60,7 @@ mod writer_queue;
 pub use cache::ReadThrough;
 pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
-pub use group_commit::{GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
+pub use group_commit::{DEFAULT_COMMIT_DELAY, GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use id_list::{IDS_PER_STATEMENT, id_list_sql};
 pub use notices::{Notice, Notices};
 pub use pg_read::{

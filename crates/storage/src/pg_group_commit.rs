@@ -35,7 +35,10 @@
 //! to its savepoint and its caller sees UNAVAILABLE (retry), while the rest
 //! of the batch goes on.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sqlx::{Connection as _, Executor as _, PgConnection, postgres::PgConnectOptions, raw_sql};
 use tokio::sync::{OwnedMutexGuard, oneshot};
@@ -96,7 +99,7 @@ impl PgWriter {
     pub(crate) fn new(options: PgConnectOptions, acquire_timeout: Duration) -> PgWriter {
         PgWriter {
             queue: Queue::new(State::default(), acquire_timeout),
-            counts: Arc::default(),
+            counts: Arc::new(Counts::new("postgres")),
             options: Arc::new(options),
             acquire_timeout,
         }
@@ -242,6 +245,7 @@ impl PgWriter {
         if guard.batch.is_none() {
             return;
         }
+        let started = Instant::now();
         let mut outcome = Ok(());
         let state = &mut *guard;
         if let Some(last) = state.unreleased.as_ref() {
@@ -284,7 +288,8 @@ impl PgWriter {
             return;
         };
         if outcome.is_ok() && !batch.waiting.is_empty() {
-            self.counts.committed(batch.waiting.len());
+            self.counts
+                .committed(batch.waiting.len(), started.elapsed());
         }
         drop(guard);
         for waiter in batch.waiting {

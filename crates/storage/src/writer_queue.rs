@@ -67,6 +67,12 @@ impl<S: Send + 'static> Queue<S> {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// Takes the connection without counting as a caller in the queue
+    /// (for a writer's own scheduled work, which adds no transaction).
+    pub(crate) async fn lock(&self) -> OwnedMutexGuard<S> {
+        Arc::clone(&self.state).lock_owned().await
+    }
+
     /// Takes the connection for a caller of `writer`, in turn: at most the
     /// acquire timeout, after which the database counts as unavailable.
     pub(crate) async fn acquire<W>(writer: &W) -> Result<OwnedMutexGuard<S>, StoreError>

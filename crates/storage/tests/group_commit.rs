@@ -582,3 +582,84 @@ async fn a_batch_sends_the_notices_of_what_it_commits_and_nothing_else_on_postgr
         heard.try_recv()
     );
 }
+
+/// A SQLite database whose writer keeps a batch open `delay` when writes
+/// come close together (`DATABASE_COMMIT_DELAY`).
+async fn sqlite_with_commit_delay(delay: Duration) -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Sqlite.database_url("delayed", dir.path()).await;
+    let options = shop_storage::ConnectOptions::new(4, None).with_commit_delay(delay);
+    let db = shop_storage::connect_with(&url, options, &MIGRATIONS)
+        .await
+        .unwrap();
+    (db, dir)
+}
+
+async fn write_alone(db: &Db, name: &str) -> Result<(), StoreError> {
+    let mut tx = db.begin().await?;
+    insert(&mut tx, name).await?;
+    tx.commit().await
+}
+
+/// Writes `first`, and `second` 2 ms after `first` has written its row
+/// and gone on to commit; returns how many commits the two took.
+async fn two_writes_a_moment_apart(db: &Db, first: &str, second: &str) -> u64 {
+    let before = db.group_commit_stats().unwrap();
+    let (written, committing) = tokio::sync::oneshot::channel();
+    let first = tokio::spawn({
+        let db = db.clone();
+        let name = first.to_owned();
+        async move {
+            let mut tx = db.begin().await?;
+            insert(&mut tx, &name).await?;
+            let _ = written.send(());
+            tx.commit().await
+        }
+    });
+    committing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    write_alone(db, second).await.unwrap();
+    first.await.unwrap().unwrap();
+    let after = db.group_commit_stats().unwrap();
+    assert_eq!(after.transactions - before.transactions, 2);
+    after.commits - before.commits
+}
+
+/// Commits each of three pairs of writes a moment apart took, stopping at
+/// the first pair that took `wanted`: a machine busy enough to stall one
+/// task for milliseconds can blur one pair, not three.
+async fn commits_per_pair(db: &Db, wanted: u64) -> Vec<u64> {
+    write_alone(db, "primer").await.unwrap();
+    let mut commits = Vec::new();
+    for round in 0..3 {
+        let took =
+            two_writes_a_moment_apart(db, &format!("a-{round}"), &format!("b-{round}")).await;
+        commits.push(took);
+        if took == wanted {
+            break;
+        }
+    }
+    commits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit_on_sqlite() {
+    // The primer's commit makes the next batch wait out the delay (20 ms)
+    // for more: the second write, 2 ms behind, joins it.
+    let (db, _dir) = sqlite_with_commit_delay(shop_storage::MAX_BATCH_AGE).await;
+    let commits = commits_per_pair(&db, 1).await;
+    assert_eq!(commits.last(), Some(&1), "commits per pair: {commits:?}");
+    // Both were acknowledged, so both are there for a fresh reader.
+    let names = names(&db).await;
+    let round = commits.len() - 1;
+    assert!(names.contains(&format!("a-{round}")) && names.contains(&format!("b-{round}")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_commit_delay_a_write_nobody_waits_behind_commits_alone_on_sqlite() {
+    // The first write commits as soon as it lets go of the connection;
+    // the second finds it committed or committing and takes its own.
+    let (db, _dir) = sqlite_with_commit_delay(Duration::ZERO).await;
+    let commits = commits_per_pair(&db, 2).await;
+    assert_eq!(commits.last(), Some(&2), "commits per pair: {commits:?}");
+}

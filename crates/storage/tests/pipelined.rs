@@ -28,6 +28,7 @@ async fn open_db(max_connections: u32, pipeline_connections: u32) -> Db {
             // Transactions on the pool, which some tests hold to show that
             // reads do not need it.
             group_commit: false,
+            commit_delay: Duration::ZERO,
         },
         &MIGRATIONS,
     )
