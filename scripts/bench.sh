@@ -19,6 +19,13 @@
 #                               # and prints every run and each side's median
 #                               # (one run says little on a shared VM: runs
 #                               # of one build here vary by a third)
+#       [--rate=N]              # open loop at N req/s instead of the closed
+#                               # loop: prints the services' CPU per request
+#                               # and the latency of each run instead
+#       [--ab-env="VAR=V ...,VAR=V ..."]
+#                               # extra settings for every service of side A
+#                               # and of side B (DIR_A and DIR_B may then be
+#                               # the same build: an A/B of a setting)
 #
 # Builds release binaries, then for each scenario starts the servers it
 # needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
@@ -76,7 +83,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3
+quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=,
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
@@ -85,6 +92,8 @@ for arg in "$@"; do
         --scenario=*) ab_scenario="${arg#--scenario=}" ;;
         --backend=*) ab_backend="${arg#--backend=}" ;;
         --rounds=*) ab_rounds="${arg#--rounds=}" ;;
+        --rate=*) ab_rate="${arg#--rate=}" ;;
+        --ab-env=*) ab_env="${arg#--ab-env=}" ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
@@ -110,6 +119,9 @@ if [[ -n $ab ]]; then
     [[ $ab_backend =~ ^(sqlite|postgres)$ ]] \
         || { echo "bench.sh: --backend=$ab_backend: sqlite or postgres" >&2; exit 2; }
     [[ $ab_rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds=$ab_rounds: a count" >&2; exit 2; }
+    [[ -z $ab_rate || $ab_rate =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] \
+        || { echo "bench.sh: --rate=$ab_rate: requests a second" >&2; exit 2; }
+    [[ $ab_env == *,* ]] || { echo "bench.sh: --ab-env=$ab_env: ENV_A,ENV_B" >&2; exit 2; }
     bin="${ab_dirs[0]}"
 else
     log "cargo build --release (servers, loadgen, bare server, health probe)"
@@ -294,12 +306,14 @@ stack() {
         CREDENTIAL_CALLS_PER_ADDRESS_PER_MINUTE=1000000 \
         SERVICE_ACCOUNTS_DIR="$data/service-accounts" "$@"
     users_pid=$last_pid
+    inventory_admin_port=$(free_port)
+    orders_admin_port=$(free_port)
     start inventory-service shop.inventory.v1.InventoryService "$inventory_port" "${server_env[@]}" \
-        GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        GRPC_ADDR="127.0.0.1:$inventory_port" ADMIN_ADDR="127.0.0.1:$inventory_admin_port" \
         DATABASE_URL="$inventory_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
         SEED_CATALOGUE=true SEED_CATALOGUE_UNITS=1000000
     start order-service shop.order.v1.OrderService "$orders_port" "${server_env[@]}" \
-        GRPC_ADDR="127.0.0.1:$orders_port" ADMIN_ADDR="127.0.0.1:$(free_port)" \
+        GRPC_ADDR="127.0.0.1:$orders_port" ADMIN_ADDR="127.0.0.1:$orders_admin_port" \
         DATABASE_URL="$orders_db" DATA_DIR="$data" USER_SERVICE_URL="http://127.0.0.1:$users_port" \
         INVENTORY_SERVICE_URL="http://127.0.0.1:$inventory_port"
     orders_pid=$last_pid
@@ -416,28 +430,78 @@ profile() {
     stop_servers
 }
 
+# commits NAME: the group commit's counts so far in inventory-service and
+# order-service (shop_db_* from their /metrics), to $work/NAME.commits.
+commits() {
+    local port
+    for port in "$inventory_admin_port" "$orders_admin_port"; do
+        python3 - "http://127.0.0.1:$port/metrics" <<'PY' || true
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+values = {}
+for line in text.splitlines():
+    for name in ("shop_db_commits_total", "shop_db_committed_transactions_total"):
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            values[name] = values.get(name, 0) + float(line.rsplit(" ", 1)[1])
+print(f"{values.get('shop_db_commits_total', 0):.0f} {values.get('shop_db_committed_transactions_total', 0):.0f}")
+PY
+    done >"$work/$1.commits"
+}
+
 # ab: alternating runs of two builds (see the header).
 ab() {
     if [[ $ab_backend == postgres ]]; then
         start_pg durable || { log "PostgreSQL not available"; return 1; }
     fi
-    local round side
+    local round side drive=(--concurrency "$concurrency") shared_env=("${server_env[@]}")
+    local side_env=("${ab_env%%,*}" "${ab_env#*,}")
+    [[ -z $ab_rate ]] || drive=(--rate "$ab_rate")
     for round in $(seq 1 "$ab_rounds"); do
         for side in 0 1; do
             bin="${ab_dirs[$side]}"
+            # Word-split on purpose: VAR=VALUE settings.
+            # shellcheck disable=SC2206
+            server_env=("${shared_env[@]}" ${side_env[$side]})
             stack "$ab_backend"
-            load "ab-$side-$round" --scenario "$ab_scenario" --concurrency "$concurrency" \
+            load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
                 --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port"
+            commits "ab-$side-$round"
             stop_servers
         done
     done
-    python3 - "$work" "$ab_rounds" "${ab_dirs[@]}" <<'PY'
+    server_env=("${shared_env[@]}")
+    python3 - "$work" "$ab_rounds" "$ab_rate" "${ab_dirs[@]}" "${side_env[@]}" <<'PY'
 import json, statistics, sys
-work, rounds, dirs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+work, rounds, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+dirs, envs = sys.argv[4:6], sys.argv[6:8]
 for side, name in enumerate("AB"):
-    runs = [json.load(open(f"{work}/ab-{side}-{r}.json"))["throughput_rps"] for r in range(1, rounds + 1)]
-    print(f"{name} {dirs[side]}: " + ", ".join(f"{x:.0f}" for x in runs)
-          + f" req/s; median {statistics.median(runs):.0f}")
+    reports = [json.load(open(f"{work}/ab-{side}-{r}.json")) for r in range(1, rounds + 1)]
+    label = f"{name} {dirs[side]} {envs[side]}".rstrip()
+    if not rate:
+        runs = [r["throughput_rps"] for r in reports]
+        print(f"{label}: " + ", ".join(f"{x:.0f}" for x in runs)
+              + f" req/s; median {statistics.median(runs):.0f}")
+        continue
+    # Open loop: the same rate on both sides, so compare what it cost and
+    # how long it took.
+    cpu_us = [sum(r["servers_cpu"].values()) / r["throughput_rps"] * 1e6 for r in reports]
+    print(f"{label}: services' CPU per request " + ", ".join(f"{x:.0f}" for x in cpu_us)
+          + f" us; median {statistics.median(cpu_us):.0f}")
+    for r in reports:
+        methods = ", ".join(f"{m} p50 {v['latency_ms']['p50']:.2f} p99 {v['latency_ms']['p99']:.2f}"
+                            for m, v in sorted(r["methods"].items()))
+        print(f"    {r['throughput_rps']:.0f} req/s, CPU 0 busy {r['cpus']['0']['busy']:.2f}, "
+              f"sent late p99 {r['generator']['send_lag_ms']['p99']:.2f} ms: {methods}")
+for side, name in enumerate("AB"):
+    # Commits (disk flushes) and the transactions they held, in
+    # inventory-service and order-service, over each whole run.
+    for r in range(1, rounds + 1):
+        try:
+            counts = [line.split() for line in open(f"{work}/ab-{side}-{r}.commits")]
+        except OSError:
+            continue
+        print(f"{name} run {r}: commits / transactions " + ", ".join(f"{c} / {t}" for c, t in counts)
+              + " (inventory, orders)")
 PY
 }
 
