@@ -21,7 +21,6 @@ use clap::{ArgMatches, Command, FromArgMatches as _};
 use shop_core::config::exit_on_parse_error;
 use shop_core::signals::shutdown_signal;
 use shop_server::Listeners;
-use shop_telemetry::LogFormat;
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -51,18 +50,9 @@ struct Args {
     )]
     admin_email: String,
 
-    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`. Traces
-    /// are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-    /// set (with the standard `OTEL_SERVICE_NAME`,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
-    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
-    log_format: LogFormat,
-
-    /// How long log lines may wait to be written, so that lines logged
-    /// close together share one write; 0 writes each as soon as the
-    /// writer thread wakes.
-    #[arg(long, env = "LOG_FLUSH_DELAY", default_value = "10ms", value_parser = humantime::parse_duration)]
-    log_flush_delay: std::time::Duration,
+    /// Log line format and flush delay (also the services').
+    #[command(flatten)]
+    logs: shop_server::args::LogArgs,
 
     /// Port of the web page (sign in, order, watch it live), served from
     /// --web-dir once built (`npm --prefix web ci && npm --prefix web run
@@ -135,12 +125,7 @@ async fn main() -> ExitCode {
         .try_get_matches()
         .unwrap_or_else(|e| exit_on_parse_error(e));
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| exit_on_parse_error(e));
-    shop_telemetry::init(
-        "devstack",
-        args.log_format,
-        args.log_flush_delay,
-        "info,sqlx=warn",
-    );
+    args.logs.init_telemetry("devstack", "info,sqlx=warn");
     let outcome = run(args, &matches, services).await;
     // Said before the log's writer stops (a line logged after is lost),
     // and on stderr too, whatever the log level.

@@ -81,19 +81,9 @@ pub struct ServiceArgs {
     #[command(flatten)]
     pub tokens: TokenArgs,
 
-    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`. Traces
-    /// are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
-    /// set (with the standard `OTEL_SERVICE_NAME`,
-    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
-    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
-    pub log_format: LogFormat,
-
-    /// How long log lines may wait to be written, so that lines logged
-    /// close together share one write; 0 writes each as soon as the
-    /// writer thread wakes. Killed outright, the process loses at most
-    /// this much of its log; stopped, it writes out everything.
-    #[arg(long, env = "LOG_FLUSH_DELAY", default_value = "10ms", value_parser = humantime::parse_duration)]
-    pub log_flush_delay: Duration,
+    /// Log lines: their format and how long they may wait to be written.
+    #[command(flatten)]
+    pub logs: LogArgs,
 
     /// Reflection, shutdown grace, timeouts, limits, fault injection,
     /// streams, TLS.
@@ -158,6 +148,33 @@ fn parse_commit_delay(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(delay)
+}
+
+/// How a process logs: the services' and devstack's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log line format: `pretty` or `json`. Filter with `RUST_LOG`. Traces
+    /// are exported over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+    /// set (with the standard `OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`).
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: LogFormat,
+
+    /// How long log lines may wait to be written, so that lines logged
+    /// close together share one write; 0 writes each as soon as the
+    /// writer thread wakes. Killed outright, the process loses at most
+    /// this much of its log; stopped, it writes out everything.
+    #[arg(long, env = "LOG_FLUSH_DELAY", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub log_flush_delay: Duration,
+}
+
+impl LogArgs {
+    /// Starts logging, metrics and tracing for the process `name`
+    /// (`shop_telemetry::init`) with these settings; `default_filter`
+    /// applies when `RUST_LOG` is unset.
+    pub fn init_telemetry(&self, name: &'static str, default_filter: &str) {
+        shop_telemetry::init(name, self.log_format, self.log_flush_delay, default_filter);
+    }
 }
 
 /// What an access token must say to be accepted (and, on the token
@@ -305,6 +322,15 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         service: ServiceArgs,
+    }
+
+    #[test]
+    fn logs_wait_the_telemetry_crate_s_default_flush_delay() {
+        let cli = Cli::try_parse_from(["service"]).unwrap();
+        assert_eq!(
+            cli.service.logs.log_flush_delay,
+            shop_telemetry::DEFAULT_LOG_FLUSH_DELAY
+        );
     }
 
     #[test]

@@ -40,12 +40,7 @@ where
     let shutdown = shutdown_signal();
     let name = C::SERVICE.name;
     let args = config.service_args();
-    shop_telemetry::init(
-        name,
-        args.log_format,
-        args.log_flush_delay,
-        "info,sqlx=warn",
-    );
+    args.logs.init_telemetry(name, "info,sqlx=warn");
     let listeners = match inherited_listeners() {
         Ok(Some(listeners)) => listeners,
         Ok(None) => match Listeners::bind(&config).await {
