@@ -10,6 +10,7 @@ docs/performance.md next to the numbers.
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -201,32 +202,65 @@ def main():
                         f" (p99) against a p99 of {p99:.2f} ms")
         return None
 
-    half = scenarios.get("get-user-half-sqlite", {}).get("methods", {}).get("GetUser")
-    if half:
-        p50, p99 = half["latency_ms"]["p50"], half["latency_ms"]["p99"]
-        value = round(p99 / p50, 2) if p50 else None
-        stolen = most_stolen(scenarios["get-user-half-sqlite"])
-        bare_half = scenarios.get("bare-half", {}).get("methods", {}).get("GetUser")
-        bare_lat = (bare_half or {}).get("latency_ms") or {}
-        bare_note = (f"; bare tonic at the same rate: {bare_lat['p99'] / bare_lat['p50']:.2f}"
-                     f" ({bare_lat['p99']:.2f} / {bare_lat['p50']:.2f} ms)" if bare_lat.get("p50") else "")
-        check("GetUser p99 / p50 at half of peak (open loop)" + bare_note
-              + generator_lateness(["get-user-half-sqlite"])
-              + ("" if stolen is None else f"; host steal up to {stolen:.1%} of a CPU"),
-              value, "<= 5", value is not None and value <= 5,
-              generator_late([("get-user-half-sqlite", p99)]))
-    reads_alone = scenarios.get("mixed-reads-half", {}).get("methods", {}).get("GetOrder")
-    reads_mixed = scenarios.get("mixed-half", {}).get("methods", {}).get("GetOrder")
-    if reads_alone and reads_mixed and reads_alone["latency_ms"]["p99"]:
-        value = round(reads_mixed["latency_ms"]["p99"] / reads_alone["latency_ms"]["p99"], 2)
-        stolen = max((x for x in (most_stolen(scenarios["mixed-half"]),
-                                  most_stolen(scenarios["mixed-reads-half"])) if x is not None), default=None)
+    # The open-loop rows at 85 to 99% of the services' core vary two- to
+    # threefold between identical runs, so the full bench runs each
+    # latency target's scenarios several times (`NAME`, `NAME-2`, ...): the
+    # target is the median of its runs' ratios, leaving out runs whose
+    # generator was late (above), and every run's ratio is quoted.
+    def repeats(name):
+        found = [name] if name in scenarios else []
+        k = 2
+        while f"{name}-{k}" in scenarios:
+            found.append(f"{name}-{k}")
+            k += 1
+        return found
+
+    def latency(name, method):
+        return ((scenarios.get(name) or {}).get("methods", {}).get(method) or {}).get("latency_ms")
+
+    def steal_note(names):
+        stolen = max((x for x in map(most_stolen, (scenarios[n] for n in names)) if x is not None),
+                     default=None)
+        return "" if stolen is None else f"; host steal up to {stolen:.1%} of a CPU"
+
+    def median_of_runs(runs):
+        """runs: (ratio, why_invalid) per run -> (median of the valid ones,
+        a note listing every run, why none is valid)."""
+        valid_ratios = sorted(r for r, why in runs if why is None)
+        listed = ", ".join(f"{r:.2f}" + (" (left out: generator late)" if why else "") for r, why in runs)
+        note = f"; {len(runs)} runs: {listed}" if len(runs) > 1 else ""
+        if not valid_ratios:
+            return round(runs[0][0], 2), note, runs[0][1]
+        return round(statistics.median(valid_ratios), 2), note, None
+
+    half_runs = [n for n in repeats("get-user-half-sqlite") if latency(n, "GetUser")
+                 and latency(n, "GetUser")["p50"]]
+    if half_runs:
+        runs = []
+        for n in half_runs:
+            lat = latency(n, "GetUser")
+            runs.append((lat["p99"] / lat["p50"], generator_late([(n, lat["p99"])])))
+        value, note, why = median_of_runs(runs)
+        bare_ratios = [lat["p99"] / lat["p50"] for lat in
+                       (latency(n, "GetUser") for n in repeats("bare-half")) if lat and lat["p50"]]
+        bare_note = (f"; bare tonic at the same rate: {statistics.median(bare_ratios):.2f}"
+                     + (f" (median of {', '.join(f'{r:.2f}' for r in bare_ratios)})" if len(bare_ratios) > 1 else "")
+                     if bare_ratios else "")
+        check("GetUser p99 / p50 at half of peak (open loop)" + note + bare_note
+              + generator_lateness(half_runs) + steal_note(half_runs),
+              value, "<= 5", value <= 5, why)
+    pairs = [(m, r) for m, r in zip(repeats("mixed-half"), repeats("mixed-reads-half"))
+             if latency(m, "GetOrder") and (latency(r, "GetOrder") or {}).get("p99")]
+    if pairs:
+        runs = []
+        for m, r in pairs:
+            with_writes, alone = latency(m, "GetOrder")["p99"], latency(r, "GetOrder")["p99"]
+            runs.append((with_writes / alone, generator_late([(m, with_writes), (r, alone)])))
+        value, note, why = median_of_runs(runs)
+        names = [n for pair in pairs for n in pair]
         check("GetOrder p99 with writes (mixed-half) / without (mixed-reads-half, same read rate)"
-              + generator_lateness(["mixed-half", "mixed-reads-half"])
-              + ("" if stolen is None else f"; host steal up to {stolen:.1%} of a CPU"),
-              value, "<= 2", value <= 2,
-              generator_late([("mixed-half", reads_mixed["latency_ms"]["p99"]),
-                              ("mixed-reads-half", reads_alone["latency_ms"]["p99"])]))
+              + note + generator_lateness(names) + steal_note(names),
+              value, "<= 2", value <= 2, why)
     watch = (scenarios.get("watch-idle") or {}).get("watch")
     if watch:
         per = watch.get("rss_per_stream_bytes")

@@ -45,6 +45,9 @@
 #   mixed-half     the mix in open loop at half its peak, and
 #   mixed-reads-half  its reads alone at the read rate that had: the read
 #                  latency with and without writes, like for like
+#                  (get-user-half, bare-half and these two run
+#                  BENCH_LATENCY_RUNS times, 3 by default, once in --quick:
+#                  NAME, NAME-2, ...; each latency target is the median)
 #   watch-idle     N idle WatchOrder streams: server memory per stream, and
 #                  every stream receives its order's change
 #
@@ -100,10 +103,18 @@ for arg in "$@"; do
 done
 
 if [[ $quick == 1 ]]; then
-    duration=3s warmup=1s concurrency=32 streams=500 users=4
+    duration=3s warmup=1s concurrency=32 streams=500 users=4 latency_runs=1
 else
     duration=20s warmup=5s concurrency=64 streams=${BENCH_WATCH_STREAMS:-10000} users=16
+    # The open-loop runs behind the two latency targets, each repeated:
+    # their tail varies two- to threefold between identical runs, and the
+    # target is the median (bench-report.py).
+    latency_runs=${BENCH_LATENCY_RUNS:-3}
 fi
+[[ $latency_runs =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: BENCH_LATENCY_RUNS=$latency_runs: a count" >&2; exit 2; }
+# repeat_suffix N: the name suffix of the Nth run of a repeated scenario
+# (none for the first, then -2, -3, ...).
+repeat_suffix() { [[ $1 == 1 ]] || printf -- '-%s' "$1"; }
 
 log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
 
@@ -556,7 +567,10 @@ for backend in "${backends[@]}"; do
         peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
             "$work/get-user-sqlite.json")
         half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
-        load get-user-half-sqlite --scenario get-user "${urls[@]}" --rate "$half"
+        for run in $(seq 1 "$latency_runs"); do
+            load "get-user-half-sqlite$(repeat_suffix "$run")" --scenario get-user "${urls[@]}" \
+                --rate "$half"
+        done
         get_user_half=$half
         # Reads alone (each account places one order in the warm-up, then
         # only reads): the baseline of the mixed scenario's read latency.
@@ -568,9 +582,11 @@ for backend in "${backends[@]}"; do
         peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
             "$work/mixed.json")
         half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
-        load mixed-half --scenario mixed "${urls[@]}" --rate "$half"
-        load mixed-reads-half --scenario mixed-reads "${urls[@]}" \
-            --rate "$(python3 -c "print(max(1.0, round($half * 0.7, 1)))")"
+        for run in $(seq 1 "$latency_runs"); do
+            load "mixed-half$(repeat_suffix "$run")" --scenario mixed "${urls[@]}" --rate "$half"
+            load "mixed-reads-half$(repeat_suffix "$run")" --scenario mixed-reads "${urls[@]}" \
+                --rate "$(python3 -c "print(max(1.0, round($half * 0.7, 1)))")"
+        done
         load watch-idle --scenario watch-idle "${urls[@]}" --watch-streams "$streams" \
             --server-pid "$orders_pid"
     fi
@@ -580,8 +596,10 @@ for backend in "${backends[@]}"; do
         # p99 / p50 at that rate, beside the target's.
         bare_port=$(free_port)
         start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
-        load bare-half --scenario echo --users-url "http://127.0.0.1:$bare_port" \
-            --rate "$get_user_half"
+        for run in $(seq 1 "$latency_runs"); do
+            load "bare-half$(repeat_suffix "$run")" --scenario echo \
+                --users-url "http://127.0.0.1:$bare_port" --rate "$get_user_half"
+        done
         stop_servers
     fi
     # Every GetUser reads the database: the users cache off.
