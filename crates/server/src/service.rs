@@ -167,8 +167,9 @@ pub fn parse_with_overrides<C: ServiceConfig>(
             .get_arguments()
             .find(|a| a.get_env().is_some_and(|env| env == name.as_str()));
         if let Some(long) = known.and_then(clap::Arg::get_long) {
-            args.push(format!("--{long}").into());
-            args.push(value.into());
+            // One `--name=value` word: a value that starts with `-` (a
+            // generated password) is still a value, not a flag.
+            args.push(format!("--{long}={value}").into());
         }
     }
     parse_from::<C, _, _>(args)

@@ -149,6 +149,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_setting_handed_over_by_devstack_may_start_with_a_dash() {
+        // devstack's generated admin password is URL-safe base64: one in
+        // 64 starts with `-`, which must not read as a flag.
+        let overrides = [
+            (
+                "BOOTSTRAP_ADMIN_PASSWORD".to_owned(),
+                "-Gq3x_secret".to_owned(),
+            ),
+            ("NOT_A_SETTING_HERE".to_owned(), "ignored".to_owned()),
+        ];
+        let config = shop_server::service::parse_with_overrides::<Config>(&overrides).unwrap();
+        assert_eq!(
+            config.bootstrap_admin_password.as_deref(),
+            Some("-Gq3x_secret")
+        );
+    }
+
+    #[test]
     fn defaults_need_no_configuration() {
         let config = shop_server::service::parse_from::<Config, _, _>(["user-service"]).unwrap();
         assert_eq!(config.access_token_ttl, Duration::from_secs(900));
