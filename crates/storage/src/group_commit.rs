@@ -159,7 +159,7 @@ impl Batch {
 /// [`GroupCommitStats`] and exported as metrics labelled with the backend:
 /// `shop_db_commits_total`, `shop_db_committed_transactions_total` (their
 /// ratio is the mean batch) and `shop_db_commit_seconds` (how long each
-/// `COMMIT` took: the disk flush, on SQLite).
+/// `COMMIT` took: the disk flush, on SQLite; a summary, its quantiles).
 #[derive(Debug)]
 pub(crate) struct Counts {
     commits: AtomicU64,

@@ -82,12 +82,6 @@ const SIZE_BUCKETS: &[f64] = &[
 /// stopped reading.
 const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
 
-/// Buckets (seconds) for `shop_db_commit_seconds`: from a commit the disk
-/// cache absorbs to a stalled disk.
-const COMMIT_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
-];
-
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -102,12 +96,6 @@ pub fn prometheus() -> &'static PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Suffix("_wait_seconds".into()), WAIT_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("shop_db_commit_seconds".into()),
-                    COMMIT_BUCKETS,
-                )
             })
             .expect("static buckets are valid");
         let recorder = builder.build_recorder();
