@@ -183,10 +183,12 @@ def main():
     # quoted beside the targets, with the steal. When that lateness p99
     # reaches a quarter of a run's p99 and a millisecond (below it, it is
     # the pacing quantum's tenth of a millisecond, not a stall), the run's
-    # tail is partly the measurement's, and the verdict is not valid either way (a stall in
-    # the run without writes once made its p99 the larger one). Late can
-    # mean the generator stalled, or that it was busy with a burst of
-    # answers after the server stalled; the figures do not say which.
+    # tail is partly the measurement's: the run is left out of its
+    # target's median, and with no run left the verdict is not valid
+    # either way (a stall in the run without writes once made its p99 the
+    # larger one). Late can mean the generator stalled, or that it was
+    # busy with a burst of answers after the server stalled; the figures
+    # do not say which.
     def send_lag(name):
         return ((scenarios.get(name) or {}).get("generator") or {}).get("send_lag_ms")
 
