@@ -57,12 +57,12 @@ pub struct ServiceArgs {
     #[arg(long, env = "DATABASE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub database_group_commit: bool,
 
-    /// SQLite: when writes arrive closer together than this, a batch of
-    /// the group commit stays open this long for more of them, so that
-    /// they share one disk flush; each is still answered only after that
-    /// flush, the first up to this much later. Writes further apart commit
-    /// at once. 0 turns it off; at most 20ms. PostgreSQL: ignored (its own
-    /// `commit_delay` setting does this).
+    /// When writes arrive closer together than this, a batch of the group
+    /// commit stays open this long for more of them, so that they share
+    /// one commit (SQLite: one disk flush; PostgreSQL, with group commit
+    /// on: one WAL flush and round trip); each is still answered only
+    /// after that commit, the first up to this much later. Writes further
+    /// apart commit at once. 0 turns it off; at most 20ms.
     #[arg(long, env = "DATABASE_COMMIT_DELAY", default_value = "2ms", value_parser = parse_commit_delay)]
     pub database_commit_delay: Duration,
 

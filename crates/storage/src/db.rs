@@ -92,18 +92,19 @@ pub struct ConnectOptions {
     /// ones sharing one commit (see `pg_group_commit`); off, each takes a
     /// pooled connection of its own. SQLite always commits in groups.
     pub group_commit: bool,
-    /// SQLite: how long a batch stays open for more transactions when
-    /// writes arrive closer together than this, so that they share one
-    /// disk flush (at most [`crate::MAX_BATCH_AGE`]; zero: a batch commits
-    /// as soon as nobody waits to join it). Ignored on PostgreSQL, whose
-    /// own `commit_delay` setting does this.
+    /// How long a group-commit batch stays open for more transactions
+    /// when writes arrive closer together than this, so that they share
+    /// one commit (at most [`crate::MAX_BATCH_AGE`]; zero: a batch commits
+    /// as soon as nobody waits to join it). SQLite, and PostgreSQL with
+    /// `group_commit`: PostgreSQL's own `commit_delay` never waits for a
+    /// writer that runs one transaction at a time.
     pub commit_delay: Duration,
 }
 
 impl ConnectOptions {
     /// `max_connections` pooled connections and `pipeline_connections`
     /// pipelined ones (unset, one per CPU this process may use), with group
-    /// commit and SQLite's [`crate::DEFAULT_COMMIT_DELAY`].
+    /// commit and [`crate::DEFAULT_COMMIT_DELAY`].
     pub fn new(max_connections: u32, pipeline_connections: Option<u32>) -> ConnectOptions {
         ConnectOptions {
             group_commit: true,
@@ -115,7 +116,7 @@ impl ConnectOptions {
         }
     }
 
-    /// These options with SQLite's commit delay set to `delay`.
+    /// These options with the group commit's commit delay set to `delay`.
     pub fn with_commit_delay(self, delay: Duration) -> ConnectOptions {
         ConnectOptions {
             commit_delay: delay,
@@ -269,7 +270,7 @@ async fn open(
             };
         let writer = if options.group_commit {
             let connect = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
-            Some(PgWriter::new(connect, ACQUIRE_TIMEOUT))
+            Some(PgWriter::new(connect, ACQUIRE_TIMEOUT).with_commit_delay(options.commit_delay))
         } else {
             None
         };

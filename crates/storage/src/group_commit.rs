@@ -113,8 +113,9 @@ pub(crate) struct Batch {
     pub(crate) members: usize,
     /// The callers whose writes it holds, waiting for its `COMMIT`.
     pub(crate) waiting: Vec<Done>,
-    /// SQLite's commit delay: how long after opening the batch stays open
-    /// for more transactions with nobody queued (zero: it commits as soon
+    /// The writer's commit delay, when writes arrive close together: how
+    /// long after opening the batch stays open for more transactions with
+    /// nobody queued (zero: it commits as soon
     /// as nobody is queued).
     pub(crate) linger: Duration,
     /// Whether a task is set to commit it when its delay is up.
@@ -148,9 +149,21 @@ impl Batch {
         self.members >= MAX_BATCH || self.opened.elapsed() >= MAX_BATCH_AGE
     }
 
+    /// The batch a writer with `commit_delay` opens when its last `COMMIT`
+    /// started at `last_commit`: lingering for the delay when that was less
+    /// than the delay ago (writes are arriving that close together).
+    pub(crate) fn after(last_commit: Option<Instant>, commit_delay: Duration) -> Batch {
+        let writes_close = last_commit.is_some_and(|last| last.elapsed() < commit_delay);
+        if writes_close {
+            Batch::lingering(commit_delay)
+        } else {
+            Batch::new()
+        }
+    }
+
     /// Whether it waits for more transactions though nobody is queued: its
     /// commit delay is not up and it is not full.
-    fn lingers(&self) -> bool {
+    pub(crate) fn lingers(&self) -> bool {
         !self.linger.is_zero() && self.opened.elapsed() < self.linger && !self.full()
     }
 }
@@ -465,15 +478,8 @@ impl State {
             run(conn, "ROLLBACK")?;
         }
         run(conn, "BEGIN IMMEDIATE")?;
-        let writes_close = self
-            .last_commit
-            .is_some_and(|last| last.elapsed() < commit_delay);
         self.opened += 1;
-        self.batch = Some(if writes_close {
-            Batch::lingering(commit_delay)
-        } else {
-            Batch::new()
-        });
+        self.batch = Some(Batch::after(self.last_commit, commit_delay));
         Ok(())
     }
 }

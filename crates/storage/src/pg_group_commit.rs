@@ -45,7 +45,9 @@ use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use crate::{
     StoreError,
-    group_commit::{Batch, Counts, Done, GroupCommitStats, batch_error, batch_outcome},
+    group_commit::{
+        Batch, Counts, Done, GroupCommitStats, MAX_BATCH_AGE, batch_error, batch_outcome,
+    },
     pg_notices::{self, Outgoing},
     writer_queue::{Queue, Queued},
 };
@@ -57,6 +59,8 @@ pub(crate) struct PgWriter {
     counts: Arc<Counts>,
     options: Arc<PgConnectOptions>,
     acquire_timeout: Duration,
+    /// The commit delay ([`PgWriter::with_commit_delay`]).
+    commit_delay: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +76,10 @@ pub(crate) struct State {
     /// the `COMMIT`), a round trip saved per transaction. Its caller joins
     /// those waiting for the commit once the release succeeded.
     unreleased: Option<Unreleased>,
+    /// Batches opened so far: names the open one, for a scheduled commit.
+    opened: u64,
+    /// When the last `COMMIT` started.
+    last_commit: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -102,7 +110,21 @@ impl PgWriter {
             counts: Arc::new(Counts::new("postgres")),
             options: Arc::new(options),
             acquire_timeout,
+            commit_delay: Duration::ZERO,
         }
+    }
+
+    /// This writer with a commit delay, as SQLite's has
+    /// (`group_commit::Writer::with_commit_delay`): a batch opened less
+    /// than `delay` after the previous `COMMIT` started stays open until
+    /// `delay` after it opened, so that the transactions arriving meanwhile
+    /// share its commit (one WAL flush, one round trip) instead of each
+    /// paying one. PostgreSQL's own `commit_delay` cannot do this here: it
+    /// waits only when other transactions are open, and this writer runs
+    /// one at a time.
+    pub(crate) fn with_commit_delay(mut self, delay: Duration) -> PgWriter {
+        self.commit_delay = delay.min(MAX_BATCH_AGE);
+        self
     }
 
     pub(crate) fn stats(&self) -> GroupCommitStats {
@@ -193,7 +215,14 @@ impl PgWriter {
     /// and the last turn, released, among those waiting for its commit.
     fn joined(&self, mut guard: Guard) -> Guard {
         let state = &mut *guard;
-        let batch = state.batch.get_or_insert_with(Batch::new);
+        if state.batch.is_none() {
+            state.opened += 1;
+        }
+        let commit_delay = self.commit_delay;
+        let last_commit = state.last_commit;
+        let batch = state
+            .batch
+            .get_or_insert_with(|| Batch::after(last_commit, commit_delay));
         batch.members += 1;
         if let Some(released) = state.unreleased.take() {
             batch.waiting.push(released.done);
@@ -227,15 +256,32 @@ impl PgWriter {
     }
 
     /// Lets go of the connection, first committing the open batch if it
-    /// is due ([`Batch::due`]).
-    async fn let_go(&self, guard: Guard) {
-        if guard
-            .batch
-            .as_ref()
-            .is_some_and(|batch| batch.due(self.queued()))
-        {
-            self.commit_batch(guard).await;
+    /// is due ([`Batch::due`]) and not lingering for its commit delay
+    /// (then a task commits it when the delay is up).
+    async fn let_go(&self, mut guard: Guard) {
+        let id = guard.opened;
+        let Some(batch) = guard.batch.as_mut() else {
+            return;
+        };
+        if !batch.due(self.queued()) {
+            return;
         }
+        if batch.lingers() {
+            if !batch.commit_scheduled {
+                batch.commit_scheduled = true;
+                let at = batch.opened + batch.linger;
+                let writer = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    let guard = writer.queue.lock().await;
+                    if guard.opened == id && guard.batch.is_some() {
+                        writer.commit_batch(guard).await;
+                    }
+                });
+            }
+            return;
+        }
+        self.commit_batch(guard).await;
     }
 
     /// Commits the open batch (releasing the last turn in the same round
@@ -246,6 +292,10 @@ impl PgWriter {
             return;
         }
         let started = Instant::now();
+        if guard.unreleased.is_some() || guard.batch.as_ref().is_some_and(|b| !b.waiting.is_empty())
+        {
+            guard.last_commit = Some(started);
+        }
         let mut outcome = Ok(());
         let state = &mut *guard;
         if let Some(last) = state.unreleased.as_ref() {

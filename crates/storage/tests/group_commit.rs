@@ -583,11 +583,11 @@ async fn a_batch_sends_the_notices_of_what_it_commits_and_nothing_else_on_postgr
     );
 }
 
-/// A SQLite database whose writer keeps a batch open `delay` when writes
-/// come close together (`DATABASE_COMMIT_DELAY`).
-async fn sqlite_with_commit_delay(delay: Duration) -> (Db, tempfile::TempDir) {
+/// A database whose writer keeps a batch open `delay` when writes come
+/// close together (`DATABASE_COMMIT_DELAY`).
+async fn with_commit_delay(backend: Backend, delay: Duration) -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Sqlite.database_url("delayed", dir.path()).await;
+    let url = backend.database_url("delayed", dir.path()).await;
     let options = shop_storage::ConnectOptions::new(4, None).with_commit_delay(delay);
     let db = shop_storage::connect_with(&url, options, &MIGRATIONS)
         .await
@@ -642,11 +642,10 @@ async fn commits_per_pair(db: &Db, wanted: u64) -> Vec<u64> {
     commits
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit_on_sqlite() {
+async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit(backend: Backend) {
     // The primer's commit makes the next batch wait out the delay (20 ms)
     // for more: the second write, 2 ms behind, joins it.
-    let (db, _dir) = sqlite_with_commit_delay(shop_storage::MAX_BATCH_AGE).await;
+    let (db, _dir) = with_commit_delay(backend, shop_storage::MAX_BATCH_AGE).await;
     let commits = commits_per_pair(&db, 1).await;
     assert_eq!(commits.last(), Some(&1), "commits per pair: {commits:?}");
     // Both were acknowledged, so both are there for a fresh reader.
@@ -655,11 +654,30 @@ async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit_on_sqlite() 
     assert!(names.contains(&format!("a-{round}")) && names.contains(&format!("b-{round}")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_commit_delay_a_write_nobody_waits_behind_commits_alone_on_sqlite() {
+async fn without_a_commit_delay_a_write_nobody_waits_behind_commits_alone(backend: Backend) {
     // The first write commits as soon as it lets go of the connection;
     // the second finds it committed or committing and takes its own.
-    let (db, _dir) = sqlite_with_commit_delay(Duration::ZERO).await;
+    let (db, _dir) = with_commit_delay(backend, Duration::ZERO).await;
     let commits = commits_per_pair(&db, 2).await;
     assert_eq!(commits.last(), Some(&2), "commits per pair: {commits:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit_on_sqlite() {
+    with_a_commit_delay_writes_a_moment_apart_share_one_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_commit_delay_writes_a_moment_apart_share_one_commit_on_postgres() {
+    with_a_commit_delay_writes_a_moment_apart_share_one_commit(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_commit_delay_a_write_nobody_waits_behind_commits_alone_on_sqlite() {
+    without_a_commit_delay_a_write_nobody_waits_behind_commits_alone(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_commit_delay_a_write_nobody_waits_behind_commits_alone_on_postgres() {
+    without_a_commit_delay_a_write_nobody_waits_behind_commits_alone(Backend::Postgres).await;
 }
