@@ -1,24 +1,26 @@
 //! The order-service store: one SQL text for SQLite and PostgreSQL (see
 //! `shop-storage` for what differs between them and where that is
-//! handled). Its change feed is `shop-storage`'s notices: each status
+//! handled), except placing an order, which PostgreSQL does in one
+//! statement where SQLite takes one per row (see
+//! `insert_order_in_one_statement`). Its change feed is `shop-storage`'s notices: each status
 //! change notifies in its own transaction, so the notice reaches every
 //! replica sharing a PostgreSQL database (or every watcher of the one
 //! process on SQLite) when, and only if, it commits.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shop_storage::{
-    Db, IDS_PER_STATEMENT, Notice, Notices, On, Row, StoreError, id_list_sql, query,
+    Backend, Db, IDS_PER_STATEMENT, Notice, Notices, On, Row, StoreError, id_list_sql, query,
 };
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{OrderRepo, RepoError};
 use crate::domain::{
-    NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder, StockAction,
-    StockStep,
+    MAX_ITEMS, NewOrder, Order, OrderEvent, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+    StockAction, StockStep,
 };
 
 /// The channel status changes are announced on.
@@ -152,6 +154,118 @@ async fn owe(
     .map(drop)
 }
 
+/// Inserts `new`, its items and the confirmation it owes inventory
+/// (nothing when its request id is taken: `None`), one statement each.
+async fn insert_order(
+    tx: &mut shop_storage::Tx,
+    new: &NewOrder,
+) -> Result<Option<(Order, String)>, StoreError> {
+    let inserted = query(concat!(
+        "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
+         total_cents, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+         ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
+        order_columns!()
+    ))
+    .bind(new.id)
+    .bind(new.user_id)
+    .bind(new.request_id.as_str())
+    .bind(&new.request_hash)
+    .bind(new.currency_code.as_str())
+    .bind(new.total_cents)
+    .bind(new.now)
+    .fetch_optional(&mut *tx, order)
+    .await?;
+    if inserted.is_none() {
+        return Ok(None);
+    }
+    for (line_no, item) in new.items.iter().enumerate() {
+        query(
+            "INSERT INTO order_items (order_id, line_no, product_id, quantity, \
+             unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(new.id)
+        .bind(line_no as i32)
+        .bind(&item.product_id)
+        .bind(item.quantity)
+        .bind(item.unit_price_cents)
+        .execute(&mut *tx)
+        .await?;
+    }
+    owe(tx, new.id, StockAction::Confirm, new.now).await?;
+    Ok(inserted)
+}
+
+/// [`insert_order`] as one PostgreSQL statement (data-modifying `WITH`
+/// clauses, which SQLite lacks). On PostgreSQL every statement of a
+/// transaction is a round trip on the group-commit connection that every
+/// writer of the process waits behind: an order took three or more (the
+/// order, each item, the outbox row) and now takes one.
+async fn insert_order_in_one_statement(
+    tx: &mut shop_storage::Tx,
+    new: &NewOrder,
+) -> Result<Option<(Order, String)>, StoreError> {
+    let mut statement = query(place_order_sql(new.items.len()))
+        .bind(new.id)
+        .bind(new.user_id)
+        .bind(new.request_id.as_str())
+        .bind(&new.request_hash)
+        .bind(new.currency_code.as_str())
+        .bind(new.total_cents)
+        .bind(new.now)
+        .bind(StockAction::Confirm.as_str());
+    for (line_no, item) in new.items.iter().enumerate() {
+        statement = statement
+            .bind(line_no as i32)
+            .bind(&item.product_id)
+            .bind(item.quantity)
+            .bind(item.unit_price_cents);
+    }
+    statement.fetch_optional(tx, order).await
+}
+
+/// The statement [`insert_order_in_one_statement`] runs for an order of
+/// `items` items (1 to [`MAX_ITEMS`]), built once per item count.
+fn place_order_sql(items: usize) -> &'static str {
+    static BY_ITEMS: [OnceLock<String>; MAX_ITEMS] = [const { OnceLock::new() }; MAX_ITEMS];
+    assert!(
+        (1..=MAX_ITEMS).contains(&items),
+        "an order has 1 to {MAX_ITEMS} items"
+    );
+    BY_ITEMS[items - 1].get_or_init(|| {
+        // $1..$8 as in `insert_order` (and $8 the outbox action), then
+        // four per item: line, product, quantity, unit price.
+        let lines: Vec<String> = (0..items)
+            .map(|i| {
+                let p = 9 + 4 * i;
+                format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+            })
+            .collect();
+        format!(
+            concat!(
+                "WITH placed AS (\
+                 INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
+                 total_cents, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+                 ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
+                order_columns!(),
+                "), items AS (\
+                 INSERT INTO order_items (order_id, line_no, product_id, quantity, \
+                 unit_price_cents) \
+                 SELECT placed.id, line.no, line.product_id, line.quantity, line.unit_price_cents \
+                 FROM placed, (VALUES {}) AS line (no, product_id, quantity, unit_price_cents)\
+                 ), owed AS (\
+                 INSERT INTO stock_outbox (order_id, action, next_attempt_at, created_at) \
+                 SELECT id, $8, $7, $7 FROM placed ON CONFLICT (order_id, action) DO NOTHING\
+                 ) SELECT ",
+                order_columns!(),
+                " FROM placed"
+            ),
+            lines.join(", ")
+        )
+    })
+}
+
 fn item(row: Row<'_>) -> Result<OrderItem, StoreError> {
     Ok(OrderItem {
         product_id: row.get("product_id")?,
@@ -177,23 +291,10 @@ impl OrderRepo for SqlStore {
         // A concurrent insert of the same key waits on the unique index
         // (PostgreSQL) or the write lock (SQLite) until the first commits,
         // then does nothing: one order, always.
-        let inserted = query(concat!(
-            "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
-             total_cents, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
-             ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
-            order_columns!()
-        ))
-        .bind(new.id)
-        .bind(new.user_id)
-        .bind(new.request_id.as_str())
-        .bind(&new.request_hash)
-        .bind(new.currency_code.as_str())
-        .bind(new.total_cents)
-        .bind(new.now)
-        .fetch_optional(&mut tx, order)
-        .await?;
-
+        let inserted = match self.db.backend() {
+            Backend::Postgres => insert_order_in_one_statement(&mut tx, new).await?,
+            Backend::Sqlite => insert_order(&mut tx, new).await?,
+        };
         let Some((mut created, _)) = inserted else {
             tx.rollback().await?;
             let (order, request_hash) = self
@@ -207,20 +308,6 @@ impl OrderRepo for SqlStore {
                 request_hash,
             });
         };
-        for (line_no, item) in new.items.iter().enumerate() {
-            query(
-                "INSERT INTO order_items (order_id, line_no, product_id, quantity, \
-                 unit_price_cents) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(new.id)
-            .bind(line_no as i32)
-            .bind(&item.product_id)
-            .bind(item.quantity)
-            .bind(item.unit_price_cents)
-            .execute(&mut tx)
-            .await?;
-        }
-        owe(&mut tx, new.id, StockAction::Confirm, new.now).await?;
         tx.commit().await?;
         created.items = new.items.clone();
         Ok(PlacedOrder::Created(created))

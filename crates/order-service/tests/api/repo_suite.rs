@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use order_service::{
     domain::{
-        CurrencyCode, NewOrder, OrderFilter, OrderItem, OrderStatus, PlacedOrder, RequestId,
-        StockAction, fingerprint,
+        CurrencyCode, MAX_ITEMS, NewOrder, OrderFilter, OrderItem, OrderStatus, PlacedOrder,
+        RequestId, StockAction, fingerprint,
     },
     repo::{ConnectOptions, OrderRepo, connect},
 };
@@ -75,6 +75,32 @@ pub(crate) async fn places_and_reads_orders_with_their_items(store: &dyn OrderRe
     assert_eq!(read, order);
     assert_eq!(read.items, new.items, "items keep their order");
     assert!(store.get_order(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+/// The largest order there may be: every item stored, in its line. (On
+/// PostgreSQL the order and its items are one statement whose parameters
+/// are numbered per item.)
+pub(crate) async fn an_order_of_the_most_items_keeps_every_item_in_line(store: &dyn OrderRepo) {
+    let user = Uuid::now_v7();
+    let mut new = new_order(user, "big", 1);
+    new.items = (0..MAX_ITEMS)
+        .map(|i| OrderItem {
+            product_id: format!("sku-{i:03}"),
+            quantity: i as i32 + 1,
+            unit_price_cents: 100 + i as i64,
+        })
+        .collect();
+    new.total_cents = new
+        .items
+        .iter()
+        .map(|i| i64::from(i.quantity) * i.unit_price_cents)
+        .sum();
+    new.request_hash = fingerprint(user, Some(new.currency_code), &new.items);
+    let order = created(store.place_order(&new).await.unwrap());
+    assert_eq!(order.items, new.items);
+    let read = store.get_order(new.id).await.unwrap().unwrap();
+    assert_eq!(read.items, new.items, "every item, in its line");
+    assert_eq!(read.total_cents, new.total_cents);
 }
 
 pub(crate) async fn a_repeated_request_id_finds_the_first_order(store: &dyn OrderRepo) {
@@ -354,6 +380,7 @@ shop_testkit::repo_suite!(
     store;
     stock_steps_are_owed_with_the_change_that_owes_them,
     places_and_reads_orders_with_their_items,
+    an_order_of_the_most_items_keeps_every_item_in_line,
     a_repeated_request_id_finds_the_first_order,
     concurrent_places_with_one_request_id_create_one_order,
     lists_newest_first_with_status_and_cursor,
