@@ -80,7 +80,8 @@ pub trait InventoryRepo: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Adjusted, RepoError>;
 
-    /// Holds every item for `order_id`, or nothing.
+    /// Holds every item for `order_id` (one or more, each sku once), or
+    /// nothing.
     async fn reserve(
         &self,
         order_id: Uuid,

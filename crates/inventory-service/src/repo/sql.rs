@@ -1,6 +1,6 @@
 //! The inventory store: one SQL text for SQLite and PostgreSQL (see
-//! `shop-storage`), but for a reservation's holds, which on PostgreSQL
-//! also record their lines (see `hold`). Each transaction that writes starts with a write, so
+//! `shop-storage`), but for opening a reservation and its holds, which
+//! PostgreSQL does in fewer statements (see `reserve_and_hold_first`). Each transaction that writes starts with a write, so
 //! SQLite takes its write lock at once instead of failing to upgrade a
 //! read lock under contention; PostgreSQL's conditional updates re-check
 //! their condition on the locked row. Skus are locked in sku order, so
@@ -31,6 +31,83 @@ const CHANNEL: &str = "shop_stock_changes";
 /// How many change notices a slow watcher may fall behind before it must
 /// re-read everything it watches.
 const CHANGE_FEED_CAPACITY: usize = 1024;
+
+/// Inserts the pending reservation of `order_id` (nothing when it exists:
+/// `None`), in the currency of its first product as it is now: the holds
+/// read every product's, and only if one differs (a mixed order, or a
+/// currency changed meanwhile) does the row need a second write.
+async fn insert_reservation(
+    tx: &mut Tx,
+    order_id: Uuid,
+    items_hash: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    first: &ReserveItem,
+) -> Result<Option<String>, StoreError> {
+    query(
+        "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+         created_at, updated_at) VALUES ($1, 'pending', \
+         COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+         ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
+    )
+    .bind(order_id)
+    .bind(items_hash)
+    .bind(expires_at)
+    .bind(now)
+    .bind(first.sku.as_str())
+    .fetch_optional(tx, |row| row.get::<String>("currency_code"))
+    .await
+}
+
+/// What opening a reservation found: its stored currency and, when the
+/// first hold was made with it, that hold's outcome ([`hold`]'s).
+type Opened = (String, Option<Option<(i64, String)>>);
+
+/// [`insert_reservation`] and [`hold`] of the `first` item (with its
+/// line) as one PostgreSQL statement (data-modifying `WITH`): the hold
+/// happens only if the reservation was inserted.
+async fn reserve_and_hold_first(
+    tx: &mut Tx,
+    order_id: Uuid,
+    items_hash: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    first: &ReserveItem,
+) -> Result<Option<Opened>, StoreError> {
+    query(
+        "WITH reservation AS (\
+         INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+         created_at, updated_at) VALUES ($1, 'pending', \
+         COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+         ON CONFLICT (order_id) DO NOTHING RETURNING currency_code), \
+         held AS (UPDATE products SET reserved = reserved + $6, updated_at = $4 \
+         WHERE sku = $5 AND active AND on_hand - reserved >= $6 \
+         AND EXISTS (SELECT 1 FROM reservation) \
+         RETURNING unit_price_cents, currency_code), \
+         line AS (INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
+         SELECT $1, $5, $6, unit_price_cents FROM held) \
+         SELECT reservation.currency_code AS reserved_in, \
+         held.unit_price_cents, held.currency_code \
+         FROM reservation LEFT JOIN held ON true",
+    )
+    .bind(order_id)
+    .bind(items_hash)
+    .bind(expires_at)
+    .bind(now)
+    .bind(first.sku.as_str())
+    .bind(first.quantity)
+    .fetch_optional(tx, |row| {
+        let held = match (
+            row.get::<Option<i64>>("unit_price_cents")?,
+            row.get::<Option<String>>("currency_code")?,
+        ) {
+            (Some(price), Some(currency)) => Some((price, currency)),
+            _ => None,
+        };
+        Ok((row.get::<String>("reserved_in")?, Some(held)))
+    })
+    .await
+}
 
 /// Holds `item`'s quantity of its product's stock for `order_id` if the
 /// product is for sale and has that much available: its price and
@@ -403,26 +480,23 @@ impl InventoryRepo for SqlStore {
         let items_hash = items_fingerprint(items);
         let mut sorted: Vec<&ReserveItem> = items.iter().collect();
         sorted.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let Some(&first) = sorted.first() else {
+            return Err(StoreError::Corrupt("a reservation of no items".into()));
+        };
         let mut tx = self.db.begin().await?;
-        // The reservation takes its currency from its first product as it
-        // is now: the holds below read every product's, and only if one
-        // differs (a mixed order, or a currency changed meanwhile) does the
-        // row need a second write. A statement less on the hot path, where
-        // every statement is a round trip on PostgreSQL.
-        let inserted = query(
-            "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-             created_at, updated_at) VALUES ($1, 'pending', \
-             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
-             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
-        )
-        .bind(order_id)
-        .bind(&items_hash)
-        .bind(expires_at)
-        .bind(now)
-        .bind(sorted.first().map(|item| item.sku.as_str()))
-        .fetch_optional(&mut tx, |row| row.get::<String>("currency_code"))
-        .await?;
-        let Some(stored_currency) = inserted else {
+        // On PostgreSQL, where every statement is a round trip, the
+        // reservation row, the first hold and its line are one statement,
+        // and each further hold records its line; SQLite's lines follow
+        // the holds.
+        let postgres = self.db.backend() == Backend::Postgres;
+        let opened = if postgres {
+            reserve_and_hold_first(&mut tx, order_id, &items_hash, expires_at, now, first).await?
+        } else {
+            insert_reservation(&mut tx, order_id, &items_hash, expires_at, now, first)
+                .await?
+                .map(|currency| (currency, None))
+        };
+        let Some((stored_currency, mut first_hold)) = opened else {
             let existing = SqlStore::reservation_in(&mut tx, order_id)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("reservation conflicted but is gone".into()))?;
@@ -433,11 +507,11 @@ impl InventoryRepo for SqlStore {
         let mut lines = Vec::with_capacity(sorted.len());
         let mut short = Vec::new();
         let mut currencies = Vec::new();
-        // On PostgreSQL each hold records its line in the same statement
-        // (a round trip less per item); SQLite's lines follow the holds.
-        let lines_held_with_stock = self.db.backend() == Backend::Postgres;
         for item in sorted {
-            let held = hold(&mut tx, order_id, item, now, lines_held_with_stock).await?;
+            let held = match first_hold.take() {
+                Some(held) => held,
+                None => hold(&mut tx, order_id, item, now, postgres).await?,
+            };
             match held {
                 Some((unit_price_cents, currency)) => {
                     currencies.push(currency);
@@ -479,7 +553,7 @@ impl InventoryRepo for SqlStore {
                 .await?;
         }
         for line in &lines {
-            if !lines_held_with_stock {
+            if !postgres {
                 query(
                     "INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
                      VALUES ($1, $2, $3, $4)",
