@@ -1,8 +1,8 @@
 //! The order-service store: one SQL text for SQLite and PostgreSQL (see
 //! `shop-storage` for what differs between them and where that is
-//! handled), except placing an order, which PostgreSQL does in one
-//! statement where SQLite takes one per row (see
-//! `insert_order_in_one_statement`). Its change feed is `shop-storage`'s notices: each status
+//! handled), except placing an order and changing its status, which
+//! PostgreSQL does in one statement where SQLite takes one per row (see
+//! `insert_order_in_one_statement`, `StatusChange`). Its change feed is `shop-storage`'s notices: each status
 //! change notifies in its own transaction, so the notice reaches every
 //! replica sharing a PostgreSQL database (or every watcher of the one
 //! process on SQLite) when, and only if, it commits.
@@ -266,6 +266,91 @@ fn place_order_sql(items: usize) -> &'static str {
     })
 }
 
+/// A compare-and-set of an order's status, with the event it records
+/// and the stock step it may owe (`OrderRepo::update_status`).
+struct StatusChange<'a> {
+    id: Uuid,
+    from: OrderStatus,
+    to: OrderStatus,
+    reason: Option<&'a str>,
+    owes: Option<StockAction>,
+    now: DateTime<Utc>,
+}
+
+impl StatusChange<'_> {
+    /// Changes the status if it is still `from` (else `None`), records
+    /// the event and owes the step: one statement each.
+    async fn apply(
+        &self,
+        tx: &mut shop_storage::Tx,
+    ) -> Result<Option<(Order, String)>, StoreError> {
+        let updated = query(concat!(
+            "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
+             cancel_reason = COALESCE($3, cancel_reason) \
+             WHERE id = $4 AND status = $5 RETURNING ",
+            order_columns!()
+        ))
+        .bind(self.to.as_str())
+        .bind(self.now)
+        .bind(self.reason)
+        .bind(self.id)
+        .bind(self.from.as_str())
+        .fetch_optional(&mut *tx, order)
+        .await?;
+        let Some((changed, _)) = &updated else {
+            return Ok(None);
+        };
+        query(
+            "INSERT INTO order_events (order_id, version, status, updated_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(self.id)
+        .bind(changed.version)
+        .bind(self.to.as_str())
+        .bind(self.now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(action) = self.owes {
+            owe(tx, self.id, action, self.now).await?;
+        }
+        Ok(updated)
+    }
+
+    /// [`StatusChange::apply`] as one PostgreSQL statement (data-modifying
+    /// `WITH`): a round trip on the group-commit connection instead of
+    /// two or three.
+    async fn apply_in_one_statement(
+        &self,
+        tx: &mut shop_storage::Tx,
+    ) -> Result<Option<(Order, String)>, StoreError> {
+        query(concat!(
+            "WITH changed AS (\
+             UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
+             cancel_reason = COALESCE($3, cancel_reason) \
+             WHERE id = $4 AND status = $5 RETURNING ",
+            order_columns!(),
+            "), event AS (\
+             INSERT INTO order_events (order_id, version, status, updated_at) \
+             SELECT id, version, status, updated_at FROM changed\
+             ), owed AS (\
+             INSERT INTO stock_outbox (order_id, action, next_attempt_at, created_at) \
+             SELECT id, $6, $2, $2 FROM changed WHERE $6 IS NOT NULL \
+             ON CONFLICT (order_id, action) DO NOTHING\
+             ) SELECT ",
+            order_columns!(),
+            " FROM changed"
+        ))
+        .bind(self.to.as_str())
+        .bind(self.now)
+        .bind(self.reason)
+        .bind(self.id)
+        .bind(self.from.as_str())
+        .bind(self.owes.map(StockAction::as_str))
+        .fetch_optional(tx, order)
+        .await
+    }
+}
+
 fn item(row: Row<'_>) -> Result<OrderItem, StoreError> {
     Ok(OrderItem {
         product_id: row.get("product_id")?,
@@ -367,35 +452,21 @@ impl OrderRepo for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Option<Order>, RepoError> {
         let mut tx = self.db.begin().await?;
-        let updated = query(concat!(
-            "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
-             cancel_reason = COALESCE($3, cancel_reason) \
-             WHERE id = $4 AND status = $5 RETURNING ",
-            order_columns!()
-        ))
-        .bind(to.as_str())
-        .bind(now)
-        .bind(reason)
-        .bind(id)
-        .bind(from.as_str())
-        .fetch_optional(&mut tx, order)
-        .await?;
+        let change = StatusChange {
+            id,
+            from,
+            to,
+            reason,
+            owes,
+            now,
+        };
+        let updated = match self.db.backend() {
+            Backend::Postgres => change.apply_in_one_statement(&mut tx).await?,
+            Backend::Sqlite => change.apply(&mut tx).await?,
+        };
         let Some((mut order, _)) = updated else {
             return Ok(None);
         };
-        query(
-            "INSERT INTO order_events (order_id, version, status, updated_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(order.version)
-        .bind(to.as_str())
-        .bind(now)
-        .execute(&mut tx)
-        .await?;
-        if let Some(action) = owes {
-            owe(&mut tx, id, action, now).await?;
-        }
         tx.notify(CHANNEL, &id.to_string()).await?;
         tx.commit().await?;
         order.items = self.items(id).await?;
