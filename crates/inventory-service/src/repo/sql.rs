@@ -1,10 +1,11 @@
 //! The inventory store: one SQL text for SQLite and PostgreSQL (see
 //! `shop-storage`), but for opening a reservation and its holds, which
-//! PostgreSQL does in fewer statements (see `reserve_and_hold_first`). Each transaction that writes starts with a write, so
-//! SQLite takes its write lock at once instead of failing to upgrade a
-//! read lock under contention; PostgreSQL's conditional updates re-check
-//! their condition on the locked row. Skus are locked in sku order, so
-//! two reservations never wait on each other in a cycle.
+//! PostgreSQL does in fewer statements (see `Opening`, `hold`). Each
+//! transaction that writes starts with a write, so SQLite takes its write
+//! lock at once instead of failing to upgrade a read lock under
+//! contention; PostgreSQL's conditional updates re-check their condition
+//! on the locked row. Skus are locked in sku order, so two reservations
+//! never wait on each other in a cycle.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,7 +15,7 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shop_storage::{
-    Backend, Db, IDS_PER_STATEMENT, Notice, Notices, Row, StoreError, Tx, id_list_sql, query,
+    Backend, Db, IDS_PER_STATEMENT, Notice, Notices, Query, Row, StoreError, Tx, id_list_sql, query,
 };
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -32,81 +33,81 @@ const CHANNEL: &str = "shop_stock_changes";
 /// re-read everything it watches.
 const CHANGE_FEED_CAPACITY: usize = 1024;
 
-/// Inserts the pending reservation of `order_id` (nothing when it exists:
-/// `None`), in the currency of its first product as it is now: the holds
-/// read every product's, and only if one differs (a mixed order, or a
-/// currency changed meanwhile) does the row need a second write.
-async fn insert_reservation(
-    tx: &mut Tx,
+/// A reservation about to be opened: its row, and the first item (in sku
+/// order) whose product's currency it starts in.
+struct Opening<'a> {
     order_id: Uuid,
-    items_hash: &str,
+    items_hash: &'a str,
     expires_at: DateTime<Utc>,
     now: DateTime<Utc>,
-    first: &ReserveItem,
-) -> Result<Option<String>, StoreError> {
-    query(
-        "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-         created_at, updated_at) VALUES ($1, 'pending', \
-         COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
-         ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
-    )
-    .bind(order_id)
-    .bind(items_hash)
-    .bind(expires_at)
-    .bind(now)
-    .bind(first.sku.as_str())
-    .fetch_optional(tx, |row| row.get::<String>("currency_code"))
-    .await
+    first: &'a ReserveItem,
 }
 
 /// What opening a reservation found: its stored currency and, when the
 /// first hold was made with it, that hold's outcome ([`hold`]'s).
 type Opened = (String, Option<Option<(i64, String)>>);
 
-/// [`insert_reservation`] and [`hold`] of the `first` item (with its
-/// line) as one PostgreSQL statement (data-modifying `WITH`): the hold
-/// happens only if the reservation was inserted.
-async fn reserve_and_hold_first(
-    tx: &mut Tx,
-    order_id: Uuid,
-    items_hash: &str,
-    expires_at: DateTime<Utc>,
-    now: DateTime<Utc>,
-    first: &ReserveItem,
-) -> Result<Option<Opened>, StoreError> {
-    query(
-        "WITH reservation AS (\
-         INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-         created_at, updated_at) VALUES ($1, 'pending', \
-         COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
-         ON CONFLICT (order_id) DO NOTHING RETURNING currency_code), \
-         held AS (UPDATE products SET reserved = reserved + $6, updated_at = $4 \
-         WHERE sku = $5 AND active AND on_hand - reserved >= $6 \
-         AND EXISTS (SELECT 1 FROM reservation) \
-         RETURNING unit_price_cents, currency_code), \
-         line AS (INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
-         SELECT $1, $5, $6, unit_price_cents FROM held) \
-         SELECT reservation.currency_code AS reserved_in, \
-         held.unit_price_cents, held.currency_code \
-         FROM reservation LEFT JOIN held ON true",
-    )
-    .bind(order_id)
-    .bind(items_hash)
-    .bind(expires_at)
-    .bind(now)
-    .bind(first.sku.as_str())
-    .bind(first.quantity)
-    .fetch_optional(tx, |row| {
-        let held = match (
-            row.get::<Option<i64>>("unit_price_cents")?,
-            row.get::<Option<String>>("currency_code")?,
-        ) {
-            (Some(price), Some(currency)) => Some((price, currency)),
-            _ => None,
-        };
-        Ok((row.get::<String>("reserved_in")?, Some(held)))
-    })
-    .await
+impl Opening<'_> {
+    /// `statement` with the reservation's row bound to `$1` to `$5`
+    /// (order, items hash, expiry, time, first sku), as both ways of
+    /// opening number them.
+    fn bind_row(&self, statement: Query) -> Query {
+        statement
+            .bind(self.order_id)
+            .bind(self.items_hash)
+            .bind(self.expires_at)
+            .bind(self.now)
+            .bind(self.first.sku.as_str())
+    }
+
+    /// Inserts the pending reservation (nothing when it exists: `None`),
+    /// in the currency of its first product as it is now: the holds read
+    /// every product's, and only if one differs (a mixed order, or a
+    /// currency changed meanwhile) does the row need a second write.
+    async fn insert(&self, tx: &mut Tx) -> Result<Option<Opened>, StoreError> {
+        self.bind_row(query(
+            "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+             created_at, updated_at) VALUES ($1, 'pending', \
+             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
+        ))
+        .fetch_optional(tx, |row| Ok((row.get::<String>("currency_code")?, None)))
+        .await
+    }
+
+    /// [`Opening::insert`] and [`hold`] of the first item (with its line)
+    /// as one PostgreSQL statement (data-modifying `WITH`): the hold
+    /// happens only if the reservation was inserted.
+    async fn insert_and_hold_first(&self, tx: &mut Tx) -> Result<Option<Opened>, StoreError> {
+        self.bind_row(query(
+            "WITH reservation AS (\
+             INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+             created_at, updated_at) VALUES ($1, 'pending', \
+             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code), \
+             held AS (UPDATE products SET reserved = reserved + $6, updated_at = $4 \
+             WHERE sku = $5 AND active AND on_hand - reserved >= $6 \
+             AND EXISTS (SELECT 1 FROM reservation) \
+             RETURNING unit_price_cents, currency_code), \
+             line AS (INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
+             SELECT $1, $5, $6, unit_price_cents FROM held) \
+             SELECT reservation.currency_code AS reserved_in, \
+             held.unit_price_cents, held.currency_code \
+             FROM reservation LEFT JOIN held ON true",
+        ))
+        .bind(self.first.quantity)
+        .fetch_optional(tx, |row| {
+            let held = match (
+                row.get::<Option<i64>>("unit_price_cents")?,
+                row.get::<Option<String>>("currency_code")?,
+            ) {
+                (Some(price), Some(currency)) => Some((price, currency)),
+                _ => None,
+            };
+            Ok((row.get::<String>("reserved_in")?, Some(held)))
+        })
+        .await
+    }
 }
 
 /// Holds `item`'s quantity of its product's stock for `order_id` if the
@@ -489,12 +490,17 @@ impl InventoryRepo for SqlStore {
         // and each further hold records its line; SQLite's lines follow
         // the holds.
         let postgres = self.db.backend() == Backend::Postgres;
+        let opening = Opening {
+            order_id,
+            items_hash: &items_hash,
+            expires_at,
+            now,
+            first,
+        };
         let opened = if postgres {
-            reserve_and_hold_first(&mut tx, order_id, &items_hash, expires_at, now, first).await?
+            opening.insert_and_hold_first(&mut tx).await?
         } else {
-            insert_reservation(&mut tx, order_id, &items_hash, expires_at, now, first)
-                .await?
-                .map(|currency| (currency, None))
+            opening.insert(&mut tx).await?
         };
         let Some((stored_currency, mut first_hold)) = opened else {
             let existing = SqlStore::reservation_in(&mut tx, order_id)

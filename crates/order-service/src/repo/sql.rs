@@ -12,7 +12,7 @@ use std::sync::{LazyLock, OnceLock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shop_storage::{
-    Backend, Db, IDS_PER_STATEMENT, Notice, Notices, On, Row, StoreError, id_list_sql, query,
+    Backend, Db, IDS_PER_STATEMENT, Notice, Notices, On, Query, Row, StoreError, id_list_sql, query,
 };
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -154,26 +154,36 @@ async fn owe(
     .map(drop)
 }
 
+/// `statement` with the new order's row bound to `$1` to `$7` (id, user,
+/// request id and hash, currency, total, time), as both ways of placing
+/// an order number them.
+fn with_order_row(statement: Query, new: &NewOrder) -> Query {
+    statement
+        .bind(new.id)
+        .bind(new.user_id)
+        .bind(new.request_id.as_str())
+        .bind(&new.request_hash)
+        .bind(new.currency_code.as_str())
+        .bind(new.total_cents)
+        .bind(new.now)
+}
+
 /// Inserts `new`, its items and the confirmation it owes inventory
 /// (nothing when its request id is taken: `None`), one statement each.
 async fn insert_order(
     tx: &mut shop_storage::Tx,
     new: &NewOrder,
 ) -> Result<Option<(Order, String)>, StoreError> {
-    let inserted = query(concat!(
-        "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
-         total_cents, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
-         ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
-        order_columns!()
-    ))
-    .bind(new.id)
-    .bind(new.user_id)
-    .bind(new.request_id.as_str())
-    .bind(&new.request_hash)
-    .bind(new.currency_code.as_str())
-    .bind(new.total_cents)
-    .bind(new.now)
+    let inserted = with_order_row(
+        query(concat!(
+            "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
+             total_cents, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+             ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
+            order_columns!()
+        )),
+        new,
+    )
     .fetch_optional(&mut *tx, order)
     .await?;
     if inserted.is_none() {
@@ -205,14 +215,7 @@ async fn insert_order_in_one_statement(
     tx: &mut shop_storage::Tx,
     new: &NewOrder,
 ) -> Result<Option<(Order, String)>, StoreError> {
-    let mut statement = query(place_order_sql(new.items.len()))
-        .bind(new.id)
-        .bind(new.user_id)
-        .bind(new.request_id.as_str())
-        .bind(&new.request_hash)
-        .bind(new.currency_code.as_str())
-        .bind(new.total_cents)
-        .bind(new.now)
+    let mut statement = with_order_row(query(place_order_sql(new.items.len())), new)
         .bind(StockAction::Confirm.as_str());
     for (line_no, item) in new.items.iter().enumerate() {
         statement = statement
