@@ -115,8 +115,7 @@ pub(crate) struct Batch {
     pub(crate) waiting: Vec<Done>,
     /// The writer's commit delay, when writes arrive close together: how
     /// long after opening the batch stays open for more transactions with
-    /// nobody queued (zero: it commits as soon
-    /// as nobody is queued).
+    /// nobody queued (zero: it commits as soon as nobody is queued).
     pub(crate) linger: Duration,
     /// Whether a task is set to commit it when its delay is up.
     pub(crate) commit_scheduled: bool,
