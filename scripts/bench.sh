@@ -205,7 +205,7 @@ start() {
 }
 
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 scripts/lib/free-ports.py 1
 }
 
 # host_cpu NAME before|after: a copy of /proc/stat, from which

@@ -17,15 +17,7 @@ DEVSTACK_SERVICES=(user-service order-service inventory-service)
 declare -gA grpc=() admin=()
 
 free_ports() {
-    # All held until every one is chosen, so none is handed out twice.
-    python3 -c '
-import socket, sys
-held = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in held:
-    s.bind(("127.0.0.1", 0))
-for s in held:
-    print(s.getsockname()[1])
-' "$1"
+    python3 "$(dirname "${BASH_SOURCE[0]}")/free-ports.py" "$1"
 }
 
 start_devstack() {
