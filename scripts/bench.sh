@@ -153,6 +153,7 @@ fi
 work="$(mktemp -d /tmp/shop-bench.XXXXXX)"
 pids=() names=()
 last_pid=
+# start_pg, stop_pg and free_port (the servers' ports too)
 # shellcheck source=lib/postgres.sh
 source "$root/scripts/lib/postgres.sh"
 cleanup() {
@@ -202,10 +203,6 @@ start() {
     done
     log "$name not serving after 60 s"
     return 1
-}
-
-free_port() {
-    python3 scripts/lib/free-ports.py 1
 }
 
 # host_cpu NAME before|after: a copy of /proc/stat, from which
@@ -403,7 +400,8 @@ psql_create() {
 # 15 s, then prints the self time grouped by where it goes
 # (scripts/lib/profile-groups.py) and per process. On PostgreSQL it also
 # prints where PostgreSQL's busy connections spent those 15 s
-# (scripts/lib/pg-activity.py).
+# (scripts/lib/pg-activity.py), and on both backends each gRPC method's
+# mean time as served and as called (scripts/lib/latency-breakdown.py).
 profile() {
     local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
     command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
@@ -431,7 +429,12 @@ profile() {
             >"$work/pg-activity.txt" 2>&1 &
         activity_pid=$!
     fi
+    local metrics=(users="http://127.0.0.1:$users_admin_port/metrics"
+        inventory="http://127.0.0.1:$inventory_admin_port/metrics"
+        orders="http://127.0.0.1:$orders_admin_port/metrics")
+    python3 scripts/lib/latency-breakdown.py --save "$work/latency.json" "${metrics[@]}" || true
     perf record -q -F 999 -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
+    python3 scripts/lib/latency-breakdown.py --since "$work/latency.json" "${metrics[@]}" || true
     wait "$load_pid" || true
     [[ -z $activity_pid ]] || { wait "$activity_pid" || true; cat "$work/pg-activity.txt"; }
     grep -E "req/s" "$work/profile-load.txt" >&2 || true

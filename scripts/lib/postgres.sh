@@ -7,6 +7,7 @@
 #                        without `durable`, fsync and synchronous commit are
 #                        off (tests); with it, PostgreSQL's defaults (bench)
 #   stop_pg              stops it and removes its directory (call on EXIT)
+#   free_port            prints a free port below the ephemeral range
 
 find_pg_bin() {
     if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
@@ -35,16 +36,11 @@ install_pg() {
     apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends postgresql >&2
 }
 
+# A port below the ephemeral range, as bench.sh's servers get theirs: one
+# from the ephemeral range may be taken by an outgoing connection before
+# PostgreSQL binds it.
 free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 20000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
-    done
-    return 1
+    python3 "$(dirname "${BASH_SOURCE[0]}")/free-ports.py" 1
 }
 
 pg_dir=""
