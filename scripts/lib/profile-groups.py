@@ -13,10 +13,21 @@ import re
 import sys
 from collections import defaultdict
 
+# SQLite is compiled into the services (libsqlite3-sys, bundled), and most
+# of its functions are static: named without the `sqlite3` prefix. A C
+# symbol (no Rust path) in a service's binary with one of these prefixes
+# is SQLite's.
+SQLITE_STATIC = re.compile(
+    r"^(wal|pcache|pager|btree|balance_|vdbe|memjrnl|subjournal|cellSize|getPage|moveTo"
+    r"|accessPayload|fillInCell|insertCell|dropCell|allocateSpace|defragmentPage|rebuildPage"
+    r"|editPage|decodeFlags|yy_|unix|robust_|posix|read_|write32bits|put4byte|get4byte)"
+)
+SQLITE_GROUP = "SQLite itself (the C library: parsing, B-trees, WAL)"
+
 # (group, symbol or library fragments); first match wins.
 GROUPS = [
-    ("SQLite itself (the C library: parsing, B-trees, WAL)", ["sqlite3", "libsqlite"]),
-    ("sqlx (statements, rows, the SQLite worker hand-off)", ["sqlx"]),
+    (SQLITE_GROUP, ["sqlite3", "libsqlite"]),
+    ("database drivers (sqlx, rusqlite: statements, rows)", ["sqlx", "rusqlite"]),
     ("PostgreSQL server", ["postgres"]),
     ("the access log and other log lines (formatting, JSON)", ["tracing_subscriber::fmt", "serde_json",
                                                                "log_writer", "tracing_core::field",
@@ -42,6 +53,9 @@ LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[.\]\s+(.*)$")
 
 
 def group_of(dso, sym):
+    if "::" not in sym and not sym.startswith(("<", "[")) and not dso.startswith(("[", "lib")) \
+            and SQLITE_STATIC.match(sym):
+        return SQLITE_GROUP
     for name, fragments in GROUPS:
         for fragment in fragments:
             if fragment in sym or fragment in dso:
