@@ -33,6 +33,29 @@ const CHANNEL: &str = "shop_stock_changes";
 /// re-read everything it watches.
 const CHANGE_FEED_CAPACITY: usize = 1024;
 
+/// Inserts a pending reservation ($1 order, $2 items hash, $3 expiry, $4
+/// time) in the currency of its first product ($5 sku) unless it exists,
+/// returning that currency: both ways of opening one start with it.
+macro_rules! insert_reservation {
+    () => {
+        "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
+         created_at, updated_at) VALUES ($1, 'pending', \
+         COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
+         ON CONFLICT (order_id) DO NOTHING RETURNING currency_code"
+    };
+}
+
+/// Holds $1 of the stock of product $3 at time $2 if it is for sale and
+/// has that much available, returning its price and currency: with or
+/// without the reservation line in the same statement.
+macro_rules! hold_stock {
+    () => {
+        "UPDATE products SET reserved = reserved + $1, updated_at = $2 \
+         WHERE sku = $3 AND active AND on_hand - reserved >= $1 \
+         RETURNING unit_price_cents, currency_code"
+    };
+}
+
 /// A reservation about to be opened: its row, and the first item (in sku
 /// order) whose product's currency it starts in.
 struct Opening<'a> {
@@ -65,27 +88,19 @@ impl Opening<'_> {
     /// every product's, and only if one differs (a mixed order, or a
     /// currency changed meanwhile) does the row need a second write.
     async fn insert(&self, tx: &mut Tx) -> Result<Option<Opened>, StoreError> {
-        self.bind_row(query(
-            "INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-             created_at, updated_at) VALUES ($1, 'pending', \
-             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
-             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code",
-        ))
-        .fetch_optional(tx, |row| Ok((row.get::<String>("currency_code")?, None)))
-        .await
+        self.bind_row(query(insert_reservation!()))
+            .fetch_optional(tx, |row| Ok((row.get::<String>("currency_code")?, None)))
+            .await
     }
 
     /// [`Opening::insert`] and [`hold`] of the first item (with its line)
     /// as one PostgreSQL statement (data-modifying `WITH`): the hold
     /// happens only if the reservation was inserted.
     async fn insert_and_hold_first(&self, tx: &mut Tx) -> Result<Option<Opened>, StoreError> {
-        self.bind_row(query(
-            "WITH reservation AS (\
-             INSERT INTO reservations (order_id, status, currency_code, items_hash, expires_at, \
-             created_at, updated_at) VALUES ($1, 'pending', \
-             COALESCE((SELECT currency_code FROM products WHERE sku = $5), ''), $2, $3, $4, $4) \
-             ON CONFLICT (order_id) DO NOTHING RETURNING currency_code), \
-             held AS (UPDATE products SET reserved = reserved + $6, updated_at = $4 \
+        self.bind_row(query(concat!(
+            "WITH reservation AS (",
+            insert_reservation!(),
+            "), held AS (UPDATE products SET reserved = reserved + $6, updated_at = $4 \
              WHERE sku = $5 AND active AND on_hand - reserved >= $6 \
              AND EXISTS (SELECT 1 FROM reservation) \
              RETURNING unit_price_cents, currency_code), \
@@ -93,8 +108,8 @@ impl Opening<'_> {
              SELECT $1, $5, $6, unit_price_cents FROM held) \
              SELECT reservation.currency_code AS reserved_in, \
              held.unit_price_cents, held.currency_code \
-             FROM reservation LEFT JOIN held ON true",
-        ))
+             FROM reservation LEFT JOIN held ON true"
+        )))
         .bind(self.first.quantity)
         .fetch_optional(tx, |row| {
             let held = match (
@@ -123,16 +138,15 @@ async fn hold(
     record_line: bool,
 ) -> Result<Option<(i64, String)>, StoreError> {
     let sql = if record_line {
-        "WITH held AS (UPDATE products SET reserved = reserved + $1, updated_at = $2 \
-         WHERE sku = $3 AND active AND on_hand - reserved >= $1 \
-         RETURNING unit_price_cents, currency_code), \
-         line AS (INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
-         SELECT $4, $3, $1, unit_price_cents FROM held) \
-         SELECT unit_price_cents, currency_code FROM held"
+        concat!(
+            "WITH held AS (",
+            hold_stock!(),
+            "), line AS (INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents) \
+             SELECT $4, $3, $1, unit_price_cents FROM held) \
+             SELECT unit_price_cents, currency_code FROM held"
+        )
     } else {
-        "UPDATE products SET reserved = reserved + $1, updated_at = $2 \
-         WHERE sku = $3 AND active AND on_hand - reserved >= $1 \
-         RETURNING unit_price_cents, currency_code"
+        hold_stock!()
     };
     let mut statement = query(sql)
         .bind(item.quantity)

@@ -37,6 +37,29 @@ macro_rules! order_columns {
     };
 }
 
+/// Inserts an order's row ($1 to $7: id, user, request id and hash,
+/// currency, total, time) unless its request id is taken, returning what
+/// follows: both ways of placing an order start with it.
+macro_rules! insert_order_row {
+    () => {
+        "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
+         total_cents, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
+         ON CONFLICT (user_id, request_id) DO NOTHING RETURNING "
+    };
+}
+
+/// Moves an order ($4) from status $5 to $1 at time $2 (with the cancel
+/// reason $3, if any), returning what follows: both ways of changing a
+/// status start with it.
+macro_rules! change_status {
+    () => {
+        "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
+         cancel_reason = COALESCE($3, cancel_reason) \
+         WHERE id = $4 AND status = $5 RETURNING "
+    };
+}
+
 /// Orders (`$where` picks them, its placeholders bound by the caller)
 /// joined with their items in one statement, so that a page and its items
 /// come from one snapshot: one row per item, orders in `$order`, items in
@@ -174,18 +197,9 @@ async fn insert_order(
     tx: &mut shop_storage::Tx,
     new: &NewOrder,
 ) -> Result<Option<(Order, String)>, StoreError> {
-    let inserted = with_order_row(
-        query(concat!(
-            "INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
-             total_cents, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
-             ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
-            order_columns!()
-        )),
-        new,
-    )
-    .fetch_optional(&mut *tx, order)
-    .await?;
+    let inserted = with_order_row(query(concat!(insert_order_row!(), order_columns!())), new)
+        .fetch_optional(&mut *tx, order)
+        .await?;
     if inserted.is_none() {
         return Ok(None);
     }
@@ -246,11 +260,8 @@ fn place_order_sql(items: usize) -> &'static str {
             .collect();
         format!(
             concat!(
-                "WITH placed AS (\
-                 INSERT INTO orders (id, user_id, request_id, request_hash, currency_code, \
-                 total_cents, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) \
-                 ON CONFLICT (user_id, request_id) DO NOTHING RETURNING ",
+                "WITH placed AS (",
+                insert_order_row!(),
                 order_columns!(),
                 "), items AS (\
                  INSERT INTO order_items (order_id, line_no, product_id, quantity, \
@@ -287,19 +298,14 @@ impl StatusChange<'_> {
         &self,
         tx: &mut shop_storage::Tx,
     ) -> Result<Option<(Order, String)>, StoreError> {
-        let updated = query(concat!(
-            "UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
-             cancel_reason = COALESCE($3, cancel_reason) \
-             WHERE id = $4 AND status = $5 RETURNING ",
-            order_columns!()
-        ))
-        .bind(self.to.as_str())
-        .bind(self.now)
-        .bind(self.reason)
-        .bind(self.id)
-        .bind(self.from.as_str())
-        .fetch_optional(&mut *tx, order)
-        .await?;
+        let updated = query(concat!(change_status!(), order_columns!()))
+            .bind(self.to.as_str())
+            .bind(self.now)
+            .bind(self.reason)
+            .bind(self.id)
+            .bind(self.from.as_str())
+            .fetch_optional(&mut *tx, order)
+            .await?;
         let Some((changed, _)) = &updated else {
             return Ok(None);
         };
@@ -327,10 +333,8 @@ impl StatusChange<'_> {
         tx: &mut shop_storage::Tx,
     ) -> Result<Option<(Order, String)>, StoreError> {
         query(concat!(
-            "WITH changed AS (\
-             UPDATE orders SET status = $1, updated_at = $2, version = version + 1, \
-             cancel_reason = COALESCE($3, cancel_reason) \
-             WHERE id = $4 AND status = $5 RETURNING ",
+            "WITH changed AS (",
+            change_status!(),
             order_columns!(),
             "), event AS (\
              INSERT INTO order_events (order_id, version, status, updated_at) \
