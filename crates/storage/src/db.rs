@@ -270,7 +270,15 @@ async fn open(
             };
         let writer = if options.group_commit {
             let connect = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
-            Some(PgWriter::new(connect, ACQUIRE_TIMEOUT).with_commit_delay(options.commit_delay))
+            let writer =
+                PgWriter::new(connect, ACQUIRE_TIMEOUT).with_commit_delay(options.commit_delay);
+            // On tokio-postgres wherever reads are pipelined (the same
+            // rule about TLS): a turn's savepoint then shares a round trip
+            // with its first statement.
+            Some(match &pipelined {
+                Some(pipelined) => writer.pipelined(pipelined.config()),
+                None => writer,
+            })
         } else {
             None
         };

@@ -15,9 +15,11 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
-    /// A read on a pipelined PostgreSQL connection failed (see `pg_read`).
+    /// A statement on a tokio-postgres connection failed: a pipelined
+    /// read (`pg_read`) or a statement of the group-commit writer
+    /// (`pg_group_commit`).
     #[error("database error: {0}")]
-    PgRead(#[source] tokio_postgres::Error),
+    Pg(#[source] tokio_postgres::Error),
     /// A SQLite statement run on the calling thread failed: a read outside
     /// a transaction (`sqlite_read`) or any statement of the writer
     /// (`group_commit`).
@@ -61,7 +63,7 @@ impl From<sqlx::Error> for StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> StoreError {
-        StoreError::PgRead(err)
+        StoreError::Pg(err)
     }
 }
 
@@ -83,14 +85,16 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
-            StoreError::PgRead(err) => {
+            StoreError::Pg(err) => {
                 err.is_closed()
                     || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
                     || err.code().is_some_and(|code| {
                         // Class 08 (connection exception), 57P01–57P03
-                        // (the server is shutting down or starting).
+                        // (the server is shutting down or starting), and
+                        // a deadlock or serialization failure, as below.
                         let code = code.code();
-                        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+                        code.starts_with("08")
+                            || matches!(code, "57P01" | "57P02" | "57P03" | "40P01" | "40001")
                     })
             }
             StoreError::Sqlite(err) => matches!(
@@ -127,6 +131,12 @@ impl StoreError {
             .then(|| message.strip_prefix("UNIQUE constraint failed: "))
             .flatten()
             .map(str::trim);
+        }
+        if let StoreError::Pg(err) = self {
+            let db = err.as_db_error()?;
+            return (*db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                .then(|| db.constraint())
+                .flatten();
         }
         let StoreError::Database(err) = self else {
             return None;

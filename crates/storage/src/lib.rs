@@ -63,6 +63,7 @@ pub use error::StoreError;
 pub use group_commit::{DEFAULT_COMMIT_DELAY, GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
 pub use id_list::{IDS_PER_STATEMENT, id_list_sql};
 pub use notices::{Notice, Notices};
+pub use pg_group_commit::APPLICATION_NAME as GROUP_COMMIT_APPLICATION_NAME;
 pub use pg_read::{
     APPLICATION_NAME as PIPELINED_APPLICATION_NAME, RECONNECT_EVERY as PIPELINED_RECONNECT_EVERY,
 };

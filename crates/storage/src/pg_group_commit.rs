@@ -19,13 +19,24 @@
 //! a batch keeps go out in one statement just before its `COMMIT`
 //! (`pg_notices`).
 //!
+//! Every caller of the process waits for this one connection, so its
+//! round trips are what a turn costs. Where reads are pipelined
+//! (`pg_read`, which decides when a connection without TLS is fine) the
+//! connection is a tokio-postgres one, and a turn's savepoint goes out
+//! with its first statement, both sent before either answer is read: one
+//! round trip for both instead of two (sqlx, used otherwise, sends nothing
+//! before it has the last answer). The savepoint's outcome is read right
+//! after the statement's; if it failed, so did the statement (PostgreSQL
+//! runs nothing in an aborted transaction).
+//!
 //! Unlike SQLite's, each step here waits for the network, so a caller
 //! could be cancelled halfway through one. Every step that others depend
 //! on (opening the batch and the savepoint, ending a turn, committing the
 //! batch) therefore runs in a task of its own that finishes whatever
 //! happens to the caller; a turn dropped mid-statement is rolled back to
 //! its savepoint by such a task (sqlx first reads what the interrupted
-//! statement left on the wire).
+//! statement left on the wire; a savepoint sent with that statement is
+//! settled first).
 //!
 //! A broken connection breaks the batch: every member that had released
 //! its savepoint into it hears the error, nothing of it is acknowledged,
@@ -36,12 +47,16 @@
 //! of the batch goes on.
 
 use std::{
-    sync::Arc,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    task::Poll,
     time::{Duration, Instant},
 };
 
+use futures_util::future::BoxFuture;
 use sqlx::{Connection as _, Executor as _, PgConnection, postgres::PgConnectOptions, raw_sql};
 use tokio::sync::{OwnedMutexGuard, oneshot};
+use tokio_postgres::Config;
 
 use crate::{
     StoreError,
@@ -49,8 +64,13 @@ use crate::{
         Batch, Counts, Done, GroupCommitStats, MAX_BATCH_AGE, batch_error, batch_outcome,
     },
     pg_notices::{self, Outgoing},
+    pg_read::{self, Connection},
     writer_queue::{Queue, Queued},
 };
+
+/// The `application_name` of the batching connection when it is a
+/// tokio-postgres one (unless the URL names one).
+pub const APPLICATION_NAME: &str = "shop-group-commit";
 
 /// The batching connection of a PostgreSQL database. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -58,6 +78,9 @@ pub(crate) struct PgWriter {
     queue: Queue<State>,
     counts: Arc<Counts>,
     options: Arc<PgConnectOptions>,
+    /// Where the connection is a tokio-postgres one, its configuration
+    /// ([`PgWriter::pipelined`]).
+    pipelined: Option<Arc<Config>>,
     acquire_timeout: Duration,
     /// The commit delay ([`PgWriter::with_commit_delay`]).
     commit_delay: Duration,
@@ -66,7 +89,7 @@ pub(crate) struct PgWriter {
 #[derive(Debug, Default)]
 pub(crate) struct State {
     /// None until the first turn, and after the connection broke.
-    conn: Option<PgConnection>,
+    conn: Option<Conn>,
     batch: Option<Batch>,
     /// The notices of the turns released into the open batch, sent just
     /// before its `COMMIT` (see `pg_notices`).
@@ -82,6 +105,17 @@ pub(crate) struct State {
     last_commit: Option<Instant>,
 }
 
+/// The batching connection. sqlx waits for each answer before it sends
+/// anything else, so a turn's savepoint and its first statement take a
+/// round trip each; tokio-postgres sends both before either answer is
+/// read, one round trip, which is most of a turn's time on this
+/// connection that every writer of the process waits for.
+#[derive(Debug)]
+enum Conn {
+    Sqlx(PgConnection),
+    Pipelined(Arc<Connection>),
+}
+
 #[derive(Debug)]
 struct Unreleased {
     done: Done,
@@ -90,16 +124,137 @@ struct Unreleased {
 
 type Guard = OwnedMutexGuard<State>;
 
+/// What opens a turn: its savepoint, after whatever else is due first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// The batch's `BEGIN`, then the savepoint.
+    Batch,
+    /// The savepoint, in the open batch.
+    Savepoint,
+    /// The last turn's `RELEASE` ([`State::unreleased`]), then the
+    /// savepoint.
+    AfterRelease,
+}
+
+impl Opening {
+    /// What the next turn on `state` sends first.
+    fn next(state: &State) -> Opening {
+        if state.unreleased.is_some() {
+            Opening::AfterRelease
+        } else if state.batch.is_none() {
+            Opening::Batch
+        } else {
+            Opening::Savepoint
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Opening::Batch => "BEGIN; SAVEPOINT turn",
+            Opening::Savepoint => "SAVEPOINT turn",
+            Opening::AfterRelease => "RELEASE turn; SAVEPOINT turn",
+        }
+    }
+}
+
+/// What became of a turn's [`Opening`].
+enum Opened {
+    /// The savepoint is in place.
+    Open(Guard),
+    /// The last turn could not be released and was undone instead (its
+    /// caller told so): nothing of this turn happened, and it opens again.
+    Again(Guard),
+    /// The batch broke (and everyone in it was told): nothing of this
+    /// turn happened.
+    Failed(Guard, StoreError),
+}
+
+/// Where a turn's savepoint is.
+enum Savepoint {
+    /// Not sent yet: it goes out with the turn's first statement (on a
+    /// tokio-postgres connection).
+    Pending(Opening),
+    /// Sent with a statement that has not been answered (or whose caller
+    /// went away): its outcome is still to be read.
+    InFlight(Opening, Sending),
+    /// In place.
+    Open,
+    /// Never made, as the batch broke: nothing of the turn to undo.
+    Gone,
+}
+
+/// A savepoint on its way. In a mutex only to be `Sync`, as a transaction
+/// must be (futures that hold one across an await are sent between
+/// threads); it is only ever reached through `&mut`, without locking.
+type Sending = std::sync::Mutex<BoxFuture<'static, Result<(), tokio_postgres::Error>>>;
+
+/// The outcome of `sending`, once it has arrived.
+async fn sent(sending: &mut Sending) -> Result<(), StoreError> {
+    let sending = sending.get_mut().unwrap_or_else(PoisonError::into_inner);
+    Ok(sending.as_mut().await?)
+}
+
+impl std::fmt::Debug for Savepoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Savepoint::Pending(opening) => f.debug_tuple("Pending").field(opening).finish(),
+            Savepoint::InFlight(opening, _) => f.debug_tuple("InFlight").field(opening).finish(),
+            Savepoint::Open => f.write_str("Open"),
+            Savepoint::Gone => f.write_str("Gone"),
+        }
+    }
+}
+
 /// One caller's turn on the batching connection: a savepoint inside the
 /// open batch.
 #[derive(Debug)]
 pub(crate) struct PgTurn {
     guard: Option<Guard>,
+    savepoint: Savepoint,
+    /// On a tokio-postgres connection (see [`Conn`]).
+    pipelined: bool,
     writer: PgWriter,
 }
 
-fn failed(context: &str, err: &sqlx::Error) -> Arc<str> {
+fn failed(context: &str, err: &StoreError) -> Arc<str> {
     format!("{context}: {err}").into()
+}
+
+impl Conn {
+    /// Runs `sql`, statements without parameters, in one round trip.
+    async fn simple(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        match self {
+            Conn::Sqlx(conn) => Ok(conn.execute(raw_sql(sql)).await.map(drop)?),
+            Conn::Pipelined(conn) => Ok(conn.client().batch_execute(sql).await?),
+        }
+    }
+
+    /// Sends `notices` (see `pg_notices`).
+    async fn notify<'a>(
+        &mut self,
+        notices: impl IntoIterator<Item = &'a Outgoing>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Conn::Sqlx(conn) => Ok(pg_notices::send(conn, notices).await?),
+            Conn::Pipelined(conn) => Ok(pg_notices::send_pipelined(conn, notices).await?),
+        }
+    }
+
+    /// Rolls back to the turn's savepoint and releases it. On sqlx, a
+    /// statement of the turn cut short (its caller went away) may have
+    /// left its answer on the wire, and sqlx reports an error among it on
+    /// the next statement: a database error is therefore tried once more.
+    /// tokio-postgres reads and drops such an answer itself.
+    async fn undo_turn(&mut self) -> Result<(), StoreError> {
+        const UNDO: &str = "ROLLBACK TO turn; RELEASE turn";
+        match self {
+            Conn::Sqlx(conn) => match conn.execute(raw_sql(UNDO)).await {
+                Err(sqlx::Error::Database(_)) => Ok(conn.execute(raw_sql(UNDO)).await.map(drop)?),
+                other => Ok(other.map(drop)?),
+            },
+            Conn::Pipelined(conn) => Ok(conn.client().batch_execute(UNDO).await?),
+        }
+    }
 }
 
 impl PgWriter {
@@ -109,9 +264,23 @@ impl PgWriter {
             queue: Queue::new(State::default(), acquire_timeout),
             counts: Arc::new(Counts::new("postgres")),
             options: Arc::new(options),
+            pipelined: None,
             acquire_timeout,
             commit_delay: Duration::ZERO,
         }
+    }
+
+    /// This writer on a tokio-postgres connection configured as `config`
+    /// (which the pipelined reads use: the same rule about TLS, see
+    /// `pg_read`) instead of sqlx's, so that each turn's savepoint goes out
+    /// with its first statement.
+    pub(crate) fn pipelined(mut self, config: &Config) -> PgWriter {
+        let mut config = config.clone();
+        if config.get_application_name() == Some(pg_read::APPLICATION_NAME) {
+            config.application_name(APPLICATION_NAME);
+        }
+        self.pipelined = Some(Arc::new(config));
+        self
     }
 
     /// This writer with a commit delay, as SQLite's has
@@ -137,9 +306,23 @@ impl PgWriter {
     }
 
     /// Waits for the connection (at most the acquire timeout: then the
-    /// database counts as unavailable) and opens a savepoint in the batch.
+    /// database counts as unavailable) and opens a savepoint in the batch
+    /// (on tokio-postgres, with the turn's first statement).
     pub(crate) async fn begin(&self) -> Result<PgTurn, StoreError> {
         let guard = Queue::acquire(self).await?;
+        if let Some(Conn::Pipelined(conn)) = &guard.conn
+            && !conn.client().is_closed()
+        {
+            // Nothing to send before the turn's first statement: the turn
+            // starts here, without a task to hand it over.
+            let opening = Opening::next(&guard);
+            return Ok(PgTurn {
+                guard: Some(guard),
+                savepoint: Savepoint::Pending(opening),
+                pipelined: true,
+                writer: self.clone(),
+            });
+        }
 
         // Opened in a task of its own, and handed over as a turn: if the
         // caller goes away meanwhile, the turn is dropped wherever it is
@@ -147,8 +330,10 @@ impl PgWriter {
         let (opened_tx, opened) = oneshot::channel();
         let writer = self.clone();
         tokio::spawn(async move {
-            let turn = writer.open(guard).await.map(|guard| PgTurn {
+            let turn = writer.open(guard).await.map(|(guard, savepoint)| PgTurn {
                 guard: Some(guard),
+                pipelined: matches!(savepoint, Savepoint::Pending(_)),
+                savepoint,
                 writer: writer.clone(),
             });
             let _ = opened_tx.send(turn);
@@ -159,56 +344,90 @@ impl PgWriter {
         }
     }
 
-    /// Connects if need be, opens the batch if none is open, then this
-    /// turn's savepoint (after releasing the last turn's, see
-    /// [`State::unreleased`]: one round trip for both).
-    async fn open(&self, mut guard: Guard) -> Result<Guard, StoreError> {
+    /// Connects if need be; on sqlx, then opens the turn's savepoint (see
+    /// [`Opening`]); on tokio-postgres, leaves it for the turn's first
+    /// statement.
+    async fn open(&self, mut guard: Guard) -> Result<(Guard, Savepoint), StoreError> {
+        let idle = guard.batch.is_none() && guard.unreleased.is_none();
+        if idle
+            && let Some(Conn::Pipelined(conn)) = &guard.conn
+            && conn.client().is_closed()
+        {
+            // Lost between batches (the server restarted, say): nothing
+            // is lost with it, so connect again rather than fail a turn.
+            guard.conn = None;
+        }
         if guard.conn.is_none() {
-            let connecting = PgConnection::connect_with(&self.options);
-            let conn = tokio::time::timeout(self.acquire_timeout, connecting)
+            let connected = tokio::time::timeout(self.acquire_timeout, self.connect())
                 .await
                 .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
-            guard.conn = Some(conn);
+            guard.conn = Some(connected);
         }
-        if guard.unreleased.is_some() {
-            let opened = guard
-                .conn_mut()
-                .execute(raw_sql("RELEASE turn; SAVEPOINT turn"))
-                .await;
-            if opened.is_ok() {
-                return Ok(self.joined(guard));
-            }
-            // The last turn could not be released: undo it, then open
-            // this one as if it had not been there.
-            if !self.settle_unreleased(&mut guard).await {
+        if matches!(guard.conn, Some(Conn::Pipelined(_))) {
+            let opening = Opening::next(&guard);
+            return Ok((guard, Savepoint::Pending(opening)));
+        }
+        match self.open_now(guard).await {
+            Opened::Open(guard) => Ok((guard, Savepoint::Open)),
+            Opened::Failed(guard, error) => {
                 self.let_go(guard).await;
-                return Err(batch_error("the batch failed".into()));
+                Err(error)
             }
+            Opened::Again(_) => unreachable!("open_now opens again itself"),
         }
-        let opening = guard.batch.is_none();
-        self.savepoint(guard, opening).await
     }
 
-    /// Opens the batch (`opening`) and this turn's savepoint.
-    async fn savepoint(&self, mut guard: Guard, opening: bool) -> Result<Guard, StoreError> {
-        let sql = if opening {
-            "BEGIN; SAVEPOINT turn"
-        } else {
-            "SAVEPOINT turn"
-        };
-        match guard.conn_mut().execute(raw_sql(sql)).await {
-            Ok(_) => Ok(self.joined(guard)),
-            Err(error) => {
-                let why = failed("opening a savepoint", &error);
-                self.break_batch(&mut guard, why).await;
-                if opening {
-                    // Whatever the connection's state, nothing is open now.
-                    guard.conn = None;
-                }
-                self.let_go(guard).await;
-                Err(error.into())
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        Ok(match &self.pipelined {
+            Some(config) => {
+                let after_loss = "the next transaction connects afresh";
+                Conn::Pipelined(Arc::new(Connection::open(config, after_loss).await?))
+            }
+            None => Conn::Sqlx(PgConnection::connect_with(&self.options).await?),
+        })
+    }
+
+    /// Opens the turn's savepoint in a round trip of its own (opening
+    /// again once if the last turn could not be released).
+    async fn open_now(&self, mut guard: Guard) -> Opened {
+        loop {
+            let opening = Opening::next(&guard);
+            let sent = guard.conn_mut().simple(opening.sql()).await;
+            match self.opened(guard, opening, sent).await {
+                Opened::Again(again) => guard = again,
+                done => return done,
             }
         }
+    }
+
+    /// What `sent`, the outcome of sending `opening`, makes of the turn:
+    /// it is counted into the batch (opening it), and the last turn,
+    /// released, among those waiting for its commit; or the last turn
+    /// could not be released, and is undone instead; or the batch broke.
+    async fn opened(
+        &self,
+        mut guard: Guard,
+        opening: Opening,
+        sent: Result<(), StoreError>,
+    ) -> Opened {
+        let error = match sent {
+            Ok(()) => return Opened::Open(self.joined(guard)),
+            Err(error) => error,
+        };
+        if opening == Opening::AfterRelease {
+            return if self.settle_unreleased(&mut guard).await {
+                Opened::Again(guard)
+            } else {
+                Opened::Failed(guard, batch_error("the batch failed".into()))
+            };
+        }
+        let why = failed("opening a savepoint", &error);
+        self.break_batch(&mut guard, why).await;
+        if opening == Opening::Batch {
+            // Whatever the connection's state, nothing is open now.
+            guard.conn = None;
+        }
+        Opened::Failed(guard, error)
     }
 
     /// Counts a turn whose savepoint is open into the batch (opening it),
@@ -239,8 +458,8 @@ impl PgWriter {
         let Some(Unreleased { done, .. }) = guard.unreleased.take() else {
             return true;
         };
-        match undo_turn(guard.conn_mut()).await {
-            Ok(_) => {
+        match guard.conn_mut().undo_turn().await {
+            Ok(()) => {
                 let _ = done.send(Err(
                     "a statement of the transaction failed before its commit".into(),
                 ));
@@ -254,17 +473,24 @@ impl PgWriter {
             }
         }
     }
-
     /// Lets go of the connection, first committing the open batch if it
     /// is due ([`Batch::due`]) and not lingering for its commit delay
     /// (then a task commits it when the delay is up).
-    async fn let_go(&self, mut guard: Guard) {
+    async fn let_go(&self, guard: Guard) {
+        if let Err(guard) = self.let_go_unless_due(guard) {
+            self.commit_batch(guard).await;
+        }
+    }
+
+    /// [`PgWriter::let_go`] without a round trip: hands the connection
+    /// back when the open batch is to commit now.
+    fn let_go_unless_due(&self, mut guard: Guard) -> Result<(), Guard> {
         let id = guard.opened;
         let Some(batch) = guard.batch.as_mut() else {
-            return;
+            return Ok(());
         };
         if !batch.due(self.queued()) {
-            return;
+            return Ok(());
         }
         if batch.lingers() {
             if !batch.commit_scheduled {
@@ -279,9 +505,9 @@ impl PgWriter {
                     }
                 });
             }
-            return;
+            return Ok(());
         }
-        self.commit_batch(guard).await;
+        Err(guard)
     }
 
     /// Commits the open batch (releasing the last turn in the same round
@@ -307,11 +533,8 @@ impl PgWriter {
                 .conn
                 .as_mut()
                 .expect("a turn holds an open connection");
-            let committed = match pg_notices::send(conn, notices).await {
-                Ok(()) => conn
-                    .execute(raw_sql("RELEASE turn; COMMIT"))
-                    .await
-                    .map(drop),
+            let committed = match conn.notify(notices).await {
+                Ok(()) => conn.simple("RELEASE turn; COMMIT").await,
                 Err(error) => Err(error),
             };
             match committed {
@@ -359,7 +582,7 @@ impl PgWriter {
             .conn
             .as_mut()
             .expect("a turn holds an open connection");
-        if !empty && let Err(error) = pg_notices::send(conn, &state.notices).await {
+        if !empty && let Err(error) = conn.notify(&state.notices).await {
             // The transaction may be aborted, and a `COMMIT` would then
             // roll it back without an error: close the connection instead,
             // which aborts it for certain.
@@ -367,8 +590,8 @@ impl PgWriter {
             return Err(failed("sending the batch's notices", &error));
         }
         let sql = if empty { "ROLLBACK" } else { "COMMIT" };
-        match conn.execute(raw_sql(sql)).await {
-            Ok(_) => Ok(()),
+        match conn.simple(sql).await {
+            Ok(()) => Ok(()),
             Err(error) => {
                 // Whether it committed is unknown to us: tell nobody it did,
                 // and start again on a fresh connection.
@@ -388,7 +611,7 @@ impl PgWriter {
         };
         tracing::error!(error = %why, members = batch.members, "group commit: batch failed");
         if let Some(conn) = state.conn.as_mut()
-            && conn.execute(raw_sql("ROLLBACK")).await.is_err()
+            && conn.simple("ROLLBACK").await.is_err()
         {
             state.conn = None;
         }
@@ -404,17 +627,49 @@ impl PgWriter {
     /// go out with the batch if the turn's writes do.
     async fn finish(
         &self,
-        mut guard: Guard,
+        guard: Guard,
+        savepoint: Savepoint,
         keep: bool,
         done: Option<Done>,
         notices: Vec<Outgoing>,
     ) {
+        let opened = match savepoint {
+            Savepoint::Open => Opened::Open(guard),
+            // A statement cut short: learn whether its savepoint was made.
+            Savepoint::InFlight(opening, mut sending) => {
+                let sent = sent(&mut sending).await;
+                self.opened(guard, opening, sent).await
+            }
+            // No statement ran: a turn that keeps nothing has nothing to
+            // undo or wait for; one that keeps (its notices) joins now.
+            Savepoint::Pending(_) if !keep || done.is_none() => {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+                self.let_go(guard).await;
+                return;
+            }
+            Savepoint::Pending(_) => self.open_now(guard).await,
+            Savepoint::Gone => Opened::Failed(guard, batch_error("the batch failed".into())),
+        };
+        let mut guard = match opened {
+            Opened::Open(guard) => guard,
+            Opened::Again(guard) | Opened::Failed(guard, _) => {
+                // Nothing of the turn happened (its statement, if any,
+                // failed with it), and the batch has heard why.
+                if let Some(done) = done {
+                    let _ = done.send(Err("the transaction failed before its commit".into()));
+                }
+                self.let_go(guard).await;
+                return;
+            }
+        };
         if keep && let Some(done) = done {
             guard.unreleased = Some(Unreleased { done, notices });
             self.let_go(guard).await;
             return;
         }
-        if let Err(error) = undo_turn(guard.conn_mut()).await {
+        if let Err(error) = guard.conn_mut().undo_turn().await {
             let why = failed("ending a savepoint", &error);
             if let Some(done) = done {
                 let _ = done.send(Err(Arc::clone(&why)));
@@ -435,18 +690,6 @@ impl PgWriter {
     }
 }
 
-/// Rolls back to the turn's savepoint and releases it. A statement of the
-/// turn cut short (its caller went away) may have left its answer on the
-/// wire, and sqlx reports an error among it on the next statement: a
-/// database error is therefore tried once more.
-async fn undo_turn(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    const UNDO: &str = "ROLLBACK TO turn; RELEASE turn";
-    match conn.execute(raw_sql(UNDO)).await {
-        Err(sqlx::Error::Database(_)) => conn.execute(raw_sql(UNDO)).await.map(drop),
-        other => other.map(drop),
-    }
-}
-
 impl Queued for PgWriter {
     type State = State;
 
@@ -460,18 +703,163 @@ impl Queued for PgWriter {
 }
 
 impl State {
-    fn conn_mut(&mut self) -> &mut PgConnection {
+    fn conn_mut(&mut self) -> &mut Conn {
         self.conn.as_mut().expect("a turn holds an open connection")
     }
 }
 
 impl PgTurn {
-    /// The connection, for this turn's statements.
-    pub(crate) fn conn(&mut self) -> &mut PgConnection {
-        self.guard
-            .as_mut()
-            .expect("a turn holds the connection until it ends")
-            .conn_mut()
+    /// The sqlx connection, for this turn's statements; `None` on a
+    /// tokio-postgres connection, whose statements go through
+    /// [`PgTurn::query`] and [`PgTurn::execute`].
+    pub(crate) fn sqlx_conn(&mut self) -> Option<&mut PgConnection> {
+        match self.guard.as_mut()?.conn.as_mut()? {
+            Conn::Sqlx(conn) => Some(conn),
+            Conn::Pipelined(_) => None,
+        }
+    }
+
+    /// True when this turn's statements run on tokio-postgres.
+    pub(crate) fn is_pipelined(&self) -> bool {
+        self.pipelined
+    }
+
+    /// The rows of the statement `sql` with `args` (tokio-postgres).
+    pub(crate) async fn query(
+        &mut self,
+        sql: &'static str,
+        args: &[crate::Value],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.statement(|conn| async move { conn.query(sql, args).await })
+            .await
+    }
+
+    /// Runs the statement `sql` with `args` (tokio-postgres); how many
+    /// rows it changed.
+    pub(crate) async fn execute(
+        &mut self,
+        sql: &'static str,
+        args: &[crate::Value],
+    ) -> Result<u64, StoreError> {
+        self.statement(|conn| async move { conn.execute(sql, args).await })
+            .await
+    }
+
+    /// Runs a statement (`run`) on the tokio-postgres connection; the
+    /// turn's first sends the savepoint ahead of it, so that both go out
+    /// before either answer is read.
+    async fn statement<T, F, Fut>(&mut self, run: F) -> Result<T, StoreError>
+    where
+        F: Fn(Arc<Connection>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        loop {
+            // A statement of this turn cut short left it in flight.
+            if matches!(self.savepoint, Savepoint::InFlight(..)) {
+                self.settle().await?;
+            }
+            let conn = self.pipelined_conn()?;
+            let opening = match self.savepoint {
+                Savepoint::Open => return Ok(run(conn).await?),
+                Savepoint::Pending(opening) => opening,
+                Savepoint::Gone | Savepoint::InFlight(..) => {
+                    return Err(batch_error("the transaction failed".into()));
+                }
+            };
+            let mut sending: BoxFuture<'static, Result<(), tokio_postgres::Error>> = Box::pin({
+                let conn = Arc::clone(&conn);
+                async move { conn.client().batch_execute(opening.sql()).await }
+            });
+            // Its first poll queues the savepoint on the connection, ahead
+            // of the statement.
+            if let Poll::Ready(sent) = futures_util::poll!(sending.as_mut()) {
+                sending = Box::pin(std::future::ready(sent));
+            }
+            self.savepoint = Savepoint::InFlight(opening, Mutex::new(sending));
+            let ran = run(conn).await;
+            let settled = self.settle().await;
+            if ran.is_ok() && !matches!(settled, Ok(true)) {
+                // The savepoint failed but the statement ran, which
+                // PostgreSQL does not do in an aborted transaction: the
+                // connection is not where the batch thinks it is. Closing
+                // it undoes whatever it had open.
+                self.savepoint = Savepoint::Gone;
+                if let Some(guard) = self.guard.as_mut() {
+                    let why: Arc<str> = "a statement ran without its savepoint".into();
+                    self.writer.break_batch(guard, why).await;
+                    guard.conn = None;
+                }
+                return Err(batch_error("the transaction failed".into()));
+            }
+            match settled {
+                Ok(true) => return Ok(ran?),
+                // The last turn was undone instead of released; this
+                // statement failed with it (the transaction was aborted)
+                // and runs again.
+                Ok(false) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Reads the outcome of the savepoint in flight: true when it is in
+    /// place, false when the turn is to open again (see
+    /// [`Opened::Again`]). On failure the batch has broken.
+    async fn settle(&mut self) -> Result<bool, StoreError> {
+        let Savepoint::InFlight(opening, sending) = &mut self.savepoint else {
+            return Ok(true);
+        };
+        let opening = *opening;
+        let sent = sent(sending).await;
+        let guard = self
+            .guard
+            .take()
+            .expect("a turn holds the connection until it ends");
+        if sent.is_ok() {
+            // Bookkeeping only: no await between taking the guard and
+            // giving it back, so the caller going away cannot lose it.
+            self.guard = Some(self.writer.joined(guard));
+            self.savepoint = Savepoint::Open;
+            return Ok(true);
+        }
+        self.savepoint = Savepoint::Gone;
+        // Undoing the last turn or breaking the batch takes round trips
+        // that must finish whatever happens to this caller: a task of its
+        // own does them and hands the connection back, or, if the caller
+        // went away meanwhile, ends the turn itself.
+        let (back_tx, back) = oneshot::channel();
+        let writer = self.writer.clone();
+        tokio::spawn(async move {
+            let opened = writer.opened(guard, opening, sent).await;
+            if let Err(Opened::Open(guard) | Opened::Again(guard) | Opened::Failed(guard, _)) =
+                back_tx.send(opened)
+            {
+                writer.let_go(guard).await;
+            }
+        });
+        match back.await {
+            Ok(Opened::Again(guard)) => {
+                self.savepoint = Savepoint::Pending(Opening::next(&guard));
+                self.guard = Some(guard);
+                Ok(false)
+            }
+            Ok(Opened::Failed(guard, error)) => {
+                self.guard = Some(guard);
+                Err(error)
+            }
+            Ok(Opened::Open(guard)) => {
+                self.guard = Some(guard);
+                Err(batch_error("the savepoint failed".into()))
+            }
+            Err(_) => Err(batch_error("opening a turn was interrupted".into())),
+        }
+    }
+
+    fn pipelined_conn(&self) -> Result<Arc<Connection>, StoreError> {
+        match self.guard.as_ref().and_then(|guard| guard.conn.as_ref()) {
+            Some(Conn::Pipelined(conn)) => Ok(Arc::clone(conn)),
+            _ => Err(batch_error("the connection was lost".into())),
+        }
     }
 
     /// Makes this turn's writes (and `notices`, sent with the batch's
@@ -492,10 +880,31 @@ impl PgTurn {
     /// meanwhile cannot cut short the batch of others) and waits for the
     /// batch's outcome.
     async fn end(mut self, keep: bool, notices: Vec<Outgoing>) -> Result<(), StoreError> {
-        let guard = self.guard.take().expect("a turn ends once");
+        let Some(mut guard) = self.guard.take() else {
+            // It let go of the connection when its savepoint failed.
+            return Err(batch_error("the transaction failed".into()));
+        };
+        if keep && matches!(self.savepoint, Savepoint::Open) {
+            // Keeping the writes is bookkeeping (the release goes out
+            // with the next round trip, see `State::unreleased`): done
+            // here, so that the next caller has the connection at once,
+            // unless the batch is to commit now.
+            let (done, outcome) = oneshot::channel();
+            guard.unreleased = Some(Unreleased { done, notices });
+            if let Err(guard) = self.writer.let_go_unless_due(guard) {
+                let writer = self.writer.clone();
+                tokio::spawn(async move { writer.commit_batch(guard).await });
+            }
+            return batch_outcome(outcome).await;
+        }
+        let savepoint = std::mem::replace(&mut self.savepoint, Savepoint::Gone);
         let (done, outcome) = oneshot::channel();
         let writer = self.writer.clone();
-        tokio::spawn(async move { writer.finish(guard, keep, Some(done), notices).await });
+        tokio::spawn(async move {
+            writer
+                .finish(guard, savepoint, keep, Some(done), notices)
+                .await
+        });
         batch_outcome(outcome).await
     }
 }
@@ -512,7 +921,12 @@ impl Drop for PgTurn {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let writer = self.writer.clone();
-                runtime.spawn(async move { writer.finish(guard, false, None, Vec::new()).await });
+                let savepoint = std::mem::replace(&mut self.savepoint, Savepoint::Gone);
+                runtime.spawn(async move {
+                    writer
+                        .finish(guard, savepoint, false, None, Vec::new())
+                        .await
+                });
             }
             Err(_) => {
                 guard.conn = None;

@@ -70,8 +70,9 @@ struct Slot {
     last_attempt: Mutex<Option<Instant>>,
 }
 
+/// One tokio-postgres connection and the statements it has prepared.
 #[derive(Debug)]
-struct Connection {
+pub(crate) struct Connection {
     client: Client,
     /// Prepared statements by query text and parameter types.
     statements: Mutex<HashMap<(&'static str, Vec<Type>), Statement>>,
@@ -90,20 +91,10 @@ impl Pipelined {
         if count == 0 {
             return Ok(Err("DATABASE_PIPELINE_CONNECTIONS is 0"));
         }
-        let Ok(mut config) = Config::from_str(url) else {
-            return Ok(Err(
-                "the URL has options tokio-postgres does not read (reads use the pool)",
-            ));
+        let config = match config_without_tls(url, connect_timeout) {
+            Ok(config) => config,
+            Err(why) => return Ok(Err(why)),
         };
-        if !without_tls_is_fine(&config) {
-            return Ok(Err(
-                "the server is not on this host and sslmode is not disable: reads use the pool, which negotiates TLS",
-            ));
-        }
-        config.connect_timeout(connect_timeout);
-        if config.get_application_name().is_none() {
-            config.application_name(APPLICATION_NAME);
-        }
         let pipelined = Pipelined {
             config,
             slots: (0..count).map(|_| Slot::default()).collect(),
@@ -116,22 +107,18 @@ impl Pipelined {
         Ok(Ok(pipelined))
     }
 
+    /// The configuration these connections are opened with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// How many connections this keeps.
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "pipelined PostgreSQL connection ended; reads use the pool until it is replaced");
-            }
-        });
-        Ok(Connection {
-            client,
-            statements: Mutex::default(),
-        })
+        Connection::open(&self.config, "reads use the pool until it is replaced").await
     }
 
     /// The next live connection in turn; `None` when it is broken (the
@@ -195,26 +182,66 @@ impl Pipelined {
 }
 
 impl Connection {
-    async fn query(
+    /// Connects as `config` says; `after_loss` says in the log what
+    /// happens once the connection ends.
+    pub(crate) async fn open(
+        config: &Config,
+        after_loss: &'static str,
+    ) -> Result<Connection, tokio_postgres::Error> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended; {after_loss}");
+            }
+        });
+        Ok(Connection {
+            client,
+            statements: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The rows of `sql` with `args`.
+    pub(crate) async fn query(
         &self,
         sql: &'static str,
         args: &[Value],
     ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
         let statement = self.statement(sql, args).await?;
-        let params: Vec<&(dyn ToSql + Sync)> =
-            args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client.query(&statement, &params).await
+        self.client.query(&statement, &params(args)).await
     }
 
-    /// The prepared statement for `sql` with the types of `args`, prepared
-    /// now if this connection has not yet. The number of texts is bounded
-    /// by the code (every query text is a literal).
+    /// Runs `sql` with `args`; how many rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &'static str,
+        args: &[Value],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.statement(sql, args).await?;
+        self.client.execute(&statement, &params(args)).await
+    }
+
+    /// The prepared statement for `sql` with the types of `args`.
     async fn statement(
         &self,
         sql: &'static str,
         args: &[Value],
     ) -> Result<Statement, tokio_postgres::Error> {
         let types: Vec<Type> = args.iter().map(Value::pg_type).collect();
+        self.prepared(sql, types).await
+    }
+
+    /// The prepared statement for `sql` with parameters of `types`,
+    /// prepared now if this connection has not yet. The number of texts is
+    /// bounded by the code (every query text is a literal).
+    pub(crate) async fn prepared(
+        &self,
+        sql: &'static str,
+        types: Vec<Type>,
+    ) -> Result<Statement, tokio_postgres::Error> {
         let key = (sql, types);
         if let Some(statement) = lock(&self.statements).get(&key) {
             return Ok(statement.clone());
@@ -223,6 +250,32 @@ impl Connection {
         lock(&self.statements).insert(key, statement.clone());
         Ok(statement)
     }
+}
+
+fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// The configuration of a connection to `url` without TLS, or why there is
+/// none: a URL tokio-postgres does not read, or a server TLS might protect
+/// (see the module doc).
+pub(crate) fn config_without_tls(
+    url: &str,
+    connect_timeout: Duration,
+) -> Result<Config, &'static str> {
+    let Ok(mut config) = Config::from_str(url) else {
+        return Err("the URL has options tokio-postgres does not read (reads use the pool)");
+    };
+    if !without_tls_is_fine(&config) {
+        return Err(
+            "the server is not on this host and sslmode is not disable: reads use the pool, which negotiates TLS",
+        );
+    }
+    config.connect_timeout(connect_timeout);
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    Ok(config)
 }
 
 /// True when a connection without TLS is no weaker than what the pool

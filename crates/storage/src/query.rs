@@ -77,6 +77,18 @@ enum Target<'a> {
 }
 
 impl<'a> On<'a> {
+    /// The group-commit turn this runs in when its statements go through
+    /// tokio-postgres (`pg_group_commit`), not sqlx.
+    fn pipelined_turn(&mut self) -> Option<&mut PgTurn> {
+        match self {
+            On::Tx(tx) => match &mut tx.inner {
+                TxInner::PgBatched(turn) if turn.is_pipelined() => Some(turn),
+                _ => None,
+            },
+            On::Db(_) => None,
+        }
+    }
+
     fn target(self) -> Target<'a> {
         match self {
             On::Db(db) => match &db.pool {
@@ -85,7 +97,10 @@ impl<'a> On<'a> {
             },
             On::Tx(tx) => match &mut tx.inner {
                 TxInner::Postgres(t) => Target::PgTx(t),
-                TxInner::PgBatched(turn) => Target::PgTx(turn.conn()),
+                TxInner::PgBatched(turn) => Target::PgTx(
+                    turn.sqlx_conn()
+                        .expect("a turn on tokio-postgres runs its statements itself"),
+                ),
                 TxInner::Sqlite(turn) => Target::LiteTx(turn),
             },
         }
@@ -213,7 +228,10 @@ impl Query {
 
     /// Runs the query; how many rows it changed.
     pub async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, StoreError> {
-        let on = on.into();
+        let mut on = on.into();
+        if let Some(turn) = on.pipelined_turn() {
+            return turn.execute(self.sql, &self.args).await;
+        }
         if let Some(readers) = self.sqlite_readers(&on) {
             return readers.with(|conn| sqlite_read::execute(conn, self.sql, &self.args));
         }
@@ -234,7 +252,11 @@ impl Query {
         on: impl Into<On<'a>>,
         read: impl FnOnce(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        let on = on.into();
+        let mut on = on.into();
+        if let Some(turn) = on.pipelined_turn() {
+            let rows = turn.query(self.sql, &self.args).await?;
+            return rows.first().map(|r| read(Row::PgPipelined(r))).transpose();
+        }
         if let Some(readers) = self.sqlite_readers(&on) {
             return readers.with(|conn| lite_first(conn, &self, read));
         }
@@ -269,7 +291,11 @@ impl Query {
         on: impl Into<On<'a>>,
         mut read: impl FnMut(Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let on = on.into();
+        let mut on = on.into();
+        if let Some(turn) = on.pipelined_turn() {
+            let rows = turn.query(self.sql, &self.args).await?;
+            return rows.iter().map(|r| read(Row::PgPipelined(r))).collect();
+        }
         if let Some(readers) = self.sqlite_readers(&on) {
             return readers.with(|conn| lite_all(conn, &self, read));
         }

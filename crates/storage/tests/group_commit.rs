@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use shop_storage::{Db, Migrations, StoreError, Tx, query};
+use shop_storage::{ConnectOptions, Db, Migrations, StoreError, Tx, query};
 use shop_testkit::Backend;
 use uuid::Uuid;
 
@@ -26,6 +26,22 @@ async fn open(backend: Backend) -> (Db, tempfile::TempDir) {
 
 async fn sqlite() -> (Db, tempfile::TempDir) {
     open(Backend::Sqlite).await
+}
+
+/// A fresh PostgreSQL database whose group commit runs on a sqlx
+/// connection: with pipelining off (or a server TLS might protect),
+/// rather than on tokio-postgres.
+async fn sqlx_writer() -> (Db, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Postgres.database_url("group", dir.path()).await;
+    let options = ConnectOptions {
+        pipeline_connections: 0,
+        ..ConnectOptions::new(4, None)
+    };
+    let db = shop_storage::connect_with(&url, options, &MIGRATIONS)
+        .await
+        .unwrap();
+    (db, dir)
 }
 
 async fn insert(tx: &mut Tx, name: &str) -> Result<u64, StoreError> {
@@ -92,8 +108,9 @@ async fn transactions_queued_behind_a_commit_share_one(backend: Backend) {
     );
 }
 
-async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(backend: Backend) {
-    let (db, _dir) = open(backend).await;
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(
+    (db, _dir): (Db, tempfile::TempDir),
+) {
     let mut existing = db.begin().await.unwrap();
     insert(&mut existing, "taken").await.unwrap();
     existing.commit().await.unwrap();
@@ -245,8 +262,9 @@ async fn a_commit_returns_only_once_the_batch_holding_it_is_committed(backend: B
     assert_eq!(names(&db).await, ["first", "slow"]);
 }
 
-async fn callers_cancelled_at_any_point_never_stall_the_writer(backend: Backend) {
-    let (db, _dir) = open(backend).await;
+async fn callers_cancelled_at_any_point_never_stall_the_writer(
+    (db, _dir): (Db, tempfile::TempDir),
+) {
     for round in 0..40 {
         let mut holder = db.begin().await.unwrap();
         insert(&mut holder, &format!("held-{round:02}"))
@@ -305,12 +323,21 @@ async fn transactions_queued_behind_a_commit_share_one_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it_on_sqlite() {
-    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(Backend::Sqlite).await;
+    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(sqlite().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it_on_postgres() {
-    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(Backend::Postgres).await;
+    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(
+        open(Backend::Postgres).await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it_on_postgres_through_sqlx()
+ {
+    a_failed_or_abandoned_transaction_takes_nothing_of_its_batch_with_it(sqlx_writer().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,12 +362,17 @@ async fn a_commit_returns_only_once_the_batch_holding_it_is_committed_on_postgre
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_cancelled_at_any_point_never_stall_the_writer_on_sqlite() {
-    callers_cancelled_at_any_point_never_stall_the_writer(Backend::Sqlite).await;
+    callers_cancelled_at_any_point_never_stall_the_writer(sqlite().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_cancelled_at_any_point_never_stall_the_writer_on_postgres() {
-    callers_cancelled_at_any_point_never_stall_the_writer(Backend::Postgres).await;
+    callers_cancelled_at_any_point_never_stall_the_writer(open(Backend::Postgres).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cancelled_at_any_point_never_stall_the_writer_on_postgres_through_sqlx() {
+    callers_cancelled_at_any_point_never_stall_the_writer(sqlx_writer().await).await;
 }
 
 /// The server pid of the group-commit connection (asked inside a
@@ -355,9 +387,30 @@ async fn writer_pid(db: &Db) -> i32 {
     pid
 }
 
+/// The `application_name` of the group-commit connection.
+async fn writer_application(db: &Db) -> String {
+    query("SELECT application_name FROM pg_stat_activity WHERE pid = $1")
+        .bind(writer_pid(db).await)
+        .fetch_one(db, |row| row.get("application_name"))
+        .await
+        .unwrap()
+}
+
+/// Where reads are pipelined the group commit runs on tokio-postgres too
+/// (a turn's savepoint goes out with its first statement); with
+/// pipelining off it stays on sqlx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_connection_fails_its_batch_and_is_replaced_on_postgres() {
-    let (db, _dir) = open(Backend::Postgres).await;
+async fn the_group_commit_connection_follows_pipelining_on_postgres() {
+    let (pipelined, _dir) = open(Backend::Postgres).await;
+    assert_eq!(
+        writer_application(&pipelined).await,
+        shop_storage::GROUP_COMMIT_APPLICATION_NAME
+    );
+    let (sqlx, _dir) = sqlx_writer().await;
+    assert_eq!(writer_application(&sqlx).await, "");
+}
+
+async fn a_broken_connection_fails_its_batch_and_is_replaced((db, _dir): (Db, tempfile::TempDir)) {
     let before = writer_pid(&db).await;
     let terminated: bool = query("SELECT pg_terminate_backend($1) AS done")
         .bind(before)
@@ -389,12 +442,22 @@ async fn a_broken_connection_fails_its_batch_and_is_replaced_on_postgres() {
     assert_eq!(names(&db).await.len(), 1, "exactly the one that succeeded");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_fails_its_batch_and_is_replaced_on_postgres() {
+    a_broken_connection_fails_its_batch_and_is_replaced(open(Backend::Postgres).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_connection_fails_its_batch_and_is_replaced_on_postgres_through_sqlx() {
+    a_broken_connection_fails_its_batch_and_is_replaced(sqlx_writer().await).await;
+}
+
 /// A PostgreSQL transaction whose statement failed is aborted: committing
 /// it anyway must fail it, and it alone, whether the next thing on the
 /// connection is another transaction or the batch's commit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_postgres() {
-    let (db, _dir) = open(Backend::Postgres).await;
+async fn committing_after_a_failed_statement_fails_that_transaction_alone(
+    (db, _dir): (Db, tempfile::TempDir),
+) {
     let mut existing = db.begin().await.unwrap();
     insert(&mut existing, "taken").await.unwrap();
     existing.commit().await.unwrap();
@@ -438,6 +501,18 @@ async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_pos
         names(&db).await,
         ["holder-false", "holder-true", "next", "taken"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_postgres() {
+    committing_after_a_failed_statement_fails_that_transaction_alone(open(Backend::Postgres).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_after_a_failed_statement_fails_that_transaction_alone_on_postgres_through_sqlx()
+{
+    committing_after_a_failed_statement_fails_that_transaction_alone(sqlx_writer().await).await;
 }
 
 /// Sets `name`'s quantity inside `tx` (taking the row's lock until the
