@@ -264,7 +264,7 @@ async fn open(
                     Some(Arc::new(pipelined))
                 }
                 Err(why) => {
-                    tracing::info!("PostgreSQL reads not pipelined: {why}");
+                    tracing::info!("PostgreSQL reads and group commit not pipelined: {why}");
                     None
                 }
             };

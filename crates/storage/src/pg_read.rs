@@ -16,7 +16,9 @@
 //!   and keeps the statement, as sqlx's statement cache does;
 //! - each statement is its own read transaction, as on the pool: it sees
 //!   every commit that returned before it was sent;
-//! - transactions, writes and streams stay on the sqlx pool;
+//! - writes outside a transaction and streams stay on the sqlx pool, and
+//!   so do transactions without group commit (with it, they run on one
+//!   connection of this kind, see `pg_group_commit`);
 //! - a connection that breaks is replaced in the background, at most one
 //!   attempt per [`RECONNECT_EVERY`]; until then its reads take the pool,
 //!   so an outage behaves exactly as it does without pipelining;
