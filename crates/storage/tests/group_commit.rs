@@ -387,6 +387,66 @@ async fn writer_pid(db: &Db) -> i32 {
     pid
 }
 
+/// Inserts `name` inside `tx` with a statement that takes 200 ms, and
+/// gives up waiting for it after 20: the statement (and, as the turn's
+/// first, its savepoint) is on the wire, its answer unread.
+async fn insert_cut_short(tx: &mut Tx, name: &str) {
+    let slow = query(
+        "INSERT INTO things (id, name, quantity, created_at) \
+         SELECT $1, $2, 1, $3 FROM pg_sleep(0.2)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(Utc::now())
+    .execute(tx);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), slow)
+            .await
+            .is_err(),
+        "the insert was still running"
+    );
+}
+
+/// A turn's first statement goes out with its savepoint (tokio-postgres),
+/// and its caller may stop waiting for it: the turn then goes on from
+/// there (its savepoint's outcome read first) and what it commits is kept,
+/// or, dropped, it is rolled back to that savepoint, the statement cut
+/// short included. The rest of its batch is kept either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_statement_cut_short_leaves_its_turn_and_batch_whole_on_postgres() {
+    let (db, _dir) = open(Backend::Postgres).await;
+    for keep_going in [true, false] {
+        let mut holder = db.begin().await.unwrap();
+        insert(&mut holder, &format!("holder-{keep_going}"))
+            .await
+            .unwrap();
+        let cut = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await?;
+                insert_cut_short(&mut tx, &format!("cut-{keep_going}")).await;
+                if !keep_going {
+                    drop(tx);
+                    return Ok(());
+                }
+                insert(&mut tx, "after-the-cut").await?;
+                tx.commit().await
+            }
+        });
+        until_queued(&db, 1).await;
+        let outcomes = tokio::time::timeout(Duration::from_secs(10), async {
+            (holder.commit().await, cut.await.unwrap())
+        });
+        let (held, cut) = outcomes.await.expect("both were answered");
+        held.unwrap();
+        cut.unwrap();
+    }
+    assert_eq!(
+        names(&db).await,
+        ["after-the-cut", "cut-true", "holder-false", "holder-true"]
+    );
+}
+
 /// The `application_name` of the group-commit connection.
 async fn writer_application(db: &Db) -> String {
     query("SELECT application_name FROM pg_stat_activity WHERE pid = $1")
