@@ -1,11 +1,12 @@
 //! The order-service store: one SQL text for SQLite and PostgreSQL (see
-//! `shop-storage` for what differs between them and where that is
-//! handled), except placing an order and changing its status, which
-//! PostgreSQL does in one statement where SQLite takes one per row (see
-//! `insert_order_in_one_statement`, `StatusChange`). Its change feed is `shop-storage`'s notices: each status
-//! change notifies in its own transaction, so the notice reaches every
-//! replica sharing a PostgreSQL database (or every watcher of the one
-//! process on SQLite) when, and only if, it commits.
+//! `shop-storage` for what differs between them and where that is handled),
+//! except placing an order and changing its status, which PostgreSQL does
+//! in one statement where SQLite takes one per row (see
+//! `insert_order_in_one_statement`, `StatusChange`). Its change feed is
+//! `shop-storage`'s notices: each status change notifies in its own
+//! transaction, so the notice reaches every replica sharing a PostgreSQL
+//! database (or every watcher of the one process on SQLite) when, and only
+//! if, it commits.
 
 use std::sync::{LazyLock, OnceLock};
 
