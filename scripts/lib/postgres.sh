@@ -3,9 +3,14 @@
 # as root the cluster runs as `nobody`. When its binaries are missing and
 # this runs as root with apt-get, they are installed from Debian packages.
 #
-#   start_pg [durable]   starts a cluster on a free port and sets PG_URL;
+#   start_pg [durable] [tls]
+#                        starts a cluster on a free port and sets PG_URL;
 #                        without `durable`, fsync and synchronous commit are
-#                        off (tests); with it, PostgreSQL's defaults (bench)
+#                        off (tests); with it, PostgreSQL's defaults (bench).
+#                        With `tls` the server offers TLS with a certificate
+#                        for 127.0.0.1 and localhost from scripts/gen-certs.sh
+#                        (needs openssl), whose CA it names in PG_CA; a URL
+#                        without sslmode (prefer) then uses TLS.
 #   stop_pg              stops it and removes its directory (call on EXIT)
 #   free_port            prints a free port below the ephemeral range
 
@@ -72,10 +77,22 @@ start_pg() {
     as_pg_user "$pg_bin/initdb" -D "$pg_dir/data" -U postgres --auth=trust -E UTF8 --no-locale \
         >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log" >&2; return 1; }
     local options="-p $port -k $pg_dir -c listen_addresses=127.0.0.1 -c max_connections=300"
-    if [[ "${1:-}" != durable ]]; then
+    if [[ " $* " != *" durable "* ]]; then
         # Durability off: this cluster lives for one test run.
         options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     fi
+    PG_CA=""
+    if [[ " $* " == *" tls "* ]]; then
+        local certs="$pg_dir/certs"
+        bash "$(dirname "${BASH_SOURCE[0]}")/../gen-certs.sh" "$certs" postgres >/dev/null || return 1
+        chmod 755 "$certs"
+        chmod 644 "$certs/ca.pem" "$certs/postgres.pem"
+        # The server refuses a key others can read; it must own it (or root).
+        if [[ "$(id -u)" == 0 ]]; then chown nobody "$certs/postgres-key.pem"; fi
+        options+=" -c ssl=on -c ssl_cert_file=$certs/postgres.pem -c ssl_key_file=$certs/postgres-key.pem"
+        PG_CA="$certs/ca.pem"
+    fi
+    export PG_CA
     as_pg_user "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
         -o "$options" start >/dev/null || { cat "$pg_dir/server.log" >&2; return 1; }
     PG_URL="postgres://postgres@127.0.0.1:$port/postgres"

@@ -43,11 +43,11 @@ pub struct ServiceArgs {
 
     /// PostgreSQL: connections shared by every read outside a transaction,
     /// the queries of concurrent calls pipelined on them (0: each read
-    /// takes a pooled connection). Default: one per CPU. These connections
-    /// do not use TLS, so they are only opened for a server on this host or
-    /// a URL with `sslmode=disable`; otherwise reads take the pool. Where
-    /// they are opened, the group-commit connection is a pipelined one too
-    /// (a transaction's savepoint goes out with its first statement).
+    /// takes a pooled connection). Default: one per CPU. They negotiate TLS
+    /// as the pool does (the URL's `sslmode`, `sslrootcert`, `sslcert`,
+    /// `sslkey`). Where they are opened, the group-commit connection is a
+    /// pipelined one too (a transaction's savepoint goes out with its first
+    /// statement).
     #[arg(long, env = "DATABASE_PIPELINE_CONNECTIONS")]
     pub database_pipeline_connections: Option<u32>,
 

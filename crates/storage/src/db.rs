@@ -272,11 +272,10 @@ async fn open(
             let connect = PgConnectOptions::from_str(url).map_err(StoreError::Database)?;
             let writer =
                 PgWriter::new(connect, ACQUIRE_TIMEOUT).with_commit_delay(options.commit_delay);
-            // On tokio-postgres wherever reads are pipelined (the same
-            // rule about TLS): a turn's savepoint then shares a round trip
-            // with its first statement.
+            // On tokio-postgres wherever reads are pipelined: a turn's
+            // savepoint then shares a round trip with its first statement.
             Some(match &pipelined {
-                Some(pipelined) => writer.pipelined(pipelined.config()),
+                Some(pipelined) => writer.pipelined(pipelined.target()),
                 None => writer,
             })
         } else {

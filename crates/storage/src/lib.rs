@@ -51,6 +51,7 @@ mod notices;
 mod pg_group_commit;
 mod pg_notices;
 mod pg_read;
+mod pg_tls;
 mod query;
 mod row;
 mod sqlite_read;

@@ -21,11 +21,11 @@
 //!
 //! Every caller of the process waits for this one connection, so its
 //! round trips are what a turn costs. Where reads are pipelined
-//! (`pg_read`, which decides when a connection without TLS is fine) the
-//! connection is a tokio-postgres one, and a turn's savepoint goes out
-//! with its first statement, both sent before either answer is read: one
-//! round trip for both instead of two (sqlx, used otherwise, sends nothing
-//! before it has the last answer). The savepoint's outcome is read right
+//! (`pg_read`, with TLS as the pool's, `pg_tls`) the connection is a
+//! tokio-postgres one, and a turn's savepoint goes out with its first
+//! statement, both sent before either answer is read: one round trip for
+//! both instead of two (sqlx, used otherwise, sends nothing before it has
+//! the last answer). The savepoint's outcome is read right
 //! after the statement's; if it failed, so did the statement (PostgreSQL
 //! runs nothing in an aborted transaction).
 //!
@@ -56,7 +56,6 @@ use std::{
 use futures_util::future::BoxFuture;
 use sqlx::{Connection as _, Executor as _, PgConnection, postgres::PgConnectOptions, raw_sql};
 use tokio::sync::{OwnedMutexGuard, oneshot};
-use tokio_postgres::Config;
 
 use crate::{
     StoreError,
@@ -65,6 +64,7 @@ use crate::{
     },
     pg_notices::{self, Outgoing},
     pg_read::{self, Connection},
+    pg_tls::Target,
     writer_queue::{Queue, Queued},
 };
 
@@ -78,9 +78,9 @@ pub(crate) struct PgWriter {
     queue: Queue<State>,
     counts: Arc<Counts>,
     options: Arc<PgConnectOptions>,
-    /// Where the connection is a tokio-postgres one, its configuration
+    /// Where the connection is a tokio-postgres one, where it goes
     /// ([`PgWriter::pipelined`]).
-    pipelined: Option<Arc<Config>>,
+    pipelined: Option<Arc<Target>>,
     acquire_timeout: Duration,
     /// The commit delay ([`PgWriter::with_commit_delay`]).
     commit_delay: Duration,
@@ -270,16 +270,15 @@ impl PgWriter {
         }
     }
 
-    /// This writer on a tokio-postgres connection configured as `config`
-    /// (which the pipelined reads use: the same rule about TLS, see
-    /// `pg_read`) instead of sqlx's, so that each turn's savepoint goes out
-    /// with its first statement.
-    pub(crate) fn pipelined(mut self, config: &Config) -> PgWriter {
-        let mut config = config.clone();
-        if config.get_application_name() == Some(pg_read::APPLICATION_NAME) {
-            config.application_name(APPLICATION_NAME);
+    /// This writer on a tokio-postgres connection to `target` (where the
+    /// pipelined reads go, with the same TLS) instead of sqlx's, so that
+    /// each turn's savepoint goes out with its first statement.
+    pub(crate) fn pipelined(mut self, target: &Target) -> PgWriter {
+        let mut target = target.clone();
+        if target.config.get_application_name() == Some(pg_read::APPLICATION_NAME) {
+            target.config.application_name(APPLICATION_NAME);
         }
-        self.pipelined = Some(Arc::new(config));
+        self.pipelined = Some(Arc::new(target));
         self
     }
 
@@ -379,9 +378,9 @@ impl PgWriter {
 
     async fn connect(&self) -> Result<Conn, StoreError> {
         Ok(match &self.pipelined {
-            Some(config) => {
+            Some(target) => {
                 let after_loss = "the next transaction connects afresh";
-                Conn::Pipelined(Arc::new(Connection::open(config, after_loss).await?))
+                Conn::Pipelined(Arc::new(Connection::open(target, after_loss).await?))
             }
             None => Conn::Sqlx(PgConnection::connect_with(&self.options).await?),
         })

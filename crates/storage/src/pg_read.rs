@@ -22,17 +22,14 @@
 //! - a connection that breaks is replaced in the background, at most one
 //!   attempt per [`RECONNECT_EVERY`]; until then its reads take the pool,
 //!   so an outage behaves exactly as it does without pipelining;
-//! - TLS: these connections never use it, so they are only opened where it
-//!   cannot matter: `sslmode=disable`, or a server on this host (loopback
-//!   or a Unix socket) without `sslmode=require`. Anywhere else reads stay
-//!   on the pool (which negotiates TLS), and start-up says so.
+//! - TLS: negotiated as the pool negotiates it for the same URL, every
+//!   `sslmode` and certificate parameter included (`pg_tls`).
 //!
 //! A caller that goes away (a deadline) drops its future; the connection
 //! reads and discards the answer it no longer waits for.
 
 use std::{
     collections::HashMap,
-    str::FromStr,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -42,12 +39,14 @@ use std::{
 
 use bytes::BytesMut;
 use tokio_postgres::{
-    Client, Config, NoTls, Statement,
-    config::{Host, SslMode},
+    Client, NoTls, Statement,
     types::{IsNull, ToSql, Type, to_sql_checked},
 };
 
-use crate::{StoreError, Value};
+use crate::{
+    StoreError, Value,
+    pg_tls::{self, Target},
+};
 
 /// The `application_name` these connections show in `pg_stat_activity`
 /// (unless the URL names one).
@@ -59,7 +58,7 @@ pub const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// Connections shared by every read outside a transaction.
 #[derive(Debug)]
 pub(crate) struct Pipelined {
-    config: Config,
+    target: Target,
     slots: Box<[Slot]>,
     next: AtomicUsize,
 }
@@ -82,23 +81,25 @@ pub(crate) struct Connection {
 
 impl Pipelined {
     /// Pipelined connections to the server of `url`, `count` of them, all
-    /// opened now; `Ok(None)` (with the reason) when pipelining is off: a
-    /// count of 0, a URL tokio-postgres does not read, or a server TLS
-    /// might protect.
+    /// opened now; `Ok(Err(why))` when pipelining is off: a count of 0, a
+    /// URL tokio-postgres does not read, or TLS settings it cannot use.
     pub(crate) async fn open(
         url: &str,
         count: usize,
         connect_timeout: Duration,
-    ) -> Result<Result<Pipelined, &'static str>, StoreError> {
+    ) -> Result<Result<Pipelined, String>, StoreError> {
         if count == 0 {
-            return Ok(Err("DATABASE_PIPELINE_CONNECTIONS is 0"));
+            return Ok(Err("DATABASE_PIPELINE_CONNECTIONS is 0".to_owned()));
         }
-        let config = match config_without_tls(url, connect_timeout) {
-            Ok(config) => config,
-            Err(why) => return Ok(Err(why)),
+        let mut target = match pg_tls::target(url, connect_timeout) {
+            Ok(target) => target,
+            Err(why) => return Ok(Err(format!("{why} (reads use the pool)"))),
         };
+        if target.config.get_application_name().is_none() {
+            target.config.application_name(APPLICATION_NAME);
+        }
         let pipelined = Pipelined {
-            config,
+            target,
             slots: (0..count).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
         };
@@ -109,9 +110,9 @@ impl Pipelined {
         Ok(Ok(pipelined))
     }
 
-    /// The configuration these connections are opened with.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// Where these connections go and how they use TLS.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
     }
 
     /// How many connections this keeps.
@@ -120,7 +121,7 @@ impl Pipelined {
     }
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        Connection::open(&self.config, "reads use the pool until it is replaced").await
+        Connection::open(&self.target, "reads use the pool until it is replaced").await
     }
 
     /// The next live connection in turn; `None` when it is broken (the
@@ -184,18 +185,29 @@ impl Pipelined {
 }
 
 impl Connection {
-    /// Connects as `config` says; `after_loss` says in the log what
-    /// happens once the connection ends.
+    /// Connects to `target`; `after_loss` says in the log what happens
+    /// once the connection ends.
     pub(crate) async fn open(
-        config: &Config,
+        target: &Target,
         after_loss: &'static str,
     ) -> Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let ended = move |result: Result<(), tokio_postgres::Error>| {
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "PostgreSQL connection ended; {after_loss}");
             }
-        });
+        };
+        let client = match &target.tls {
+            Some(tls) => {
+                let (client, connection) = target.config.connect(tls.clone()).await?;
+                tokio::spawn(async move { ended(connection.await) });
+                client
+            }
+            None => {
+                let (client, connection) = target.config.connect(NoTls).await?;
+                tokio::spawn(async move { ended(connection.await) });
+                client
+            }
+        };
         Ok(Connection {
             client,
             statements: Mutex::default(),
@@ -258,51 +270,6 @@ fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
-/// The configuration of a connection to `url` without TLS, or why there is
-/// none: a URL tokio-postgres does not read, or a server TLS might protect
-/// (see the module doc).
-pub(crate) fn config_without_tls(
-    url: &str,
-    connect_timeout: Duration,
-) -> Result<Config, &'static str> {
-    let Ok(mut config) = Config::from_str(url) else {
-        return Err("the URL has options tokio-postgres does not read (reads use the pool)");
-    };
-    if !without_tls_is_fine(&config) {
-        return Err(
-            "the server is not on this host and sslmode is not disable: reads use the pool, which negotiates TLS",
-        );
-    }
-    config.connect_timeout(connect_timeout);
-    if config.get_application_name().is_none() {
-        config.application_name(APPLICATION_NAME);
-    }
-    Ok(config)
-}
-
-/// True when a connection without TLS is no weaker than what the pool
-/// negotiates: TLS is turned off, or every host is this machine.
-fn without_tls_is_fine(config: &Config) -> bool {
-    match config.get_ssl_mode() {
-        SslMode::Disable => true,
-        SslMode::Require => false,
-        _ => {
-            let local_ip = config.get_hostaddrs().iter().all(|ip| ip.is_loopback());
-            let local_hosts = config.get_hosts().iter().all(|host| match host {
-                Host::Tcp(name) => {
-                    name == "localhost"
-                        || name
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                }
-                #[cfg(unix)]
-                Host::Unix(_) => true,
-            });
-            local_ip && local_hosts
-        }
-    }
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -344,25 +311,4 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn local(url: &str) -> bool {
-        without_tls_is_fine(&Config::from_str(url).unwrap())
-    }
-
-    #[test]
-    fn tls_is_only_left_out_where_it_cannot_matter() {
-        assert!(local("postgres://u@127.0.0.1:5432/db"));
-        assert!(local("postgres://u@localhost/db"));
-        assert!(local("postgresql://u@[::1]:5432/db"));
-        assert!(local("postgres://u@db.internal/db?sslmode=disable"));
-        assert!(local("host=/run/postgresql user=u dbname=db"));
-        assert!(!local("postgres://u@db.internal/db"));
-        assert!(!local("postgres://u@db.internal/db?sslmode=prefer"));
-        assert!(!local("postgres://u@127.0.0.1/db?sslmode=require"));
-    }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound as _, Utc};
 use shop_storage::{
-    ConnectOptions, Db, Migrations, PIPELINED_APPLICATION_NAME, Tx, connect_with, query,
+    ConnectOptions, Db, GROUP_COMMIT_APPLICATION_NAME, Migrations, PIPELINED_APPLICATION_NAME, Tx,
+    connect_with, query,
 };
 use uuid::Uuid;
 
@@ -178,4 +179,61 @@ async fn a_broken_pipelined_connection_is_replaced_while_reads_go_on_on_postgres
     assert!(unavailable <= 2, "{unavailable} reads failed, {ok} passed");
     assert_eq!(after.len(), 2);
     assert_eq!(name_of(&db, id).await.unwrap().as_deref(), Some("kept"));
+}
+
+/// With TLS checked in full (`sslmode=verify-full`, the test server's CA),
+/// reads are still pipelined and transactions still share the group-commit
+/// connection: both negotiate TLS as the pool does, and every connection
+/// of the database uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_group_commit_connections_use_tls_as_the_pool_does_on_postgres_with_tls() {
+    let ca = std::env::var("SHOP_TEST_POSTGRES_CA")
+        .expect("SHOP_TEST_POSTGRES_CA names the test server's CA (scripts/test.sh sets it)");
+    let url = shop_testkit::fresh_postgres_database("pipelined_tls").await;
+    let url = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    let options = ConnectOptions {
+        max_connections: 2,
+        pipeline_connections: 2,
+        group_commit: true,
+        commit_delay: Duration::ZERO,
+    };
+    let db = connect_with(&url, options, &MIGRATIONS).await.unwrap();
+    let id = Uuid::now_v7();
+    let mut tx = db.begin().await.unwrap();
+    query(
+        "INSERT INTO things (id, name, nickname, quantity, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind("sealed")
+    .bind(None::<&str>)
+    .bind(7_i32)
+    .bind(Utc::now().trunc_subsecs(6))
+    .execute(&mut tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(name_of(&db, id).await.unwrap().as_deref(), Some("sealed"));
+
+    let connections = query(
+        "SELECT a.application_name AS name, s.ssl AS ssl FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database() \
+         ORDER BY a.application_name",
+    )
+    .fetch_all(&db, |row| {
+        Ok((row.get::<String>("name")?, row.get::<bool>("ssl")?))
+    })
+    .await
+    .unwrap();
+    let with = |name: &str| {
+        connections
+            .iter()
+            .filter(|(n, ssl)| n == name && *ssl)
+            .count()
+    };
+    assert_eq!(with(PIPELINED_APPLICATION_NAME), 2, "{connections:?}");
+    assert_eq!(with(GROUP_COMMIT_APPLICATION_NAME), 1, "{connections:?}");
+    assert!(
+        connections.iter().all(|(_, ssl)| *ssl),
+        "a connection without TLS: {connections:?}"
+    );
 }
