@@ -73,6 +73,8 @@
 # get-user and create-order run on SQLite and on PostgreSQL (a throwaway
 # cluster with PostgreSQL's default durability, started like
 # scripts/test.sh does; skipped with a note when PostgreSQL is missing).
+# With BENCH_PG_TLS=1 that cluster offers TLS and the services connect with
+# sslmode=require (every connection encrypted, as across a network).
 # Results: bench/results/<date>-<git-sha>[-quick].json and .md, every
 # throughput also a ratio to the bare server measured in the same run.
 #
@@ -86,6 +88,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+pg_start=(durable) pg_params=
+if [[ ${BENCH_PG_TLS:-0} == 1 ]]; then
+    pg_start+=(tls) pg_params="?sslmode=require"
+fi
 quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=,
 for arg in "$@"; do
     case "$arg" in
@@ -299,9 +305,9 @@ stack() {
             local suffix="${RANDOM}"
             psql_create "bench_users_$suffix" && psql_create "bench_inventory_$suffix" \
                 && psql_create "bench_orders_$suffix"
-            users_db="${PG_URL%/postgres}/bench_users_$suffix"
-            inventory_db="${PG_URL%/postgres}/bench_inventory_$suffix"
-            orders_db="${PG_URL%/postgres}/bench_orders_$suffix"
+            users_db="${PG_URL%/postgres}/bench_users_$suffix$pg_params"
+            inventory_db="${PG_URL%/postgres}/bench_inventory_$suffix$pg_params"
+            orders_db="${PG_URL%/postgres}/bench_orders_$suffix$pg_params"
             ;;
     esac
     users_port=$(free_port)
@@ -406,7 +412,7 @@ profile() {
     local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
     command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
     if [[ $backend == postgres ]]; then
-        start_pg durable || { log "PostgreSQL not available"; return 1; }
+        start_pg "${pg_start[@]}" || { log "PostgreSQL not available"; return 1; }
     fi
     # PROFILE_USERS_ENV: extra user-service settings, e.g.
     # USER_CACHE_CAPACITY=0 (word-split on purpose).
@@ -465,7 +471,7 @@ PY
 # ab: alternating runs of two builds (see the header).
 ab() {
     if [[ $ab_backend == postgres ]]; then
-        start_pg durable || { log "PostgreSQL not available"; return 1; }
+        start_pg "${pg_start[@]}" || { log "PostgreSQL not available"; return 1; }
     fi
     local round side drive=(--concurrency "$concurrency") shared_env=("${server_env[@]}")
     local side_env=("${ab_env%%,*}" "${ab_env#*,}")
@@ -543,7 +549,7 @@ stop_servers
 # --- the stack -------------------------------------------------------------
 
 backends=(sqlite)
-if start_pg durable; then
+if start_pg "${pg_start[@]}"; then
     backends+=(postgres)
 else
     log "PostgreSQL not available: PostgreSQL scenarios skipped"

@@ -143,6 +143,7 @@ pub async fn seed_products(database_url: &str, products: &[(&str, i64, i64)]) {
     let store = inventory_service::repo::connect(
         database_url,
         inventory_service::repo::ConnectOptions::new(2, None),
+        inventory_service::repo::ProductCache::OFF,
     )
     .await
     .expect("inventory database");

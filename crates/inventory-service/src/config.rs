@@ -50,6 +50,30 @@ pub struct Config {
     #[arg(long, env = "SEED_CATALOGUE_UNITS", default_value_t = 100,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     pub seed_catalogue_units: i64,
+
+    /// Products kept in the in-process read-through cache of products by
+    /// sku, in front of GetProduct and stock watches (0 turns it off). A
+    /// write through this replica invalidates the products it touched
+    /// before it answers; other replicas hear of it through PostgreSQL
+    /// notifications.
+    #[arg(long, env = "PRODUCT_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub product_cache_capacity: usize,
+
+    /// The longest a cached product is served after it was read: the bound
+    /// on how stale another replica's change (a price, the stock) can be
+    /// seen here if its notification is lost (`0s` turns the cache off).
+    #[arg(long, env = "PRODUCT_CACHE_MAX_AGE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub product_cache_max_age: Duration,
+}
+
+impl Config {
+    /// How products by sku are cached.
+    pub fn product_cache(&self) -> crate::repo::ProductCache {
+        crate::repo::ProductCache {
+            capacity: self.product_cache_capacity,
+            max_age: self.product_cache_max_age,
+        }
+    }
 }
 
 shop_server::service_config!(Config, crate::SERVICE, service);
@@ -65,5 +89,6 @@ mod tests {
         assert_eq!(config.service.grpc_addr.unwrap().port(), 50053);
         assert_eq!(config.service.admin_addr.unwrap().port(), 9103);
         assert_eq!(config.reservation_ttl, Duration::from_secs(300));
+        assert!(config.product_cache().is_on());
     }
 }

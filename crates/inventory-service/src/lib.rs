@@ -40,6 +40,7 @@ pub async fn run(
     let store = repo::connect(
         &config.service.database_url(&SERVICE),
         config.service.database_options(),
+        config.product_cache(),
     )
     .await?;
     let page_tokens = config.service.page_tokens(&SERVICE)?;

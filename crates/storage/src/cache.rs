@@ -9,6 +9,10 @@
 //!   change notice arrives ([`crate::Db::listen`]: PostgreSQL `NOTIFY`,
 //!   sent at commit) and clears everything on [`Notice::Resync`] (the
 //!   listening connection dropped) or when notices were missed.
+//!   [`ReadThrough::follow_and_relay`] also hands each notice on once the
+//!   cache has acted on it, for listeners that re-read through the cache
+//!   when they hear one (a stock watch): they never read the entry the
+//!   notice was about.
 //! - **Bounded staleness**: an entry is served for at most `max_age` after
 //!   the read that filled it, whatever happens to notices: that is the
 //!   documented upper bound on how stale a cached row can be.
@@ -24,9 +28,32 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::{Notice, Notices};
+
+/// How big a [`ReadThrough`] may grow and how long it serves an entry: the
+/// settings a service offers as `*_CACHE_CAPACITY` and `*_CACHE_MAX_AGE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheBounds {
+    /// Most entries held (0: no cache).
+    pub capacity: usize,
+    /// Longest an entry is served after the read that filled it.
+    pub max_age: Duration,
+}
+
+impl CacheBounds {
+    /// No caching: every read goes to the database.
+    pub const OFF: CacheBounds = CacheBounds {
+        capacity: 0,
+        max_age: Duration::ZERO,
+    };
+
+    /// Whether anything is cached.
+    pub fn is_on(&self) -> bool {
+        self.capacity > 0 && !self.max_age.is_zero()
+    }
+}
 
 /// A bounded read-through cache of `V` by `K`. Share it in an [`Arc`].
 pub struct ReadThrough<K, V> {
@@ -54,10 +81,12 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Up to `capacity` entries (0: no caching), each served for at most
-    /// `max_age`.
+    /// `max_age` (see [`CacheBounds`]).
     pub fn new(capacity: usize, max_age: Duration) -> Arc<Self> {
+        let bounds = CacheBounds { capacity, max_age };
         Arc::new(ReadThrough {
-            entries: (capacity > 0 && !max_age.is_zero())
+            entries: bounds
+                .is_on()
                 .then(|| quick_cache::sync::Cache::new(capacity)),
             max_age,
             generation: AtomicU64::new(0),
@@ -134,19 +163,69 @@ where
             loop {
                 let notice = receiver.recv().await;
                 let Some(cache) = cache.upgrade() else { return };
-                match notice {
-                    Ok(Notice::Changed(payload)) => match parse(&payload) {
-                        Some(key) => cache.invalidate(&key),
-                        None => cache.clear(),
-                    },
-                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => cache.clear(),
-                    Err(RecvError::Closed) => {
-                        // No more notices: nothing may be served from now on.
-                        cache.clear();
-                        return;
-                    }
+                if cache.heard(notice, parse).is_none() {
+                    return;
                 }
             }
         });
+    }
+
+    /// As [`ReadThrough::follow`], and returns the same notices, each handed
+    /// on once the cache has acted on it (up to `capacity` kept for a slow
+    /// receiver; missed ones become a [`Notice::Resync`]). With the cache
+    /// off, `notices` themselves.
+    pub fn follow_and_relay(
+        self: &Arc<Self>,
+        notices: Notices,
+        parse: fn(&str) -> Option<K>,
+        capacity: usize,
+    ) -> Notices {
+        if self.entries.is_none() {
+            return notices;
+        }
+        let sender = broadcast::channel(capacity).0;
+        let relayed = sender.clone();
+        let cache = Arc::clone(self);
+        let mut receiver = notices.subscribe();
+        let task = tokio::spawn(async move {
+            let _notices = notices;
+            loop {
+                let notice = receiver.recv().await;
+                // Closed: dropping the sender closes the relayed notices.
+                let Some(notice) = cache.heard(notice, parse) else {
+                    return;
+                };
+                // Nobody listening is fine.
+                let _ = sender.send(notice);
+            }
+        });
+        Notices::relayed(relayed, task)
+    }
+
+    /// Acts on what a follower heard: the notice to hand on, `None` when
+    /// no more will come (the cache is then empty for good).
+    fn heard(
+        &self,
+        notice: Result<Notice, RecvError>,
+        parse: fn(&str) -> Option<K>,
+    ) -> Option<Notice> {
+        match notice {
+            Ok(Notice::Changed(payload)) => {
+                match parse(&payload) {
+                    Some(key) => self.invalidate(&key),
+                    None => self.clear(),
+                }
+                Some(Notice::Changed(payload))
+            }
+            Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                self.clear();
+                Some(Notice::Resync)
+            }
+            Err(RecvError::Closed) => {
+                // No more notices: nothing may be served from now on.
+                self.clear();
+                None
+            }
+        }
     }
 }

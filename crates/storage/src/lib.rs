@@ -58,7 +58,7 @@ mod sqlite_read;
 mod value;
 mod writer_queue;
 
-pub use cache::ReadThrough;
+pub use cache::{CacheBounds, ReadThrough};
 pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
 pub use group_commit::{DEFAULT_COMMIT_DELAY, GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};

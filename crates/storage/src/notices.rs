@@ -60,6 +60,18 @@ pub struct Notices {
 }
 
 impl Notices {
+    /// The notices `sender` is given by `task`, which stops when the last
+    /// clone is dropped.
+    pub(crate) fn relayed(
+        sender: broadcast::Sender<Notice>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Notices {
+        Notices {
+            sender,
+            _relay: Some(Arc::new(Relay(task))),
+        }
+    }
+
     /// A receiver of the notices sent from now on; one that falls more
     /// than the channel's capacity behind gets `Lagged` (then re-reads).
     pub fn subscribe(&self) -> broadcast::Receiver<Notice> {

@@ -6,6 +6,7 @@
 //! transaction, so concurrent reservations of the last unit cannot both
 //! win on either backend.
 
+mod cached;
 mod sql;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::{Product, ProductDraft, Reservation, ReserveItem, Shortage, Sku, StockChange};
 
+pub use cached::{CachedStore, ProductCache};
 pub use shop_storage::{Notice, StoreError as RepoError};
 pub use sql::SqlStore;
 
@@ -135,12 +137,17 @@ static MIGRATIONS: shop_storage::Migrations = shop_storage::migrations!();
 
 pub use shop_storage::ConnectOptions;
 
-/// Opens the database named by `url`, applies migrations and starts
-/// listening for stock changes.
+/// Opens the database named by `url`, applies migrations, starts
+/// listening for stock changes and caches products by sku as `cache` says.
 pub async fn connect(
     url: &str,
     options: ConnectOptions,
+    cache: ProductCache,
 ) -> Result<Arc<dyn InventoryRepo>, RepoError> {
     let db = shop_storage::connect_with(url, options, &MIGRATIONS).await?;
-    Ok(Arc::new(SqlStore::new(db).await?))
+    let store = SqlStore::new(db).await?;
+    if !cache.is_on() {
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(CachedStore::new(store, cache)))
 }

@@ -26,12 +26,13 @@ use crate::domain::{
     Sku, StockChange, items_fingerprint,
 };
 
-/// The channel availability changes are announced on (payload: the sku).
+/// The channel every change of a product's row is announced on (payload:
+/// the sku), for stock watches and the product caches of every replica.
 const CHANNEL: &str = "shop_stock_changes";
 
 /// How many change notices a slow watcher may fall behind before it must
 /// re-read everything it watches.
-const CHANGE_FEED_CAPACITY: usize = 1024;
+pub(super) const CHANGE_FEED_CAPACITY: usize = 1024;
 
 /// Inserts a pending reservation ($1 order, $2 items hash, $3 expiry, $4
 /// time) in the currency of its first product ($5 sku) unless it exists,
@@ -177,6 +178,11 @@ impl SqlStore {
     pub async fn new(db: Db) -> Result<SqlStore, RepoError> {
         let changes = db.listen(CHANNEL, CHANGE_FEED_CAPACITY).await?;
         Ok(SqlStore { db, changes })
+    }
+
+    /// The store's change notices (skus), unrelayed.
+    pub(super) fn notices(&self) -> Notices {
+        self.changes.clone()
     }
 
     async fn reservation_in(on: &mut Tx, order_id: Uuid) -> Result<Option<Reservation>, RepoError> {
@@ -645,6 +651,10 @@ impl InventoryRepo for SqlStore {
             .bind(sku.as_str())
             .execute(&mut tx)
             .await?;
+            // For the product caches (on_hand and reserved moved); stock
+            // watches re-read and find nothing to send. The batch's notices
+            // leave in one statement with its commit.
+            tx.notify(CHANNEL, sku).await?;
         }
         tx.commit().await?;
         Ok(after)

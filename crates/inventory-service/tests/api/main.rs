@@ -6,6 +6,7 @@
 //! PostgreSQL tests need `SHOP_TEST_POSTGRES_URL` (scripts/test.sh starts a
 //! throwaway cluster and sets it).
 
+mod cache;
 mod helpers;
 mod products;
 mod repo_suite;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, SubsecRound as _, Utc};
 use inventory_service::{
     domain::{ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange},
-    repo::{Adjusted, ConnectOptions, InventoryRepo, Reserved, connect},
+    repo::{Adjusted, ConnectOptions, InventoryRepo, ProductCache, Reserved, connect},
 };
 use shop_core::currency::CurrencyCode;
 use uuid::Uuid;
@@ -17,21 +17,27 @@ use crate::helpers::Backend;
 async fn store(backend: Backend) -> (Arc<dyn InventoryRepo>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.database_url("inventory", dir.path()).await;
-    let store = connect(&url, ConnectOptions::new(5, None))
+    // Through the cache, as the service runs it: every check also shows
+    // that a cached read never hides a write made through the store.
+    let cache = ProductCache {
+        capacity: 1000,
+        max_age: std::time::Duration::from_secs(60),
+    };
+    let store = connect(&url, ConnectOptions::new(5, None), cache)
         .await
         .expect("connect and migrate");
     (store, dir)
 }
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn sku(s: &str) -> Sku {
+pub(crate) fn sku(s: &str) -> Sku {
     Sku::parse(s).unwrap()
 }
 
-async fn product(store: &dyn InventoryRepo, name: &str, price: i64, units: i64) {
+pub(crate) async fn product(store: &dyn InventoryRepo, name: &str, price: i64, units: i64) {
     store
         .put_product(
             &ProductDraft {
@@ -60,7 +66,7 @@ async fn product(store: &dyn InventoryRepo, name: &str, price: i64, units: i64) 
     assert!(matches!(adjusted, Adjusted::Applied(_)));
 }
 
-fn items(list: &[(&str, i64)]) -> Vec<ReserveItem> {
+pub(crate) fn items(list: &[(&str, i64)]) -> Vec<ReserveItem> {
     list.iter()
         .map(|(s, q)| ReserveItem {
             sku: sku(s),

@@ -10,7 +10,7 @@
 //! `USER_CACHE_MAX_AGE` after it was read, notices or not. That age is the
 //! most a suspension can lag on another replica when notices are lost.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -25,26 +25,7 @@ use crate::domain::{Credentials, NewUser, User, UserFilter, UserPatch};
 
 /// How users are cached: `USER_CACHE_CAPACITY` entries at most, each
 /// served for at most `USER_CACHE_MAX_AGE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserCache {
-    /// Most users held (0: no cache).
-    pub capacity: usize,
-    /// Longest an entry is served after the read that filled it.
-    pub max_age: Duration,
-}
-
-impl UserCache {
-    /// No caching: every read goes to the database.
-    pub const OFF: UserCache = UserCache {
-        capacity: 0,
-        max_age: Duration::ZERO,
-    };
-
-    /// Whether anything is cached.
-    pub fn is_on(&self) -> bool {
-        self.capacity > 0 && !self.max_age.is_zero()
-    }
-}
+pub type UserCache = shop_storage::CacheBounds;
 
 /// [`SqlStore`] with users by id cached.
 #[derive(Debug, Clone)]
