@@ -53,11 +53,6 @@ impl CachedStore {
         }
     }
 
-    /// Cache hits and misses so far.
-    pub fn counts(&self) -> (u64, u64) {
-        self.products.counts()
-    }
-
     /// Drops the cached products of `skus` (a write's, before it answers).
     fn forget<'a>(&self, skus: impl IntoIterator<Item = &'a str>) {
         for sku in skus {
