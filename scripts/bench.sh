@@ -12,6 +12,8 @@
 #                               # for an open loop at N req/s instead of the
 #                               # closed loop's saturation)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
+#                               # (scenarios: get-user, create-order, get-order,
+#                               # get-product, mixed)
 #                               # A/B of two builds: DIR_A and DIR_B each hold
 #                               # release binaries (copies of target/release
 #                               # from two commits); runs the scenario on a
@@ -131,8 +133,8 @@ if [[ -n $ab ]]; then
             [[ -x $dir/$name ]] || { echo "bench.sh: --ab: $dir/$name missing" >&2; exit 2; }
         done
     done
-    [[ $ab_scenario =~ ^(get-user|create-order|get-order|mixed)$ ]] \
-        || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order or mixed" >&2; exit 2; }
+    [[ $ab_scenario =~ ^(get-user|create-order|get-order|get-product|mixed)$ ]] \
+        || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order, get-product or mixed" >&2; exit 2; }
     [[ $ab_backend =~ ^(sqlite|postgres)$ ]] \
         || { echo "bench.sh: --backend=$ab_backend: sqlite or postgres" >&2; exit 2; }
     [[ $ab_rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds=$ab_rounds: a count" >&2; exit 2; }
@@ -484,7 +486,8 @@ ab() {
             server_env=("${shared_env[@]}" ${side_env[$side]})
             stack "$ab_backend"
             load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
-                --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port"
+                --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+                --inventory-url "http://127.0.0.1:$inventory_port"
             commits "ab-$side-$round"
             stop_servers
         done

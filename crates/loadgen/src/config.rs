@@ -25,6 +25,9 @@ pub enum Scenario {
     GetOrder,
     /// ListOrders, first page.
     ListOrders,
+    /// GetProduct of the development catalogue's products (sku-1 to sku-3,
+    /// SEED_CATALOGUE) in turn: the catalogue's read, at inventory-service.
+    GetProduct,
     /// UserService.GetUser on the bare tonic server (`shop-bare-server`):
     /// no accounts, no token, no middleware, no database.
     Echo,
@@ -58,6 +61,14 @@ pub struct Config {
         default_value = "http://127.0.0.1:50052"
     )]
     pub orders_url: String,
+
+    /// inventory-service (the get-product scenario).
+    #[arg(
+        long,
+        env = "LOADGEN_INVENTORY_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub inventory_url: String,
 
     /// Closed loop: this many callers, each sending its next request when
     /// the previous one is answered.

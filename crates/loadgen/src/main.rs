@@ -94,13 +94,21 @@ async fn run(config: &Config) -> anyhow::Result<Report> {
         .max(streams.div_ceil(STREAMS_PER_CONNECTION));
     let users = Connections::new(&config.users_url, config.connections)?;
     let orders = Connections::new(&config.orders_url, order_connections)?;
+    let inventory = Connections::new(&config.inventory_url, config.connections)?;
     let accounts = if config.scenario == Scenario::Echo {
         Vec::new()
     } else {
         eprintln!("shop-loadgen: signing up {} accounts", config.virtual_users);
         scenario::virtual_users(&users, config.virtual_users).await?
     };
-    let workload = Workload::new(config.scenario, users, orders, accounts, config.timeout);
+    let workload = Workload::new(
+        config.scenario,
+        users,
+        orders,
+        inventory,
+        accounts,
+        config.timeout,
+    );
 
     if config.scenario == Scenario::MixedReads {
         workload.place_orders_to_read().await?;

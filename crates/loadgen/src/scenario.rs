@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
+    inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
     order::v1::{
         CancelOrderRequest, CreateOrderRequest, GetOrderRequest, ListOrdersRequest, OrderItem,
         OrderStatus, WatchOrderRequest, order_service_client::OrderServiceClient,
@@ -178,6 +179,8 @@ pub struct Workload {
     pub users: Connections,
     /// order-service connections.
     pub orders: Connections,
+    /// inventory-service connections.
+    pub inventory: Connections,
     /// The accounts (empty for `echo`).
     pub accounts: Vec<Arc<VirtualUser>>,
     /// Deadline of each request.
@@ -215,6 +218,7 @@ impl Workload {
         scenario: Scenario,
         users: Connections,
         orders: Connections,
+        inventory: Connections,
         accounts: Vec<Arc<VirtualUser>>,
         timeout: Duration,
     ) -> Arc<Workload> {
@@ -222,6 +226,7 @@ impl Workload {
             scenario,
             users,
             orders,
+            inventory,
             accounts,
             timeout,
             created: AtomicU64::new(0),
@@ -240,6 +245,7 @@ impl Workload {
             Scenario::CreateOrder => self.create_order(seq).await,
             Scenario::GetOrder => self.get_order(seq).await,
             Scenario::ListOrders => self.list_orders(seq).await,
+            Scenario::GetProduct => self.get_product(seq).await,
             Scenario::Mixed | Scenario::WatchIdle => match fastrand::u8(0..100) {
                 0..30 => self.get_user(seq).await,
                 30..55 => self.get_order(seq).await,
@@ -318,6 +324,21 @@ impl Workload {
             .get_order(request)
             .await;
         ("GetOrder", code_of(result).0)
+    }
+
+    async fn get_product(&self, seq: u64) -> Outcome {
+        // The development catalogue (SEED_CATALOGUE).
+        const SKUS: [&str; 3] = ["sku-1", "sku-2", "sku-3"];
+        let request = self.account(seq).request(
+            GetProductRequest {
+                sku: SKUS[(seq % SKUS.len() as u64) as usize].into(),
+            },
+            self.timeout,
+        );
+        let result = InventoryServiceClient::new(self.inventory.pick(seq))
+            .get_product(request)
+            .await;
+        ("GetProduct", code_of(result).0)
     }
 
     async fn list_orders(&self, seq: u64) -> Outcome {

@@ -191,7 +191,7 @@ where
             let _notices = notices;
             loop {
                 let notice = receiver.recv().await;
-                // Closed: dropping the sender closes the relayed notices.
+                // Not while `_notices` is held: the channel stays open.
                 let Some(notice) = cache.heard(notice, parse) else {
                     return;
                 };
@@ -202,8 +202,8 @@ where
         Notices::relayed(relayed, task)
     }
 
-    /// Acts on what a follower heard: the notice to hand on, `None` when
-    /// no more will come (the cache is then empty for good).
+    /// Acts on what a follower heard: the notice to hand on, or `None`
+    /// when the channel closed (no more will come).
     fn heard(
         &self,
         notice: Result<Notice, RecvError>,
@@ -222,7 +222,7 @@ where
                 Some(Notice::Resync)
             }
             Err(RecvError::Closed) => {
-                // No more notices: nothing may be served from now on.
+                // Nothing will invalidate what is cached now.
                 self.clear();
                 None
             }
