@@ -16,14 +16,31 @@ use uuid::Uuid;
 
 use crate::repo_suite::{items, now, product, sku};
 
-async fn replica(url: &str, max_age: Duration) -> Arc<dyn InventoryRepo> {
+/// Two replicas (stores with a cache whose entries live `max_age`) on one
+/// fresh database; the directory holds SQLite's file.
+async fn two_replicas(
+    backend: Backend,
+    max_age: Duration,
+) -> (
+    tempfile::TempDir,
+    Arc<dyn InventoryRepo>,
+    Arc<dyn InventoryRepo>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend.database_url("inventory_cache", dir.path()).await;
     let cache = ProductCache {
         capacity: 100,
         max_age,
     };
-    connect(url, ConnectOptions::new(2, None), cache)
-        .await
-        .expect("connect")
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = connect(&url, ConnectOptions::new(2, None), cache)
+            .await
+            .expect("connect");
+        replicas.push(store);
+    }
+    let writer = replicas.pop().unwrap();
+    (dir, replicas.pop().unwrap(), writer)
 }
 
 async fn read(store: &dyn InventoryRepo, name: &str) -> Product {
@@ -71,14 +88,7 @@ async fn adjust(store: &dyn InventoryRepo, name: &str, delta: i64) {
 async fn a_cached_product_is_served_until_invalidated_and_a_write_is_read_back_at_once() {
     // Two SQLite stores on one file share no notices: what the reader
     // serves after the writer's change can only come from its cache.
-    let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Sqlite
-        .database_url("inventory_cache", dir.path())
-        .await;
-    let (reader, writer) = (
-        replica(&url, Duration::from_secs(60)).await,
-        replica(&url, Duration::from_secs(60)).await,
-    );
+    let (_dir, reader, writer) = two_replicas(Backend::Sqlite, Duration::from_secs(60)).await;
     product(&*writer, "lamp", 100, 5).await;
     assert_eq!(read(&*reader, "lamp").await.on_hand, 5);
     adjust(&*writer, "lamp", 3).await;
@@ -113,16 +123,9 @@ async fn a_cached_product_is_served_until_invalidated_and_a_write_is_read_back_a
 
 #[tokio::test]
 async fn on_postgres_every_change_reaches_the_other_replicas_cache_by_notification() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Postgres
-        .database_url("inventory_cache", dir.path())
-        .await;
     // Entries would live a minute: only the notification can explain the
     // other replica seeing each change within seconds.
-    let (reader, writer) = (
-        replica(&url, Duration::from_secs(60)).await,
-        replica(&url, Duration::from_secs(60)).await,
-    );
+    let (_dir, reader, writer) = two_replicas(Backend::Postgres, Duration::from_secs(60)).await;
     let within = Duration::from_secs(10);
     product(&*writer, "lamp", 100, 5).await;
     seen_within(&*reader, "lamp", within, |p| p.on_hand == 5).await;
@@ -149,12 +152,8 @@ async fn on_postgres_every_change_reaches_the_other_replicas_cache_by_notificati
 
 #[tokio::test]
 async fn without_notifications_a_cached_product_is_never_older_than_the_max_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Sqlite
-        .database_url("inventory_cache", dir.path())
-        .await;
     let max_age = Duration::from_millis(300);
-    let (reader, writer) = (replica(&url, max_age).await, replica(&url, max_age).await);
+    let (_dir, reader, writer) = two_replicas(Backend::Sqlite, max_age).await;
     product(&*writer, "lamp", 100, 5).await;
     assert_eq!(read(&*reader, "lamp").await.on_hand, 5);
     adjust(&*writer, "lamp", 3).await;
@@ -174,14 +173,7 @@ async fn without_notifications_a_cached_product_is_never_older_than_the_max_age(
 /// round may take more than one wake-up, but never a value going back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_a_stock_watch_through_the_cache_sends_every_change_of_another_replica() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Postgres
-        .database_url("inventory_cache", dir.path())
-        .await;
-    let (reader, writer) = (
-        replica(&url, Duration::from_secs(60)).await,
-        replica(&url, Duration::from_secs(60)).await,
-    );
+    let (_dir, reader, writer) = two_replicas(Backend::Postgres, Duration::from_secs(60)).await;
     product(&*writer, "lamp", 100, 5).await;
     let inventory = Inventory::new(reader, Duration::from_secs(300));
     let mut watch = inventory.watch(vec![sku("lamp")]).await.unwrap();
