@@ -84,6 +84,19 @@ async fn adjust(store: &dyn InventoryRepo, name: &str, delta: i64) {
         .unwrap();
 }
 
+/// Reserves two units of "lamp" for `order`, for five minutes.
+async fn hold_two_lamps(store: &dyn InventoryRepo, order: Uuid) -> Reserved {
+    store
+        .reserve(
+            order,
+            &items(&[("lamp", 2)]),
+            now() + chrono::Duration::minutes(5),
+            now(),
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_cached_product_is_served_until_invalidated_and_a_write_is_read_back_at_once() {
     // Two SQLite stores on one file share no notices: what the reader
@@ -103,15 +116,7 @@ async fn a_cached_product_is_served_until_invalidated_and_a_write_is_read_back_a
     adjust(&*reader, "lamp", 1).await;
     assert_eq!(read(&*reader, "lamp").await.on_hand, 9);
     let order = Uuid::now_v7();
-    let held = reader
-        .reserve(
-            order,
-            &items(&[("lamp", 2)]),
-            now() + chrono::Duration::minutes(5),
-            now(),
-        )
-        .await
-        .unwrap();
+    let held = hold_two_lamps(&*reader, order).await;
     assert!(matches!(held, Reserved::Held(_)), "{held:?}");
     assert_eq!(read(&*reader, "lamp").await.reserved, 2);
     reader.confirm(order, now()).await.unwrap().unwrap();
@@ -131,15 +136,7 @@ async fn on_postgres_every_change_reaches_the_other_replicas_cache_by_notificati
     seen_within(&*reader, "lamp", within, |p| p.on_hand == 5).await;
 
     let order = Uuid::now_v7();
-    writer
-        .reserve(
-            order,
-            &items(&[("lamp", 2)]),
-            now() + chrono::Duration::minutes(5),
-            now(),
-        )
-        .await
-        .unwrap();
+    hold_two_lamps(&*writer, order).await;
     seen_within(&*reader, "lamp", within, |p| p.reserved == 2).await;
     // A confirmation leaves what is available as it was, but not on_hand
     // and reserved.
