@@ -33,7 +33,15 @@ else
     mapfile -t targets < <(cargo fuzz list)
 fi
 log "building ${targets[*]} (instrumented, release)"
+# cargo fuzz has no --locked: a fuzz/Cargo.lock behind the workspace's
+# dependencies would be re-resolved, building versions nothing else here
+# was tested with, and leave the checkout changed.
+lock_before="$(cksum <Cargo.lock)"
 cargo fuzz build --sanitizer none --target-dir "$target_dir"
+if [[ "$(cksum <Cargo.lock)" != "$lock_before" ]]; then
+    log "fuzz/Cargo.lock was behind the workspace's dependencies and the build updated it: commit it"
+    exit 1
+fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
