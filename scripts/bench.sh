@@ -13,7 +13,10 @@
 #                               # closed loop's saturation)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # (scenarios: get-user, create-order, get-order,
-#                               # get-product, mixed)
+#                               # get-product, mixed, watch-idle: the last
+#                               # compares order-service's resident memory
+#                               # per idle WatchOrder stream, BENCH_WATCH_STREAMS
+#                               # of them, 10,000 by default)
 #                               # A/B of two builds: DIR_A and DIR_B each hold
 #                               # release binaries (copies of target/release
 #                               # from two commits); runs the scenario on a
@@ -133,8 +136,10 @@ if [[ -n $ab ]]; then
             [[ -x $dir/$name ]] || { echo "bench.sh: --ab: $dir/$name missing" >&2; exit 2; }
         done
     done
-    [[ $ab_scenario =~ ^(get-user|create-order|get-order|get-product|mixed)$ ]] \
-        || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order, get-product or mixed" >&2; exit 2; }
+    [[ $ab_scenario =~ ^(get-user|create-order|get-order|get-product|mixed|watch-idle)$ ]] \
+        || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order, get-product, mixed or watch-idle" >&2; exit 2; }
+    [[ $ab_scenario != watch-idle || -z $ab_rate ]] \
+        || { echo "bench.sh: --rate: not with --scenario=watch-idle (its streams are idle)" >&2; exit 2; }
     [[ $ab_backend =~ ^(sqlite|postgres)$ ]] \
         || { echo "bench.sh: --backend=$ab_backend: sqlite or postgres" >&2; exit 2; }
     [[ $ab_rounds =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds=$ab_rounds: a count" >&2; exit 2; }
@@ -485,6 +490,8 @@ ab() {
             # shellcheck disable=SC2206
             server_env=("${shared_env[@]}" ${side_env[$side]})
             stack "$ab_backend"
+            [[ $ab_scenario != watch-idle ]] \
+                || drive=(--watch-streams "$streams" --server-pid "$orders_pid")
             load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
                 --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
                 --inventory-url "http://127.0.0.1:$inventory_port"
@@ -500,6 +507,17 @@ dirs, envs = sys.argv[4:6], sys.argv[6:8]
 for side, name in enumerate("AB"):
     reports = [json.load(open(f"{work}/ab-{side}-{r}.json")) for r in range(1, rounds + 1)]
     label = f"{name} {dirs[side]} {envs[side]}".rstrip()
+    if reports[0].get("watch"):
+        # Idle streams: what each cost order-service in resident memory,
+        # and whether every one got its order's change.
+        per = [r["watch"]["rss_per_stream_bytes"] for r in reports]
+        known = [x for x in per if x is not None]
+        print(f"{label}: resident bytes per idle stream "
+              + ", ".join("unknown" if x is None else f"{x:.0f}" for x in per)
+              + (f"; median {statistics.median(known):.0f}" if known else "") + " ("
+              + ", ".join(f"{r['watch']['updated']}/{r['watch']['requested']} updated" for r in reports)
+              + ")")
+        continue
     if not rate:
         runs = [r["throughput_rps"] for r in reports]
         print(f"{label}: " + ", ".join(f"{x:.0f}" for x in runs)

@@ -68,7 +68,16 @@ pub fn methods() -> &'static [MethodPolicy] {
 /// Where the method at `path` is in [`methods`]: a small dense index for
 /// per-method tables (metric handles, for instance).
 pub fn position(path: &str) -> Option<usize> {
-    METHODS.binary_search_by(|m| m.path.cmp(path)).ok()
+    // Every server layer asks for the method of each call, and the paths
+    // share long prefixes (`/shop.user.v1.UserService/`): ordered by
+    // length first, most steps of the search compare two integers.
+    BY_LENGTH
+        .binary_search_by(|&i| {
+            let candidate = METHODS[usize::from(i)].path;
+            (candidate.len(), candidate).cmp(&(path.len(), path))
+        })
+        .ok()
+        .map(|found| usize::from(BY_LENGTH[found]))
 }
 
 #[cfg(test)]
@@ -146,6 +155,36 @@ mod tests {
     #[test]
     fn methods_are_sorted_for_binary_search() {
         assert!(METHODS.windows(2).all(|w| w[0].path < w[1].path));
+        assert_eq!(BY_LENGTH.len(), METHODS.len());
+        let key = |&i: &u16| {
+            let path = METHODS[usize::from(i)].path;
+            (path.len(), path)
+        };
+        assert!(BY_LENGTH.windows(2).all(|w| key(&w[0]) < key(&w[1])));
+    }
+
+    #[test]
+    fn position_finds_what_a_linear_search_finds() {
+        let linear = |path: &str| METHODS.iter().position(|m| m.path == path);
+        let mut probes = vec![String::new(), "/".to_owned()];
+        for m in METHODS {
+            // The path; the same length, one byte off; one byte longer;
+            // one shorter (sometimes another method's path).
+            let mut changed = m.path.to_owned().into_bytes();
+            *changed.last_mut().unwrap() ^= 0x20;
+            probes.extend([
+                m.path.to_owned(),
+                String::from_utf8(changed).unwrap(),
+                format!("{}x", m.path),
+                m.path[..m.path.len() - 1].to_owned(),
+            ]);
+        }
+        for probe in &probes {
+            assert_eq!(position(probe), linear(probe), "{probe:?}");
+        }
+        for (i, m) in METHODS.iter().enumerate() {
+            assert_eq!(position(m.path), Some(i), "{}", m.path);
+        }
     }
 
     #[test]

@@ -60,18 +60,18 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Starts observing a call of `path` that came in over `protocol` (a
+    /// Starts observing a call of the method `labels` name (from
+    /// [`MethodLabels::of`] its path) that came in over `protocol` (a
     /// client's: [`Protocol::Grpc`]) and counts it started. Its
     /// access line is logged in `span`, which carries the request id and
     /// trace id: each field once per line.
     pub fn start(
         side: Side,
         protocol: Protocol,
-        path: &str,
+        labels: MethodLabels,
         span: Span,
         peer: Option<SocketAddr>,
     ) -> CallRecord {
-        let labels = MethodLabels::of(path);
         let metrics = MethodMetrics::of(side, labels, protocol);
         metrics.started.increment(1);
         CallRecord {

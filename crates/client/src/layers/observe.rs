@@ -73,7 +73,7 @@ where
         let record = Arc::new(Mutex::new(CallRecord::start(
             Side::Client,
             Protocol::Grpc,
-            &path,
+            labels,
             span.clone(),
             None,
         )));

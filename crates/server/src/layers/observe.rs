@@ -96,7 +96,7 @@ where
             .get::<Protocol>()
             .copied()
             .unwrap_or_default();
-        let record = CallRecord::start(Side::Server, protocol, path, span.clone(), peer);
+        let record = CallRecord::start(Side::Server, protocol, labels, span.clone(), peer);
         parts.extensions.insert(record.caller_slot());
         let record = Arc::new(Mutex::new(record));
 
