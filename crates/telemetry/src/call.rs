@@ -60,9 +60,9 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// Starts observing a call of the method `labels` name (from
-    /// [`MethodLabels::of`] its path) that came in over `protocol` (a
-    /// client's: [`Protocol::Grpc`]) and counts it started. Its
+    /// Starts observing a call of the method that `labels` names
+    /// ([`MethodLabels::of`] the call's path), which came in over
+    /// `protocol` (a client's: [`Protocol::Grpc`]), and counts it started. Its
     /// access line is logged in `span`, which carries the request id and
     /// trace id: each field once per line.
     pub fn start(
