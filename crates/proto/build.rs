@@ -10,7 +10,8 @@
 //! line here or in `lib.rs`. `proto/google` holds the googleapis protos
 //! they use (`google.api.http` for the REST routes, `google.rpc.Status` and
 //! its details for error bodies), copied unchanged from the
-//! googleapis-common-protos release; no code is generated for them here.
+//! googleapis-common-protos release; no code is generated for them here
+//! (a shop message holding a `google.rpc.Status` gets tonic-types' type).
 
 use std::{
     collections::BTreeMap,
@@ -80,6 +81,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::ShopCodec")
+        // google.rpc.Status (ReserveStocks' per-reservation errors) is
+        // tonic-types' own, so that tonic_types::StatusExt reads it.
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

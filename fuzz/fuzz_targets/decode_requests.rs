@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // One byte picks the message type, so that the corpus of one type
     // teaches the fuzzer the others' shared field numbers too.
-    match which % 27 {
+    match which % 28 {
         0 => round_trip::<user::CreateUserRequest>(message),
         1 => round_trip::<user::GetUserRequest>(message),
         2 => round_trip::<user::UpdateUserRequest>(message),
@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
         23 => round_trip::<inventory::ConfirmReservationRequest>(message),
         24 => round_trip::<inventory::ReleaseReservationRequest>(message),
         25 => round_trip::<inventory::ConfirmReservationsRequest>(message),
+        26 => round_trip::<inventory::ReserveStocksRequest>(message),
         _ => round_trip::<inventory::WatchStockRequest>(message),
     }
 });

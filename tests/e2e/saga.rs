@@ -1,6 +1,7 @@
 //! The stock saga across the three real binaries: a crash of order-service
-//! in the middle of placing an order, inventory-service down, and one
-//! caller deadline covering all three hops.
+//! in the middle of placing an order, inventory-service down, one caller
+//! deadline covering all three hops, and orders placed together sharing
+//! their calls to inventory-service.
 
 use std::time::{Duration, Instant};
 
@@ -150,22 +151,12 @@ async fn orders_placed_together_share_their_confirmation_call() {
     let before = sku_1(&stack, &token).await;
     let (on_hand, reserved) = (before.on_hand, before.reserved);
     let n = 20;
-    let orders = OrderServiceClient::new(stack.service(ORDERS).channel());
-    let placing: Vec<_> = (0..n)
-        .map(|i| {
-            let mut orders = orders.clone();
-            let request = authed(order(&user.id, &format!("bulk-{i}")), &token);
-            tokio::spawn(async move { orders.create_order(request).await })
-        })
-        .collect();
-    for placed in placing {
-        placed.await.unwrap().unwrap();
-    }
+    place_at_once(&stack, &user.id, &token, "bulk", n).await;
     // Each order takes 3 units of sku-1, off the shelf once confirmed.
     until(Duration::from_secs(30), "every order confirmed", || async {
         {
             let now = sku_1(&stack, &token).await;
-            (now.on_hand, now.reserved) == (on_hand - 3 * n, reserved)
+            (now.on_hand, now.reserved) == (on_hand - 3 * n as i64, reserved)
         }
     })
     .await;
@@ -183,6 +174,125 @@ async fn orders_placed_together_share_their_confirmation_call() {
         "{n} orders confirmed in {batched} calls:\n{metrics}"
     );
     assert_eq!(calls("ConfirmReservation"), 0.0, "none one by one");
+}
+
+/// `n` orders of sku-1 placed at once for `user`, each answered OK.
+async fn place_at_once(stack: &Stack, user_id: &str, token: &str, prefix: &str, n: usize) {
+    let orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+    let placing: Vec<_> = (0..n)
+        .map(|i| {
+            let mut orders = orders.clone();
+            let request = authed(order(user_id, &format!("{prefix}-{i}")), token);
+            tokio::spawn(async move { orders.create_order(request).await })
+        })
+        .collect();
+    for placed in placing {
+        placed.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn orders_placed_together_share_their_reservation_calls() {
+    // One reservation call at a time, and a reservation in a call of its
+    // own held a second at inventory-service: the orders arriving
+    // meanwhile wait at order-service and go together in a ReserveStocks.
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(INVENTORY).env("FAULT_DELAY", "ReserveStock=1s"),
+            Spec::new(ORDERS).env("STOCK_RESERVE_CALLS", "1"),
+        ],
+    )
+    .await;
+    let (user, token) = customer(&stack, "together").await;
+    let before = sku_1(&stack, &token).await;
+    let n = 20;
+    place_at_once(&stack, &user.id, &token, "together", n).await;
+    until(Duration::from_secs(30), "every order confirmed", || async {
+        let now = sku_1(&stack, &token).await;
+        (now.on_hand, now.reserved) == (before.on_hand - 3 * n as i64, before.reserved)
+    })
+    .await;
+
+    let metrics = http_get(stack.service(INVENTORY).admin, "/metrics").await.1;
+    let calls = |method| {
+        metric_sum(
+            &metrics,
+            "grpc_server_handled_total",
+            &[("grpc_method", method), ("grpc_code", "OK")],
+        )
+    };
+    let (own, shared) = (calls("ReserveStock"), calls("ReserveStocks"));
+    assert!(
+        shared >= 1.0 && own + shared <= 5.0,
+        "{n} orders reserved in {own} calls of their own and {shared} shared:\n{metrics}"
+    );
+    let metrics = http_get(stack.service(ORDERS).admin, "/metrics").await.1;
+    let reservations =
+        |call| metric_sum(&metrics, "shop_stock_reservations_total", &[("call", call)]);
+    assert_eq!(
+        reservations("own") + reservations("shared"),
+        n as f64,
+        "{metrics}"
+    );
+    assert!(reservations("shared") >= 15.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_queued_reservation_whose_caller_gave_up_is_never_sent() {
+    // The one reservation call is taken by a first order for 2 s; a second
+    // order with 300 ms to live waits for it, gives up, and its
+    // reservation is left out of the shared call that would have carried it.
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(INVENTORY).env("FAULT_DELAY", "ReserveStock=2s"),
+            Spec::new(ORDERS).env("STOCK_RESERVE_CALLS", "1"),
+        ],
+    )
+    .await;
+    let (user, token) = customer(&stack, "patient").await;
+    let before = available(&stack, &token).await;
+    let first = {
+        let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+        let request = authed(order(&user.id, "first"), &token);
+        tokio::spawn(async move { orders.create_order(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, elapsed) = create_order_failing_within(
+        &stack,
+        &user.id,
+        &token,
+        "queued",
+        Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "answered after {elapsed:?}"
+    );
+    first.await.unwrap().unwrap();
+    // Once the first call is back, the queue is looked at: nothing to send,
+    // not even a call that would fail at once for want of time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = http_get(stack.service(ORDERS).admin, "/metrics").await.1;
+    let shared = metric_sum(
+        &metrics,
+        "grpc_client_started_total",
+        &[("grpc_method", "ReserveStocks")],
+    );
+    assert_eq!(shared, 0.0, "{metrics}");
+    assert_eq!(
+        orders_of(&stack, &token).await.len(),
+        1,
+        "the first order only"
+    );
+    assert_eq!(
+        available(&stack, &token).await,
+        before - 3,
+        "the first order's units only"
+    );
 }
 
 #[tokio::test]

@@ -41,6 +41,19 @@ pub struct Config {
     #[command(flatten)]
     pub service_account: ServiceAccountArgs,
 
+    /// Most reservation calls to inventory-service in flight at once. A
+    /// reservation goes in a ReserveStock call of its own while fewer are;
+    /// beyond that it waits, and the reservations waiting go together in
+    /// one ReserveStocks call as soon as a call ends, so that under load
+    /// orders share calls. A large value sends every reservation in a call
+    /// of its own.
+    #[arg(long, env = "STOCK_RESERVE_CALLS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stock_reserve_calls: u32,
+
+    /// Most reservations one shared ReserveStocks call carries.
+    #[arg(long, env = "STOCK_RESERVE_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=crate::stock::MAX_BATCH as i64))]
+    pub stock_reserve_batch: u32,
+
     /// How often the stock steps orders still owe inventory-service
     /// (confirmations, releases that failed or were interrupted by a
     /// crash) are retried; each step also backs off on its own.
@@ -85,6 +98,20 @@ mod tests {
         assert_eq!(config.issuer.user_service_url, "http://127.0.0.1:50051");
         assert_eq!(config.inventory_service_url, "http://127.0.0.1:50053");
         assert!(config.issuer.keys.jwt_public_key_files.is_empty());
+        assert_eq!(config.stock_reserve_calls, 4);
+        assert_eq!(config.stock_reserve_batch, 32);
+    }
+
+    #[test]
+    fn reservation_sharing_is_checked_at_start_up() {
+        for bad in [
+            ["--stock-reserve-calls", "0"],
+            ["--stock-reserve-batch", "0"],
+            ["--stock-reserve-batch", "33"],
+        ] {
+            let args = std::iter::once("order-service").chain(bad);
+            assert!(Config::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

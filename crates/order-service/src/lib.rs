@@ -83,6 +83,10 @@ pub async fn run(
     let stock = Arc::new(stock::StockClient::new(
         inventory_channel,
         Arc::new(service_token),
+        stock::Sharing {
+            calls: config.stock_reserve_calls as usize,
+            batch: config.stock_reserve_batch as usize,
+        },
     ));
 
     let mut server = Server::new(SERVICE, &config.service, keys.verifier());

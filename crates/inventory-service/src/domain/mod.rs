@@ -21,6 +21,8 @@ pub const MAX_REASON_CHARS: usize = 200;
 pub const MAX_REQUEST_ID_CHARS: usize = 64;
 /// Most items in one reservation (as in one order).
 pub const MAX_ITEMS: usize = 100;
+/// Most reservations one ReserveStocks holds.
+pub const MAX_RESERVATIONS: usize = 32;
 /// Most reservations one ConfirmReservations confirms.
 pub const MAX_CONFIRMATIONS: usize = 256;
 /// Most units of one item in one reservation (as in one order).

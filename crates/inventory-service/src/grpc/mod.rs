@@ -24,8 +24,9 @@ use crate::{
     app::Inventory,
     domain::{
         MAX_CONFIRMATIONS, MAX_ITEMS, MAX_NAME_CHARS, MAX_QUANTITY, MAX_REASON_CHARS,
-        MAX_REQUEST_ID_CHARS, MAX_STOCK_DELTA, MAX_UNIT_PRICE_CENTS, MAX_WATCHED_SKUS,
-        ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange, Violations,
+        MAX_REQUEST_ID_CHARS, MAX_RESERVATIONS, MAX_STOCK_DELTA, MAX_UNIT_PRICE_CENTS,
+        MAX_WATCHED_SKUS, ProductDraft, ReservationStatus, ReserveItem, Sku, StockChange,
+        Violations,
     },
 };
 
@@ -182,6 +183,71 @@ fn decode_reserve(req: &pb::ReserveStockRequest) -> Result<(Uuid, Vec<ReserveIte
     Ok((id, items))
 }
 
+/// Refuses a ReserveStocks whose list is not 1..=[`MAX_RESERVATIONS`]
+/// long (before any reservation is looked at) or names an order id twice.
+/// Each reservation's own checks are its result's, see [`reserve_one`].
+fn check_reservations(asked: &[pb::ReserveStockRequest]) -> Result<(), AppError> {
+    if asked.is_empty() || asked.len() > MAX_RESERVATIONS {
+        return Err(AppError::invalid(
+            "reservations",
+            &format!("must hold 1..={MAX_RESERVATIONS} reservations"),
+        ));
+    }
+    let mut v = Violations::new();
+    let mut seen = HashSet::with_capacity(asked.len());
+    for (i, reservation) in asked.iter().enumerate() {
+        if !seen.insert(reservation.order_id.as_str()) {
+            v.add(format!("reservations[{i}].order_id"), "is repeated");
+        }
+    }
+    v.into_result().map_err(AppError::from)
+}
+
+impl InventoryGrpc {
+    /// One reservation of a ReserveStocks, as ReserveStock answers it: the
+    /// reservation, or ReserveStock's error as a `google.rpc.Status` (its
+    /// details kept, an internal cause hidden as at the edge).
+    /// Each one held is logged as ReserveStock logs it.
+    async fn reserve_one(
+        &self,
+        asked: &pb::ReserveStockRequest,
+        service: &str,
+    ) -> pb::ReserveStockResult {
+        let reserved = match decode_reserve(asked) {
+            Ok((id, items)) => {
+                let reserved = self.inventory.reserve(id, &items).await;
+                if reserved.is_ok() {
+                    tracing::info!(order_id = %id, service, "stock reserved");
+                }
+                reserved
+            }
+            Err(invalid) => Err(invalid),
+        };
+        let result = match reserved {
+            Ok(reservation) => {
+                pb::reserve_stock_result::Result::Reservation(reservation_to_proto(&reservation))
+            }
+            Err(error) => pb::reserve_stock_result::Result::Error(status_to_proto(&error.into())),
+        };
+        pb::ReserveStockResult {
+            result: Some(result),
+        }
+    }
+}
+
+/// `status` as a `google.rpc.Status`, as `grpc-status-details-bin` carries
+/// it: code, message and details.
+fn status_to_proto(status: &Status) -> tonic_types::pb::Status {
+    let mut proto = if status.details().is_empty() {
+        tonic_types::pb::Status::default()
+    } else {
+        prost::Message::decode(status.details()).unwrap_or_default()
+    };
+    proto.code = status.code() as i32;
+    proto.message = status.message().to_owned();
+    proto
+}
+
 #[tonic::async_trait]
 impl InventoryService for InventoryGrpc {
     async fn put_product(
@@ -262,6 +328,20 @@ impl InventoryService for InventoryGrpc {
         let reservation = self.inventory.reserve(id, &items).await?;
         tracing::info!(order_id = %id, service, user, "stock reserved");
         Ok(Response::new(reservation_to_proto(&reservation)))
+    }
+
+    async fn reserve_stocks(
+        &self,
+        request: Request<pb::ReserveStocksRequest>,
+    ) -> Result<Response<pb::ReserveStocksResponse>, Status> {
+        let service = service_caller(&request)?.name.clone();
+        let asked = &request.get_ref().reservations;
+        check_reservations(asked)?;
+        // Together, so that their writes share the writer's batches.
+        let results =
+            futures_util::future::join_all(asked.iter().map(|r| self.reserve_one(r, &service)))
+                .await;
+        Ok(Response::new(pb::ReserveStocksResponse { results }))
     }
 
     async fn confirm_reservation(
@@ -407,6 +487,14 @@ mod tests {
             reserve.encoded_len() <= declared("ReserveStock"),
             "{}",
             reserve.encoded_len()
+        );
+        let many = pb::ReserveStocksRequest {
+            reservations: vec![reserve.clone(); MAX_RESERVATIONS],
+        };
+        assert!(
+            many.encoded_len() <= declared("ReserveStocks"),
+            "{}",
+            many.encoded_len()
         );
         let watch = pb::WatchStockRequest {
             skus: (0..MAX_WATCHED_SKUS).map(|_| sku.clone()).collect(),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use shop_proto::inventory::v1::{
     ConfirmReservationRequest, ConfirmReservationsRequest, ReleaseReservationRequest,
-    ReservationStatus, ReserveItem, ReserveStockRequest,
+    ReservationStatus, ReserveItem, ReserveStockRequest, ReserveStocksRequest,
+    reserve_stock_result::Result as Outcome,
 };
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -334,6 +335,154 @@ async fn a_batch_confirmation_is_for_services_and_names_each_bad_id() {
             .unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{count} ids");
     }
+}
+
+fn reserve_all(reservations: Vec<ReserveStockRequest>) -> ReserveStocksRequest {
+    ReserveStocksRequest { reservations }
+}
+
+/// Several orders' reservations in one call, each as ReserveStock would
+/// answer it on its own: held, short, malformed, other items under a known
+/// order id, the same again; a refused one holds nothing and holds back
+/// no other.
+async fn reserve_many_at_once(backend: Backend) {
+    let f = Fixture::spawn_with(backend, &[]).await;
+    f.product("sku-1", 250, 10).await;
+    f.product("sku-2", 1000, 1).await;
+    let mut inventory = f.inventory.clone();
+    let (known, repeated) = (Uuid::now_v7(), Uuid::now_v7());
+    for order in [known, repeated] {
+        inventory
+            .reserve_stock(f.as_service(reserve(order, &[("sku-1", 1)])))
+            .await
+            .unwrap();
+    }
+    let held = Uuid::now_v7();
+    let last = Uuid::now_v7();
+    let asked = vec![
+        reserve(held, &[("sku-1", 2)]),
+        reserve(Uuid::now_v7(), &[("sku-1", 1), ("sku-2", 3)]),
+        reserve(Uuid::now_v7(), &[("not a sku", 1)]),
+        reserve(known, &[("sku-1", 5)]),
+        reserve(repeated, &[("sku-1", 1)]),
+        reserve(last, &[("sku-2", 1)]),
+    ];
+    // Twice: the held ones are the same reservations, nothing more held.
+    for _ in 0..2 {
+        let results = inventory
+            .reserve_stocks(f.as_service(reserve_all(asked.clone())))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let outcomes: Vec<_> = results
+            .into_iter()
+            .map(|r| match r.result.expect("a result") {
+                Outcome::Reservation(r) => Ok((r.order_id, r.lines.len())),
+                Outcome::Error(e) => Err((Code::from(e.code), e.message)),
+            })
+            .collect();
+        assert!(
+            matches!(&outcomes[..], [
+                Ok((h, 1)),
+                Err((Code::FailedPrecondition, _)),
+                Err((Code::InvalidArgument, _)),
+                Err((Code::AlreadyExists, _)),
+                Ok((r, 1)),
+                Ok((l, 1)),
+            ] if *h == held.to_string() && *r == repeated.to_string() && *l == last.to_string()),
+            "{outcomes:?}"
+        );
+        let one = f.get("sku-1").await;
+        let two = f.get("sku-2").await;
+        assert_eq!(
+            (one.reserved, two.reserved),
+            (2 + 2, 1),
+            "the earlier two, the held one and the last unit of sku-2"
+        );
+    }
+    // A refusal carries what ReserveStock's would: each short sku named.
+    let results = inventory
+        .reserve_stocks(f.as_service(reserve_all(vec![reserve(Uuid::now_v7(), &[("sku-2", 3)])])))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let Some(Outcome::Error(short)) = results[0].result.clone() else {
+        panic!("{results:?}");
+    };
+    let status = tonic::Status::with_details(
+        Code::from(short.code),
+        short.message.clone(),
+        prost::Message::encode_to_vec(&short).into(),
+    );
+    let subjects: Vec<_> = status
+        .get_details_precondition_failure()
+        .expect("a PreconditionFailure")
+        .violations
+        .into_iter()
+        .map(|v| (v.subject, v.description))
+        .collect();
+    assert_eq!(
+        subjects,
+        [("sku-2".to_owned(), "3 requested, 0 available".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn many_reservations_are_held_in_one_call() {
+    reserve_many_at_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn many_reservations_are_held_in_one_call_on_postgres() {
+    reserve_many_at_once(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_shared_reservation_call_is_for_services_and_checks_its_list() {
+    let f = Fixture::spawn().await;
+    f.product("sku-1", 250, 100).await;
+    let mut inventory = f.inventory.clone();
+    let one = || reserve(Uuid::now_v7(), &[("sku-1", 1)]);
+    let refused = inventory
+        .reserve_stocks(authed(reserve_all(vec![one()]), &f.customer))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let twice = one();
+    let refused = inventory
+        .reserve_stocks(f.as_service(reserve_all(vec![twice.clone(), one(), twice])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    let fields: Vec<_> = refused
+        .get_details_bad_request()
+        .expect("a BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect();
+    assert_eq!(
+        fields,
+        [(
+            "reservations[2].order_id".to_owned(),
+            "is repeated".to_owned()
+        )]
+    );
+    for count in [0, 33] {
+        let refused = inventory
+            .reserve_stocks(f.as_service(reserve_all((0..count).map(|_| one()).collect())))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{count} reservations"
+        );
+    }
+    assert_eq!(f.get("sku-1").await.reserved, 0, "nothing held");
 }
 
 /// `n` reservations of one unit each race for `stock` units.

@@ -1,8 +1,11 @@
 //! order-service's client of inventory-service: reservations for new
 //! orders ([`crate::app::Stock`]), with order-service's own service token
-//! (ReserveStock, ConfirmReservations and ReleaseReservation are for
-//! services only) next to the end user's forwarded token, and the caller's
-//! remaining deadline.
+//! (ReserveStock, ReserveStocks, ConfirmReservations and ReleaseReservation
+//! are for services only) next to the end user's forwarded token, and the
+//! caller's remaining deadline. Reservations that arrive together share
+//! calls ([`together`]).
+
+mod together;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -16,6 +19,8 @@ use shop_proto::inventory::v1::{
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt as _;
 use uuid::Uuid;
+
+pub use together::{MAX_BATCH, Sharing};
 
 use crate::{
     app::{Reserved, Settled, Stock},
@@ -32,27 +37,49 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The InventoryService client.
 #[derive(Debug, Clone)]
 pub struct StockClient {
+    caller: Caller,
+    together: together::Together,
+}
+
+/// The channel and the credential every call to inventory-service goes
+/// out with.
+#[derive(Debug, Clone)]
+struct Caller {
     client: InventoryServiceClient<ClientChannel>,
     token: Arc<ServiceToken>,
 }
 
+impl Caller {
+    /// `message` as a request with this service's token, that may take up
+    /// to `timeout`.
+    async fn request<T>(&self, message: T, timeout: Duration) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        request.set_timeout(timeout);
+        self.token.attach(&mut request).await?;
+        Ok(request)
+    }
+}
+
 impl StockClient {
-    /// A client over `channel`, proving itself with `token`.
-    pub fn new(channel: ClientChannel, token: Arc<ServiceToken>) -> StockClient {
-        StockClient {
+    /// A client over `channel`, proving itself with `token`, whose
+    /// reservations share calls as `sharing` says. Starts the task that
+    /// sends shared calls, so call it inside the runtime.
+    pub fn new(channel: ClientChannel, token: Arc<ServiceToken>, sharing: Sharing) -> StockClient {
+        let caller = Caller {
             client: InventoryServiceClient::new(channel),
             token,
+        };
+        StockClient {
+            together: together::Together::start(caller.clone(), sharing),
+            caller,
         }
     }
 
     async fn request<T>(&self, message: T) -> Result<Request<T>, AppError> {
-        let mut request = Request::new(message);
-        request.set_timeout(CALL_TIMEOUT);
-        self.token
-            .attach(&mut request)
+        self.caller
+            .request(message, CALL_TIMEOUT)
             .await
-            .map_err(|status| dependency(&status))?;
-        Ok(request)
+            .map_err(|status| dependency(&status))
     }
 }
 
@@ -66,30 +93,38 @@ fn dependency(status: &Status) -> AppError {
 #[async_trait]
 impl Stock for StockClient {
     async fn reserve(&self, order_id: Uuid, items: &[OrderItem]) -> Result<Reserved, AppError> {
-        let request = self
-            .request(ReserveStockRequest {
-                order_id: order_id.to_string(),
-                items: items
-                    .iter()
-                    .map(|i| ReserveItem {
-                        sku: i.product_id.clone(),
-                        quantity: i64::from(i.quantity),
-                    })
-                    .collect(),
-            })
-            .await?;
-        match self.client.clone().reserve_stock(request).await {
-            Ok(reservation) => {
-                let reservation = reservation.into_inner();
-                Ok(Reserved {
-                    currency_code: reservation.currency_code,
-                    prices: reservation
-                        .lines
-                        .into_iter()
-                        .map(|l| (l.sku, l.unit_price_cents))
-                        .collect(),
+        let message = ReserveStockRequest {
+            order_id: order_id.to_string(),
+            items: items
+                .iter()
+                .map(|i| ReserveItem {
+                    sku: i.product_id.clone(),
+                    quantity: i64::from(i.quantity),
                 })
+                .collect(),
+        };
+        let answer = match self.together.own_call() {
+            Some(_place) => {
+                metrics::counter!("shop_stock_reservations_total", "call" => "own").increment(1);
+                let request = self.request(message).await?;
+                self.caller
+                    .client
+                    .clone()
+                    .reserve_stock(request)
+                    .await
+                    .map(tonic::Response::into_inner)
             }
+            None => self.together.shared_call(message).await,
+        };
+        match answer {
+            Ok(reservation) => Ok(Reserved {
+                currency_code: reservation.currency_code,
+                prices: reservation
+                    .lines
+                    .into_iter()
+                    .map(|l| (l.sku, l.unit_price_cents))
+                    .collect(),
+            }),
             // Short stock, unknown or inactive products: the caller's to
             // know, with each product named.
             Err(status) if status.code() == Code::FailedPrecondition => {
@@ -119,6 +154,7 @@ impl Stock for StockClient {
             })
             .await?;
         let answered = self
+            .caller
             .client
             .clone()
             .confirm_reservations(request)
@@ -155,7 +191,13 @@ impl Stock for StockClient {
                 order_id: order_id.to_string(),
             })
             .await?;
-        match self.client.clone().release_reservation(request).await {
+        match self
+            .caller
+            .client
+            .clone()
+            .release_reservation(request)
+            .await
+        {
             Ok(_) => Ok(Settled::Done),
             Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::NotFound) => {
                 Ok(Settled::Gone)
