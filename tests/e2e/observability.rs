@@ -1,5 +1,6 @@
 //! What operators see, from the real binaries: one trace across the three
-//! services exported over OTLP, grpc-ecosystem metrics on the admin port
+//! services exported over OTLP (and a call shared by many orders linked to
+//! each of them), grpc-ecosystem metrics on the admin port
 //! (message sizes and stream backpressure waits among them),
 //! a request id and trace id on every log line of a request, one access
 //! line per call, and never a secret.
@@ -115,6 +116,84 @@ async fn order_in_trace(
         .create_order(request)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_shared_reservation_call_links_to_each_order_it_carried() {
+    // One reservation call at a time, a call of its own held a second: the
+    // orders placed meanwhile share a ReserveStocks call.
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let stack = Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(USERS).envs(&otel),
+            Spec::new(INVENTORY)
+                .envs(&otel)
+                .env("FAULT_DELAY", "ReserveStock=1s"),
+            Spec::new(ORDERS)
+                .envs(&otel)
+                .env("STOCK_RESERVE_CALLS", "1"),
+        ],
+    )
+    .await;
+    let (user, token) = customer(&stack, "linked").await;
+    let placing: Vec<_> = (0..4)
+        .map(|i| {
+            let mut orders = OrderServiceClient::new(stack.service(ORDERS).channel());
+            let request = authed(order(&user.id, &format!("linked-{i}")), &token);
+            tokio::spawn(async move { orders.create_order(request).await })
+        })
+        .collect();
+    for placed in placing {
+        placed.await.unwrap().unwrap();
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let shared_call = "shop.inventory.v1.InventoryService/ReserveStocks";
+    let (together, client) = loop {
+        let together = collector.find(
+            "order-service",
+            "reserve stock together",
+            SpanKind::Internal,
+        );
+        let client = collector.find("order-service", shared_call, SpanKind::Client);
+        if let (Some(together), Some(client)) = (together, client) {
+            break (together, client);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the shared call's spans not exported within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(client.parent_span_id, together.span_id, "the call under it");
+    let orders: Vec<Span> = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(service, span)| {
+            service == "order-service"
+                && span.name == "shop.order.v1.OrderService/CreateOrder"
+                && span.kind == SpanKind::Server as i32
+        })
+        .map(|(_, span)| span.clone())
+        .collect();
+    assert!(!together.links.is_empty(), "{together:?}");
+    for link in &together.links {
+        assert!(
+            orders
+                .iter()
+                .any(|o| o.trace_id == link.trace_id && o.span_id == link.span_id),
+            "a link to a CreateOrder's span: {link:?}"
+        );
+        assert_ne!(link.trace_id, together.trace_id, "not under any order");
+    }
 }
 
 #[tokio::test]

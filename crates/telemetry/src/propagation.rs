@@ -65,6 +65,20 @@ pub fn set_parent(span: &Span, parent: Context) {
     }
 }
 
+/// Links `span` to `other` (an OpenTelemetry span link) when spans are
+/// exported: a call made for many callers at once (a shared reservation
+/// call) names each caller's span without being under any of them. Call it
+/// before `span` closes.
+pub fn add_link(span: &Span, other: &Span) {
+    let span_context = match trace_ids::of(other) {
+        Some(ids) => ids,
+        None => other.context().span().span_context().clone(),
+    };
+    if span_context.is_valid() {
+        span.add_link(span_context);
+    }
+}
+
 /// The trace id of `span`, if it has one.
 pub fn trace_id(span: &Span) -> Option<TraceId> {
     let span_context = match trace_ids::of(span) {

@@ -15,7 +15,8 @@
 //! caller past its deadline, or whose client went away, is left out), and
 //! a shared call is bounded by the longest remaining deadline among its
 //! callers (and [`super::CALL_TIMEOUT`]). A shared call has a trace of its
-//! own, not each caller's: its span names how many orders it carried.
+//! own, not each caller's: its span names how many orders it carried and,
+//! when spans are exported, links to each caller's span.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,6 +24,7 @@ use shop_core::context::RequestContext;
 use shop_proto::inventory::v1::{
     Reservation, ReserveStockRequest, ReserveStocksRequest, reserve_stock_result,
 };
+use shop_telemetry::propagation::add_link;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::Instant,
@@ -54,6 +56,8 @@ struct Queued {
     request: ReserveStockRequest,
     /// The caller's deadline, when it has one.
     deadline: Option<Instant>,
+    /// The caller's span, which the shared call's links to.
+    span: tracing::Span,
     answer: oneshot::Sender<Result<Reservation, Status>>,
 }
 
@@ -103,6 +107,7 @@ impl Together {
         let queued = Queued {
             request,
             deadline: RequestContext::current().map(|ctx| ctx.deadline),
+            span: tracing::Span::current(),
             answer,
         };
         self.queue
@@ -152,10 +157,13 @@ async fn send_shared(
 /// One shared call for `members`, each answered with its own result.
 async fn send(caller: &Caller, members: Vec<Queued>) {
     let timeout = timeout_for(&members, Instant::now());
+    let orders = members.len();
+    let span = tracing::info_span!("reserve stock together", orders);
+    for member in &members {
+        add_link(&span, &member.span);
+    }
     let (reservations, waiting): (Vec<_>, Vec<_>) =
         members.into_iter().map(|q| (q.request, q.answer)).unzip();
-    let orders = reservations.len();
-    let span = tracing::info_span!("reserve stock together", orders);
     let answers = async {
         let request = caller
             .request(ReserveStocksRequest { reservations }, timeout)
@@ -229,6 +237,7 @@ mod tests {
         Queued {
             request: ReserveStockRequest::default(),
             deadline,
+            span: tracing::Span::none(),
             answer: oneshot::channel().0,
         }
     }
