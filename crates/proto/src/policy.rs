@@ -125,7 +125,7 @@ mod tests {
                 "{service} missing from the policy table"
             );
         }
-        assert_eq!(METHODS.len(), 8 + 5 + 8 + 9);
+        assert_eq!(METHODS.len(), 8 + 5 + 8 + 10);
     }
 
     #[test]
@@ -144,6 +144,10 @@ mod tests {
 
         let reserve = lookup("/shop.inventory.v1.InventoryService/ReserveStock").unwrap();
         assert_eq!(reserve.access, Access::Service);
+        let shared = lookup("/shop.inventory.v1.InventoryService/ReserveStocks").unwrap();
+        assert_eq!(shared.access, Access::Service);
+        assert!(shared.idempotency.is_retry_safe());
+        assert_eq!(shared.max_request_bytes, 262_144);
 
         let activity = lookup("/shop.user.v1.UserService/UserActivity").unwrap();
         assert!(activity.client_streaming && activity.server_streaming);
