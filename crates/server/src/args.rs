@@ -225,7 +225,8 @@ pub struct ServerArgs {
     pub max_concurrent_requests: usize,
 
     /// Sustained calls per second per caller (user, or peer address when
-    /// anonymous); more are RESOURCE_EXHAUSTED with RetryInfo.
+    /// anonymous; a service on its own behalf is not counted); more are
+    /// RESOURCE_EXHAUSTED with RetryInfo.
     #[arg(long, env = "RATE_LIMIT_PER_SECOND", default_value_t = 200.0)]
     pub rate_limit_per_second: f64,
 

@@ -32,6 +32,7 @@ use governor::{
     clock::{Clock as _, DefaultClock},
 };
 use http::{Request, Response};
+use shop_auth::ServiceCaller;
 use shop_core::error::AppError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body};
@@ -117,7 +118,8 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     /// Per-caller buckets; calls to `exempt` services (health, reflection)
-    /// are not counted.
+    /// and calls a service makes on its own behalf (a verified service
+    /// token and no end user's) are not counted.
     pub fn new(per_second: f64, burst: u32, exempt: &[&'static str]) -> RateLimitLayer {
         RateLimitLayer {
             limit: KeyedLimit::new(per_second, burst, "requests"),
@@ -168,6 +170,14 @@ where
                     key.push_str("user:");
                     key.push_str(&p.user_id);
                     key
+                }
+                // A service calling on its own behalf (a service token and
+                // no end user's): what it sends is work for end users whose
+                // own calls were limited where they came in (one shared
+                // reservation call carries many orders), so it is bounded
+                // by the concurrency limit only.
+                None if req.extensions().get::<ServiceCaller>().is_some() => {
+                    return Either::Left(self.inner.call(req));
                 }
                 None => crate::peer::caller_key(req.extensions()),
             };
@@ -359,6 +369,7 @@ mod tests {
     use tower::{ServiceExt as _, service_fn};
 
     use super::*;
+    use shop_auth::Principal;
     use shop_core::status::grpc_status;
     use tonic::Code;
 
@@ -389,6 +400,43 @@ mod tests {
         assert!(limit.check("b").is_ok(), "buckets are per key");
         tokio::time::sleep(delay + Duration::from_millis(5)).await;
         assert!(limit.check("a").is_ok(), "refilled");
+    }
+
+    #[tokio::test]
+    async fn a_service_on_its_own_behalf_is_not_rate_limited_but_users_and_addresses_are() {
+        let handler = service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let limited = RateLimitLayer::new(0.001, 2, &[]).layer(handler);
+        let code = |request: Request<Body>| {
+            let limited = limited.clone();
+            async move { grpc_status(limited.oneshot(request).await.unwrap().headers()) }
+        };
+        fn service() -> Request<Body> {
+            let mut request = request();
+            request.extensions_mut().insert(ServiceCaller {
+                name: "order-service".into(),
+            });
+            request
+        }
+        fn user() -> Request<Body> {
+            let mut request = service();
+            request.extensions_mut().insert(Arc::new(Principal {
+                user_id: "u-1".into(),
+                roles: Vec::new(),
+                token_id: "t-1".into(),
+                expires_at: 0,
+            }));
+            request
+        }
+        for _ in 0..5 {
+            assert_eq!(code(service()).await, None, "not counted");
+        }
+        for make in [user, request] {
+            assert_eq!(code(make()).await, None);
+            assert_eq!(code(make()).await, None);
+            assert_eq!(code(make()).await, Some(Code::ResourceExhausted));
+        }
     }
 
     #[tokio::test]
