@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::{
     INVENTORY, ORDERS, customer,
-    deadlines::{create_order_failing_within, received_timeouts},
+    deadlines::{create_order_cut_short, received_timeouts},
     order,
 };
 
@@ -191,19 +191,25 @@ async fn place_at_once(stack: &Stack, user_id: &str, token: &str, prefix: &str, 
     }
 }
 
+/// A stack where order-service makes one reservation call at a time and
+/// inventory-service holds each ReserveStock (a call of its own) `delay`.
+async fn one_reservation_call_at_a_time(delay: &str) -> Stack {
+    Stack::start(
+        Backend::Sqlite,
+        &[
+            Spec::new(INVENTORY).env("FAULT_DELAY", format!("ReserveStock={delay}")),
+            Spec::new(ORDERS).env("STOCK_RESERVE_CALLS", "1"),
+        ],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn orders_placed_together_share_their_reservation_calls() {
     // One reservation call at a time, and a reservation in a call of its
     // own held a second at inventory-service: the orders arriving
     // meanwhile wait at order-service and go together in a ReserveStocks.
-    let stack = Stack::start(
-        Backend::Sqlite,
-        &[
-            Spec::new(INVENTORY).env("FAULT_DELAY", "ReserveStock=1s"),
-            Spec::new(ORDERS).env("STOCK_RESERVE_CALLS", "1"),
-        ],
-    )
-    .await;
+    let stack = one_reservation_call_at_a_time("1s").await;
     let (user, token) = customer(&stack, "together").await;
     let before = sku_1(&stack, &token).await;
     let n = 20;
@@ -243,14 +249,7 @@ async fn a_queued_reservation_whose_caller_gave_up_is_never_sent() {
     // The one reservation call is taken by a first order for 2 s; a second
     // order with 300 ms to live waits for it, gives up, and its
     // reservation is left out of the shared call that would have carried it.
-    let stack = Stack::start(
-        Backend::Sqlite,
-        &[
-            Spec::new(INVENTORY).env("FAULT_DELAY", "ReserveStock=2s"),
-            Spec::new(ORDERS).env("STOCK_RESERVE_CALLS", "1"),
-        ],
-    )
-    .await;
+    let stack = one_reservation_call_at_a_time("2s").await;
     let (user, token) = customer(&stack, "patient").await;
     let before = available(&stack, &token).await;
     let first = {
@@ -259,7 +258,7 @@ async fn a_queued_reservation_whose_caller_gave_up_is_never_sent() {
         tokio::spawn(async move { orders.create_order(request).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, elapsed) = create_order_failing_within(
+    create_order_cut_short(
         &stack,
         &user.id,
         &token,
@@ -267,11 +266,6 @@ async fn a_queued_reservation_whose_caller_gave_up_is_never_sent() {
         Duration::from_millis(300),
     )
     .await;
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "answered after {elapsed:?}"
-    );
     first.await.unwrap().unwrap();
     // Once the first call is back, the queue is looked at: nothing to send,
     // not even a call that would fail at once for want of time.
@@ -359,7 +353,7 @@ async fn one_300ms_deadline_covers_three_services() {
     .await;
     let (user, token) = customer(&stack, "hasty").await;
     let before = available(&stack, &token).await;
-    let (status, elapsed) = create_order_failing_within(
+    create_order_cut_short(
         &stack,
         &user.id,
         &token,
@@ -367,11 +361,6 @@ async fn one_300ms_deadline_covers_three_services() {
         Duration::from_millis(300),
     )
     .await;
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "answered after {elapsed:?}"
-    );
 
     // inventory-service got what was left after GetUser: less than 300 ms.
     let timeouts = received_timeouts(

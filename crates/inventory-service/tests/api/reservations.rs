@@ -294,6 +294,17 @@ async fn many_reservations_are_confirmed_in_one_call_on_postgres() {
     confirm_many_at_once(Backend::Postgres).await;
 }
 
+/// The (field, description) pairs of an INVALID_ARGUMENT's BadRequest.
+fn field_violations(refused: &tonic::Status) -> Vec<(String, String)> {
+    refused
+        .get_details_bad_request()
+        .expect("a BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| (v.field, v.description))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_batch_confirmation_is_for_services_and_names_each_bad_id() {
     let f = Fixture::spawn().await;
@@ -313,13 +324,7 @@ async fn a_batch_confirmation_is_for_services_and_names_each_bad_id() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    let fields: Vec<_> = refused
-        .get_details_bad_request()
-        .expect("a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| (v.field, v.description))
-        .collect();
+    let fields = field_violations(&refused);
     assert_eq!(
         fields,
         [
@@ -457,13 +462,7 @@ async fn a_shared_reservation_call_is_for_services_and_checks_its_list() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
-    let fields: Vec<_> = refused
-        .get_details_bad_request()
-        .expect("a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| (v.field, v.description))
-        .collect();
+    let fields = field_violations(&refused);
     assert_eq!(
         fields,
         [(
