@@ -5,7 +5,8 @@
 //! with their cause and answered INTERNAL with a generic message, so no
 //! database or library text reaches a caller. [`grpc_status`] reads the
 //! status a response carries, and [`normalize_status`] fixes the one code
-//! tonic gets wrong.
+//! tonic gets wrong. [`to_proto`] and [`from_proto`] carry a status inside
+//! an answer, as one of several calls' outcomes.
 
 use std::{fmt::Display, time::Duration};
 
@@ -87,6 +88,28 @@ pub fn retry_after(status: &Status) -> Option<Duration> {
         .and_then(|info| info.retry_delay)
 }
 
+/// `status` as a `google.rpc.Status` message (code, message and details),
+/// for an answer that carries several outcomes (ReserveStocks' results);
+/// [`from_proto`] turns it back into the status.
+pub fn to_proto(status: &Status) -> tonic_types::pb::Status {
+    let mut proto = if status.details().is_empty() {
+        tonic_types::pb::Status::default()
+    } else {
+        prost::Message::decode(status.details()).unwrap_or_default()
+    };
+    proto.code = status.code() as i32;
+    proto.message = status.message().to_owned();
+    proto
+}
+
+/// The status a `google.rpc.Status` message ([`to_proto`]) stands for,
+/// its details readable with `tonic_types::StatusExt`.
+pub fn from_proto(proto: tonic_types::pb::Status) -> Status {
+    let code = Code::from(proto.code);
+    let message = proto.message.clone();
+    Status::with_details(code, message, prost::Message::encode_to_vec(&proto).into())
+}
+
 /// The `grpc-status` in `headers` (response headers of a trailers-only
 /// answer, or trailers), if there is one.
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
@@ -119,6 +142,26 @@ pub fn normalize_status(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_in_a_message_keeps_its_code_message_and_details() {
+        let short = failed_preconditions(
+            "stock is short",
+            [("STOCK".into(), "sku-1".into(), "2 left".into())],
+        );
+        let back = from_proto(to_proto(&short));
+        assert_eq!(back.code(), Code::FailedPrecondition);
+        assert_eq!(back.message(), "stock is short");
+        let violations = back.get_details_precondition_failure().unwrap().violations;
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].subject, "sku-1");
+
+        let plain = from_proto(to_proto(&Status::already_exists("taken")));
+        assert_eq!(
+            (plain.code(), plain.message()),
+            (Code::AlreadyExists, "taken")
+        );
+    }
 
     #[test]
     fn invalid_argument_lists_every_field_in_details() {

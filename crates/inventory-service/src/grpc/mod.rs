@@ -9,6 +9,7 @@ use shop_core::{
     currency::CurrencyCode,
     error::AppError,
     pagination::{PageTokenCodec, page_size},
+    status,
 };
 use shop_proto::inventory::v1::{self as pb, inventory_service_server::InventoryService};
 use shop_server::{
@@ -227,25 +228,12 @@ impl InventoryGrpc {
             Ok(reservation) => {
                 pb::reserve_stock_result::Result::Reservation(reservation_to_proto(&reservation))
             }
-            Err(error) => pb::reserve_stock_result::Result::Error(status_to_proto(&error.into())),
+            Err(error) => pb::reserve_stock_result::Result::Error(status::to_proto(&error.into())),
         };
         pb::ReserveStockResult {
             result: Some(result),
         }
     }
-}
-
-/// `status` as a `google.rpc.Status`, as `grpc-status-details-bin` carries
-/// it: code, message and details.
-fn status_to_proto(status: &Status) -> tonic_types::pb::Status {
-    let mut proto = if status.details().is_empty() {
-        tonic_types::pb::Status::default()
-    } else {
-        prost::Message::decode(status.details()).unwrap_or_default()
-    };
-    proto.code = status.code() as i32;
-    proto.message = status.message().to_owned();
-    proto
 }
 
 #[tonic::async_trait]

@@ -20,7 +20,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use shop_core::context::RequestContext;
+use shop_core::{context::RequestContext, status};
 use shop_proto::inventory::v1::{
     Reservation, ReserveStockRequest, ReserveStocksRequest, reserve_stock_result,
 };
@@ -29,7 +29,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
     time::Instant,
 };
-use tonic::{Code, Status};
+use tonic::Status;
 use tracing::Instrument as _;
 
 use super::{CALL_TIMEOUT, Caller};
@@ -190,7 +190,10 @@ async fn send(caller: &Caller, members: Vec<Queued>) {
             for (answer, result) in waiting.into_iter().zip(results) {
                 let _ = answer.send(match result.result {
                     Some(reserve_stock_result::Result::Reservation(reservation)) => Ok(reservation),
-                    Some(reserve_stock_result::Result::Error(error)) => Err(status_of(error)),
+                    // The Status a ReserveStock of its own would have ended with.
+                    Some(reserve_stock_result::Result::Error(error)) => {
+                        Err(status::from_proto(error))
+                    }
                     None => Err(Status::internal(
                         "inventory-service answered a reservation with no result",
                     )),
@@ -220,18 +223,9 @@ fn timeout_for(members: &[Queued], now: Instant) -> Duration {
         .min(CALL_TIMEOUT)
 }
 
-/// A reservation's error as the Status a ReserveStock of its own would
-/// have ended with, details included.
-fn status_of(error: tonic_types::pb::Status) -> Status {
-    let code = Code::from(error.code);
-    let message = error.message.clone();
-    Status::with_details(code, message, prost::Message::encode_to_vec(&error).into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic_types::{PreconditionViolation, StatusExt as _};
 
     fn queued(deadline: Option<Instant>) -> Queued {
         Queued {
@@ -255,26 +249,5 @@ mod tests {
         let far = queued(Some(now + Duration::from_secs(60)));
         assert_eq!(timeout_for(&[far], now), CALL_TIMEOUT);
         assert_eq!(timeout_for(&[queued(None)], now), CALL_TIMEOUT);
-    }
-
-    #[test]
-    fn a_reservations_error_keeps_its_code_message_and_details() {
-        let refused = Status::with_error_details(
-            Code::FailedPrecondition,
-            "stock is short",
-            tonic_types::ErrorDetails::with_precondition_failure(vec![PreconditionViolation::new(
-                "STOCK", "sku-1", "2 left",
-            )]),
-        );
-        let proto: tonic_types::pb::Status = prost::Message::decode(refused.details()).unwrap();
-        let status = status_of(proto);
-        assert_eq!(status.code(), Code::FailedPrecondition);
-        assert_eq!(status.message(), "stock is short");
-        let violations = status
-            .get_details_precondition_failure()
-            .unwrap()
-            .violations;
-        assert_eq!(violations.len(), 1);
-        assert_eq!(violations[0].subject, "sku-1");
     }
 }
