@@ -10,7 +10,8 @@
 #                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
 #                               # give user-service settings, PROFILE_RATE=N
 #                               # for an open loop at N req/s instead of the
-#                               # closed loop's saturation)
+#                               # closed loop's saturation, PROFILE_SAVE=FILE
+#                               # to keep perf's per-symbol report)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # (scenarios: get-user, create-order, get-order,
 #                               # get-product, mixed, watch-idle: the last
@@ -453,6 +454,9 @@ profile() {
     grep -E "req/s" "$work/profile-load.txt" >&2 || true
     perf report -q -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
         >"$work/perf.txt"
+    # PROFILE_SAVE=FILE keeps the per-symbol report (process, library,
+    # symbol) for a closer look than the groups below.
+    [[ -z ${PROFILE_SAVE:-} ]] || cp "$work/perf.txt" "$PROFILE_SAVE"
     python3 scripts/lib/profile-groups.py "$work/perf.txt"
     stop_servers
 }

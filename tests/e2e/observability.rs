@@ -782,4 +782,28 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
             );
         }
     }
+
+    // At inventory-service, the reservation made for the user names the
+    // user; the confirmation order-service sends on its own behalf, off
+    // the request path, names order-service.
+    let inventory = stack.service(INVENTORY);
+    let access_of = |method: &'static str| {
+        move |e: &serde_json::Value| e["target"] == "access" && e["method"] == method
+    };
+    assert!(
+        inventory
+            .wait_for_logs(Duration::from_secs(10), 1, access_of("ConfirmReservations"))
+            .await,
+        "no access line for the confirmation"
+    );
+    let events = inventory.log_events();
+    let principal_of = |method| {
+        let line = events
+            .iter()
+            .find(|e| access_of(method)(e))
+            .unwrap_or_else(|| panic!("no access line for {method}"));
+        line["principal"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(principal_of("ReserveStock"), user.id);
+    assert_eq!(principal_of("ConfirmReservations"), "service:order-service");
 }

@@ -161,19 +161,22 @@ async fn orders_placed_together_share_their_confirmation_call() {
     })
     .await;
     let metrics = http_get(stack.service(INVENTORY).admin, "/metrics").await.1;
-    let calls = |method| {
-        metric_sum(
-            &metrics,
-            "grpc_server_handled_total",
-            &[("grpc_method", method), ("grpc_code", "OK")],
-        )
-    };
+    let calls = |method| ok_calls(&metrics, method);
     let batched = calls("ConfirmReservations");
     assert!(
         (1.0..=10.0).contains(&batched),
         "{n} orders confirmed in {batched} calls:\n{metrics}"
     );
     assert_eq!(calls("ConfirmReservation"), 0.0, "none one by one");
+}
+
+/// How many calls of `method` a service answered OK, from its `metrics`.
+fn ok_calls(metrics: &str, method: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "grpc_server_handled_total",
+        &[("grpc_method", method), ("grpc_code", "OK")],
+    )
 }
 
 /// `n` orders of sku-1 placed at once for `user`, each answered OK.
@@ -221,13 +224,7 @@ async fn orders_placed_together_share_their_reservation_calls() {
     .await;
 
     let metrics = http_get(stack.service(INVENTORY).admin, "/metrics").await.1;
-    let calls = |method| {
-        metric_sum(
-            &metrics,
-            "grpc_server_handled_total",
-            &[("grpc_method", method), ("grpc_code", "OK")],
-        )
-    };
+    let calls = |method| ok_calls(&metrics, method);
     let (own, shared) = (calls("ReserveStock"), calls("ReserveStocks"));
     assert!(
         shared >= 1.0 && own + shared <= 5.0,

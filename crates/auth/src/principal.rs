@@ -94,6 +94,13 @@ pub struct ServiceCaller {
     pub name: String,
 }
 
+/// As its token's subject says it: `service:order-service`.
+impl std::fmt::Display for ServiceCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{SERVICE_SUBJECT_PREFIX}{}", self.name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

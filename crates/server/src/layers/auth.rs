@@ -207,15 +207,21 @@ struct Verdict {
 }
 
 impl Verdict {
-    /// Puts the caller where handlers and the access line find it.
+    /// Puts the caller where handlers and the access line find it: the
+    /// access line names the end user when there is one, else the calling
+    /// service (`service:order-service`).
     fn apply<B>(self, req: &mut Request<B>) {
+        if let Some(slot) = req.extensions().get::<shop_telemetry::call::CallerSlot>() {
+            match (&self.principal, &self.caller) {
+                (Some(principal), _) => slot.set(principal.clone()),
+                (None, Some(caller)) => slot.set(Arc::new(caller.clone())),
+                (None, None) => {}
+            }
+        }
         if let Some(caller) = self.caller {
             req.extensions_mut().insert(caller);
         }
         if let Some(principal) = self.principal {
-            if let Some(slot) = req.extensions().get::<shop_telemetry::call::CallerSlot>() {
-                slot.set(principal.clone());
-            }
             req.extensions_mut().insert(principal);
         }
     }
