@@ -5,7 +5,7 @@
   a recording rule, with Grafana's variables replaced by values);
 - every metric a query names is one the services export (a metric name
   declared in crates/**/*.rs, with `_bucket`, `_sum` and `_count` for a
-  histogram), one the recording rules in deploy/prometheus/rules/ record,
+  histogram, or a process metric of metrics-process), one the recording rules in deploy/prometheus/rules/ record,
   or one Prometheus itself writes for each target.
 
     check-dashboards.py DASHBOARD_DIR CRATES_DIR RULES_DIR
@@ -21,18 +21,24 @@ from pathlib import Path
 # Series Prometheus writes for every scrape target.
 PROMETHEUS_OWN = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
                   "scrape_samples_post_metric_relabeling", "scrape_series_added"}
+# The process metrics the services export through the metrics-process crate
+# (shop_telemetry::process), named as Prometheus' Go client names them.
+PROCESS = {"process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+           "process_virtual_memory_bytes", "process_virtual_memory_max_bytes",
+           "process_resident_memory_bytes", "process_start_time_seconds", "process_threads"}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
             "unless", "offset", "inf", "nan"}
 
 
 def exported_metrics(crates):
     """Metric names the code declares: string literals grpc_server_* and
-    grpc_client_* (the grpc-ecosystem names the telemetry crate uses)."""
-    names = set()
+    grpc_client_* (the grpc-ecosystem names the telemetry crate uses) and
+    shop_* (the project's own), and the process metrics."""
+    names = set(PROCESS)
     for source in crates.rglob("*.rs"):
         if "/tests/" in str(source) or "/benches/" in str(source):
             continue
-        names.update(re.findall(r'"(grpc_(?:server|client)_[a-z_]+)"', source.read_text()))
+        names.update(re.findall(r'"((?:grpc_(?:server|client)|shop)_[a-z_]+)"', source.read_text()))
     for name in list(names):
         if name.endswith(("_seconds", "_bytes")):
             names.update({f"{name}_bucket", f"{name}_sum", f"{name}_count"})

@@ -421,6 +421,18 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
         body.contains("grpc_client_handling_seconds_bucket{"),
         "{body}"
     );
+    // What the process costs, read for this scrape: the service's own
+    // CPU and memory, its descriptors, its runtime.
+    for (name, at_least) in [
+        ("process_cpu_seconds_total", 0.01),
+        ("process_resident_memory_bytes", 1e6),
+        ("process_open_fds", 5.0),
+        ("process_threads", 2.0),
+        ("shop_runtime_workers", 1.0),
+        ("shop_runtime_alive_tasks", 1.0),
+    ] {
+        assert!(metric_sum(&body, name, &[]) >= at_least, "{name}\n{body}");
+    }
     // Message sizes, as framed on the wire: CreateOrder's one request and
     // one response, byte for byte.
     let create_order = [("grpc_method", "CreateOrder")];

@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint every service runs beside its gRPC port:
 //!
-//! - `GET /metrics`: Prometheus text exposition;
+//! - `GET /metrics`: Prometheus text exposition (the process's CPU,
+//!   memory, descriptors and runtime read fresh for each scrape);
 //! - `GET /healthz`: 200 while the process runs (liveness);
 //! - `GET /readyz`: 200 when the service should get traffic (its database
 //!   answers and it is not draining), else 503 (readiness).
@@ -40,6 +41,7 @@ pub async fn serve(
 }
 
 async fn metrics() -> impl IntoResponse {
+    shop_telemetry::record_process_metrics();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -12,6 +12,8 @@
 //! - [`body`]: bodies wrapped to count messages and read the final status.
 //! - [`propagation`]: W3C trace context on HTTP headers and spans.
 //! - [`trace_ids`]: trace ids for spans when nothing exports them.
+//! - [`process`]: the process's CPU, memory, descriptors and runtime,
+//!   read for every scrape.
 //!
 //! The layers that use these sit in the kits: the server's observe layer
 //! in `shop-server`, the client's in `shop-client`.
@@ -23,7 +25,9 @@ mod json_log;
 pub mod labels;
 mod log_writer;
 pub mod metrics;
+pub mod process;
 pub mod propagation;
 pub mod trace_ids;
 
 pub use init::{DEFAULT_LOG_FLUSH_DELAY, LogFormat, init, prometheus, shutdown};
+pub use process::record_process_metrics;
