@@ -58,14 +58,16 @@
 #                  every stream receives its order's change
 #
 # The yardstick is taken twice, with shop-loadgen and with h2load (nghttp2's
-# load tool in C: the cheapest driver available, installed from Debian
-# packages when missing and possible), and GetUser is also driven by h2load,
-# so the ratio of like to like is reported with each driver. Every report
-# says how busy its load generator was (and each CPU, and how much of it the
-# hypervisor stole); a ratio whose generator used 90% or
-# more of its CPU is reported as not valid (it measured the generator). When
-# shop-loadgen saturates on the bare server but not on a scenario, that
-# scenario is set against bare-h2load (the server's capacity) instead.
+# load tool in C, installed from Debian packages when missing and
+# possible), and GetUser is also driven by h2load, so the ratio of like to
+# like is reported with each driver. Every report says how busy its load
+# generator was (and each CPU, and how much of it the hypervisor stole): a
+# figure whose generator used 90% or more of its CPU measured the generator
+# too, so a ratio with one is reported as the bound it is (against such a
+# bare figure: at most; for such a scenario: at least) where that settles
+# its target, and as not valid otherwise. shop-loadgen's scenarios are set
+# against the higher of the two bare figures (each is at most the server's
+# capacity).
 # Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,

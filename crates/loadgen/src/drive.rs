@@ -124,21 +124,31 @@ where
             let interval = Duration::from_secs_f64(1.0 / rate);
             let slots = Arc::new(Semaphore::new(max_in_flight));
             let mut schedule = Schedule::start(started.into_std(), interval, quantum);
-            while let Some(seq) = next() {
-                let intended = Instant::from_std(schedule.next().await);
-                // Taken here, not in the task, so that the final wait below
-                // sees every request that was issued.
-                let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                    break;
-                };
-                recorder.record_send_lag(intended.elapsed());
-                let (op, recorder) = (op.clone(), Arc::clone(&recorder));
+            // The requests are spawned from a task of the runtime, not
+            // from the thread that waits for `run`: a spawn from outside
+            // the runtime wakes a worker across threads, one more context
+            // switch per request.
+            let issuer = {
+                let (slots, recorder) = (Arc::clone(&slots), Arc::clone(&recorder));
                 tokio::spawn(async move {
-                    let _slot = slot;
-                    let (method, code) = op(seq).await;
-                    recorder.record(method, code, intended.elapsed());
-                });
-            }
+                    while let Some(seq) = next() {
+                        let intended = Instant::from_std(schedule.next().await);
+                        // Taken here, not in the task, so that the final wait below
+                        // sees every request that was issued.
+                        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                            break;
+                        };
+                        recorder.record_send_lag(intended.elapsed());
+                        let (op, recorder) = (op.clone(), Arc::clone(&recorder));
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            let (method, code) = op(seq).await;
+                            recorder.record(method, code, intended.elapsed());
+                        });
+                    }
+                })
+            };
+            let _ = issuer.await;
             // Wait for the requests still in flight.
             let _ = slots
                 .acquire_many(u32::try_from(max_in_flight).unwrap_or(u32::MAX))

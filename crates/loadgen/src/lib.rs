@@ -15,6 +15,8 @@
 //! - [`rss`]: resident memory of a server process, for memory per stream.
 //! - [`cpu`]: each CPU's busy and stolen share and the servers' CPU time
 //!   over the measured phase.
+//! - [`transport`]: the HTTP/2 connections the calls go on, straight on
+//!   h2 so that a call's HEADERS and DATA leave in one write.
 //! - [`stub`]: the stand-in UserService of the bare tonic server (the
 //!   yardstick), also used by the stack benchmark and the client kit's
 //!   tests.
@@ -28,3 +30,4 @@ pub mod rss;
 pub mod scenario;
 pub mod stats;
 pub mod stub;
+pub mod transport;

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use shop_proto::{
     auth::v1::{LoginRequest, auth_service_client::AuthServiceClient},
     inventory::v1::{GetProductRequest, inventory_service_client::InventoryServiceClient},
@@ -23,32 +23,25 @@ use shop_proto::{
     },
 };
 use tokio_stream::StreamExt as _;
-use tonic::{
-    Code, Request, Streaming,
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Request, Streaming, metadata::MetadataValue};
 
-use crate::{config::Scenario, drive::Outcome};
+use crate::{config::Scenario, drive::Outcome, transport::Connection};
 
 /// A few HTTP/2 connections to one service; calls are spread over them.
 #[derive(Clone)]
-pub struct Connections(Arc<Vec<Channel>>);
+pub struct Connections(Arc<Vec<Connection>>);
 
 impl Connections {
-    /// `n` lazily connected channels to `url`.
+    /// `n` lazily made connections to `url`.
     pub fn new(url: &str, n: usize) -> anyhow::Result<Connections> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("{url:?} is not a URL"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        Ok(Connections(Arc::new(
-            (0..n.max(1)).map(|_| endpoint.connect_lazy()).collect(),
-        )))
+        let connections = (0..n.max(1))
+            .map(|_| Connection::lazy(url, Duration::from_secs(5)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Connections(Arc::new(connections)))
     }
 
     /// The connection for request `seq`.
-    pub fn pick(&self, seq: u64) -> Channel {
+    pub fn pick(&self, seq: u64) -> Connection {
         self.0[(seq % self.0.len() as u64) as usize].clone()
     }
 }

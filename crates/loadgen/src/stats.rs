@@ -92,7 +92,13 @@ impl Recorder {
         let mut methods = self.methods.lock().expect("stats lock");
         let stats = methods.entry(method).or_insert_with(MethodStats::new);
         stats.latency.saturating_record(micros.max(1));
-        *stats.codes.entry(code_name(code).to_owned()).or_default() += 1;
+        let name = code_name(code);
+        match stats.codes.get_mut(name) {
+            Some(count) => *count += 1,
+            None => {
+                stats.codes.insert(name.to_owned(), 1);
+            }
+        }
     }
 
     /// Records how long after it was due an open-loop request was issued:
