@@ -148,7 +148,7 @@ where
                     }
                 })
             };
-            let _ = issuer.await;
+            issuer.await.expect("the open loop's issuer does not panic");
             // Wait for the requests still in flight.
             let _ = slots
                 .acquire_many(u32::try_from(max_in_flight).unwrap_or(u32::MAX))

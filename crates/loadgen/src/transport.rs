@@ -19,7 +19,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -53,7 +56,7 @@ struct Shared {
     /// The open connection, if any, and its number (connections made so
     /// far), by which its task clears it once it has ended.
     sender: Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
-    made: std::sync::atomic::AtomicU64,
+    made: AtomicU64,
     /// Held while connecting, so that the calls waiting for a connection
     /// share one instead of each opening its own.
     connecting: tokio::sync::Mutex<()>,
@@ -80,7 +83,7 @@ impl Connection {
             address,
             connect_timeout,
             sender: Mutex::new(None),
-            made: std::sync::atomic::AtomicU64::new(0),
+            made: AtomicU64::new(0),
             connecting: tokio::sync::Mutex::new(()),
         })))
     }
@@ -114,10 +117,7 @@ impl Connection {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(tcp)
             .await?;
-        let number = self
-            .0
-            .made
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let number = self.0.made.fetch_add(1, Ordering::Relaxed);
         *self.0.sender.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((number, sender.clone()));
         let shared = Arc::downgrade(&self.0);
