@@ -23,9 +23,7 @@ pub enum AttemptError {
     NoEndpoint,
     /// The connection failed before response headers arrived; the endpoint
     /// was taken out.
-    Transport(tonic::transport::Error),
-    /// tonic's own `grpc-timeout` timer fired.
-    Timeout,
+    Transport(crate::connection::Error),
     /// The circuit breaker refused the attempt: the target kept failing.
     CircuitOpen,
 }
@@ -35,7 +33,6 @@ impl std::fmt::Display for AttemptError {
         match self {
             AttemptError::NoEndpoint => f.write_str("no endpoint is reachable"),
             AttemptError::Transport(e) => write!(f, "connection failed: {e}"),
-            AttemptError::Timeout => f.write_str("deadline exceeded"),
             AttemptError::CircuitOpen => f.write_str("circuit open"),
         }
     }
@@ -79,7 +76,6 @@ enum Kind {
 fn kind(result: &Result<Response<Body>, AttemptError>) -> Kind {
     let response = match result {
         Ok(response) => response,
-        Err(AttemptError::Timeout) => return Kind::Expired,
         Err(AttemptError::CircuitOpen) => return Kind::Refused,
         Err(AttemptError::NoEndpoint | AttemptError::Transport(_)) => {
             return Kind::Retryable {
@@ -130,7 +126,6 @@ pub fn classify(target: &str, result: Result<Response<Body>, AttemptError>) -> V
     let kind = kind(&result);
     let response = match result {
         Ok(response) => response,
-        Err(AttemptError::Timeout) => Status::deadline_exceeded("deadline exceeded").into_http(),
         Err(AttemptError::CircuitOpen) => Status::unavailable(format!(
             "{target}: circuit open after repeated failures; failing fast"
         ))
@@ -214,10 +209,6 @@ mod tests {
             );
         }
         assert!(matches!(
-            classify("t", Err(AttemptError::Timeout)),
-            Verdict::Expired(_)
-        ));
-        assert!(matches!(
             classify("t", Err(AttemptError::CircuitOpen)),
             Verdict::Refused(_)
         ));
@@ -243,10 +234,6 @@ mod tests {
         assert_eq!(
             breaker_outcome(&answer(Status::resource_exhausted("full"))),
             Outcome::Success
-        );
-        assert_eq!(
-            breaker_outcome(&Err(AttemptError::Timeout)),
-            Outcome::Neutral
         );
         assert_eq!(
             breaker_outcome(&answer(Status::deadline_exceeded("late"))),

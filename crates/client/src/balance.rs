@@ -1,6 +1,6 @@
 //! The endpoints of one target and the choice among them.
 //!
-//! Each endpoint has its own HTTP/2 connection (a tonic [`Channel`]). A call
+//! Each endpoint has its own HTTP/2 connection ([`Connection`]). A call
 //! goes to the less busy of two ready endpoints picked at random (power of
 //! two choices), among those with an open connection when there are any. An
 //! endpoint whose connection fails is taken out at once and reconnected in
@@ -29,18 +29,18 @@ use std::{
 
 use http::{Request, Response, Uri};
 use tokio::sync::watch;
-use tonic::{body::Body, transport::Channel};
+use tonic::body::Body;
 use tower::{Service, ServiceExt as _};
 
 use crate::{
-    attempt::AttemptError, backoff::ConnectionBackoff, dial::Dialer, target::Target,
-    watched::ConnectionWatch,
+    attempt::AttemptError, backoff::ConnectionBackoff, connection::Connection, dial::Dialer,
+    target::Target, watched::ConnectionWatch,
 };
 
 /// One address of the target.
 pub struct EndpointSlot {
     uri: Uri,
-    connection: Mutex<Connection>,
+    connection: Mutex<Current>,
     /// Numbers the channels this endpoint has had, so that the end of an
     /// old channel's connection is told from the current one's.
     generations: AtomicU64,
@@ -51,9 +51,9 @@ pub struct EndpointSlot {
     in_flight: AtomicUsize,
 }
 
-/// An endpoint's current channel and what watches its connections.
-struct Connection {
-    channel: Channel,
+/// An endpoint's current connection and what watches its byte streams.
+struct Current {
+    channel: Connection,
     watch: ConnectionWatch,
     generation: u64,
 }
@@ -78,7 +78,7 @@ impl EndpointSlot {
             .is_live()
     }
 
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> Connection {
         self.connection
             .lock()
             .expect("connection lock")
@@ -183,9 +183,8 @@ impl Endpoints {
         let _in_flight = InFlight(Arc::clone(&slot));
         match slot.channel().oneshot(request).await {
             Ok(response) => Ok(response),
-            Err(error) if shop_core::context::is_timeout(&error) => Err(AttemptError::Timeout),
             Err(error) => {
-                self.take_out(&slot, &error);
+                self.take_out(&slot, &*error);
                 Err(AttemptError::Transport(error))
             }
         }
@@ -214,7 +213,11 @@ impl Endpoints {
 
     /// Takes `slot` out of the rotation and reconnects it in the
     /// background.
-    fn take_out(self: &Arc<Self>, slot: &Arc<EndpointSlot>, error: &tonic::transport::Error) {
+    fn take_out(
+        self: &Arc<Self>,
+        slot: &Arc<EndpointSlot>,
+        error: &(dyn std::error::Error + 'static),
+    ) {
         if !slot.up.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -255,7 +258,7 @@ impl Endpoints {
                     Err(error) => tracing::debug!(
                         target = %endpoints.target,
                         endpoint = %slot.uri,
-                        error = %error_chain(&error),
+                        error = %error_chain(&*error),
                         "reconnect failed"
                     ),
                 }
@@ -339,7 +342,7 @@ impl Endpoints {
                         }
                         tracing::debug!(
                             endpoint = %slot.uri,
-                            error = %error_chain(&error),
+                            error = %error_chain(&*error),
                             "background connect failed; trying again"
                         );
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -372,7 +375,7 @@ impl Endpoints {
             let slot = Arc::new_cyclic(|slot| {
                 let watch = self.watch_of(slot.clone(), 0);
                 EndpointSlot {
-                    connection: Mutex::new(Connection {
+                    connection: Mutex::new(Current {
                         channel: self.dialer.lazy(&uri, watch.clone()),
                         watch,
                         generation: 0,
@@ -405,8 +408,8 @@ impl Endpoints {
 impl EndpointSlot {
     /// Makes `channel` (number `generation`, watched by `watch`) the one
     /// calls use; the one it replaces closes when its last call ends.
-    fn install(&self, channel: Channel, watch: ConnectionWatch, generation: u64) {
-        let new = Connection {
+    fn install(&self, channel: Connection, watch: ConnectionWatch, generation: u64) {
+        let new = Current {
             channel,
             watch,
             generation,

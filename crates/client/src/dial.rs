@@ -2,16 +2,17 @@
 //! connect timeout and keepalive, over TCP or TLS, each stream watched
 //! ([`crate::watched`]) so that the balancer hears when it ends.
 
-use std::{io, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint};
 
 use shop_tls::ClientTls;
 
-use crate::watched::{ConnectionWatch, Watched};
+use crate::{
+    connection::{self, Connection, Connector, Io},
+    watched::ConnectionWatch,
+};
 
 /// Connection settings shared by every endpoint of a client.
 #[derive(Debug, Clone, Copy)]
@@ -37,89 +38,64 @@ impl Dialer {
         Dialer { settings, tls }
     }
 
-    fn endpoint(&self, uri: &Uri) -> Endpoint {
-        // TLS is ours (reloadable), not tonic's: tonic sees plain http.
-        let plain = Uri::builder()
-            .scheme("http")
+    /// `scheme://authority` of `uri`: https over TLS, http otherwise.
+    fn origin(&self, uri: &Uri) -> Uri {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Uri::builder()
+            .scheme(scheme)
             .authority(uri.authority().map_or("", |a| a.as_str()))
             .path_and_query("/")
             .build()
-            .unwrap_or_else(|_| uri.clone());
-        Endpoint::from(plain)
-            .connect_timeout(self.settings.connect_timeout)
-            .http2_keep_alive_interval(self.settings.keepalive_interval)
-            .keep_alive_timeout(self.settings.keepalive_timeout)
-            .keep_alive_while_idle(true)
+            .unwrap_or_else(|_| uri.clone())
     }
 
-    /// A channel that connects on first use; `watch` hears of each of its
-    /// connections.
-    pub fn lazy(&self, uri: &Uri, watch: ConnectionWatch) -> Channel {
-        let endpoint = self.endpoint(uri);
-        match &self.tls {
-            None => endpoint.connect_with_connector_lazy(tcp_connector(watch)),
-            Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls.clone(), watch)),
+    /// Opens watched byte streams to `uri`, over TLS when configured.
+    fn connector(&self, uri: &Uri, watch: ConnectionWatch) -> Connector {
+        let uri = uri.clone();
+        match self.tls.clone() {
+            None => Arc::new(move || {
+                let (uri, watch) = (uri.clone(), watch.clone());
+                Box::pin(async move { Ok(Box::new(watch.wrap(tcp(&uri).await?)) as Box<dyn Io>) })
+            }),
+            Some(tls) => Arc::new(move || {
+                let (uri, watch, tls) = (uri.clone(), watch.clone(), tls.clone());
+                Box::pin(async move {
+                    let stream = tls.connect(uri).await?.into_inner();
+                    Ok(Box::new(watch.wrap(stream)) as Box<dyn Io>)
+                })
+            }),
         }
     }
 
-    /// A connected channel, or why it could not connect; `watch` hears of
-    /// each of its connections.
+    /// A connection made on first use; `watch` hears of each of its byte
+    /// streams.
+    pub fn lazy(&self, uri: &Uri, watch: ConnectionWatch) -> Connection {
+        Connection::lazy(self.origin(uri), self.connector(uri, watch), self.settings)
+    }
+
+    /// A connection made now, or why it could not be; `watch` hears of
+    /// each of its byte streams.
     pub async fn connect(
         &self,
         uri: &Uri,
         watch: ConnectionWatch,
-    ) -> Result<Channel, tonic::transport::Error> {
-        let endpoint = self.endpoint(uri);
-        match &self.tls {
-            None => endpoint.connect_with_connector(tcp_connector(watch)).await,
-            Some(tls) => {
-                endpoint
-                    .connect_with_connector(tls_connector(tls.clone(), watch))
-                    .await
-            }
-        }
+    ) -> Result<Connection, connection::Error> {
+        Connection::connect(self.origin(uri), self.connector(uri, watch), self.settings).await
     }
 }
 
-/// Plain TCP to the URI's host and port, without Nagle's delay.
-fn tcp_connector(
-    watch: ConnectionWatch,
-) -> impl tower::Service<
-    Uri,
-    Response = TokioIo<Watched<TcpStream>>,
-    Error = io::Error,
-    Future = impl Send,
-> + Send
-+ Clone
-+ 'static {
-    tower::service_fn(move |uri: Uri| {
-        let watch = watch.clone();
-        async move {
-            let (host, port) = shop_tls::client::host_and_port(&uri, 80)?;
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            tcp.set_nodelay(true)?;
-            Ok(TokioIo::new(watch.wrap(tcp)))
-        }
+/// Plain TCP to `host:port` (in `uri`, port 80 when absent), without
+/// Nagle's delay: the connector of tools that need no TLS or watch.
+pub fn tcp_connector(uri: Uri) -> Connector {
+    Arc::new(move || {
+        let uri = uri.clone();
+        Box::pin(async move { Ok(Box::new(tcp(&uri).await?) as Box<dyn Io>) })
     })
 }
 
-fn tls_connector(
-    tls: ClientTls,
-    watch: ConnectionWatch,
-) -> impl tower::Service<
-    Uri,
-    Response = TokioIo<Watched<tokio_rustls::client::TlsStream<TcpStream>>>,
-    Error = io::Error,
-    Future = impl Send,
-> + Send
-+ Clone
-+ 'static {
-    tower::service_fn(move |uri: Uri| {
-        let tls = tls.clone();
-        let watch = watch.clone();
-        async move {
-            let stream = tls.connect(uri).await?.into_inner();
-            Ok(TokioIo::new(watch.wrap(stream)))
-        }
-    })
+async fn tcp(uri: &Uri) -> io::Result<TcpStream> {
+    let (host, port) = shop_tls::client::host_and_port(uri, 80)?;
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }

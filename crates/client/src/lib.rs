@@ -35,6 +35,7 @@
 pub mod attempt;
 pub mod backoff;
 pub mod balance;
+pub mod connection;
 pub mod dial;
 pub mod keys;
 pub mod layers;

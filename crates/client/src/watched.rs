@@ -1,15 +1,15 @@
 //! Connections that tell when they end.
 //!
-//! A tonic [`Channel`](tonic::transport::Channel) whose connection closed
+//! A [`Connection`](crate::connection::Connection) whose connection closed
 //! reconnects inside the next call made on it. When the peer was a replica
 //! that is restarting, its address is gone: the SYN goes unanswered and
 //! that call, with every call queued behind it, waits for the connect
 //! timeout. The balancer avoids this by learning the moment a connection
 //! ends (the server's GOAWAY after a graceful shutdown, end of stream, a
 //! failed keepalive): the dialer wraps each stream it opens in [`Watched`],
-//! whose drop (hyper drops the stream when the connection is over) calls
-//! back, and the balancer then sends no calls there while another endpoint
-//! is connected, and reconnects it in the background.
+//! whose drop (the connection's task drops the stream when the connection
+//! is over) calls back, and the balancer then sends no calls there while
+//! another endpoint is connected, and reconnects it in the background.
 
 use std::{
     io,

@@ -15,8 +15,9 @@
 //! - [`rss`]: resident memory of a server process, for memory per stream.
 //! - [`cpu`]: each CPU's busy and stolen share and the servers' CPU time
 //!   over the measured phase.
-//! - [`transport`]: the HTTP/2 connections the calls go on, straight on
-//!   h2 so that a call's HEADERS and DATA leave in one write.
+//! - [`transport`]: the HTTP/2 connections the calls go on (the client
+//!   kit's, straight on h2), so that a call's HEADERS and DATA leave in one
+//!   write.
 //! - [`stub`]: the stand-in UserService of the bare tonic server (the
 //!   yardstick), also used by the stack benchmark and the client kit's
 //!   tests.

@@ -25,7 +25,9 @@ use shop_proto::{
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Request, Streaming, metadata::MetadataValue};
 
-use crate::{config::Scenario, drive::Outcome, transport::Connection};
+use shop_client::connection::Connection;
+
+use crate::{config::Scenario, drive::Outcome, transport};
 
 /// A few HTTP/2 connections to one service; calls are spread over them.
 #[derive(Clone)]
@@ -35,7 +37,7 @@ impl Connections {
     /// `n` lazily made connections to `url`.
     pub fn new(url: &str, n: usize) -> anyhow::Result<Connections> {
         let connections = (0..n.max(1))
-            .map(|_| Connection::lazy(url, Duration::from_secs(5)))
+            .map(|_| transport::connection(url, Duration::from_secs(5)))
             .collect::<anyhow::Result<_>>()?;
         Ok(Connections(Arc::new(connections)))
     }
