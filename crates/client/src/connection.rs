@@ -56,10 +56,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 /// Opens a new byte stream to the endpoint.
 pub type Connector = Arc<dyn Fn() -> BoxFuture<'static, io::Result<Box<dyn Io>>> + Send + Sync>;
 
-/// hyper's client windows, which tonic's `Channel` used: 2 MiB per stream,
-/// 5 MiB per connection.
+/// hyper's client settings, which tonic's `Channel` used: windows of 2 MiB
+/// per stream and 5 MiB per connection; at most 16 KiB of response headers
+/// (h2's own limit is 16 MiB: a hostile peer's to fill); 100 streams open
+/// before the server's SETTINGS say how many it takes (h2 opens any
+/// number, which a server refuses); 1 MiB buffered per stream before its
+/// sender waits; 1,024 streams reset for the peer's protocol errors before
+/// the connection is given up.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+const INITIAL_MAX_SEND_STREAMS: usize = 100;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// At most this much of a streamed body is queued with its HEADERS; the
 /// rest waits for flow control (the peer's initial stream window).
@@ -147,6 +156,10 @@ impl Connection {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .initial_max_send_streams(INITIAL_MAX_SEND_STREAMS)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;

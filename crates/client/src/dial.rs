@@ -19,7 +19,7 @@ use crate::{
 pub struct DialSettings {
     /// Longest wait for TCP (and TLS) to be established.
     pub connect_timeout: Duration,
-    /// HTTP/2 PING interval on an idle connection.
+    /// HTTP/2 PING interval.
     pub keepalive_interval: Duration,
     /// How long a PING may go unanswered before the connection is dropped.
     pub keepalive_timeout: Duration,

@@ -294,3 +294,27 @@ async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_is_kept() {
         .await
         .expect("a call on the kept connection");
 }
+
+#[tokio::test]
+async fn response_headers_over_16_kib_fail_the_call() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut requests = h2_peer(listener, 64 * 1024);
+    let call = tokio::spawn(lazy(address).oneshot(request(Body::empty())));
+
+    let (_request, mut respond) = requests.recv().await.expect("a request");
+    let mut response = Response::new(());
+    response.headers_mut().insert(
+        "x-filler",
+        http::HeaderValue::from_str(&"a".repeat(20 * 1024)).unwrap(),
+    );
+    let _ = respond.send_response(response, true);
+    let answered = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("the call neither failed nor answered")
+        .unwrap();
+    assert!(
+        answered.is_err(),
+        "a response with 20 KiB of headers was taken"
+    );
+}
