@@ -29,6 +29,13 @@ fn settings() -> DialSettings {
     }
 }
 
+/// A listener on a free loopback port, and its address.
+async fn listen() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, address)
+}
+
 fn origin(address: std::net::SocketAddr) -> Uri {
     format!("http://{address}").parse().unwrap()
 }
@@ -62,8 +69,7 @@ fn get_user() -> GetUserRequest {
 
 #[tokio::test]
 async fn calls_get_their_answers_and_errors_their_grpc_status() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     let users = FixedUsers::default();
     let _server = serve(listener, users.clone());
     let client = UserServiceClient::new(lazy(address));
@@ -92,8 +98,7 @@ async fn calls_get_their_answers_and_errors_their_grpc_status() {
 
 #[tokio::test]
 async fn a_call_after_the_server_came_back_connects_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     let (stop, serving) = serve(listener, FixedUsers::default());
     let mut client = UserServiceClient::new(lazy(address));
     client
@@ -113,8 +118,7 @@ async fn a_call_after_the_server_came_back_connects_again() {
 
 #[tokio::test]
 async fn connect_fails_at_once_when_nothing_listens() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     drop(listener);
     let origin = origin(address);
     let refused = Connection::connect(origin.clone(), tcp_connector(origin), settings()).await;
@@ -167,8 +171,7 @@ fn answer(mut respond: h2::server::SendResponse<Bytes>) {
 async fn a_streamed_body_goes_at_the_pace_the_peer_reads_it_and_arrives_whole() {
     const CHUNK: usize = 4 * 1024;
     const CHUNKS: usize = 64;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     let mut requests = h2_peer(listener, 16 * 1024);
 
     let pulled = Arc::new(AtomicUsize::new(0));
@@ -214,8 +217,7 @@ async fn a_streamed_body_goes_at_the_pace_the_peer_reads_it_and_arrives_whole() 
 
 #[tokio::test]
 async fn a_caller_that_goes_away_resets_its_stream() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     let mut requests = h2_peer(listener, 64 * 1024);
 
     // One message, then a body that never ends.
@@ -264,15 +266,13 @@ async fn kept_alive(address: std::net::SocketAddr, ended: Arc<AtomicBool>) -> Co
 #[tokio::test]
 async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_is_kept() {
     // Accepts the TCP connection and never speaks HTTP/2.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_address = silent.local_addr().unwrap();
+    let (silent, silent_address) = listen().await;
     let _held = tokio::spawn(async move {
         let (socket, _) = silent.accept().await.unwrap();
         std::future::pending::<()>().await;
         drop(socket);
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let answering_address = listener.local_addr().unwrap();
+    let (listener, answering_address) = listen().await;
     let _server = serve(listener, FixedUsers::default());
 
     let silent_ended = Arc::new(AtomicBool::new(false));
@@ -297,8 +297,7 @@ async fn a_peer_that_answers_no_ping_is_dropped_and_one_that_does_is_kept() {
 
 #[tokio::test]
 async fn response_headers_over_16_kib_fail_the_call() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
+    let (listener, address) = listen().await;
     let mut requests = h2_peer(listener, 64 * 1024);
     let call = tokio::spawn(lazy(address).oneshot(request(Body::empty())));
 
