@@ -3,8 +3,10 @@
 #
 #   scripts/bench.sh            # full run (about 9 minutes after the build)
 #   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
-#   scripts/bench.sh --profile=get-user|create-order|mixed
-#                               # where the server CPU goes (perf), on SQLite
+#   scripts/bench.sh --profile=get-user|create-order|mixed|bare
+#                               # where the server CPU goes (perf), on SQLite,
+#                               # in shares and in µs per call (bare: the
+#                               # bare tonic server, the yardstick)
 #                               # (PROFILE_BACKEND=postgres for PostgreSQL,
 #                               # with the time of its busy connections,
 #                               # PROFILE_USERS_ENV="USER_CACHE_CAPACITY=0" to
@@ -412,22 +414,32 @@ psql_create() {
 }
 
 # profile SCENARIO: drives SCENARIO at full load with shop-loadgen on CPU 1
-# and samples what runs on CPU 0 (every server of the stack) with perf for
-# 15 s, then prints the self time grouped by where it goes
-# (scripts/lib/profile-groups.py) and per process. On PostgreSQL it also
+# and samples what runs on CPU 0 (every server of the stack; for `bare`,
+# the bare tonic server) with perf for 15 s, then prints the self time
+# grouped by where it goes (scripts/lib/profile-groups.py), in shares and
+# in µs per call, and per process. On PostgreSQL it also
 # prints where PostgreSQL's busy connections spent those 15 s
 # (scripts/lib/pg-activity.py), and on both backends each gRPC method's
 # mean time as served and as called (scripts/lib/latency-breakdown.py).
+profile_hz=999
 profile() {
     local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
     command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
-    if [[ $backend == postgres ]]; then
-        start_pg "${pg_start[@]}" || { log "PostgreSQL not available"; return 1; }
+    if [[ $scenario == bare ]]; then
+        # The yardstick itself, driven like the stack: its profile is what
+        # the stack's is set against, per call.
+        users_port=$(free_port) orders_port=$users_port
+        start shop-bare-server - "$users_port" BARE_ADDR="127.0.0.1:$users_port"
+        scenario=echo
+    else
+        if [[ $backend == postgres ]]; then
+            start_pg "${pg_start[@]}" || { log "PostgreSQL not available"; return 1; }
+        fi
+        # PROFILE_USERS_ENV: extra user-service settings, e.g.
+        # USER_CACHE_CAPACITY=0 (word-split on purpose).
+        # shellcheck disable=SC2086
+        stack "$backend" ${PROFILE_USERS_ENV:-}
     fi
-    # PROFILE_USERS_ENV: extra user-service settings, e.g.
-    # USER_CACHE_CAPACITY=0 (word-split on purpose).
-    # shellcheck disable=SC2086
-    stack "$backend" ${PROFILE_USERS_ENV:-}
     log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-}"
     local drive=(--concurrency "$concurrency")
     [[ -z ${PROFILE_RATE:-} ]] || drive=(--rate "$PROFILE_RATE")
@@ -445,21 +457,31 @@ profile() {
             >"$work/pg-activity.txt" 2>&1 &
         activity_pid=$!
     fi
-    local metrics=(users="http://127.0.0.1:$users_admin_port/metrics"
+    # The bare server has no metrics: no per-method breakdown for it.
+    local metrics=()
+    [[ $scenario == echo ]] || metrics=(users="http://127.0.0.1:$users_admin_port/metrics"
         inventory="http://127.0.0.1:$inventory_admin_port/metrics"
         orders="http://127.0.0.1:$orders_admin_port/metrics")
-    python3 scripts/lib/latency-breakdown.py --save "$work/latency.json" "${metrics[@]}" || true
-    perf record -q -F 999 -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
-    python3 scripts/lib/latency-breakdown.py --since "$work/latency.json" "${metrics[@]}" || true
+    [[ ${#metrics[@]} -eq 0 ]] \
+        || python3 scripts/lib/latency-breakdown.py --save "$work/latency.json" "${metrics[@]}" || true
+    perf record -q -F "$profile_hz" -e cpu-clock "${where[@]}" -o "$work/perf.data" -- sleep 15 2>/dev/null
+    [[ ${#metrics[@]} -eq 0 ]] \
+        || python3 scripts/lib/latency-breakdown.py --since "$work/latency.json" "${metrics[@]}" || true
     wait "$load_pid" || true
     [[ -z $activity_pid ]] || { wait "$activity_pid" || true; cat "$work/pg-activity.txt"; }
     grep -E "req/s" "$work/profile-load.txt" >&2 || true
-    perf report -q -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
+    perf report -q -n -i "$work/perf.data" --no-children --sort comm,dso,sym --stdio 2>/dev/null \
         >"$work/perf.txt"
     # PROFILE_SAVE=FILE keeps the per-symbol report (process, library,
     # symbol) for a closer look than the groups below.
     [[ -z ${PROFILE_SAVE:-} ]] || cp "$work/perf.txt" "$PROFILE_SAVE"
-    python3 scripts/lib/profile-groups.py "$work/perf.txt"
+    # Calls in the 15 s sampled, from the generator's rate over its run
+    # (closed loop: steady), so that each group is also µs per call.
+    local calls
+    calls=$(python3 -c 'import re, sys
+m = re.search(r"requests in [\d.]+ s, ([\d.]+) req/s", open(sys.argv[1]).read())
+print(round(float(m[1]) * 15) if m else 0)' "$work/profile-load.txt")
+    python3 scripts/lib/profile-groups.py --hz "$profile_hz" --calls "$calls" "$work/perf.txt"
     stop_servers
 }
 
@@ -559,8 +581,8 @@ fi
 
 if [[ -n $profile ]]; then
     case "$profile" in
-        get-user|create-order|mixed) profile "$profile"; exit ;;
-        *) echo "bench.sh: --profile=$profile: get-user, create-order or mixed" >&2; exit 2 ;;
+        get-user|create-order|mixed|bare) profile "$profile"; exit ;;
+        *) echo "bench.sh: --profile=$profile: get-user, create-order, mixed or bare" >&2; exit 2 ;;
     esac
 fi
 

@@ -3,12 +3,18 @@
 servers' CPU (scripts/bench.sh --profile) by where the time goes, and by
 binary (which service, the kernel, libc): markdown tables for docs/performance.md.
 
-    profile-groups.py PERF_REPORT_TXT
+    profile-groups.py [--hz HZ --calls N] PERF_REPORT_TXT
 
 Each sample is counted once, where it was taken (self time), in the first
-group whose rule matches its symbol or library.
+group whose rule matches its symbol or library. Samples of the idle task
+waiting for work are a group of their own. Given perf's sampling rate and
+the number of calls served while it sampled (and a report with perf's
+sample counts, `perf report -n`), each group is also µs of CPU per call,
+idle left out: the unit in which two profiles of different throughput
+(the stack's and bare tonic's) can be set side by side.
 """
 
+import argparse
 import re
 import sys
 from collections import defaultdict
@@ -49,10 +55,16 @@ GROUPS = [
     ("libc and other libraries", ["libc", "ld-linux", ".so"]),
 ]
 
-LINE = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[.\]\s+(.*)$")
+IDLE_GROUP = "idle (the core waiting for work)"
+IDLE_SYMBOLS = re.compile(r"idle|safe_halt|native_halt|mwait")
+
+# `perf report [-n] --sort comm,dso,sym`: share, [samples,] thread, library, symbol.
+LINE = re.compile(r"^\s*([\d.]+)%\s+(?:(\d+)\s+)?(\S+)\s+(\S+)\s+\[.\]\s+(.*)$")
 
 
-def group_of(dso, sym):
+def group_of(comm, dso, sym):
+    if comm.startswith("swapper") and IDLE_SYMBOLS.search(sym):
+        return IDLE_GROUP
     if "::" not in sym and not sym.startswith(("<", "[")) and not dso.startswith(("[", "lib")) \
             and SQLITE_STATIC.match(sym):
         return SQLITE_GROUP
@@ -64,27 +76,50 @@ def group_of(dso, sym):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report")
+    parser.add_argument("--hz", type=float, help="perf's sampling rate (perf record -F)")
+    parser.add_argument("--calls", type=int, help="calls served while perf sampled")
+    args = parser.parse_args()
     by_group, by_process, by_thread = defaultdict(float), defaultdict(float), defaultdict(float)
     by_symbol = defaultdict(float)
+    samples_by_group = defaultdict(int)
     total = 0.0
-    for line in open(sys.argv[1], encoding="utf-8", errors="replace"):
+    for line in open(args.report, encoding="utf-8", errors="replace"):
         match = LINE.match(line)
         if not match:
             continue
-        share, dso, sym = float(match[1]), match[3], match[4]
+        share, samples, comm, dso, sym = float(match[1]), match[2], match[3], match[4], match[5]
+        group = group_of(comm, dso, sym)
         total += share
-        by_group[group_of(dso, sym)] += share
-        by_symbol[(group_of(dso, sym), sym[:90])] += share
+        by_group[group] += share
+        samples_by_group[group] += int(samples or 0)
+        by_symbol[(group, sym[:90])] += share
         # The binary says which service; the thread (comm) what kind of
         # work, the kernel's on its behalf included.
         by_process[dso] += share
-        by_thread[match[2]] += share
+        by_thread[comm] += share
     if total == 0:
         sys.exit("profile-groups.py: no samples in the report")
-    print("| share | where |")
-    print("|---:|---|")
+    # µs of CPU per call: each sample stands for 1/hz s of CPU.
+    per_call = None
+    if args.hz and args.calls and sum(samples_by_group.values()):
+        per_call = {g: n / args.hz / args.calls * 1e6 for g, n in samples_by_group.items()}
+        busy = sum(v for g, v in per_call.items() if g != IDLE_GROUP)
+        print(f"{args.calls} calls sampled: {busy:.1f} µs of CPU per call, idle left out")
+        print()
+        print("| share | µs per call | where |")
+        print("|---:|---:|---|")
+    else:
+        print("| share | where |")
+        print("|---:|---|")
     for name, share in sorted(by_group.items(), key=lambda kv: -kv[1]):
-        print(f"| {100 * share / total:.0f}% | {name} |")
+        if per_call is None:
+            print(f"| {100 * share / total:.0f}% | {name} |")
+        elif name == IDLE_GROUP:
+            print(f"| {100 * share / total:.0f}% | | {name} |")
+        else:
+            print(f"| {100 * share / total:.0f}% | {per_call[name]:.2f} | {name} |")
     print()
     print("| share | binary or library |")
     print("|---:|---|")

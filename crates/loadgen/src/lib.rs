@@ -18,6 +18,8 @@
 //! - [`transport`]: the HTTP/2 connections the calls go on (the client
 //!   kit's, straight on h2), so that a call's HEADERS and DATA leave in one
 //!   write.
+//! - [`quiet`]: a `tracing` subscriber that records nothing, so that
+//!   neither the generator nor the yardstick pays for the `log` bridge.
 //! - [`stub`]: the stand-in UserService of the bare tonic server (the
 //!   yardstick), also used by the stack benchmark and the client kit's
 //!   tests.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod cpu;
 pub mod drive;
 pub mod pace;
+pub mod quiet;
 pub mod report;
 pub mod rss;
 pub mod scenario;

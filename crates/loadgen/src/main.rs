@@ -15,6 +15,7 @@ use shop_loadgen::{
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    shop_loadgen::quiet::tracing_off();
     let config = Config::parse();
     if let Err(problem) = config.validate() {
         eprintln!("shop-loadgen: {problem}");

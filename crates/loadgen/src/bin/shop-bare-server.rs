@@ -26,6 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    shop_loadgen::quiet::tracing_off();
     let args = Args::parse();
     eprintln!("shop-bare-server: listening on {}", args.addr);
     tonic::transport::Server::builder()
