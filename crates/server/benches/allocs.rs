@@ -10,7 +10,8 @@
 //!
 //! `cargo bench -p shop-server --bench allocs` prints, for each server,
 //! allocations (including reallocations) and bytes allocated per call.
-//! `BENCH_NO_TELEMETRY=1` leaves telemetry uninitialised.
+//! `BENCH_NO_TELEMETRY=1` leaves telemetry uninitialised (a subscriber
+//! interested in nothing).
 
 use std::alloc::System;
 
@@ -42,6 +43,10 @@ fn main() {
                 shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
                 "warn",
             );
+        } else {
+            // No subscriber at all would make every disabled span of h2,
+            // hyper and tonic consult `log` (see shop_loadgen::quiet).
+            shop_loadgen::quiet::tracing_off();
         }
         let setup = setup().await;
         let mut per_call = Vec::new();

@@ -14,8 +14,8 @@
 //! `cargo bench -p shop-server --bench stack` runs criterion on each
 //! server, then a paired comparison (see [`paired_ratio`]) that prints
 //! both times and the ratio. `BENCH_NO_TELEMETRY=1` leaves telemetry
-//! uninitialised, to separate the cost of the layers from the cost of
-//! spans and metrics.
+//! uninitialised (a subscriber interested in nothing), to separate the
+//! cost of the layers from the cost of spans and metrics.
 
 use std::time::Duration;
 
@@ -86,6 +86,10 @@ fn bench(c: &mut Criterion) {
                 shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
                 "warn",
             );
+        } else {
+            // No subscriber at all would make every disabled span of h2,
+            // hyper and tonic consult `log` (see shop_loadgen::quiet).
+            shop_loadgen::quiet::tracing_off();
         }
         setup().await
     });
