@@ -10,6 +10,7 @@ docs/performance.md next to the numbers.
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -116,7 +117,29 @@ def main():
     # reported as scaling, not against the one-core yardstick.
     scenarios = {n: r for n, r in every.items() if not n.endswith("-2cpu")}
     two_cpu = {n.removesuffix("-2cpu"): r for n, r in every.items() if n.endswith("-2cpu")}
-    bare = scenarios.get("bare", {}).get("throughput_rps") or 0.0
+
+    # The throughput targets' h2load runs are repeated (`NAME`, `NAME-2`,
+    # ...; bench.sh's BENCH_THROUGHPUT_RUNS), as are the latency targets'
+    # open-loop runs (below): a repeat is `NAME-<k>`.
+    def repeats(name):
+        found = [name] if name in scenarios else []
+        k = 2
+        while f"{name}-{k}" in scenarios:
+            found.append(f"{name}-{k}")
+            k += 1
+        return found
+
+    def first_run(name):
+        return re.sub(r"-[0-9]+$", "", name) if re.search(r"-[2-9][0-9]*$", name) else name
+
+    # A throughput is the median of its runs; one run of the same build can
+    # be a third off the next on this shared host.
+    def throughput(name):
+        runs = [scenarios[n].get("throughput_rps") for n in repeats(name)]
+        runs = [r for r in runs if r]
+        return statistics.median(runs) if runs else None
+
+    bare = throughput("bare") or 0.0
 
     # CreateOrder answers before its reservation is confirmed: what was
     # still owed during and after the load, and how long it took to clear.
@@ -124,7 +147,10 @@ def main():
                      for f in sorted((work / "extra").glob("confirmations-*.json"))}
 
     def saturated(name):
-        return bool((scenarios.get(name, {}).get("generator") or {}).get("saturated"))
+        """Whether the generator saturated its core in `name`'s run (or in
+        any run of the target `name`)."""
+        return any((scenarios.get(n, {}).get("generator") or {}).get("saturated")
+                   for n in repeats(name) or [name])
 
     # Each scenario against the bare server's capacity: `*-h2load` against
     # bare-h2load; the rest against the higher of the two bare figures
@@ -133,14 +159,16 @@ def main():
     # itself), so the higher one is the closer: a lower yardstick would
     # flatter every ratio set against it.
     def yardstick(name):
-        if name.endswith("-h2load") or "bare" not in scenarios:
+        if first_run(name).endswith("-h2load") or "bare" not in scenarios:
             return "bare-h2load"
-        h2load = scenarios.get("bare-h2load", {}).get("throughput_rps") or 0.0
+        h2load = throughput("bare-h2load") or 0.0
         return "bare-h2load" if h2load > bare else "bare"
 
-    def ratio(name):
-        rps = scenarios.get(name, {}).get("throughput_rps")
-        base = scenarios.get(yardstick(name), {}).get("throughput_rps")
+    def ratio(name, median=False):
+        """`name`'s run against the yardstick's median, or (`median`) the
+        median of the target `name`'s runs against it."""
+        rps = throughput(name) if median else scenarios.get(name, {}).get("throughput_rps")
+        base = throughput(yardstick(name))
         return round(rps / base, 3) if rps and base else None
 
     # A ratio is only as good as its yardstick: when the load generator used
@@ -172,6 +200,14 @@ def main():
     ratios = {name: ratio(name) for name in scenarios
               if not name.startswith("bare") and scenarios[name].get("throughput_rps")}
 
+    def runs_note(name):
+        """The runs behind a median throughput, when there were several."""
+        runs = repeats(name)
+        if len(runs) < 2:
+            return ""
+        listed = ", ".join(f"{scenarios[n]['throughput_rps']:.0f}" for n in runs)
+        return f"; {name}: median of {len(runs)} runs ({listed} req/s)"
+
     checks = []
 
     def check(what, value, target, ok, why_invalid=None):
@@ -186,13 +222,14 @@ def main():
                                      (f"get-user-uncached-{backend}-h2load",
                                       f"GetUser ({backend}, cache off, h2load)", 0.5),
                                      (f"create-order-{backend}", f"CreateOrder ({backend})", 0.25)):
-            r = ratio(scenario)
+            r = ratio(scenario, median=True)
             if r is not None:
                 bound = ("" if saturated(yardstick(scenario)) == saturated(scenario)
                          else " (at most: the generator saturated on the bare server)"
                          if saturated(yardstick(scenario))
                          else " (at least: the generator saturated on the scenario)")
-                check(f"{what} throughput / {yardstick(scenario)}{bound}", r, f">= {goal}",
+                check(f"{what} throughput / {yardstick(scenario)}{bound}"
+                      + runs_note(scenario) + runs_note(yardstick(scenario)), r, f">= {goal}",
                       r >= goal, invalid_because(scenario, r, goal))
     # An open-loop latency is counted from each request's due time, so
     # requests the generator issued late carry its delay in their tail:
@@ -222,17 +259,9 @@ def main():
 
     # The open-loop rows at 85 to 99% of the services' core vary two- to
     # threefold between identical runs, so the full bench runs each
-    # latency target's scenarios several times (`NAME`, `NAME-2`, ...): the
+    # latency target's scenarios several times (`repeats`): the
     # target is the median of its runs' ratios, leaving out runs whose
     # generator was late (above), and every run's ratio is quoted.
-    def repeats(name):
-        found = [name] if name in scenarios else []
-        k = 2
-        while f"{name}-{k}" in scenarios:
-            found.append(f"{name}-{k}")
-            k += 1
-        return found
-
     def latency(name, method):
         return ((scenarios.get(name) or {}).get("methods", {}).get(method) or {}).get("latency_ms")
 
@@ -302,7 +331,7 @@ def main():
         "quick": quick,
         "machine": machine(),
         "bare_throughput_rps": bare,
-        "bare_h2load_throughput_rps": scenarios.get("bare-h2load", {}).get("throughput_rps"),
+        "bare_h2load_throughput_rps": throughput("bare-h2load"),
         "ratios_to_bare": ratios,
         "checks": checks,
         "scenarios": scenarios,
@@ -342,7 +371,7 @@ def main():
                 times = f"≥ {times}"
             elif not valid(name):
                 times += f" (not valid: {invalid_because(name)})"
-            if yardstick(name) == "bare-h2load" and not name.endswith("-h2load"):
+            if yardstick(name) == "bare-h2load" and not first_run(name).endswith("-h2load"):
                 times += " (of bare-h2load)"
         mode = f" (open loop, {report['rate']:.0f}/s)" if report.get("rate") else ""
         gen = report.get("generator")

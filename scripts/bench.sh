@@ -13,7 +13,9 @@
 #                               # give user-service settings, PROFILE_RATE=N
 #                               # for an open loop at N req/s instead of the
 #                               # closed loop's saturation, PROFILE_SAVE=FILE
-#                               # to keep perf's per-symbol report)
+#                               # to keep perf's per-symbol report,
+#                               # PROFILE_DRIVER=h2load to drive get-user or
+#                               # bare with h2load, as the targets are)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # (scenarios: get-user, create-order, get-order,
 #                               # get-product, mixed, watch-idle: the last
@@ -69,7 +71,10 @@
 # bare figure: at most; for such a scenario: at least) where that settles
 # its target, and as not valid otherwise. shop-loadgen's scenarios are set
 # against the higher of the two bare figures (each is at most the server's
-# capacity).
+# capacity). The h2load runs of the yardstick and of the GetUser targets
+# run BENCH_THROUGHPUT_RUNS times (3 by default, once in --quick: NAME,
+# NAME-2, ...); each throughput target is the median of its runs against
+# the median of bare-h2load's.
 # Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
@@ -126,8 +131,15 @@ else
     # their tail varies two- to threefold between identical runs, and the
     # target is the median (bench-report.py).
     latency_runs=${BENCH_LATENCY_RUNS:-3}
+    # The h2load runs behind the throughput targets (and their yardstick,
+    # bare-h2load), each repeated: one run of the same build here can be
+    # a third off the next, and the target is the ratio of the medians.
+    throughput_runs=${BENCH_THROUGHPUT_RUNS:-3}
 fi
+throughput_runs=${throughput_runs:-1}
 [[ $latency_runs =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: BENCH_LATENCY_RUNS=$latency_runs: a count" >&2; exit 2; }
+[[ $throughput_runs =~ ^[1-9][0-9]*$ ]] \
+    || { echo "bench.sh: BENCH_THROUGHPUT_RUNS=$throughput_runs: a count" >&2; exit 2; }
 # repeat_suffix N: the name suffix of the Nth run of a repeated scenario
 # (none for the first, then -2, -3, ...).
 repeat_suffix() { [[ $1 == 1 ]] || printf -- '-%s' "$1"; }
@@ -293,6 +305,17 @@ drive_h2load() {
     host_cpu "$name" after
 }
 
+# drive_h2load_runs NAME ...: drive_h2load as NAME, NAME-2, ... up to
+# $throughput_runs: a throughput target's runs (bench-report.py takes the
+# median).
+drive_h2load_runs() {
+    local name=$1 run
+    shift
+    for run in $(seq 1 "$throughput_runs"); do
+        drive_h2load "$name$(repeat_suffix "$run")" "$@"
+    done
+}
+
 # The servers' shared settings (docker-compose's, see the header).
 server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=1000000
     RATE_LIMIT_BURST=1000000 STREAM_MAX_PER_PRINCIPAL=50000 STREAM_MAX_PER_ADDRESS=100000 \
@@ -423,8 +446,17 @@ psql_create() {
 # mean time as served and as called (scripts/lib/latency-breakdown.py).
 profile_hz=999
 profile() {
-    local scenario=$1 backend=${PROFILE_BACKEND:-sqlite}
+    local scenario=$1 backend=${PROFILE_BACKEND:-sqlite} driver=${PROFILE_DRIVER:-shop-loadgen}
     command -v perf >/dev/null 2>&1 || { log "perf not found (Debian: linux-perf)"; return 1; }
+    case "$driver" in
+        shop-loadgen) ;;
+        h2load)
+            [[ $scenario == get-user || $scenario == bare ]] && [[ -z ${PROFILE_RATE:-} ]] \
+                || { log "PROFILE_DRIVER=h2load: get-user or bare, closed loop only"; return 1; }
+            [[ $have_h2load == 1 ]] || return 1
+            ;;
+        *) log "PROFILE_DRIVER=$driver: shop-loadgen or h2load"; return 1 ;;
+    esac
     if [[ $scenario == bare ]]; then
         # The yardstick itself, driven like the stack: its profile is what
         # the stack's is set against, per call.
@@ -440,13 +472,23 @@ profile() {
         # shellcheck disable=SC2086
         stack "$backend" ${PROFILE_USERS_ENV:-}
     fi
-    log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-}"
-    local drive=(--concurrency "$concurrency")
-    [[ -z ${PROFILE_RATE:-} ]] || drive=(--rate "$PROFILE_RATE")
-    "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --duration 35s --warmup 0s \
-        --virtual-users "$users" "${drive[@]}" --scenario "$scenario" \
-        --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
-        >"$work/profile-load.txt" 2>&1 &
+    log "profiling $scenario on $backend ${PROFILE_USERS_ENV:-} (driven by $driver)"
+    if [[ $driver == h2load ]]; then
+        # The driver of the throughput targets: one request (one caller's
+        # token) sent by every stream, as drive_h2load does.
+        "$bin/shop-loadgen" --write-request "$work/request-profile" --scenario "$scenario" \
+            --users-url "http://127.0.0.1:$users_port" >&2
+        python3 scripts/lib/h2load.py "http://127.0.0.1:$users_port" "$work/request-profile" \
+            "$work/profile-h2load.json" 35s 0s 4 $((concurrency / 4)) -- "${load_cpu[@]}" \
+            >"$work/profile-load.txt" 2>&1 &
+    else
+        local drive=(--concurrency "$concurrency")
+        [[ -z ${PROFILE_RATE:-} ]] || drive=(--rate "$PROFILE_RATE")
+        "${load_cpu[@]}" "$bin/shop-loadgen" --no-progress --duration 35s --warmup 0s \
+            --virtual-users "$users" "${drive[@]}" --scenario "$scenario" \
+            --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+            >"$work/profile-load.txt" 2>&1 &
+    fi
     local load_pid=$!
     sleep 10
     local where=(-a) activity_pid=
@@ -478,9 +520,14 @@ profile() {
     # Calls in the 15 s sampled, from the generator's rate over its run
     # (closed loop: steady), so that each group is also µs per call.
     local calls
-    calls=$(python3 -c 'import re, sys
-m = re.search(r"requests in [\d.]+ s, ([\d.]+) req/s", open(sys.argv[1]).read())
-print(round(float(m[1]) * 15) if m else 0)' "$work/profile-load.txt")
+    calls=$(python3 -c 'import json, os, re, sys
+if os.path.exists(sys.argv[2]):
+    rate = json.load(open(sys.argv[2]))["throughput_rps"]
+    print(f"h2load: {rate:.0f} req/s", file=sys.stderr)
+else:
+    m = re.search(r"requests in [\d.]+ s, ([\d.]+) req/s", open(sys.argv[1]).read())
+    rate = float(m[1]) if m else 0
+print(round(rate * 15))' "$work/profile-load.txt" "$work/profile-h2load.json")
     python3 scripts/lib/profile-groups.py --hz "$profile_hz" --calls "$calls" "$work/perf.txt"
     stop_servers
 }
@@ -592,7 +639,7 @@ bare_port=$(free_port)
 # The bare server has no health service: wait for its port.
 start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
 load bare --scenario echo --users-url "http://127.0.0.1:$bare_port" --concurrency "$concurrency"
-drive_h2load bare-h2load "http://127.0.0.1:$bare_port" - "$last_pid" --scenario echo
+drive_h2load_runs bare-h2load "http://127.0.0.1:$bare_port" - "$last_pid" --scenario echo
 stop_servers
 
 # --- the stack -------------------------------------------------------------
@@ -608,7 +655,7 @@ for backend in "${backends[@]}"; do
     stack "$backend"
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
-    drive_h2load "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
+    drive_h2load_runs "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     create_order_load "create-order-$backend"
     if [[ $backend == sqlite ]]; then
@@ -664,7 +711,7 @@ for backend in "${backends[@]}"; do
     stack "$backend" USER_CACHE_CAPACITY=0
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-uncached-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
-    drive_h2load "get-user-uncached-$backend-h2load" "http://127.0.0.1:$users_port" \
+    drive_h2load_runs "get-user-uncached-$backend-h2load" "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     stop_servers
 done
