@@ -12,7 +12,7 @@ event of type IO, e.g. the commit's WAL flush), waiting on a lock, and
 and the service has not sent its next statement yet). A group-commit
 connection whose time is mostly the last is bound by the service's turn
 around between statements, not by PostgreSQL or the disk
-(docs/performance.md).
+(docs/performance-history.md).
 """
 
 import collections

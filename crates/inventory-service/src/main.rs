@@ -2,7 +2,7 @@
 //! [`inventory_service::run`].
 
 /// mimalloc: the stack allocates per call (headers, messages, spans) and
-/// spends less time in it than in glibc's malloc (docs/performance.md).
+/// spends less time in it than in glibc's malloc (docs/performance-history.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

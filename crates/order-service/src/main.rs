@@ -6,7 +6,7 @@
 /// (headers, messages, spans) and spends less time in it than in glibc's
 /// malloc. An idle WatchOrder stream costs more resident memory with it
 /// (about 9.2 KB against 7.7 KB with glibc's, still under the 10 KiB
-/// budget); docs/performance.md has both measurements.
+/// budget); docs/performance-history.md has both measurements.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -76,7 +76,7 @@ pub const MAX_BATCH_AGE: Duration = Duration::from_millis(20);
 /// The commit delay services use unless told otherwise
 /// (`DATABASE_COMMIT_DELAY`, [`Writer::with_commit_delay`]): under the
 /// mix at 2,000 requests a second it halved the disk flushes and the
-/// reads' p99, and writes were answered no later (docs/performance.md).
+/// reads' p99, and writes were answered no later (docs/performance-history.md).
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 
 /// The writing connection of a SQLite database and its open batch. Cheap

@@ -4,7 +4,7 @@
 //! whole round trip: acquire, send, wait, read, release. Under load that is
 //! one write and one read system call per query on each side and the
 //! pool's bookkeeping, about 55 µs of the service's CPU per GetUser in the
-//! profile in docs/performance.md. tokio-postgres instead lets every caller
+//! profile in docs/performance-history.md. tokio-postgres instead lets every caller
 //! send on one connection at once: queries from concurrent callers go out
 //! back to back in one write, PostgreSQL answers them in order, and the
 //! connection's task hands each caller its rows (the model of the fastest

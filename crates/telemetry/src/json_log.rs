@@ -6,7 +6,7 @@
 //! three parses and re-serialisations per call for the server span (its
 //! `trace_id` and status code are recorded after it starts, and the access
 //! line embeds it), plus a `BTreeMap` of `serde_json::Value`s per line.
-//! The profile in docs/performance.md put the log line at about a tenth of
+//! The profile in docs/performance-history.md put the log line at about a tenth of
 //! a cached GetUser. Here fields are written as they are visited, a field
 //! recorded later is spliced into the span's object, and a line copies its
 //! span's object as it stands: nothing is parsed.

@@ -7,7 +7,7 @@
 //! OpenTelemetry context attached each time the span is entered) and
 //! handing it to the exporter when it closes. Without an exporter all of
 //! that is thrown away: about a dozen allocations per call and its largest
-//! single per-call cost on a profile (docs/performance.md). [`TraceIdLayer`]
+//! single per-call cost on a profile (docs/performance-history.md). [`TraceIdLayer`]
 //! takes its place then. It keeps only a span's [`SpanContext`] in the
 //! span's extensions: a new span id, and the trace id and sampling flag of
 //! its parent span, or of the caller once [`crate::propagation::set_parent`]

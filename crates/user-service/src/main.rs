@@ -3,7 +3,7 @@
 //! configuration, telemetry, the sockets, signals and exit codes.
 
 /// mimalloc: the stack allocates per call (headers, messages, spans) and
-/// spends less time in it than in glibc's malloc (docs/performance.md).
+/// spends less time in it than in glibc's malloc (docs/performance-history.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
