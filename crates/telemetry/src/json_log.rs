@@ -18,6 +18,9 @@
 //! {"timestamp":"…","level":"INFO","message":"rpc","service":"…",…,"target":"access","span":{"request_id":"…",…,"name":"grpc.server"}}
 //! ```
 //!
+//! The `otel.*` fields of a span (its OpenTelemetry name, kind and status,
+//! which repeat its `rpc.*` fields) are left out, as are `log.*`.
+//!
 //! Keys keep the order they were recorded in. A span field is written once,
 //! when it gets a value: one declared `Empty` and recorded later appears
 //! once; recording the same field twice would write it twice (the last
@@ -150,7 +153,7 @@ impl<'w, W: fmt::Write> Members<'w, W> {
     }
 
     fn member(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
-        if self.result.is_err() || field.name().starts_with("log.") {
+        if self.result.is_err() || is_directive(field.name()) {
             return;
         }
         self.result = (|| {
@@ -200,6 +203,16 @@ impl<W: fmt::Write> Visit for Members<'_, W> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.member(field, |w| write_escaped(w, format_args!("{value:?}")));
     }
+}
+
+/// Whether the field `name` is addressed to another layer rather than
+/// being something to log: `log.*` (tracing's log bridge: the target and
+/// source of a `log` record) and `otel.*` (how tracing-opentelemetry names
+/// a span and its kind and status: the call's span says the same in its
+/// `rpc.*` fields, and its access line in `service`, `method` and `code`,
+/// so a line carries each once).
+fn is_directive(name: &str) -> bool {
+    name.starts_with("log.") || name.starts_with("otel.")
 }
 
 /// `text` as a JSON string.
@@ -288,11 +301,16 @@ mod tests {
         let lines = logged(|| {
             let span = tracing::info_span!(
                 "grpc.server",
+                otel.name = %"shop.user.v1.UserService/GetUser",
+                otel.kind = "server",
+                otel.status_code = Empty,
+                rpc.method = "GetUser",
                 request_id = %"r-1",
                 trace_id = Empty,
                 rpc.grpc.status_code = Empty,
             );
             span.record("trace_id", "abc");
+            span.record("otel.status_code", "ERROR");
             span.record("rpc.grpc.status_code", 5);
             let _entered = span.enter();
             tracing::info!(
@@ -318,6 +336,13 @@ mod tests {
         assert_eq!(line["span"]["request_id"], "r-1");
         assert_eq!(line["span"]["trace_id"], "abc");
         assert_eq!(line["span"]["rpc.grpc.status_code"], 5);
+        assert_eq!(line["span"]["rpc.method"], "GetUser");
+        // The OpenTelemetry layer's directives repeat the fields above.
+        let span_keys: Vec<_> = line["span"].as_object().unwrap().keys().collect();
+        assert!(
+            span_keys.iter().all(|k| !k.starts_with("otel.")),
+            "{span_keys:?}"
+        );
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
     }
 
@@ -331,7 +356,7 @@ mod tests {
                 nan = f64::NAN,
                 "what \"went\" wrong"
             );
-            let span = tracing::info_span!("outer", first = Empty);
+            let span = tracing::info_span!("outer", otel.kind = "internal", first = Empty);
             span.record("first", "only later");
             span.in_scope(|| tracing::info!("in a span whose fields all came later"));
             tracing::info_span!("bare").in_scope(|| tracing::info!("in a span with no fields"));
@@ -349,8 +374,10 @@ mod tests {
         assert!(warn["nan"].is_null());
         assert_eq!(warn["message"], "what \"went\" wrong");
         assert!(warn.get("span").is_none());
-        assert_eq!(later["span"]["first"], "only later");
-        assert_eq!(later["span"]["name"], "outer");
+        assert_eq!(
+            later["span"],
+            serde_json::json!({"first": "only later", "name": "outer"})
+        );
         assert_eq!(bare["span"], serde_json::json!({"name": "bare"}));
     }
 }
