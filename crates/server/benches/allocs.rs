@@ -11,7 +11,12 @@
 //! `cargo bench -p shop-server --bench allocs` prints, for each server,
 //! allocations (including reallocations) and bytes allocated per call.
 //! `BENCH_NO_TELEMETRY=1` leaves telemetry uninitialised (a subscriber
-//! interested in nothing).
+//! interested in nothing). The shop stack then allocates more per call,
+//! not less (113.6 against 103.7): with no Prometheus recorder installed,
+//! each call registers its method's metric handles afresh, since a
+//! recorder might still come (`shop_telemetry`'s `MethodMetrics::of`),
+//! which a service, which installs its recorder at start-up, never does
+//! (with the recorder installed and no subscriber: 102.7).
 
 use std::alloc::System;
 

@@ -15,7 +15,9 @@
 //! server, then a paired comparison (see [`paired_ratio`]) that prints
 //! both times and the ratio. `BENCH_NO_TELEMETRY=1` leaves telemetry
 //! uninitialised (a subscriber interested in nothing), to separate the
-//! cost of the layers from the cost of spans and metrics.
+//! cost of the layers from the cost of spans and metrics; metric handles
+//! are then registered on every call (see the `allocs` benchmark), which
+//! a service never pays.
 
 use std::time::Duration;
 
