@@ -130,7 +130,8 @@ def main():
         return found
 
     def first_run(name):
-        return re.sub(r"-[0-9]+$", "", name) if re.search(r"-[2-9][0-9]*$", name) else name
+        """The name of the target whose repeat `name` is (or `name`)."""
+        return re.sub(r"-(?:[2-9]|[1-9][0-9]+)$", "", name)
 
     # A throughput is the median of its runs; one run of the same build can
     # be a third off the next on this shared host.
