@@ -21,6 +21,7 @@ use crate::{
     pg_group_commit::PgTurn,
     pg_notices::{self, Outgoing},
     pg_read::Pipelined,
+    row::lite_names,
     sqlite_read::{self, Readers},
 };
 
@@ -353,7 +354,7 @@ fn lite_first<T>(
     let (mut read, mut found) = (Some(read), None);
     sqlite_read::rows(conn, query.sql, &query.args, |row| {
         if let Some(read) = read.take() {
-            found = Some(read(Row::Lite(row))?);
+            found = Some(read(Row::Lite(row, &lite_names(row)))?);
         }
         Ok(false)
     })?;
@@ -368,7 +369,7 @@ fn lite_all<T>(
 ) -> Result<Vec<T>, StoreError> {
     let mut all = Vec::new();
     sqlite_read::rows(conn, query.sql, &query.args, |row| {
-        all.push(read(Row::Lite(row))?);
+        all.push(read(Row::Lite(row, &lite_names(row)))?);
         Ok(true)
     })?;
     Ok(all)

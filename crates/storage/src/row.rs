@@ -23,8 +23,21 @@ pub enum Row<'r> {
     /// A SQLite row read through sqlx (inside a transaction, streams).
     Sqlite(&'r SqliteRow),
     /// A SQLite row read on the calling thread (reads outside a
-    /// transaction).
-    Lite(&'r rusqlite::Row<'r>),
+    /// transaction, and the writer's statements), with its columns' names
+    /// ([`lite_names`]).
+    Lite(&'r rusqlite::Row<'r>, &'r [&'r str]),
+}
+
+/// The names of `row`'s columns, in order, for [`Row::Lite`]. rusqlite
+/// finds a column by name by asking SQLite for each column's name (a C
+/// string, measured with `strlen`) until one matches, on every `get`:
+/// for a row of n columns read whole, about n²/2 of those. Read once per
+/// row here, each `get` compares Rust strings instead.
+pub(crate) fn lite_names<'r>(row: &'r rusqlite::Row<'_>) -> Vec<&'r str> {
+    let statement = row.as_ref();
+    (0..statement.column_count())
+        .map(|i| statement.column_name(i).unwrap_or_default())
+        .collect()
 }
 
 impl Row<'_> {
@@ -34,7 +47,13 @@ impl Row<'_> {
             Row::Pg(row) => T::from_pg(row, name),
             Row::PgPipelined(row) => T::from_pg_pipelined(row, name),
             Row::Sqlite(row) => T::from_sqlite(row, name),
-            Row::Lite(row) => T::from_lite(row, name),
+            Row::Lite(row, names) => {
+                // As rusqlite matches names: ASCII case aside.
+                match names.iter().position(|n| n.eq_ignore_ascii_case(name)) {
+                    Some(index) => T::from_lite(row, index),
+                    None => Err(rusqlite::Error::InvalidColumnName(name.to_owned()).into()),
+                }
+            }
         }
         .map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
     }
@@ -48,8 +67,8 @@ pub trait Column: Sized {
     fn from_pg_pipelined(row: &tokio_postgres::Row, name: &str) -> Result<Self, ColumnError>;
     /// From a SQLite row read through sqlx.
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError>;
-    /// From a SQLite row read on the calling thread.
-    fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError>;
+    /// From a SQLite row read on the calling thread: its column `index`.
+    fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError>;
 }
 
 /// A column of a pipelined PostgreSQL row: tokio-postgres decodes the same
@@ -75,8 +94,8 @@ macro_rules! same_on_both {
                 fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
                     Ok(row.try_get(name)?)
                 }
-                fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError> {
-                    Ok(row.get(name)?)
+                fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError> {
+                    Ok(row.get(index)?)
                 }
             }
         )*
@@ -115,8 +134,8 @@ impl Column for DateTime<Utc> {
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
     }
-    fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError> {
-        time_from_text(&row.get::<_, String>(name)?)
+    fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError> {
+        time_from_text(&row.get::<_, String>(index)?)
     }
 }
 
@@ -130,8 +149,8 @@ impl Column for Option<DateTime<Utc>> {
     fn from_sqlite(row: &SqliteRow, name: &str) -> Result<Self, ColumnError> {
         Ok(row.try_get(name)?)
     }
-    fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError> {
-        row.get::<_, Option<String>>(name)?
+    fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError> {
+        row.get::<_, Option<String>>(index)?
             .as_deref()
             .map(time_from_text)
             .transpose()
@@ -150,8 +169,8 @@ impl Column for Uuid {
             .try_get::<uuid::fmt::Hyphenated, _>(name)
             .map(uuid::fmt::Hyphenated::into_uuid)?)
     }
-    fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError> {
-        Ok(Uuid::parse_str(&row.get::<_, String>(name)?)?)
+    fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError> {
+        Ok(Uuid::parse_str(&row.get::<_, String>(index)?)?)
     }
 }
 
@@ -167,9 +186,9 @@ impl Column for Option<Uuid> {
             .try_get::<Option<uuid::fmt::Hyphenated>, _>(name)
             .map(|id| id.map(uuid::fmt::Hyphenated::into_uuid))?)
     }
-    fn from_lite(row: &rusqlite::Row<'_>, name: &str) -> Result<Self, ColumnError> {
+    fn from_lite(row: &rusqlite::Row<'_>, index: usize) -> Result<Self, ColumnError> {
         Ok(row
-            .get::<_, Option<String>>(name)?
+            .get::<_, Option<String>>(index)?
             .as_deref()
             .map(Uuid::parse_str)
             .transpose()?)
@@ -179,6 +198,28 @@ impl Column for Option<Uuid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_columns_are_found_by_name_as_rusqlite_finds_them() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut statement = conn
+            .prepare("SELECT 7 AS n, 'x' AS \"Label\", NULL AS gone, 8 AS n")
+            .unwrap();
+        let mut rows = statement.raw_query();
+        let row = rows.next().unwrap().unwrap();
+        let names = lite_names(row);
+        assert_eq!(names, ["n", "Label", "gone", "n"]);
+        let row = Row::Lite(row, &names);
+        // The first of two columns of one name, as rusqlite answers.
+        assert_eq!(row.get::<i64>("n").unwrap(), 7);
+        // ASCII case does not matter, as in SQL.
+        assert_eq!(row.get::<String>("label").unwrap(), "x");
+        assert_eq!(row.get::<Option<String>>("gone").unwrap(), None);
+        let missing = row.get::<i64>("absent").unwrap_err().to_string();
+        assert!(missing.contains("absent"), "{missing}");
+        // A value of another type is an error, not a panic.
+        assert!(row.get::<i64>("Label").is_err());
+    }
 
     #[test]
     fn times_read_in_both_sqlite_spellings() {
