@@ -20,7 +20,6 @@
 
 use std::alloc::System;
 
-use shop_telemetry::LogFormat;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 mod common;
@@ -41,18 +40,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
-            shop_telemetry::init(
-                "bench",
-                LogFormat::Json,
-                shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
-                "warn",
-            );
-        } else {
-            // No subscriber at all would make every disabled span of h2,
-            // hyper and tonic consult `log` (see shop_loadgen::quiet).
-            shop_loadgen::quiet::tracing_off();
-        }
+        common::telemetry();
         let setup = setup().await;
         let mut per_call = Vec::new();
         for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {

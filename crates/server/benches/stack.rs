@@ -22,7 +22,6 @@
 use std::time::Duration;
 
 use criterion::Criterion;
-use shop_telemetry::LogFormat;
 use tokio::runtime::Runtime;
 
 mod common;
@@ -81,18 +80,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let setup = runtime.block_on(async {
-        if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
-            shop_telemetry::init(
-                "bench",
-                LogFormat::Json,
-                shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
-                "warn",
-            );
-        } else {
-            // No subscriber at all would make every disabled span of h2,
-            // hyper and tonic consult `log` (see shop_loadgen::quiet).
-            shop_loadgen::quiet::tracing_off();
-        }
+        common::telemetry();
         setup().await
     });
     let mut group = c.benchmark_group("unary GetUser per call");

@@ -21,6 +21,25 @@ use tonic::{
     transport::{Channel, server::TcpIncoming},
 };
 
+/// Telemetry as in production (JSON log lines filtered to warnings, spans
+/// with trace ids, the Prometheus recorder), or, with
+/// `BENCH_NO_TELEMETRY=1`, a subscriber interested in nothing: no
+/// subscriber at all would make every disabled span of h2, hyper and
+/// tonic consult `log` (see `shop_loadgen::quiet`). Must run inside the
+/// benchmark's runtime.
+pub(crate) fn telemetry() {
+    if std::env::var_os("BENCH_NO_TELEMETRY").is_none() {
+        shop_telemetry::init(
+            "bench",
+            shop_telemetry::LogFormat::Json,
+            shop_telemetry::DEFAULT_LOG_FLUSH_DELAY,
+            "warn",
+        );
+    } else {
+        shop_loadgen::quiet::tracing_off();
+    }
+}
+
 /// In-flight calls per batch.
 pub(crate) const CONCURRENCY: usize = 32;
 
