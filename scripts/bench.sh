@@ -575,14 +575,15 @@ ab() {
         done
     done
     server_env=("${shared_env[@]}")
-    python3 - "$work" "$ab_rounds" "$ab_rate" "${ab_dirs[@]}" "${side_env[@]}" <<'PY'
+    python3 - "$work" "$ab_rounds" "$ab_rate" "$ab_scenario" "${ab_dirs[@]}" "${side_env[@]}" <<'PY'
 import json, statistics, sys
-work, rounds, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-dirs, envs = sys.argv[4:6], sys.argv[6:8]
+work, rounds, rate, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dirs, envs = sys.argv[5:7], sys.argv[7:9]
 for side, name in enumerate("AB"):
     reports = [json.load(open(f"{work}/ab-{side}-{r}.json")) for r in range(1, rounds + 1)]
     label = f"{name} {dirs[side]} {envs[side]}".rstrip()
-    if reports[0].get("watch"):
+    # (the mix holds a few streams too, and reports them: not this case)
+    if scenario == "watch-idle":
         # Idle streams: what each cost order-service in resident memory,
         # and whether every one got its order's change.
         per = [r["watch"]["rss_per_stream_bytes"] for r in reports]
@@ -608,6 +609,10 @@ for side, name in enumerate("AB"):
                             for m, v in sorted(r["methods"].items()))
         print(f"    {r['throughput_rps']:.0f} req/s, CPU 0 busy {r['cpus']['0']['busy']:.2f}, "
               f"sent late p99 {r['generator']['send_lag_ms']['p99']:.2f} ms: {methods}")
+    if len(reports[0]["methods"]) > 1:
+        print("    median p99 ms: " + ", ".join(
+            f"{m} {statistics.median(r['methods'][m]['latency_ms']['p99'] for r in reports):.2f}"
+            for m in sorted(reports[0]["methods"])))
 for side, name in enumerate("AB"):
     # Commits (disk flushes) and the transactions they held, in
     # inventory-service and order-service, over each whole run.
