@@ -61,6 +61,11 @@ pub(crate) struct Pipelined {
     target: Target,
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    /// The runtime that opened the connections, which drives their
+    /// replacements too: a read that finds one broken may run on another
+    /// (the server's write lane, at a lower priority), and the reads'
+    /// connections must not be left to its threads.
+    runtime: tokio::runtime::Handle,
 }
 
 /// One connection, or none while it is being replaced.
@@ -102,6 +107,7 @@ impl Pipelined {
             target,
             slots: (0..count).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::current(),
         };
         for slot in &pipelined.slots {
             let connection = pipelined.connect().await.map_err(StoreError::from)?;
@@ -157,7 +163,7 @@ impl Pipelined {
         }
         *lock(&slot.live) = None;
         let this = Arc::clone(self);
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let slot = &this.slots[index];
             match this.connect().await {
                 Ok(connection) => {
