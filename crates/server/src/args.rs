@@ -224,6 +224,14 @@ pub struct ServerArgs {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
 
+    /// How much lower (in nice values, 1 to 19) the priority of the threads
+    /// running handlers of calls with side effects is than that of the
+    /// threads serving reads, so that reads are not queued behind writes
+    /// on a busy core; 0 runs every handler on the serving threads.
+    #[arg(long, env = "WRITE_LANE_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub write_lane_nice: u8,
+
     /// Sustained calls per second per caller (user, or peer address when
     /// anonymous; a service on its own behalf is not counted); more are
     /// RESOURCE_EXHAUSTED with RetryInfo.

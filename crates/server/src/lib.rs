@@ -9,8 +9,8 @@
 //! - [`server`]: [`Server`], one registration call per generated gRPC
 //!   server, then a graceful, bounded `serve`.
 //! - [`layers`]: the tower layers of every call (observe, context, auth,
-//!   rate limit, concurrency limit, panic guard, fault injection), stacked
-//!   in one function that says why in that order.
+//!   rate limit, concurrency limit, panic guard, fault injection, the
+//!   write lane), stacked in one function that says why in that order.
 //! - [`health`]: `grpc.health.v1` per the protocol, driven by readiness.
 //! - [`peer`]: the caller's address as per-address limits key it (IPv6
 //!   by /64).

@@ -12,6 +12,7 @@ pub mod rest;
 pub mod size;
 pub mod stream_limits;
 pub mod web;
+pub mod write_lane;
 
 use std::sync::Arc;
 
@@ -29,26 +30,30 @@ use self::{
     protect::{ConcurrencyLimitLayer, PanicGuardLayer, RateLimitLayer},
     size::RequestSizeLayer,
     stream_limits::{StreamAuthority, StreamLimitsLayer},
+    write_lane::WriteLaneLayer,
 };
 use crate::{args::ServerArgs, streams::Streams};
 
 /// The layers every shop server runs, outermost first.
 pub type ServerLayers = ServiceBuilder<
     Stack<
-        FaultLayer,
+        WriteLaneLayer,
         Stack<
-            PanicGuardLayer,
+            FaultLayer,
             Stack<
-                ConcurrencyLimitLayer,
+                PanicGuardLayer,
                 Stack<
-                    StreamLimitsLayer,
+                    ConcurrencyLimitLayer,
                     Stack<
-                        RateLimitLayer,
+                        StreamLimitsLayer,
                         Stack<
-                            AuthLayer,
+                            RateLimitLayer,
                             Stack<
-                                ContextLayer,
-                                Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>,
+                                AuthLayer,
+                                Stack<
+                                    ContextLayer,
+                                    Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>,
+                                >,
                             >,
                         >,
                     >,
@@ -80,13 +85,19 @@ pub type ServerLayers = ServiceBuilder<
 /// 8. panic guard: right around the handler, so a panic there is one
 ///    INTERNAL answer;
 /// 9. fault injection: next to the handler, so that it simulates a slow or
-///    failing service (a caller's deadline still cuts it short).
+///    failing service (a caller's deadline still cuts it short);
+/// 10. write lane: innermost, so that only the handler of a call with side
+///     effects moves to the lower-priority threads, and everything above
+///     (frames, auth, limits, the access line) runs at the serving
+///     threads' priority.
 ///
 /// `public` names the services that answer without a token and without a
 /// rate limit (health and reflection, see
 /// [`crate::server::infrastructure_services`]); streams take their places
 /// in `streams`, and `authority` tells whether a stream's account still
-/// stands.
+/// stands. The write lane's threads start here, unless `WRITE_LANE_NICE`
+/// is 0, and stop when the last service built from these layers is
+/// dropped.
 pub fn server_layers(
     service: &str,
     args: &ServerArgs,
@@ -113,4 +124,5 @@ pub fn server_layers(
             args.fault_delay.clone(),
             args.fault_error.clone(),
         ))
+        .layer(WriteLaneLayer::new(args.write_lane_nice))
 }
