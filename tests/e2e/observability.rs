@@ -433,6 +433,14 @@ async fn metrics_use_the_grpc_ecosystem_names_on_the_admin_port() {
     ] {
         assert!(metric_sum(&body, name, &[]) >= at_least, "{name}\n{body}");
     }
+    // The write lane's runtime beside the serving one.
+    for runtime in ["serving", "writes"] {
+        let label = [("runtime", runtime)];
+        assert!(
+            metric_sum(&body, "shop_runtime_workers", &label) >= 1.0,
+            "{runtime}\n{body}"
+        );
+    }
     // Message sizes, as framed on the wire: CreateOrder's one request and
     // one response, byte for byte.
     let create_order = [("grpc_method", "CreateOrder")];

@@ -1,7 +1,8 @@
 //! The admin HTTP endpoint every service runs beside its gRPC port:
 //!
 //! - `GET /metrics`: Prometheus text exposition (the process's CPU,
-//!   memory, descriptors and runtime read fresh for each scrape);
+//!   memory, descriptors and runtimes, the write lane's included, read
+//!   fresh for each scrape);
 //! - `GET /healthz`: 200 while the process runs (liveness);
 //! - `GET /readyz`: 200 when the service should get traffic (its database
 //!   answers and it is not draining), else 503 (readiness).
@@ -42,6 +43,7 @@ pub async fn serve(
 
 async fn metrics() -> impl IntoResponse {
     shop_telemetry::record_process_metrics();
+    crate::layers::write_lane::record_metrics();
     (
         [(
             axum::http::header::CONTENT_TYPE,

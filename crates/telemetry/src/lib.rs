@@ -30,4 +30,4 @@ pub mod propagation;
 pub mod trace_ids;
 
 pub use init::{DEFAULT_LOG_FLUSH_DELAY, LogFormat, init, prometheus, shutdown};
-pub use process::record_process_metrics;
+pub use process::{record_process_metrics, record_runtime_metrics};

@@ -30,6 +30,10 @@
 //!   deadline passed) aborts the handler's task, as dropping it inline
 //!   would.
 //! - **Panics** resurface in the call's future, for the panic guard.
+//! - **Metrics:** `/metrics` shows the lane's runtime as the
+//!   `shop_runtime_*` gauges labelled `runtime="writes"` ([`record_metrics`]):
+//!   writes queued for a lane thread there mean the serving threads are
+//!   keeping the writes from the CPU.
 //! - **Outgoing calls:** a client connection made by a call in the lane
 //!   (shop-client connects on first use) runs its task there too; in
 //!   order-service, whose calls to user-service and inventory-service are
@@ -44,7 +48,10 @@ use std::{
     future::Future,
     num::NonZeroUsize,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, PoisonError, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -63,6 +70,25 @@ use tracing::Instrument as _;
 /// The name of the lane's threads (`top -H`, `perf`).
 pub const THREAD_NAME: &str = "shop-writes";
 
+/// The lanes of this process that have not stopped, for [`record_metrics`].
+static LANES: Mutex<Vec<Weak<Lane>>> = Mutex::new(Vec::new());
+
+/// Records the runtime gauges of this process's write lanes (summed; zeros
+/// when there is none) as `shop_runtime_*{runtime="writes"}`. The admin
+/// endpoint calls it before each render, beside the serving runtime's.
+pub fn record_metrics() {
+    let handles: Vec<Handle> = {
+        let mut lanes = LANES.lock().unwrap_or_else(PoisonError::into_inner);
+        lanes.retain(|lane| lane.strong_count() > 0);
+        lanes
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|lane| lane.handle.clone())
+            .collect()
+    };
+    shop_telemetry::record_runtime_metrics("writes", handles.iter().map(Handle::metrics));
+}
+
 /// Whether a call to `path` runs in the write lane: a unary method that
 /// its proto does not declare free of side effects.
 pub fn moves(path: &str) -> bool {
@@ -72,8 +98,8 @@ pub fn moves(path: &str) -> bool {
 }
 
 /// Builds [`WriteLane`] services sharing one lane (one runtime). Cheap to
-/// clone; the lane stops when the last clone and the services built from
-/// it are dropped.
+/// clone; the lane stops when the last clone, the services built from it
+/// and the calls in it are dropped.
 #[derive(Debug, Clone)]
 pub struct WriteLaneLayer {
     lane: Option<Arc<Lane>>,
@@ -88,9 +114,14 @@ impl WriteLaneLayer {
             return WriteLaneLayer { lane: None };
         }
         match Lane::start(nice) {
-            Ok(lane) => WriteLaneLayer {
-                lane: Some(Arc::new(lane)),
-            },
+            Ok(lane) => {
+                let lane = Arc::new(lane);
+                LANES
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Arc::downgrade(&lane));
+                WriteLaneLayer { lane: Some(lane) }
+            }
             Err(error) => {
                 tracing::warn!(%error, "write lane not started; writes run on the serving threads");
                 WriteLaneLayer { lane: None }
@@ -121,11 +152,12 @@ struct Lane {
 impl Lane {
     fn start(nice: u8) -> std::io::Result<Lane> {
         let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let warned = AtomicBool::new(false);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name(THREAD_NAME)
             .enable_all()
-            .on_thread_start(move || lower_priority(nice))
+            .on_thread_start(move || lower_priority(nice, &warned))
             .build()?;
         Ok(Lane {
             handle: runtime.handle().clone(),
@@ -145,20 +177,23 @@ impl Drop for Lane {
 }
 
 /// Raises the calling thread's nice value by `nice` (Linux: nice values
-/// are per thread).
+/// are per thread). A failure (a sandbox that forbids `setpriority`) is
+/// logged by the lane's first thread that meets it, not by every one.
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: u8) {
+fn lower_priority(nice: u8, warned: &AtomicBool) {
     use rustix::{process, thread};
     let tid = Some(thread::gettid());
     let lowered = process::getpriority_process(tid)
         .and_then(|now| process::setpriority_process(tid, now.saturating_add(i32::from(nice))));
-    if let Err(error) = lowered {
-        tracing::warn!(%error, "write lane thread left at the serving threads' priority");
+    if let Err(error) = lowered
+        && !warned.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(%error, "write lane threads left at the serving threads' priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: u8) {}
+fn lower_priority(_nice: u8, _warned: &AtomicBool) {}
 
 /// See [`WriteLaneLayer`].
 #[derive(Debug, Clone)]
@@ -195,7 +230,10 @@ where
                 None => handler.await,
             }
         });
-        Either::Right(InLane { task })
+        Either::Right(InLane {
+            task,
+            _lane: lane.clone(),
+        })
     }
 }
 
@@ -203,6 +241,9 @@ where
 #[derive(Debug)]
 pub struct InLane<E> {
     task: JoinHandle<Result<Response<Body>, E>>,
+    /// The lane runs while a call is in it, even when the service that
+    /// put it there is gone (`oneshot` drops it once called).
+    _lane: Arc<Lane>,
 }
 
 impl<E> Future for InLane<E> {
@@ -226,11 +267,7 @@ impl<E> Drop for InLane<E> {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        convert::Infallible,
-        sync::atomic::{AtomicBool, Ordering},
-        time::Duration,
-    };
+    use std::{convert::Infallible, time::Duration};
 
     use shop_core::context::RequestContext;
     use tokio::time::Instant;
@@ -354,6 +391,67 @@ mod tests {
             !finished.load(Ordering::SeqCst),
             "the handler ran on after its call was dropped"
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_keeps_the_lane_running_when_its_service_is_gone() {
+        // `oneshot` drops the service (and with it the last layer's share
+        // of the lane) as soon as it has called it.
+        let service = WriteLaneLayer::new(5).layer(service_fn(|_req: Request<Body>| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            service.oneshot(request(CREATE_ORDER)),
+        )
+        .await
+        .expect("the call finished")
+        .unwrap();
+        assert_eq!(
+            Status::from_header_map(answer.headers()).map(|status| status.code()),
+            None,
+            "the handler's answer, not the lane's stopping"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_scrape_counts_the_lanes_threads_and_the_writes_in_them() {
+        let (release, parked) = tokio::sync::oneshot::channel::<()>();
+        let parked = Arc::new(Mutex::new(Some(parked)));
+        let started = Arc::new(tokio::sync::Notify::new());
+        let service = {
+            let started = started.clone();
+            WriteLaneLayer::new(5).layer(service_fn(move |_req: Request<Body>| {
+                let (parked, started) = (parked.lock().unwrap().take(), started.clone());
+                async move {
+                    started.notify_one();
+                    let _ = parked.unwrap().await;
+                    Ok::<_, Infallible>(Response::new(Body::empty()))
+                }
+            }))
+        };
+        let call = tokio::spawn(service.oneshot(request(CREATE_ORDER)));
+        tokio::time::timeout(Duration::from_secs(10), started.notified())
+            .await
+            .expect("the write reached its handler");
+
+        record_metrics();
+        let text = shop_telemetry::prometheus().render();
+        let writes = |name: &str| {
+            let series = format!(r#"{name}{{runtime="writes"}} "#);
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series)?.parse::<f64>().ok())
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        // Other tests' lanes may be alive too: at least this one's.
+        assert!(
+            writes("shop_runtime_workers").unwrap() >= cpus as f64,
+            "{text}"
+        );
+        assert!(writes("shop_runtime_alive_tasks").unwrap() >= 1.0, "{text}");
+        release.send(()).unwrap();
+        call.await.unwrap().unwrap();
     }
 
     #[tokio::test]
