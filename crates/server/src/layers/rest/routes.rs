@@ -374,6 +374,29 @@ mod tests {
         assert!(declared >= 20, "{declared} bindings");
     }
 
+    /// HTTP GET is safe (RFC 9110), and the stack reads the same promise
+    /// from `idempotency_level`: a method not declared `NO_SIDE_EFFECTS` is
+    /// not retried and its handler runs in the write lane, at a lower
+    /// priority. A GET route on such a method is a declaration missed.
+    #[test]
+    fn every_get_route_is_a_method_without_side_effects() {
+        let routes = all();
+        let undeclared: Vec<_> = routes
+            .iter()
+            .filter(|route| route.method == Method::GET)
+            .filter(|route| {
+                shop_proto::policy::lookup(&route.grpc_path).map(|m| m.idempotency)
+                    != Some(shop_proto::policy::Idempotency::NoSideEffects)
+            })
+            .map(|route| format!("GET {} ({})", route.template, route.grpc_path))
+            .collect();
+        assert!(
+            undeclared.is_empty(),
+            "declare `option idempotency_level = NO_SIDE_EFFECTS;` on: {undeclared:?}"
+        );
+        assert!(routes.iter().any(|route| route.method == Method::GET));
+    }
+
     #[test]
     fn a_path_without_its_method_lists_the_methods_it_has() {
         let routes = all();
