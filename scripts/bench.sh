@@ -36,6 +36,11 @@
 #                               # extra settings for every service of side A
 #                               # and of side B (DIR_A and DIR_B may then be
 #                               # the same build: an A/B of a setting)
+#       [--ab-age=DURATION]     # before each measured run, CreateOrder in
+#                               # the closed loop for DURATION (e.g. 30s) on
+#                               # the same stack, unmeasured: the run then
+#                               # finds the databases the full run's mix
+#                               # finds (over 100,000 orders), not empty ones
 #
 # Builds release binaries, then for each scenario starts the servers it
 # needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
@@ -107,7 +112,7 @@ pg_start=(durable) pg_params=
 if [[ ${BENCH_PG_TLS:-0} == 1 ]]; then
     pg_start+=(tls) pg_params="?sslmode=require"
 fi
-quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=,
+quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age=
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
@@ -118,6 +123,7 @@ for arg in "$@"; do
         --rounds=*) ab_rounds="${arg#--rounds=}" ;;
         --rate=*) ab_rate="${arg#--rate=}" ;;
         --ab-env=*) ab_env="${arg#--ab-env=}" ;;
+        --ab-age=*) ab_age="${arg#--ab-age=}" ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
@@ -565,6 +571,11 @@ ab() {
             # shellcheck disable=SC2206
             server_env=("${shared_env[@]}" ${side_env[$side]})
             stack "$ab_backend"
+            if [[ -n $ab_age ]]; then
+                duration=$ab_age warmup=0s load "ab-age-$side-$round" --scenario create-order \
+                    --concurrency "$concurrency" --users-url "http://127.0.0.1:$users_port" \
+                    --orders-url "http://127.0.0.1:$orders_port"
+            fi
             [[ $ab_scenario != watch-idle ]] \
                 || drive=(--watch-streams "$streams" --server-pid "$orders_pid")
             load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
