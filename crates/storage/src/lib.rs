@@ -61,7 +61,9 @@ mod writer_queue;
 pub use cache::{CacheBounds, ReadThrough};
 pub use db::{Backend, ConnectOptions, Db, Migrations, connect, connect_with};
 pub use error::StoreError;
-pub use group_commit::{DEFAULT_COMMIT_DELAY, GroupCommitStats, MAX_BATCH, MAX_BATCH_AGE};
+pub use group_commit::{
+    DEFAULT_COMMIT_DELAY, GroupCommitStats, LINGER_BELOW, MAX_BATCH, MAX_BATCH_AGE,
+};
 pub use id_list::{IDS_PER_STATEMENT, id_list_sql};
 pub use notices::{Notice, Notices};
 pub use pg_group_commit::APPLICATION_NAME as GROUP_COMMIT_APPLICATION_NAME;

@@ -60,7 +60,8 @@ use tokio::sync::{OwnedMutexGuard, oneshot};
 use crate::{
     StoreError,
     group_commit::{
-        Batch, Counts, Done, GroupCommitStats, MAX_BATCH_AGE, batch_error, batch_outcome,
+        Batch, Counts, Done, GroupCommitStats, LastCommit, MAX_BATCH_AGE, batch_error,
+        batch_outcome,
     },
     pg_notices::{self, Outgoing},
     pg_read::{self, Connection},
@@ -101,8 +102,8 @@ pub(crate) struct State {
     unreleased: Option<Unreleased>,
     /// Batches opened so far: names the open one, for a scheduled commit.
     opened: u64,
-    /// When the last `COMMIT` started.
-    last_commit: Option<Instant>,
+    /// The last `COMMIT`.
+    last_commit: Option<LastCommit>,
 }
 
 /// The batching connection. sqlx waits for each answer before it sends
@@ -517,9 +518,10 @@ impl PgWriter {
             return;
         }
         let started = Instant::now();
-        if guard.unreleased.is_some() || guard.batch.as_ref().is_some_and(|b| !b.waiting.is_empty())
-        {
-            guard.last_commit = Some(started);
+        let transactions = guard.batch.as_ref().map_or(0, |b| b.waiting.len())
+            + usize::from(guard.unreleased.is_some());
+        if transactions > 0 {
+            guard.last_commit = Some(LastCommit::new(guard.last_commit, started, transactions));
         }
         let mut outcome = Ok(());
         let state = &mut *guard;
