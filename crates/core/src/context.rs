@@ -111,6 +111,17 @@ pub fn request_id_of(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(new_request_id)
 }
 
+/// `value` marked never to be indexed by HPACK, for a header whose value
+/// is unique to one call (a request id, a `traceparent`). Indexed, each
+/// such value would take a place in the header tables at both ends of the
+/// connection, evicting entries that do repeat, and the sender's encoder
+/// would compare it with every earlier value of that header still in its
+/// table (about fifty request ids, in h2's 4 KiB table) before adding it.
+pub fn unique_to_the_call(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
+}
+
 /// Whether `value` is acceptable as a request id.
 pub fn valid_request_id(value: &HeaderValue) -> bool {
     let len = value.len();
@@ -211,7 +222,7 @@ where
             {
                 headers.insert(AUTHORIZATION, auth.clone());
             }
-            headers.insert(REQUEST_ID, ctx.request_id.clone());
+            headers.insert(REQUEST_ID, unique_to_the_call(ctx.request_id.clone()));
             // A client span's own trace context, put there by an observing
             // layer outside this one, wins over the one received.
             for (name, value) in &ctx.trace {
@@ -354,6 +365,10 @@ mod tests {
         assert!(timeout > Duration::from_millis(150), "{timeout:?}");
         assert_eq!(headers[AUTHORIZATION], "Bearer caller-token");
         assert_eq!(headers[REQUEST_ID], "req-1");
+        assert!(
+            headers[REQUEST_ID].is_sensitive(),
+            "sent as never indexed: see unique_to_the_call"
+        );
         assert_eq!(headers["traceparent"], "00-abc-def-01");
     }
 

@@ -134,9 +134,11 @@ impl CallRecord {
         }
         if self.side == Side::Server {
             let principal = self.caller.get();
-            let _entered = self.span.enter();
+            // The span as the line's parent, not entered: entering and
+            // leaving it would ask every layer about it twice more.
             tracing::info!(
                 target: "access",
+                parent: &self.span,
                 service = l.grpc_service,
                 method = l.grpc_method,
                 code = code_label(code),

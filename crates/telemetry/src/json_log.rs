@@ -347,6 +347,22 @@ mod tests {
     }
 
     #[test]
+    fn a_line_given_its_span_as_parent_carries_that_span_not_the_current_one() {
+        // The access line names its call's span as parent instead of
+        // entering it (see `CallRecord::finish`).
+        let lines = logged(|| {
+            let call = tracing::info_span!("grpc.server", request_id = %"r-2");
+            let _elsewhere = tracing::info_span!("other", request_id = %"r-other").entered();
+            tracing::info!(target: "access", parent: &call, "rpc");
+        });
+        let [line] = lines.as_slice() else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(line["span"]["name"], "grpc.server", "{line}");
+        assert_eq!(line["span"]["request_id"], "r-2", "{line}");
+    }
+
+    #[test]
     fn text_is_escaped_and_odd_numbers_stay_json() {
         let lines = logged(|| {
             tracing::warn!(

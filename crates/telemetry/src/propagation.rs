@@ -10,6 +10,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector},
     trace::{TraceContextExt as _, TraceId},
 };
+use shop_core::context::unique_to_the_call;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -28,6 +29,12 @@ impl Injector for HeaderCarrier<'_> {
             other => HeaderName::from_bytes(other.as_bytes()),
         };
         if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
+            // A traceparent names this call's own span: never the same twice.
+            let value = if name == TRACEPARENT {
+                unique_to_the_call(value)
+            } else {
+                value
+            };
             self.0.insert(name, value);
         }
     }
@@ -123,6 +130,10 @@ mod tests {
                 "the caller's trace, the client span's own id"
             );
             assert_ne!(client_ids.span_id().to_string(), "00f067aa0ba902b7");
+            assert!(
+                outgoing["traceparent"].is_sensitive(),
+                "a call's own span id is never worth a place in HPACK's table"
+            );
         });
     }
 }

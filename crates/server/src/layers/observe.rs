@@ -13,7 +13,7 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use shop_core::context::{REQUEST_ID, request_id_of};
+use shop_core::context::{REQUEST_ID, request_id_of, unique_to_the_call};
 use shop_telemetry::{
     body::{observe_request, observe_response},
     call::CallRecord,
@@ -135,7 +135,9 @@ where
             .answer
             .take()
             .expect("an Observed future is not polled after it is done");
-        response.headers_mut().insert(REQUEST_ID, request_id);
+        response
+            .headers_mut()
+            .insert(REQUEST_ID, unique_to_the_call(request_id));
         Poll::Ready(Ok(observe_response(response, record, Side::Server)))
     }
 }
@@ -173,6 +175,10 @@ mod tests {
         let (seen, echoed) = ids("order-42.retry:1").await;
         assert_eq!(seen, "order-42.retry:1");
         assert_eq!(echoed, "order-42.retry:1");
+        assert!(
+            echoed.is_sensitive(),
+            "a request id is never worth a place in HPACK's table"
+        );
     }
 
     #[tokio::test]
