@@ -41,6 +41,9 @@
 #                               # the same stack, unmeasured: the run then
 #                               # finds the databases the full run's mix
 #                               # finds (over 100,000 orders), not empty ones
+#       [--ab-driver=h2load]    # get-user only, closed loop: drive it with
+#                               # h2load as the throughput targets are, not
+#                               # shop-loadgen (prints user-service's CPU too)
 #
 # Builds release binaries, then for each scenario starts the servers it
 # needs on CPU 0 and shop-loadgen on CPU 1 (taskset, when there are at least
@@ -112,7 +115,7 @@ pg_start=(durable) pg_params=
 if [[ ${BENCH_PG_TLS:-0} == 1 ]]; then
     pg_start+=(tls) pg_params="?sslmode=require"
 fi
-quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age=
+quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age= ab_driver=loadgen
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
@@ -124,6 +127,7 @@ for arg in "$@"; do
         --rate=*) ab_rate="${arg#--rate=}" ;;
         --ab-env=*) ab_env="${arg#--ab-env=}" ;;
         --ab-age=*) ab_age="${arg#--ab-age=}" ;;
+        --ab-driver=*) ab_driver="${arg#--ab-driver=}" ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
@@ -169,6 +173,8 @@ if [[ -n $ab ]]; then
     [[ -z $ab_rate || $ab_rate =~ ^[1-9][0-9]*(\.[0-9]+)?$ ]] \
         || { echo "bench.sh: --rate=$ab_rate: requests a second" >&2; exit 2; }
     [[ $ab_env == *,* ]] || { echo "bench.sh: --ab-env=$ab_env: ENV_A,ENV_B" >&2; exit 2; }
+    [[ $ab_driver == loadgen || ($ab_driver == h2load && $ab_scenario == get-user && -z $ab_rate) ]] \
+        || { echo "bench.sh: --ab-driver=$ab_driver: loadgen, or h2load with --scenario=get-user and no --rate" >&2; exit 2; }
     bin="${ab_dirs[0]}"
 else
     log "cargo build --release (servers, loadgen, bare server, health probe)"
@@ -564,6 +570,7 @@ ab() {
     local round side drive=(--concurrency "$concurrency") shared_env=("${server_env[@]}")
     local side_env=("${ab_env%%,*}" "${ab_env#*,}")
     [[ -z $ab_rate ]] || drive=(--rate "$ab_rate")
+    [[ $ab_driver != h2load || $have_h2load == 1 ]] || { log "--ab-driver=h2load: h2load not available"; return 1; }
     for round in $(seq 1 "$ab_rounds"); do
         for side in 0 1; do
             bin="${ab_dirs[$side]}"
@@ -578,9 +585,14 @@ ab() {
             fi
             [[ $ab_scenario != watch-idle ]] \
                 || drive=(--watch-streams "$streams" --server-pid "$orders_pid")
-            load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
-                --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
-                --inventory-url "http://127.0.0.1:$inventory_port"
+            if [[ $ab_driver == h2load ]]; then
+                drive_h2load "ab-$side-$round" "http://127.0.0.1:$users_port" \
+                    "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
+            else
+                load "ab-$side-$round" --scenario "$ab_scenario" "${drive[@]}" \
+                    --users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port" \
+                    --inventory-url "http://127.0.0.1:$inventory_port"
+            fi
             commits "ab-$side-$round"
             stop_servers
         done
@@ -609,6 +621,13 @@ for side, name in enumerate("AB"):
         runs = [r["throughput_rps"] for r in reports]
         print(f"{label}: " + ", ".join(f"{x:.0f}" for x in runs)
               + f" req/s; median {statistics.median(runs):.0f}")
+        if reports[0].get("server"):
+            # Driven by h2load: what user-service and h2load itself used
+            # (over the whole run, its warm-up included).
+            print("    user-service CPU " + ", ".join(f"{r['server']['cpu_cores']:.2f}" for r in reports)
+                  + "; h2load CPU " + ", ".join(
+                      f"{r['generator']['cpu_cores']:.2f}" + (" (saturated)" if r["generator"]["saturated"] else "")
+                      for r in reports))
         continue
     # Open loop: the same rate on both sides, so compare what it cost and
     # how long it took.
