@@ -172,6 +172,21 @@ def main():
         h2load = throughput("bare-h2load") or 0.0
         return "bare-h2load" if h2load > bare else "bare"
 
+    # bare-h2load below shop-loadgen's figure for the same server (which is
+    # itself at most what the server can do) shows h2load's runs fell short
+    # of the server's capacity that time (2026-12-06: 53,812 to 62,761
+    # req/s against 89,364 in one run, 60,747 to 68,300 against 82,631 in
+    # another, the server's CPU at 0.99 in each): the ratios set against it
+    # are flattered, as against a generator that saturated.
+    def yardstick_low(name):
+        return (yardstick(name) == "bare-h2load" and "bare" in scenarios
+                and bare > (throughput("bare-h2load") or 0.0))
+
+    def yardstick_bound(name):
+        """Whether `name`'s yardstick is below the bare server's capacity,
+        so that a ratio against it is at most what it says."""
+        return saturated(yardstick(name)) or yardstick_low(name)
+
     def ratio(name, median=False):
         """`name`'s run against the yardstick's median, or (`median`) the
         median of the target `name`'s runs against it."""
@@ -191,19 +206,22 @@ def main():
     def invalid_because(name, value=None, goal=None):
         if confirmations.get(name, {}).get("owed_after", 0) > 0:
             return "confirmations not drained"
-        yardstick_bound, scenario_bound = saturated(yardstick(name)), saturated(name)
-        if not (yardstick_bound or scenario_bound):
+        low, scenario_bound = yardstick_bound(name), saturated(name)
+        if not (low or scenario_bound):
             return None
-        if value is not None and goal is not None and yardstick_bound != scenario_bound:
-            if (yardstick_bound and value < goal) or (scenario_bound and value >= goal):
+        if value is not None and goal is not None and low != scenario_bound:
+            if (low and value < goal) or (scenario_bound and value >= goal):
                 return None
+        if yardstick_low(name) and not saturated(yardstick(name)):
+            return "bare-h2load below shop-loadgen's bare"
         return "generator saturated"
 
     def valid(name, bound=False):
         """Valid as a figure, or (`bound`) as a bound on the ratio."""
         why = invalid_because(name)
-        return why is None or (bound and why == "generator saturated"
-                               and saturated(yardstick(name)) != saturated(name))
+        return why is None or (bound and why in ("generator saturated",
+                                                 "bare-h2load below shop-loadgen's bare")
+                               and yardstick_bound(name) != saturated(name))
 
     ratios = {name: ratio(name) for name in scenarios
               if not name.startswith("bare") and scenarios[name].get("throughput_rps")}
@@ -232,9 +250,11 @@ def main():
                                      (f"create-order-{backend}", f"CreateOrder ({backend})", 0.25)):
             r = ratio(scenario, median=True)
             if r is not None:
-                bound = ("" if saturated(yardstick(scenario)) == saturated(scenario)
+                bound = ("" if yardstick_bound(scenario) == saturated(scenario)
                          else " (at most: the generator saturated on the bare server)"
                          if saturated(yardstick(scenario))
+                         else " (at most: bare-h2load below shop-loadgen's figure for the bare server)"
+                         if yardstick_low(scenario)
                          else " (at least: the generator saturated on the scenario)")
                 check(f"{what} throughput / {yardstick(scenario)}{bound}"
                       + runs_note(scenario) + runs_note(yardstick(scenario)), r, f">= {goal}",
@@ -390,9 +410,9 @@ def main():
         times = "1" if name.startswith("bare") else (f"{ratios[name]:.2f}" if ratios.get(name) else "-")
         if not name.startswith("bare") and ratios.get(name):
             # A bound (see invalid_because) is shown as one.
-            if saturated(yardstick(name)) and not saturated(name) and valid(name, bound=True):
+            if yardstick_bound(name) and not saturated(name) and valid(name, bound=True):
                 times = f"≤ {times}"
-            elif saturated(name) and not saturated(yardstick(name)) and valid(name, bound=True):
+            elif saturated(name) and not yardstick_bound(name) and valid(name, bound=True):
                 times = f"≥ {times}"
             elif not valid(name):
                 times += f" (not valid: {invalid_because(name)})"

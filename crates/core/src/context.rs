@@ -117,6 +117,8 @@ pub fn request_id_of(headers: &HeaderMap) -> HeaderValue {
 /// connection, evicting entries that do repeat, and the sender's encoder
 /// would compare it with every earlier value of that header still in its
 /// table (about fifty request ids, in h2's 4 KiB table) before adding it.
+/// (http calls this flag "sensitive": a header map's `Debug` output shows
+/// such a value as `Sensitive`.)
 pub fn unique_to_the_call(mut value: HeaderValue) -> HeaderValue {
     value.set_sensitive(true);
     value
