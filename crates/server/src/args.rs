@@ -259,6 +259,13 @@ pub struct ServerArgs {
     #[arg(long, env = "HTTP2_MAX_LOCAL_ERROR_RESETS", default_value_t = 1024)]
     pub http2_max_local_error_resets: usize,
 
+    /// Hold each connection's first write back for one turn of the
+    /// scheduler, so that the responses of calls that arrived together
+    /// leave in one write (one system call and one wake-up of the client
+    /// instead of one a call); false writes each as soon as it is ready.
+    #[arg(long, env = "COALESCE_WRITES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub coalesce_writes: bool,
+
     /// Open client connections at once; one accepted beyond this is
     /// closed at once (before any TLS handshake).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]

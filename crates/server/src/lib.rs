@@ -28,6 +28,7 @@ pub mod admin;
 pub mod args;
 pub mod background;
 pub mod binary;
+pub mod coalesce;
 pub mod connections;
 pub mod health;
 pub mod layers;

@@ -38,6 +38,7 @@ use crate::layers::{rest::RestLayer, web::MarkProtocolLayer};
 use crate::{
     ConfigError,
     args::{ServerArgs, ServiceArgs},
+    coalesce::Coalesced,
     health::{Health, Readiness},
     layers::{ServerLayers, server_layers, stream_limits::StreamAuthority},
     serve::{infrastructure_services, log_hangups, serve_incoming_with_grace, with_infrastructure},
@@ -245,6 +246,7 @@ impl Server {
             streams.drain();
         };
         let grace = self.args.shutdown_grace;
+        let coalesce = self.args.coalesce_writes;
         let accepted = crate::connections::accept(
             grpc,
             self.args.max_connections as usize,
@@ -258,12 +260,14 @@ impl Server {
                     mutual = self.args.tls.tls_client_ca_file.is_some(),
                     "serving over TLS"
                 );
-                let incoming = shop_tls::server::incoming(accepted, tls);
+                let incoming = shop_tls::server::incoming(accepted, tls)
+                    .map(move |tls| tls.map(|stream| Coalesced::new(stream, coalesce)));
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
             None => {
-                let incoming =
-                    accepted.map(|(connection, _peer)| Ok::<_, std::io::Error>(connection));
+                let incoming = accepted.map(move |(connection, _peer)| {
+                    Ok::<_, std::io::Error>(Coalesced::new(connection, coalesce))
+                });
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
         };
