@@ -56,7 +56,8 @@
 #                  inventory-service, database write; the confirmations,
 #                  batched after the answers, must drain when the load stops
 #                  (the report says how many were owed and for how long)
-#   get-user-half  GetUser, open loop at half the measured peak (p99 vs p50)
+#   get-user-half  GetUser, open loop at half the peak measured just before
+#                  (p99 vs p50)
 #   bare-half      bare tonic at that same rate: the transport's own p99/p50
 #   get-order      GetOrder alone: the read latency with no writes running
 #   mixed          the realistic mix with WatchOrder streams held open
@@ -690,6 +691,18 @@ for backend in "${backends[@]}"; do
     stack "$backend"
     urls=(--users-url "http://127.0.0.1:$users_port" --orders-url "http://127.0.0.1:$orders_port")
     load "get-user-$backend" --scenario get-user "${urls[@]}" --concurrency "$concurrency"
+    if [[ $backend == sqlite ]]; then
+        # GetUser in open loop at half the peak just measured: right after
+        # it, so that a host that slows down during the run does not make
+        # "half" a busier core than it was.
+        peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
+            "$work/get-user-sqlite.json")
+        get_user_half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
+        for run in $(seq 1 "$latency_runs"); do
+            load "get-user-half-sqlite$(repeat_suffix "$run")" --scenario get-user "${urls[@]}" \
+                --rate "$get_user_half"
+        done
+    fi
     drive_h2load_runs "get-user-$backend-h2load" "http://127.0.0.1:$users_port" \
         "http://127.0.0.1:$users_admin_port" "$users_pid" --scenario get-user
     create_order_load "create-order-$backend"
@@ -704,14 +717,6 @@ for backend in "${backends[@]}"; do
         python3 scripts/lib/payload-sizes.py "http://127.0.0.1:$users_port" \
             "http://127.0.0.1:$orders_port" "http://127.0.0.1:$inventory_port" \
             "$work/extra/payload-sizes.json"
-        peak=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["throughput_rps"])' \
-            "$work/get-user-sqlite.json")
-        half=$(python3 -c "print(max(1.0, round($peak / 2, 1)))")
-        for run in $(seq 1 "$latency_runs"); do
-            load "get-user-half-sqlite$(repeat_suffix "$run")" --scenario get-user "${urls[@]}" \
-                --rate "$half"
-        done
-        get_user_half=$half
         # Reads alone (each account places one order in the warm-up, then
         # only reads): the baseline of the mixed scenario's read latency.
         load get-order-sqlite --scenario get-order "${urls[@]}" --concurrency "$concurrency"
