@@ -157,15 +157,33 @@ impl<'w, W: fmt::Write> Members<'w, W> {
             return;
         }
         self.result = (|| {
-            if !self.first {
-                self.writer.write_char(',')?;
-            }
-            self.first = false;
-            write_str(self.writer, field.name())?;
-            self.writer.write_char(':')?;
+            let first = std::mem::replace(&mut self.first, false);
+            write_key(self.writer, first, field.name())?;
             value(self.writer)
         })();
     }
+}
+
+/// `"name":`, after a comma unless `first`: in one write when the name
+/// needs no escaping (the writer is usually a `dyn Write` behind
+/// tracing's `Writer`, a call through a pointer per write).
+fn write_key(w: &mut impl fmt::Write, first: bool, name: &str) -> fmt::Result {
+    const ROOM: usize = 64;
+    let separator: &[u8] = if first { b"\"" } else { b",\"" };
+    let len = separator.len() + name.len() + 2;
+    if len <= ROOM && !needs_escaping(name.as_bytes()) {
+        let mut key = [0u8; ROOM];
+        let (head, rest) = key.split_at_mut(separator.len());
+        head.copy_from_slice(separator);
+        rest[..name.len()].copy_from_slice(name.as_bytes());
+        rest[name.len()..name.len() + 2].copy_from_slice(b"\":");
+        return w.write_str(std::str::from_utf8(&key[..len]).map_err(|_| fmt::Error)?);
+    }
+    if !first {
+        w.write_char(',')?;
+    }
+    write_str(w, name)?;
+    w.write_char(':')
 }
 
 impl<W: fmt::Write> Visit for Members<'_, W> {
@@ -234,6 +252,9 @@ struct Escaper<'w, W: fmt::Write>(&'w mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        if !needs_escaping(text.as_bytes()) {
+            return self.0.write_str(text);
+        }
         let mut start = 0;
         for (i, byte) in text.bytes().enumerate() {
             let escaped = match byte {
@@ -255,6 +276,21 @@ impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
         }
         self.0.write_str(&text[start..])
     }
+}
+
+/// Whether any of `bytes` must be escaped inside a JSON string: a quote,
+/// a backslash or a control character. Most of what is logged needs none;
+/// sixteen bytes at a time with no branch inside become a few vector
+/// compares.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |found, &b| found | special(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| special(b))
 }
 
 #[cfg(test)]
@@ -360,6 +396,37 @@ mod tests {
         };
         assert_eq!(line["span"]["name"], "grpc.server", "{line}");
         assert_eq!(line["span"]["request_id"], "r-2", "{line}");
+    }
+
+    #[test]
+    fn a_byte_to_escape_is_found_wherever_it_is() {
+        // Across two chunks of sixteen and the remainder after them.
+        let plain = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
+        assert!(!needs_escaping(plain.as_bytes()));
+        for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+            for at in 0..plain.len() {
+                let mut text = plain.as_bytes().to_vec();
+                text[at] = special;
+                assert!(needs_escaping(&text), "{special:#x} at {at}");
+            }
+        }
+        assert!(!needs_escaping("é, ü and 🦀 go as they are".as_bytes()));
+    }
+
+    #[test]
+    fn keys_are_written_whole_or_escaped() {
+        let mut out = String::new();
+        write_key(&mut out, true, "request_id").unwrap();
+        write_key(&mut out, false, "rpc.grpc.status_code").unwrap();
+        write_key(&mut out, false, "a \"quoted\" name").unwrap();
+        let long = "k".repeat(80);
+        write_key(&mut out, false, &long).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "\"request_id\":,\"rpc.grpc.status_code\":,\"a \\\"quoted\\\" name\":,\"{long}\":"
+            )
+        );
     }
 
     #[test]
