@@ -261,7 +261,7 @@ impl Server {
                     "serving over TLS"
                 );
                 let incoming = shop_tls::server::incoming(accepted, tls)
-                    .map(move |tls| tls.map(|stream| Coalesced::new(stream, coalesce)));
+                    .map(move |handshake| handshake.map(|stream| Coalesced::new(stream, coalesce)));
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
             None => {
