@@ -16,6 +16,19 @@
 #                               # to keep perf's per-symbol report,
 #                               # PROFILE_DRIVER=h2load to drive get-user or
 #                               # bare with h2load, as the targets are)
+#   scripts/bench.sh --instructions=get-user|bare [--ab=DIR_A,DIR_B]
+#                               # instructions per call (valgrind's
+#                               # callgrind, installed from Debian packages
+#                               # when missing and possible): user-service
+#                               # (cached GetUser on SQLite) or the bare
+#                               # server counted while h2load makes
+#                               # INSTRUCTIONS_CALLS calls (20,000 by
+#                               # default), with the functions that take
+#                               # them; a count that hardly moves with the
+#                               # host (half a percent between runs), where
+#                               # a run's req/s moves by a third. With --ab,
+#                               # each build in turn (PROFILE_USERS_ENV
+#                               # gives user-service settings here too)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # (scenarios: get-user, create-order, get-order,
 #                               # get-product, mixed, watch-idle: the last
@@ -116,11 +129,12 @@ pg_start=(durable) pg_params=
 if [[ ${BENCH_PG_TLS:-0} == 1 ]]; then
     pg_start+=(tls) pg_params="?sslmode=require"
 fi
-quick=0 profile= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age= ab_driver=loadgen
+quick=0 profile= instructions= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age= ab_driver=loadgen
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         --profile=*) profile="${arg#--profile=}" ;;
+        --instructions=*) instructions="${arg#--instructions=}" ;;
         --ab=*) ab="${arg#--ab=}" ;;
         --scenario=*) ab_scenario="${arg#--scenario=}" ;;
         --backend=*) ab_backend="${arg#--backend=}" ;;
@@ -222,7 +236,9 @@ trap cleanup EXIT
 start() {
     local name=$1 health=$2 port=$3
     shift 3
-    env -i PATH="$PATH" HOME="$work" "$@" "${server_cpu[@]}" "$bin/$name" \
+    local wrap=()
+    [[ $name != "${wrapped:-}" ]] || wrap=("${server_wrap[@]}")
+    env -i PATH="$PATH" HOME="$work" "$@" "${server_cpu[@]}" "${wrap[@]}" "$bin/$name" \
         >>"$work/$name.log" 2>&1 &
     local pid=$!
     pids+=("$pid")
@@ -545,6 +561,76 @@ print(round(rate * 15))' "$work/profile-load.txt" "$work/profile-h2load.json")
     stop_servers
 }
 
+# instructions SCENARIO: user-service (get-user: cached GetUser on SQLite,
+# as the first throughput target) or the bare server (bare) under
+# valgrind's callgrind, driven by h2load as the targets are (4 connections,
+# concurrency/4 streams each, one caller's request); counts the
+# instructions of INSTRUCTIONS_CALLS calls after a warm-up of a tenth as
+# many, and prints them per call with the functions that take them
+# (scripts/lib/callgrind-summary.py). user-service's /metrics is not read
+# (its process collector crashes under valgrind, in rustix's auxv code):
+# its access lines say whether every call was answered OK, and if one was
+# not, nothing is printed.
+instructions() {
+    local scenario=$1 calls=${INSTRUCTIONS_CALLS:-20000} out="$work/callgrind-$RANDOM.out" pid
+    [[ $calls =~ ^[1-9][0-9]*$ ]] || { log "INSTRUCTIONS_CALLS=$calls: a count"; return 1; }
+    [[ -x $bin/shop-bare-server || $scenario != bare ]] || { log "$bin/shop-bare-server missing"; return 1; }
+    [[ $have_h2load == 1 ]] || return 1
+    if ! command -v valgrind >/dev/null 2>&1; then
+        [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 \
+            || { log "valgrind not found (Debian: valgrind)"; return 1; }
+        log "valgrind not found; installing it from Debian packages"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >&2 \
+            || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive \
+                 apt-get install -y -qq --no-install-recommends valgrind >&2; } || return 1
+    fi
+    # Counting starts switched off: start-up and the load account's bcrypt
+    # are not counted, only the calls between the two switches below.
+    server_wrap=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$out")
+    if [[ $scenario == bare ]]; then
+        wrapped=shop-bare-server
+        users_port=$(free_port)
+        start shop-bare-server - "$users_port" BARE_ADDR="127.0.0.1:$users_port"
+        pid=$last_pid scenario=echo
+    else
+        wrapped=user-service
+        rm -f "$work/user-service.log"
+        # shellcheck disable=SC2086
+        stack sqlite ${PROFILE_USERS_ENV:-}
+        pid=$users_pid
+    fi
+    wrapped=
+    log "counting the instructions of $calls calls ($scenario, $bin)"
+    "$bin/shop-loadgen" --write-request "$work/request-count" --scenario "$scenario" \
+        --users-url "http://127.0.0.1:$users_port" >&2
+    local drive=(python3 scripts/lib/h2load.py "http://127.0.0.1:$users_port" "$work/request-count")
+    local shape=(0s 0s 4 $((concurrency / 4)))
+    local warm=$((calls / 10 + 1))
+    "${drive[@]}" "$work/count-warm.json" "${shape[@]}" --requests="$warm" -- "${load_cpu[@]}" >/dev/null 2>&1
+    callgrind_control -i on "$pid" >/dev/null 2>&1
+    "${drive[@]}" "$work/count.json" "${shape[@]}" --requests="$calls" -- "${load_cpu[@]}" \
+        2>&1 | grep -E "^h2load:" >&2
+    callgrind_control -i off "$pid" >/dev/null 2>&1
+    stop_servers
+    if [[ $scenario != echo ]]; then
+        local answered
+        answered=$(python3 - "$work/user-service.log" <<'PY'
+import json, sys
+codes = {}
+for line in open(sys.argv[1]):
+    if '"GetUser"' in line and line.startswith("{"):
+        entry = json.loads(line)
+        if entry.get("target") == "access":
+            codes[entry["code"]] = codes.get(entry["code"], 0) + 1
+print(" ".join(f"{code}={n}" for code, n in sorted(codes.items())))
+PY
+)
+        [[ $answered == "OK=$((warm + calls))" ]] \
+            || { log "GetUser answered $answered of $((warm + calls)) calls: nothing counted"; return 1; }
+    fi
+    python3 scripts/lib/callgrind-summary.py "$calls" "$out"
+}
+
 # commits NAME: the group commit's counts so far in inventory-service and
 # order-service (shop_db_* from their /metrics), to $work/NAME.commits.
 commits() {
@@ -656,6 +742,16 @@ for side, name in enumerate("AB"):
               + " (inventory, orders)")
 PY
 }
+
+if [[ -n $instructions ]]; then
+    [[ $instructions =~ ^(get-user|bare)$ ]] \
+        || { echo "bench.sh: --instructions=$instructions: get-user or bare" >&2; exit 2; }
+    for dir in "${ab_dirs[@]:-$bin}"; do
+        bin=$dir
+        instructions "$instructions"
+    done
+    exit
+fi
 
 if [[ -n $ab ]]; then
     ab

@@ -3,9 +3,12 @@
 cheaper per call than any tonic client) and writes a report in the shape of
 shop-loadgen's, so that scripts/bench-report.py treats both alike.
 
-    h2load.py [--server-pid=PID] [--protocol=grpc|grpc-web|http] URL
-              REQUEST_DIR REPORT DURATION WARMUP CONNECTIONS STREAMS
+    h2load.py [--server-pid=PID] [--protocol=grpc|grpc-web|http] [--requests=N]
+              URL REQUEST_DIR REPORT DURATION WARMUP CONNECTIONS STREAMS
               [ADMIN_URL] -- [PREFIX...]
+
+With --requests=N, h2load makes N calls and stops (DURATION and WARMUP
+are then not used): a fixed amount of work, for counting what it cost.
 
 REQUEST_DIR is what `shop-loadgen --write-request` wrote (body, path,
 authorization, rest-path). --protocol says how the same call is made
@@ -69,11 +72,15 @@ def main():
     own, prefix = args[:split], args[split + 1:]
     server_pid = None
     protocol = "grpc"
+    requests = None
     for arg in [a for a in own if a.startswith("--server-pid=")]:
         server_pid = int(arg.split("=", 1)[1])
         own.remove(arg)
     for arg in [a for a in own if a.startswith("--protocol=")]:
         protocol = arg.split("=", 1)[1]
+        own.remove(arg)
+    for arg in [a for a in own if a.startswith("--requests=")]:
+        requests = int(arg.split("=", 1)[1])
         own.remove(arg)
     if protocol not in ("grpc", "grpc-web", "http"):
         raise SystemExit(f"h2load.py: --protocol={protocol}: grpc, grpc-web or http")
@@ -84,8 +91,10 @@ def main():
 
     path = (request_dir / "path").read_text().strip()
     authorization = (request_dir / "authorization").read_text().strip()
-    command = [*prefix, "h2load", "--no-tls-proto=h2c", "-D", f"{duration:g}",
-               f"--warm-up-time={warmup:g}", "-c", str(connections), "-m", str(streams), "-t", "1"]
+    amount = (["-n", str(requests)] if requests is not None
+              else ["-D", f"{duration:g}", f"--warm-up-time={warmup:g}"])
+    command = [*prefix, "h2load", "--no-tls-proto=h2c", *amount,
+               "-c", str(connections), "-m", str(streams), "-t", "1"]
     if protocol == "grpc":
         command += ["-d", str(request_dir / "body"),
                     "-H", "content-type: application/grpc", "-H", "te: trailers"]
@@ -141,7 +150,7 @@ def main():
                "max": ms(row[2]) if row else None, "mean": ms(row[3]) if row else None}
     document = {
         "scenario": "h2load", "mode": "closed", "concurrency": connections * streams, "rate": None,
-        "connections": connections, "elapsed_s": duration, "requests": total, "ok": ok,
+        "connections": connections, "elapsed_s": duration if requests is None else round(wall, 3), "requests": total, "ok": ok,
         "throughput_rps": rps,
         "methods": {method: {"count": total, "ok": ok, "throughput_rps": rps,
                              "codes": {"OK": ok, "not OK": total - ok}, "latency_ms": latency}},
