@@ -14,6 +14,7 @@ use tracing::Span;
 use crate::{
     labels::{MethodLabels, Protocol, code_label},
     metrics::{MethodMetrics, Side},
+    text,
 };
 
 /// The authenticated caller, as the access log names them (the auth
@@ -134,6 +135,8 @@ impl CallRecord {
         }
         if self.side == Side::Server {
             let principal = self.caller.get();
+            // Formatted on the stack and logged as text (see `text`).
+            let peer = self.peer.map(text::socket_address);
             // The span as the line's parent, not entered: entering and
             // leaving it would ask every layer about it twice more.
             tracing::info!(
@@ -143,7 +146,7 @@ impl CallRecord {
                 method = l.grpc_method,
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
-                peer = %Peer(self.peer),
+                peer = peer.as_ref().map_or("-", |peer| peer.as_str()),
                 principal = %Principal(principal),
                 "rpc"
             );
@@ -155,19 +158,6 @@ impl Drop for CallRecord {
     fn drop(&mut self) {
         // Dropped unfinished: the response was abandoned (client gone).
         self.finish(Code::Cancelled);
-    }
-}
-
-/// The caller's address in the access line, `-` when the transport does
-/// not say; formatted only if the line is written.
-struct Peer(Option<SocketAddr>);
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("-"),
-        }
     }
 }
 

@@ -29,6 +29,8 @@
 use std::fmt::{self, Write as _};
 
 use tracing::{Event, Subscriber, field::Field};
+
+use crate::text::StackText;
 use tracing_subscriber::{
     field::{RecordFields, Visit},
     fmt::{
@@ -98,7 +100,7 @@ where
     ) -> fmt::Result {
         let meta = event.metadata();
         writer.write_str("{\"timestamp\":\"")?;
-        SystemTime.format_time(&mut writer)?;
+        write_timestamp(&mut writer)?;
         write!(writer, "\",\"level\":\"{}\"", meta.level())?;
         let mut members = Members {
             writer: &mut writer,
@@ -136,6 +138,19 @@ where
     }
 }
 
+/// Now in RFC 3339 with microseconds (`2026-12-06T14:42:44.941568Z`), as
+/// tracing-subscriber's `SystemTime` writes it, in one write: humantime
+/// builds the text in a buffer where `SystemTime` formats each part
+/// through `core::fmt` (2,400 instructions a line, callgrind).
+fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
+    let now = std::time::SystemTime::now();
+    if now < std::time::UNIX_EPOCH {
+        // humantime refuses (panics on) times before 1970.
+        return SystemTime.format_time(w);
+    }
+    write!(w, "{}", humantime::format_rfc3339_micros(now))
+}
+
 /// Writes each visited field as `"name":value`, comma-separated.
 struct Members<'w, W: fmt::Write> {
     writer: &'w mut W,
@@ -164,26 +179,16 @@ impl<'w, W: fmt::Write> Members<'w, W> {
     }
 }
 
-/// `"name":`, after a comma unless `first`: in one write when the name
-/// needs no escaping (the writer is usually a `dyn Write` behind
-/// tracing's `Writer`, a call through a pointer per write).
+/// `"name":`, after a comma unless `first`. A name that needs no
+/// escaping (all of ours) is written as it is, between the two pieces.
 fn write_key(w: &mut impl fmt::Write, first: bool, name: &str) -> fmt::Result {
-    const ROOM: usize = 64;
-    let separator: &[u8] = if first { b"\"" } else { b",\"" };
-    let len = separator.len() + name.len() + 2;
-    if len <= ROOM && !needs_escaping(name.as_bytes()) {
-        let mut key = [0u8; ROOM];
-        let (head, rest) = key.split_at_mut(separator.len());
-        head.copy_from_slice(separator);
-        rest[..name.len()].copy_from_slice(name.as_bytes());
-        rest[name.len()..name.len() + 2].copy_from_slice(b"\":");
-        return w.write_str(std::str::from_utf8(&key[..len]).map_err(|_| fmt::Error)?);
+    w.write_str(if first { "\"" } else { ",\"" })?;
+    if needs_escaping(name.as_bytes()) {
+        Escaper(&mut *w).write_str(name)?;
+    } else {
+        w.write_str(name)?;
     }
-    if !first {
-        w.write_char(',')?;
-    }
-    write_str(w, name)?;
-    w.write_char(':')
+    w.write_str("\":")
 }
 
 impl<W: fmt::Write> Visit for Members<'_, W> {
@@ -200,14 +205,7 @@ impl<W: fmt::Write> Visit for Members<'_, W> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        // JSON has no NaN or infinity.
-        self.member(field, |w| {
-            if value.is_finite() {
-                write!(w, "{value}")
-            } else {
-                w.write_str("null")
-            }
-        });
+        self.member(field, |w| write_f64(w, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -221,6 +219,49 @@ impl<W: fmt::Write> Visit for Members<'_, W> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.member(field, |w| write_escaped(w, format_args!("{value:?}")));
     }
+}
+
+/// `value` as JSON: as Rust's `Display` writes it (the shortest text that
+/// reads back as the same number), `null` for NaN and the infinities,
+/// which JSON lacks. The numbers logged on every call are durations in
+/// milliseconds rounded to the microsecond; for a double nearest to a
+/// number of thousandths under 10^12 that number's decimal text is the
+/// one `Display` writes (such doubles lie far less than a thousandth
+/// apart, so no shorter text reads back as the same one), written here
+/// from its digits without `core::fmt`'s float formatting (a thousand
+/// instructions a line, callgrind).
+fn write_f64(w: &mut impl fmt::Write, value: f64) -> fmt::Result {
+    if !value.is_finite() {
+        return w.write_str("null");
+    }
+    let thousandths = (value * 1000.0).round();
+    if value.abs() >= 1e12 || thousandths / 1000.0 != value {
+        return write!(w, "{value}");
+    }
+    let thousandths = thousandths.abs() as u64;
+    let mut text = StackText::<32>::new();
+    if value.is_sign_negative() {
+        text.push(b"-")?;
+    }
+    text.push_decimal(thousandths / 1000)?;
+    let fraction = thousandths % 1000;
+    if fraction != 0 {
+        let digits = [
+            b'.',
+            b'0' + (fraction / 100) as u8,
+            b'0' + (fraction / 10 % 10) as u8,
+            b'0' + (fraction % 10) as u8,
+        ];
+        let kept = if fraction.is_multiple_of(100) {
+            2
+        } else if fraction.is_multiple_of(10) {
+            3
+        } else {
+            4
+        };
+        text.push(&digits[..kept])?;
+    }
+    w.write_str(text.as_str())
 }
 
 /// Whether the field `name` is addressed to another layer rather than
@@ -279,18 +320,41 @@ impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
 }
 
 /// Whether any of `bytes` must be escaped inside a JSON string: a quote,
-/// a backslash or a control character. Most of what is logged needs none;
-/// sixteen bytes at a time with no branch inside become a few vector
-/// compares.
+/// a backslash or a control character. Most of what is logged needs none,
+/// and most of it is short (keys, ids, names): eight bytes at a time in a
+/// word (the last word overlapping the one before it when the length is
+/// not a multiple of eight), each test a few integer operations.
 fn needs_escaping(bytes: &[u8]) -> bool {
-    let special = |b: u8| (b < 0x20) | (b == b'"') | (b == b'\\');
-    let mut chunks = bytes.chunks_exact(16);
-    for chunk in &mut chunks {
-        if chunk.iter().fold(false, |found, &b| found | special(b)) {
-            return true;
-        }
+    if bytes.len() < 8 {
+        return bytes.iter().any(|&b| is_special(b));
     }
-    chunks.remainder().iter().any(|&b| special(b))
+    let mut words = bytes.chunks_exact(8);
+    let found = words.by_ref().any(|word| special_in(read_word(word)));
+    found || (!words.remainder().is_empty() && special_in(read_word(&bytes[bytes.len() - 8..])))
+}
+
+fn is_special(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+fn read_word(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(bytes);
+    u64::from_le_bytes(word)
+}
+
+/// Whether a byte of `word` is special ([`is_special`]). A byte's top bit
+/// ends up set for a byte below 0x20 (the subtraction borrows) and for a
+/// byte equal to `"` or `\\` (zero once XORed with it, then it borrows);
+/// `& !x` keeps bytes of 0x80 and above out. A borrow can carry into the
+/// byte above a special one and mark it too, never one below the lowest
+/// special byte, so the answer for the word as a whole is exact.
+fn special_in(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x;
+    let equal = |x: u64, b: u8| below(x ^ (ONES * u64::from(b)), 1);
+    (below(word, 0x20) | equal(word, b'"') | equal(word, b'\\')) & TOPS != 0
 }
 
 #[cfg(test)]
@@ -383,6 +447,64 @@ mod tests {
     }
 
     #[test]
+    fn numbers_read_as_their_display() {
+        let mut values: Vec<f64> = (0..=200_000).map(|k| k as f64 / 1000.0).collect();
+        // Larger numbers of thousandths, up to the fast path's bound.
+        let mut k: u64 = 1;
+        for _ in 0..100_000 {
+            k = k
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            values.push((k % 1_000_000_000_000_000) as f64 / 1000.0);
+        }
+        values.extend([
+            -0.0,
+            -1.5,
+            -0.001,
+            999_999_999_999.999,
+            1e12,
+            1e13,
+            1e-7,
+            0.1 + 0.2,
+            123.4567,
+            1.0 / 3.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            5e-324,
+        ]);
+        for value in values.iter().flat_map(|v| [*v, -*v]) {
+            let mut ours = String::new();
+            write_f64(&mut ours, value).unwrap();
+            assert_eq!(ours, value.to_string(), "{value:?}");
+        }
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut ours = String::new();
+            write_f64(&mut ours, value).unwrap();
+            assert_eq!(ours, "null");
+        }
+    }
+
+    #[test]
+    fn timestamps_have_tracing_subscriber_s_shape() {
+        let mut ours = String::new();
+        write_timestamp(&mut Writer::new(&mut ours)).unwrap();
+        let mut theirs = String::new();
+        SystemTime
+            .format_time(&mut Writer::new(&mut theirs))
+            .unwrap();
+        let shape = |t: &str| {
+            t.chars()
+                .map(|c| if c.is_ascii_digit() { '0' } else { c })
+                .collect::<String>()
+        };
+        assert_eq!(shape(&ours), "0000-00-00T00:00:00.000000Z");
+        assert_eq!(shape(&ours), shape(&theirs));
+        let ours = humantime::parse_rfc3339(&ours).unwrap();
+        let theirs = humantime::parse_rfc3339(&theirs).unwrap();
+        assert!(theirs.duration_since(ours).unwrap() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
     fn a_line_given_its_span_as_parent_carries_that_span_not_the_current_one() {
         // The access line names its call's span as parent instead of
         // entering it (see `CallRecord::finish`).
@@ -400,17 +522,30 @@ mod tests {
 
     #[test]
     fn a_byte_to_escape_is_found_wherever_it_is() {
-        // Across two chunks of sixteen and the remainder after them.
-        let plain = "abcdefghijklmnopqrstuvwxyz0123456789ABCD";
-        assert!(!needs_escaping(plain.as_bytes()));
-        for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
-            for at in 0..plain.len() {
-                let mut text = plain.as_bytes().to_vec();
-                text[at] = special;
-                assert!(needs_escaping(&text), "{special:#x} at {at}");
+        // Every byte value at every place of texts from 1 to 25 bytes
+        // long (short ones, whole words, the overlapping last word), the
+        // rest of the text each byte that is never special next to
+        // special ones (a borrow between bytes must neither hide nor
+        // invent one).
+        for len in 1..=25 {
+            for filler in [
+                b'a', b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xa2, 0xdc, 0xff,
+            ] {
+                for at in 0..len {
+                    for byte in 0..=u8::MAX {
+                        let mut text = vec![filler; len];
+                        text[at] = byte;
+                        assert_eq!(
+                            needs_escaping(&text),
+                            is_special(byte),
+                            "{byte:#x} at {at} of {len} among {filler:#x}"
+                        );
+                    }
+                }
             }
         }
         assert!(!needs_escaping("é, ü and 🦀 go as they are".as_bytes()));
+        assert!(needs_escaping("é, ü and 🦀 go \"as\" they are".as_bytes()));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`body`]: bodies wrapped to count messages and read the final status.
 //! - [`propagation`]: W3C trace context on HTTP headers and spans.
 //! - [`trace_ids`]: trace ids for spans when nothing exports them.
+//! - [`text`]: log field values formatted on the stack (a socket address,
+//!   a trace id), recorded as text rather than through `fmt`.
 //! - [`process`]: the process's CPU, memory, descriptors and runtime,
 //!   read for every scrape.
 //!
@@ -27,6 +29,7 @@ mod log_writer;
 pub mod metrics;
 pub mod process;
 pub mod propagation;
+pub mod text;
 pub mod trace_ids;
 
 pub use init::{DEFAULT_LOG_FLUSH_DELAY, LogFormat, init, prometheus, shutdown};

@@ -409,9 +409,12 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 /// end user's `authorization`).
 pub const SERVICE_TOKEN_HEADER: &str = "x-service-token";
 
+/// [`SERVICE_TOKEN_HEADER`] as a header name, not parsed again per call.
+const SERVICE_TOKEN: http::HeaderName = http::HeaderName::from_static(SERVICE_TOKEN_HEADER);
+
 /// The service token of a request, if there is one.
 pub fn service_token(headers: &http::HeaderMap) -> Option<&str> {
-    let token = headers.get(SERVICE_TOKEN_HEADER)?.to_str().ok()?.trim();
+    let token = headers.get(SERVICE_TOKEN)?.to_str().ok()?.trim();
     (!token.is_empty()).then_some(token)
 }
 
@@ -468,6 +471,17 @@ mod tests {
         h.insert(AUTHORIZATION, "Basic abc".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
         h.insert(AUTHORIZATION, "Bearer ".parse().unwrap());
+        assert_eq!(bearer_token(&h), None);
+        // What is not visible ASCII is no token.
+        h.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes("Bearer ab\u{e9}c".as_bytes()).unwrap(),
+        );
+        assert_eq!(bearer_token(&h), None);
+        h.insert(
+            AUTHORIZATION,
+            http::HeaderValue::from_bytes(b"Bearer ab\xffc").unwrap(),
+        );
         assert_eq!(bearer_token(&h), None);
     }
 

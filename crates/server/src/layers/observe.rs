@@ -20,12 +20,13 @@ use shop_telemetry::{
     labels::{MethodLabels, Protocol},
     metrics::Side,
     propagation::{HeaderReader, set_parent, trace_id},
+    text,
 };
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::peer::peer_addr;
-use tracing::field::{Empty, display};
+use tracing::field::Empty;
 
 /// Builds [`Observe`] services: the outermost server layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,12 +83,12 @@ where
             rpc.service = labels.grpc_service,
             rpc.method = labels.grpc_method,
             rpc.grpc.status_code = Empty,
-            request_id = %request_id_text,
+            request_id = request_id_text,
             trace_id = Empty,
         );
         set_parent(&span, parent);
         if let Some(trace) = trace_id(&span) {
-            span.record("trace_id", display(trace));
+            span.record("trace_id", text::trace_id(trace).as_str());
         }
 
         let peer = peer_addr(&parts.extensions);
