@@ -95,6 +95,19 @@ def services_cpu(work, name):
     return used or None
 
 
+def instructions_per_call(work):
+    """Instructions per call of cached GetUser and of the bare server, as
+    bench.sh counted them at the end of a full run (callgrind-summary.py's
+    first line), each None when not counted."""
+    counts = {}
+    for scenario in ("get-user", "bare"):
+        path = work / "extra" / f"instructions-{scenario}.txt"
+        text = path.read_text() if path.exists() else ""
+        found = re.search(r"^instructions per call: ([\d,]+)", text, re.M)
+        counts[scenario] = int(found[1].replace(",", "")) if found else None
+    return counts
+
+
 def most_stolen(report):
     """The largest steal share of any CPU during a scenario, or None."""
     cpus = report.get("host_cpus") or {}
@@ -368,6 +381,7 @@ def main():
         ("REST/JSON", "get-user-sqlite-rest-h2load")) if name in scenarios]
     sizes_file = work / "extra" / "payload-sizes.json"
     payload_sizes = json.loads(sizes_file.read_text()) if sizes_file.exists() else None
+    instructions = instructions_per_call(work)
 
     document = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -381,6 +395,7 @@ def main():
         "scenarios": scenarios,
         "scaling_2cpu": two_cpu,
         "payload_sizes": payload_sizes,
+        "instructions_per_call": instructions,
         "confirmations_owed": confirmations,
     }
     out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
@@ -455,6 +470,14 @@ def main():
             lines.append(f"| {method} | {r['throughput_rps']:.0f} | {r['latency_ms']['p50']:.2f} "
                          f"| {r['latency_ms']['p99']:.2f} | {alone['throughput_rps']:.0f} "
                          f"| {alone['latency_ms']['p50']:.2f} | {alone['latency_ms']['p99']:.2f} |")
+    if any(instructions.values()):
+        def count(n):
+            return "not counted" if n is None else f"{n:,}"
+        ratio = (f"; bare / GetUser = {instructions['bare'] / instructions['get-user']:.3f}"
+                 if all(instructions.values()) else "")
+        lines += ["", "Instructions per call (callgrind, user space only, h2load's calls as "
+                      "`--instructions` makes them): cached GetUser on SQLite "
+                      f"{count(instructions['get-user'])}, bare tonic {count(instructions['bare'])}{ratio}."]
     if watch:
         per = watch.get("rss_per_stream_bytes")
         lines += ["", f"Idle WatchOrder streams: {watch['opened']}/{watch['requested']} open on "

@@ -101,6 +101,9 @@
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
 # raw and gzipped, on the same stack.
+# At the end (not in --quick), cached GetUser and the bare server are
+# counted as --instructions counts them: instructions per call, a figure
+# the host hardly moves, in the report beside the ratios.
 # get-user also runs with the users cache off (get-user-uncached-*: every
 # call reads the database). bare and cached get-user (SQLite) run once more
 # with the server allowed both CPUs (*-2cpu, h2load sharing them): scaling
@@ -877,6 +880,21 @@ if [[ ${#server_cpu[@]} -gt 0 ]]; then
         stop_servers
     done
     server_cpu=("${pinned_server[@]}") load_cpu=("${pinned_load[@]}")
+fi
+
+# --- instructions per call ---------------------------------------------------
+# Cached GetUser and the bare server counted under callgrind (see
+# instructions()): the work per call behind the ratios above, in a measure
+# the host hardly moves. Not in --quick: under valgrind a server runs some
+# fifty times slower (about a minute each).
+
+if [[ $quick == 0 ]]; then
+    mkdir -p "$work/extra"
+    for scenario in get-user bare; do
+        instructions "$scenario" >"$work/extra/instructions-$scenario.txt" \
+            || log "the instructions of $scenario were not counted"
+        head -1 "$work/extra/instructions-$scenario.txt" >&2 || true
+    done
 fi
 
 # --- results ---------------------------------------------------------------

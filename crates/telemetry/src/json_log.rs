@@ -168,32 +168,58 @@ impl<'w, W: fmt::Write> Members<'w, W> {
     }
 
     fn member(&mut self, field: &Field, value: impl FnOnce(&mut W) -> fmt::Result) {
+        self.member_after(field, "\":", value);
+    }
+
+    /// A member whose value is a JSON string: the key and the string's
+    /// opening quote in one write, then the text `value` writes, escaped,
+    /// then the closing quote.
+    fn string_member(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Escaper<'_, W>) -> fmt::Result,
+    ) {
+        self.member_after(field, "\":\"", |w| {
+            value(&mut Escaper(&mut *w))?;
+            w.write_char('"')
+        });
+    }
+
+    /// `"name` then `after` (the rest of the key, and of the value's
+    /// opening), then the value.
+    fn member_after(
+        &mut self,
+        field: &Field,
+        after: &str,
+        value: impl FnOnce(&mut W) -> fmt::Result,
+    ) {
         if self.result.is_err() || is_directive(field.name()) {
             return;
         }
         self.result = (|| {
             let first = std::mem::replace(&mut self.first, false);
-            write_key(self.writer, first, field.name())?;
+            write_key(self.writer, first, field.name(), after)?;
             value(self.writer)
         })();
     }
 }
 
-/// `"name":`, after a comma unless `first`. A name that needs no
-/// escaping (all of ours) is written as it is, between the two pieces.
-fn write_key(w: &mut impl fmt::Write, first: bool, name: &str) -> fmt::Result {
+/// `"name":` (or whatever `after` closes the key with), after a comma
+/// unless `first`. A name that needs no escaping (all of ours) is written
+/// as it is, between the two pieces.
+fn write_key(w: &mut impl fmt::Write, first: bool, name: &str, after: &str) -> fmt::Result {
     w.write_str(if first { "\"" } else { ",\"" })?;
     if needs_escaping(name.as_bytes()) {
         Escaper(&mut *w).write_str(name)?;
     } else {
         w.write_str(name)?;
     }
-    w.write_str("\":")
+    w.write_str(after)
 }
 
 impl<W: fmt::Write> Visit for Members<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |w| write_str(w, value));
+        self.string_member(field, |w| w.write_str(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -213,11 +239,11 @@ impl<W: fmt::Write> Visit for Members<'_, W> {
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.member(field, |w| write_escaped(w, format_args!("{value}")));
+        self.string_member(field, |w| write!(w, "{value}"));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.member(field, |w| write_escaped(w, format_args!("{value:?}")));
+        self.string_member(field, |w| write!(w, "{value:?}"));
     }
 }
 
@@ -278,13 +304,6 @@ fn is_directive(name: &str) -> bool {
 fn write_str(w: &mut impl fmt::Write, text: &str) -> fmt::Result {
     w.write_char('"')?;
     Escaper(w).write_str(text)?;
-    w.write_char('"')
-}
-
-/// What `args` formats to, as a JSON string, escaped as it is written.
-fn write_escaped(w: &mut impl fmt::Write, args: fmt::Arguments<'_>) -> fmt::Result {
-    w.write_char('"')?;
-    Escaper(&mut *w).write_fmt(args)?;
     w.write_char('"')
 }
 
@@ -551,15 +570,15 @@ mod tests {
     #[test]
     fn keys_are_written_whole_or_escaped() {
         let mut out = String::new();
-        write_key(&mut out, true, "request_id").unwrap();
-        write_key(&mut out, false, "rpc.grpc.status_code").unwrap();
-        write_key(&mut out, false, "a \"quoted\" name").unwrap();
+        write_key(&mut out, true, "request_id", "\":").unwrap();
+        write_key(&mut out, false, "rpc.grpc.status_code", "\":").unwrap();
+        write_key(&mut out, false, "a \"quoted\" name", "\":").unwrap();
         let long = "k".repeat(80);
-        write_key(&mut out, false, &long).unwrap();
+        write_key(&mut out, false, &long, "\":\"").unwrap();
         assert_eq!(
             out,
             format!(
-                "\"request_id\":,\"rpc.grpc.status_code\":,\"a \\\"quoted\\\" name\":,\"{long}\":"
+                "\"request_id\":,\"rpc.grpc.status_code\":,\"a \\\"quoted\\\" name\":,\"{long}\":\""
             )
         );
     }
