@@ -576,6 +576,7 @@ print(round(rate * 15))' "$work/profile-load.txt" "$work/profile-h2load.json")
 # not, nothing is printed.
 instructions() {
     local scenario=$1 calls=${INSTRUCTIONS_CALLS:-20000} out="$work/callgrind-$RANDOM.out" pid
+    local asked=$scenario
     [[ $calls =~ ^[1-9][0-9]*$ ]] || { log "INSTRUCTIONS_CALLS=$calls: a count"; return 1; }
     [[ -x $bin/shop-bare-server || $scenario != bare ]] || { log "$bin/shop-bare-server missing"; return 1; }
     [[ $have_h2load == 1 ]] || return 1
@@ -603,7 +604,7 @@ instructions() {
         pid=$users_pid
     fi
     wrapped=
-    log "counting the instructions of $calls calls ($scenario, $bin)"
+    log "counting the instructions of $calls calls ($asked, $bin)"
     "$bin/shop-loadgen" --write-request "$work/request-count" --scenario "$scenario" \
         --users-url "http://127.0.0.1:$users_port" >&2
     local drive=(python3 scripts/lib/h2load.py "http://127.0.0.1:$users_port" "$work/request-count")

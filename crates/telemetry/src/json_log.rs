@@ -29,8 +29,6 @@
 use std::fmt::{self, Write as _};
 
 use tracing::{Event, Subscriber, field::Field};
-
-use crate::text::StackText;
 use tracing_subscriber::{
     field::{RecordFields, Visit},
     fmt::{
@@ -40,6 +38,8 @@ use tracing_subscriber::{
     },
     registry::LookupSpan,
 };
+
+use crate::text::StackText;
 
 /// Span and event fields as the members of a JSON object.
 #[derive(Debug, Default, Clone, Copy)]
@@ -364,7 +364,7 @@ fn read_word(bytes: &[u8]) -> u64 {
 
 /// Whether a byte of `word` is special ([`is_special`]). A byte's top bit
 /// ends up set for a byte below 0x20 (the subtraction borrows) and for a
-/// byte equal to `"` or `\\` (zero once XORed with it, then it borrows);
+/// byte equal to `"` or `\` (zero once XORed with it, then it borrows);
 /// `& !x` keeps bytes of 0x80 and above out. A borrow can carry into the
 /// byte above a special one and mark it too, never one below the lowest
 /// special byte, so the answer for the word as a whole is exact.
