@@ -601,6 +601,87 @@ async fn a_stream_producer_waiting_for_a_client_that_stopped_reading_is_measured
     );
 }
 
+/// Under `RUST_LOG=warn` the call's span is still recorded for the log
+/// lines (its level is info): a warning written inside a call carries the
+/// call's request id and trace id like every other line of it, whether or
+/// not spans are exported (the subscriber is composed differently then).
+#[tokio::test]
+async fn a_warning_inside_a_call_has_the_call_s_ids_when_only_warnings_are_logged() {
+    warning_in_a_call_has_its_ids(&[("RUST_LOG", "warn")]).await;
+}
+
+#[tokio::test]
+async fn a_warning_inside_a_call_has_the_call_s_ids_when_spans_are_exported() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    warning_in_a_call_has_its_ids(&[
+        ("RUST_LOG", "warn"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ])
+    .await;
+}
+
+async fn warning_in_a_call_has_its_ids(env: &[(&'static str, &str)]) {
+    let stack = Stack::start(Backend::Sqlite, &Spec::everyone(env)).await;
+    let password = "correct horse battery staple 43";
+    let users = Propagate::new(stack.service(USERS).channel());
+    UserServiceClient::new(users.clone())
+        .create_user(CreateUserRequest {
+            email: "warned@example.com".into(),
+            username: "warned".into(),
+            password: password.into(),
+            first_name: "W".into(),
+            last_name: "W".into(),
+        })
+        .await
+        .unwrap();
+    let mut auth = AuthServiceClient::new(users);
+    let pair = auth
+        .login(LoginRequest {
+            identifier: "warned".into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refresh = || RefreshTokenRequest {
+        refresh_token: pair.refresh_token.clone(),
+    };
+    auth.refresh_token(refresh()).await.unwrap();
+    let reused = auth.refresh_token(refresh()).await.unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::Unauthenticated);
+
+    let reuse_warning = |e: &serde_json::Value| e["level"] == "WARN" && e["family_id"].is_string();
+    let users = stack.service(USERS);
+    assert!(
+        users
+            .wait_for_logs(Duration::from_secs(5), 1, reuse_warning)
+            .await,
+        "no warning about the reused refresh token: {}",
+        users.logs()
+    );
+    let events = users.log_events();
+    let warning = events.iter().find(|e| reuse_warning(e)).unwrap();
+    let span = &warning["span"];
+    assert_eq!(span["name"], "grpc.server", "{warning}");
+    assert!(
+        span["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{warning}"
+    );
+    assert!(
+        span["trace_id"].as_str().is_some_and(|s| s.len() == 32),
+        "{warning}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["level"] == "WARN" || e["level"] == "ERROR"),
+        "a line below warn was logged under RUST_LOG=warn: {}",
+        users.logs()
+    );
+}
+
 #[tokio::test]
 async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
     let debug = [("RUST_LOG", "debug")];

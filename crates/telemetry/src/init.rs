@@ -23,9 +23,10 @@ use std::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 use crate::{
+    filter,
     json_log::{JsonFields, JsonLines},
     log_writer::{self, WriterGuard},
     trace_ids::TraceIdLayer,
@@ -141,42 +142,7 @@ pub fn init(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     prometheus();
 
-    // Application spans only (INFO and above, not the transport's own):
-    // hyper, h2 and tower instrument every frame at TRACE, and tracing
-    // those would cost more than the calls themselves. The access line is
-    // left out too: the span already carries its fields.
-    let application_spans = || {
-        tracing_subscriber::filter::filter_fn(|meta| {
-            *meta.level() <= tracing::Level::INFO
-                && !is_transport(meta.target())
-                && !(meta.is_event() && meta.target() == "access")
-        })
-    };
-    // Spans become OpenTelemetry spans only when something exports them;
-    // otherwise they just get their W3C ids (see `trace_ids`), which is
-    // all the log lines and outgoing calls need.
-    // (One layer or the other, never an absent `Option` layer: an absent
-    // layer takes an interest in every callsite, and the transport's TRACE
-    // instrumentation would then run, only to be filtered out.)
-    let spans = if otlp_endpoint_set() {
-        let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
-        // Thread, source location and busy/idle time are not recorded: the
-        // same for every call, and each costs time per span.
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name))
-            .with_threads(false)
-            .with_location(false)
-            .with_tracked_inactivity(false)
-            .with_filter(application_spans())
-            .boxed()
-    } else {
-        TraceIdLayer::default()
-            .with_filter(application_spans())
-            .boxed()
-    };
-
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Lines are formatted on the calling thread and written to stdout by a
     // thread of their own, which waits out `flush_delay` after a first line
     // so that the lines which follow share one `write` (see `log_writer`).
@@ -194,32 +160,46 @@ pub fn init(
         }
     };
     let _ = LOG_WRITER.set(Mutex::new(Some(guard)));
-    let fmt_layer = match format {
+    // Spans become OpenTelemetry spans only when something exports them;
+    // otherwise they just get their W3C ids (see `trace_ids`), which is
+    // all the log lines and outgoing calls need, and one filter serves the
+    // whole subscriber (see `filter`).
+    if otlp_endpoint_set() {
+        let provider = TRACER_PROVIDER.get_or_init(|| tracer_provider(service_name));
+        // Thread, source location and busy/idle time are not recorded: the
+        // same for every call, and each costs time per span.
+        let exporter = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name))
+            .with_threads(false)
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_filter(filter::exported());
+        let _ = tracing_subscriber::registry()
+            .with(exporter)
+            .with(log_lines(format, writer).with_filter(filter::lines_and_call_spans(env)))
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::registry()
+            .with(filter::Global(filter::lines_and_call_spans(env)))
+            .with(TraceIdLayer::default())
+            .with(log_lines(format, writer))
+            .try_init();
+    }
+}
+
+/// The layer that writes log lines, in `format`, to `writer`.
+fn log_lines<S>(format: LogFormat, writer: log_writer::LogWriter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    match format {
         LogFormat::Pretty => fmt::layer().with_target(true).with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer()
             .with_writer(writer)
             .fmt_fields(JsonFields)
             .event_format(JsonLines)
             .boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(spans)
-        .with(fmt_layer.with_filter(filter))
-        .try_init();
-}
-
-/// Targets of the transport and runtime libraries, whose spans describe
-/// frames and polls rather than calls.
-fn is_transport(target: &str) -> bool {
-    const TRANSPORT: [&str; 8] = [
-        "h2", "hyper", "tower", "tonic", "tokio", "mio", "rustls", "sqlx",
-    ];
-    TRANSPORT.iter().any(|t| {
-        target == *t
-            || target
-                .strip_prefix(t)
-                .is_some_and(|rest| rest.starts_with("::"))
-    })
+    }
 }
 
 /// Whether an OTLP endpoint for spans is configured.

@@ -12,6 +12,8 @@
 //! - [`body`]: bodies wrapped to count messages and read the final status.
 //! - [`propagation`]: W3C trace context on HTTP headers and spans.
 //! - [`trace_ids`]: trace ids for spans when nothing exports them.
+//! - `filter`: what is recorded: log lines as `RUST_LOG` says, application
+//!   spans always.
 //! - [`text`]: log field values formatted on the stack (a socket address,
 //!   a trace id), recorded as text rather than through `fmt`.
 //! - [`process`]: the process's CPU, memory, descriptors and runtime,
@@ -22,6 +24,7 @@
 
 pub mod body;
 pub mod call;
+mod filter;
 pub mod init;
 mod json_log;
 pub mod labels;

@@ -41,6 +41,11 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        // The transport's spans, recorded when RUST_LOG asks for them, are
+        // not part of any trace.
+        if !crate::filter::is_application_span(attrs.metadata()) {
+            return;
+        }
         let parent = if let Some(parent) = attrs.parent() {
             ctx.span(parent)
         } else if attrs.is_contextual() {
@@ -48,7 +53,12 @@ where
         } else {
             None
         };
-        let inherited = parent.and_then(|p| p.extensions().get::<TraceIds>().cloned());
+        // The nearest span with ids: a transport span between the two has
+        // none.
+        let inherited = parent.and_then(|p| {
+            p.scope()
+                .find_map(|s| s.extensions().get::<TraceIds>().cloned())
+        });
         let span_id = self.ids.new_span_id();
         let context = match inherited {
             Some(TraceIds(parent)) => child_of(&parent, span_id),
@@ -166,6 +176,20 @@ mod tests {
             let before = of(&child).unwrap();
             assert!(set_parent(&child, &SpanContext::empty_context()));
             assert_eq!(of(&child).unwrap(), before);
+        });
+    }
+
+    #[test]
+    fn a_transport_span_has_no_ids_and_what_it_encloses_keeps_the_call_s_trace() {
+        with_layer(|| {
+            let call = tracing::info_span!("call");
+            let frame = call.in_scope(|| tracing::info_span!(target: "h2::proto", "frame"));
+            assert!(of(&frame).is_none());
+            let inner = frame.in_scope(|| tracing::info_span!("inner"));
+            assert_eq!(
+                of(&inner).unwrap().trace_id(),
+                of(&call).unwrap().trace_id()
+            );
         });
     }
 
