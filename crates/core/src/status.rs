@@ -10,7 +10,7 @@
 
 use std::{fmt::Display, time::Duration};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt as _};
 
@@ -110,14 +110,23 @@ pub fn from_proto(proto: tonic_types::pb::Status) -> Status {
     Status::with_details(code, message, prost::Message::encode_to_vec(&proto).into())
 }
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
 /// The `grpc-status` in `headers` (response headers of a trailers-only
-/// answer, or trailers), if there is one.
+/// answer, or trailers), if there is one. Read on every call, several
+/// times: the name is not parsed again and a code of one or two digits
+/// (all of gRPC's) is read from its digits.
 pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from)
+    let value = headers.get(GRPC_STATUS)?;
+    let code = match *value.as_bytes() {
+        [digit @ b'0'..=b'9'] => i32::from(digit - b'0'),
+        [tens @ b'0'..=b'9', ones @ b'0'..=b'9'] => {
+            i32::from(tens - b'0') * 10 + i32::from(ones - b'0')
+        }
+        _ => value.to_str().ok()?.parse::<i32>().ok()?,
+    };
+    Some(Code::from(code))
 }
 
 /// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's
@@ -129,19 +138,35 @@ pub fn normalize_status(headers: &mut HeaderMap) {
         return;
     }
     let too_large = headers
-        .get("grpc-message")
+        .get(GRPC_MESSAGE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|m| {
             m.contains("message%20length%20too%20large") || m.contains("message length too large")
         });
     if too_large {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("8"));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_code_reads_as_its_text_parsed_as_a_number_would() {
+        let parsed = |text: &str| text.parse::<i32>().ok().map(Code::from);
+        let mut texts: Vec<String> = (0..=120).map(|n| n.to_string()).collect();
+        texts.extend(
+            ["00", "07", "+1", "-3", "", "x", "1x", " 1", "9 ", "2147483648", "٣"]
+                .map(String::from),
+        );
+        for text in texts {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", HeaderValue::from_str(&text).unwrap());
+            assert_eq!(grpc_status(&headers), parsed(&text), "{text:?}");
+        }
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn a_status_in_a_message_keeps_its_code_message_and_details() {
