@@ -881,6 +881,13 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
                     .is_some_and(|peer| peer.parse::<std::net::SocketAddr>().is_ok()),
                 "the peer is the caller's address: {line}"
             );
+            // Each field once: the status is the line's `code`, and the
+            // span (exported nowhere here) does not repeat it.
+            assert!(
+                line["span"]["rpc.grpc.status_code"].is_null()
+                    && line["span"]["otel.status_code"].is_null(),
+                "the span repeats the status: {line}"
+            );
         }
     }
 

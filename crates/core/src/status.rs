@@ -157,8 +157,20 @@ mod tests {
         let parsed = |text: &str| text.parse::<i32>().ok().map(Code::from);
         let mut texts: Vec<String> = (0..=120).map(|n| n.to_string()).collect();
         texts.extend(
-            ["00", "07", "+1", "-3", "", "x", "1x", " 1", "9 ", "2147483648", "٣"]
-                .map(String::from),
+            [
+                "00",
+                "07",
+                "+1",
+                "-3",
+                "",
+                "x",
+                "1x",
+                " 1",
+                "9 ",
+                "2147483648",
+                "٣",
+            ]
+            .map(String::from),
         );
         for text in texts {
             let mut headers = HeaderMap::new();

@@ -129,9 +129,13 @@ impl CallRecord {
         if self.sent > 0 {
             m.sent.increment(self.sent);
         }
-        self.span.record("rpc.grpc.status_code", code as i32);
-        if code != Code::Ok {
-            self.span.record("otel.status_code", "ERROR");
+        // The status is a span attribute for an exporter; a span that only
+        // the log lines read would repeat the access line's `code`.
+        if !crate::init::spans_only_logged() {
+            self.span.record("rpc.grpc.status_code", code as i32);
+            if code != Code::Ok {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
         if self.side == Side::Server {
             let principal = self.caller.get();

@@ -16,7 +16,10 @@
 
 use std::{
     str::FromStr,
-    sync::{Mutex, OnceLock},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -179,12 +182,25 @@ pub fn init(
             .with(log_lines(format, writer).with_filter(filter::lines_and_call_spans(env)))
             .try_init();
     } else {
-        let _ = tracing_subscriber::registry()
+        let installed = tracing_subscriber::registry()
             .with(filter::Global(filter::lines_and_call_spans(env)))
             .with(TraceIdLayer::default())
             .with(log_lines(format, writer))
             .try_init();
+        if installed.is_ok() {
+            SPANS_ONLY_LOGGED.store(true, Ordering::Relaxed);
+        }
     }
+}
+
+/// Set once [`init`] has installed a subscriber that exports no spans.
+static SPANS_ONLY_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans go nowhere but the log lines: [`init`] installed the
+/// subscriber without an exporter. Not so when another subscriber is in
+/// place (a host application's, a test's), which may export them.
+pub(crate) fn spans_only_logged() -> bool {
+    SPANS_ONLY_LOGGED.load(Ordering::Relaxed)
 }
 
 /// The layer that writes log lines, in `format`, to `writer`.
