@@ -26,7 +26,10 @@
 //! once; recording the same field twice would write it twice (the last
 //! wins for JSON readers), which no code here does.
 
-use std::fmt::{self, Write as _};
+use std::{
+    cell::RefCell,
+    fmt::{self, Write as _},
+};
 
 use tracing::{Event, Subscriber, field::Field};
 use tracing_subscriber::{
@@ -45,21 +48,50 @@ use crate::text::StackText;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct JsonFields;
 
+/// `fields` as a JSON object.
+fn write_object<R: RecordFields>(writer: &mut impl fmt::Write, fields: &R) -> fmt::Result {
+    writer.write_char('{')?;
+    let mut members = Members::new(writer);
+    fields.record(&mut members);
+    members.result?;
+    writer.write_char('}')
+}
+
 /// A JSON object per event, with its span's fields.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct JsonLines;
 
+thread_local! {
+    /// Where a new span's fields are built before they are written out.
+    static SPAN_FIELDS: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Past this many bytes the buffer is let go rather than kept.
+const SPAN_FIELDS_KEPT: usize = 16 * 1024;
+
 impl<'writer> FormatFields<'writer> for JsonFields {
+    /// The writer is the new span's own text, empty: written piece by
+    /// piece, it would grow by doubling, a reallocation every few fields.
+    /// Built in this thread's buffer instead, it is written once, at its
+    /// size.
     fn format_fields<R: RecordFields>(
         &self,
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        writer.write_char('{')?;
-        let mut members = Members::new(&mut writer);
-        fields.record(&mut members);
-        members.result?;
-        writer.write_char('}')
+        SPAN_FIELDS.with(|buffer| {
+            // Taken already (tracing does not dispatch from inside a
+            // subscriber, so this is a guard, not a path): write directly.
+            let Ok(mut text) = buffer.try_borrow_mut() else {
+                return write_object(&mut writer, &fields);
+            };
+            text.clear();
+            let written = write_object(&mut *text, &fields).and_then(|()| writer.write_str(&text));
+            if text.capacity() > SPAN_FIELDS_KEPT {
+                *text = String::new();
+            }
+            written
+        })
     }
 
     fn add_fields(
@@ -463,6 +495,33 @@ mod tests {
             "{span_keys:?}"
         );
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+
+    #[test]
+    fn each_span_keeps_its_own_fields_whatever_their_size() {
+        let long = "x".repeat(SPAN_FIELDS_KEPT + 1);
+        let lines = logged(|| {
+            let first = tracing::info_span!("first", before = "one", value = %7, after = "three");
+            first.in_scope(|| tracing::info!("in first"));
+            let big = tracing::info_span!("big", long = long.as_str());
+            big.in_scope(|| tracing::info!("in big"));
+            let small = tracing::info_span!("small", short = "s");
+            small.in_scope(|| tracing::info!("in small"));
+            first.in_scope(|| tracing::info!("in first again"));
+        });
+        assert_eq!(lines.len(), 4);
+        for at in [0, 3] {
+            let first = &lines[at]["span"];
+            assert_eq!(
+                (&first["before"], &first["value"], &first["after"]),
+                (&"one".into(), &"7".into(), &"three".into()),
+                "{first}"
+            );
+        }
+        assert!(lines[1]["span"]["long"] == long.as_str(), "the long field");
+        let small = &lines[2]["span"];
+        assert_eq!(small["short"], "s", "{small}");
+        assert_eq!(small.as_object().unwrap().len(), 2, "{small}");
     }
 
     #[test]
