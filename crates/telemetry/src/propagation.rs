@@ -48,7 +48,13 @@ pub struct HeaderReader<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderReader<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        // W3C's own names without parsing them: this runs on every call.
+        let value = match key {
+            "traceparent" => self.0.get(TRACEPARENT),
+            "tracestate" => self.0.get(TRACESTATE),
+            other => self.0.get(other),
+        };
+        value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -115,6 +121,7 @@ mod tests {
                 "traceparent",
                 HeaderValue::from_str(&format!("00-{caller_trace}-00f067aa0ba902b7-01")).unwrap(),
             );
+            incoming.insert("tracestate", HeaderValue::from_static("vendor=1"));
 
             let server = tracing::info_span!("grpc.server");
             set_parent(&server, propagator.extract(&HeaderReader(&incoming)));
@@ -130,6 +137,10 @@ mod tests {
                 "the caller's trace, the client span's own id"
             );
             assert_ne!(client_ids.span_id().to_string(), "00f067aa0ba902b7");
+            assert_eq!(
+                outgoing["tracestate"], "vendor=1",
+                "the caller's vendors' state"
+            );
             assert!(
                 outgoing["traceparent"].is_sensitive(),
                 "a call's own span id is never worth a place in HPACK's table"
