@@ -132,10 +132,12 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 /// tonic answers a message over the size limit with OUT_OF_RANGE; gRPC's
 /// status code guide (and every other implementation) says
 /// RESOURCE_EXHAUSTED. Rewrites it in place, so callers, metrics and logs
-/// all see RESOURCE_EXHAUSTED.
-pub fn normalize_status(headers: &mut HeaderMap) {
-    if grpc_status(headers) != Some(Code::OutOfRange) {
-        return;
+/// all see RESOURCE_EXHAUSTED. Returns the status the headers carry then,
+/// as [`grpc_status`] reads it.
+pub fn normalize_status(headers: &mut HeaderMap) -> Option<Code> {
+    let code = grpc_status(headers);
+    if code != Some(Code::OutOfRange) {
+        return code;
     }
     let too_large = headers
         .get(GRPC_MESSAGE)
@@ -143,9 +145,11 @@ pub fn normalize_status(headers: &mut HeaderMap) {
         .is_some_and(|m| {
             m.contains("message%20length%20too%20large") || m.contains("message length too large")
         });
-    if too_large {
-        headers.insert(GRPC_STATUS, HeaderValue::from_static("8"));
+    if !too_large {
+        return code;
     }
+    headers.insert(GRPC_STATUS, HeaderValue::from_static("8"));
+    Some(Code::ResourceExhausted)
 }
 
 #[cfg(test)]
@@ -233,12 +237,13 @@ mod tests {
             "grpc-message",
             HeaderValue::from_static("Error,%20decoded%20message%20length%20too%20large"),
         );
-        normalize_status(&mut h);
+        assert_eq!(normalize_status(&mut h), Some(Code::ResourceExhausted));
         assert_eq!(grpc_status(&h), Some(Code::ResourceExhausted));
 
         let mut other = HeaderMap::new();
         other.insert("grpc-status", HeaderValue::from_static("11"));
-        normalize_status(&mut other);
+        assert_eq!(normalize_status(&mut other), Some(Code::OutOfRange));
+        assert_eq!(normalize_status(&mut HeaderMap::new()), None);
         assert_eq!(
             grpc_status(&other),
             Some(Code::OutOfRange),

@@ -12,10 +12,7 @@ use std::{
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use shop_core::{
-    frames::FrameHeaders,
-    status::{grpc_status, normalize_status},
-};
+use shop_core::{frames::FrameHeaders, status::normalize_status};
 use tonic::{Code, body::Body};
 
 use crate::{call::CallRecord, metrics::Side};
@@ -101,8 +98,7 @@ impl HttpBody for ObservedBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) if frame.is_trailers() && this.finishes => {
                 let mut trailers = frame.into_trailers().unwrap_or_default();
-                normalize_status(&mut trailers);
-                let code = grpc_status(&trailers).unwrap_or(Code::Unknown);
+                let code = normalize_status(&mut trailers).unwrap_or(Code::Unknown);
                 this.with_record(|r| r.finish(code));
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
@@ -128,8 +124,7 @@ pub fn observe_response(
     side: Side,
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    normalize_status(&mut parts.headers);
-    let body = match grpc_status(&parts.headers) {
+    let body = match normalize_status(&mut parts.headers) {
         Some(code) => {
             record
                 .lock()
