@@ -40,7 +40,7 @@ pub mod streams;
 
 pub use args::{ServerArgs, ServiceArgs, TokenArgs};
 pub use background::BackgroundTask;
-pub use layers::auth::{SERVICE_TOKEN_HEADER, principal, service_caller};
+pub use layers::auth::{SERVICE_TOKEN_HEADER, principal, principal_of, service_caller};
 pub use server::Server;
 pub use service::{Listeners, ServiceConfig, ServiceInfo};
 pub use shop_core::config::ConfigError;

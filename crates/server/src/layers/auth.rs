@@ -471,8 +471,14 @@ pub fn service_caller<T>(request: &tonic::Request<T>) -> Result<&ServiceCaller, 
 /// `AUTHENTICATED` or `ADMIN` method only happens if the layer is missing
 /// from the server: a wiring bug that must not turn into open access.
 pub fn principal<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
-    principal_in(request.extensions())
-        .ok_or_else(|| Status::new(Code::Unauthenticated, "not authenticated"))
+    principal_of(request.extensions())
+}
+
+/// [`principal`], from the extensions of a request taken apart
+/// (`tonic::Request::into_parts`): a handler that moves its message out
+/// reads the caller without copying it.
+pub fn principal_of(extensions: &http::Extensions) -> Result<&Principal, Status> {
+    principal_in(extensions).ok_or_else(|| Status::new(Code::Unauthenticated, "not authenticated"))
 }
 
 /// The caller the auth layer put in `extensions`, if any (kept there as an

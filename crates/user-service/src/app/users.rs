@@ -81,7 +81,14 @@ impl Accounts {
         self.store
             .find_user(key)
             .await?
-            .filter(|user| user.is_visible() && caller.may_act_for(&user.id.to_string()))
+            .filter(|user| {
+                user.is_visible()
+                    && caller.may_act_for(
+                        user.id
+                            .hyphenated()
+                            .encode_lower(&mut Uuid::encode_buffer()),
+                    )
+            })
             .ok_or(AppError::NotFound("user"))
     }
 

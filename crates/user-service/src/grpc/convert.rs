@@ -14,14 +14,16 @@ pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-pub(crate) fn user_to_proto(user: &User) -> pb::User {
+/// `user` as its message, its text moved rather than copied: GetUser
+/// answers from an owned copy on every call.
+pub(crate) fn user_into_proto(user: User) -> pb::User {
     pb::User {
-        id: user.id.to_string(),
-        email: user.email.clone(),
-        username: user.username.clone(),
-        first_name: user.first_name.clone(),
-        last_name: user.last_name.clone(),
-        bio: user.bio.clone(),
+        id: uuid_text(user.id),
+        email: user.email,
+        username: user.username,
+        first_name: user.first_name,
+        last_name: user.last_name,
+        bio: user.bio,
         status: status_to_proto(user.status) as i32,
         roles: user
             .roles
@@ -31,6 +33,17 @@ pub(crate) fn user_to_proto(user: &User) -> pb::User {
         created_at: Some(timestamp(user.created_at)),
         updated_at: Some(timestamp(user.updated_at)),
     }
+}
+
+pub(crate) fn user_to_proto(user: &User) -> pb::User {
+    user_into_proto(user.clone())
+}
+
+/// The hyphenated lower-case text of `id`, without `core::fmt`.
+pub(crate) fn uuid_text(id: Uuid) -> String {
+    id.hyphenated()
+        .encode_lower(&mut Uuid::encode_buffer())
+        .to_owned()
 }
 
 pub(crate) fn status_to_proto(status: UserStatus) -> pb::UserStatus {
@@ -77,4 +90,16 @@ pub(crate) fn parse_id(raw: &str) -> Result<Uuid, String> {
         return Err("is required".into());
     }
     Uuid::parse_str(raw).map_err(|_| "is not a valid UUID".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uuid_s_text_is_its_display() {
+        for id in [Uuid::nil(), Uuid::max(), Uuid::now_v7(), Uuid::new_v4()] {
+            assert_eq!(uuid_text(id), id.to_string());
+        }
+    }
 }

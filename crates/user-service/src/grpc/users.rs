@@ -13,14 +13,16 @@ use shop_proto::user::v1::{
     user_service_server::UserService,
 };
 use shop_server::{
-    principal,
+    principal, principal_of,
     streams::{ResponseStream, Streams, guarded},
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::convert::{parse_id, role_from_proto, status_from_proto, timestamp, user_to_proto};
+use super::convert::{
+    parse_id, role_from_proto, status_from_proto, timestamp, user_into_proto, user_to_proto,
+};
 use crate::{
     activity::{ActivityEvent, ActivityKind},
     app::{Accounts, AppError, SignUp},
@@ -170,7 +172,7 @@ impl UserGrpc {
                 UserKey::Username(&username)
             }
         };
-        Ok(user_to_proto(&self.accounts.get(caller, key).await?))
+        Ok(user_into_proto(self.accounts.get(caller, key).await?))
     }
 
     async fn list(&self, req: pb::ListUsersRequest) -> Result<pb::ListUsersResponse, AppError> {
@@ -375,10 +377,11 @@ impl UserService for UserGrpc {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = principal(&request)?.clone();
-        Ok(Response::new(
-            self.get(&caller, request.into_inner()).await?,
-        ))
+        // The message without the caller's copy: the principal stays
+        // where the auth layer put it.
+        let (_, extensions, message) = request.into_parts();
+        let caller = principal_of(&extensions)?;
+        Ok(Response::new(self.get(caller, message).await?))
     }
 
     async fn update_user(
