@@ -29,7 +29,7 @@ use shop_proto::{
     order::v1::{GetOrderRequest, order_service_client::OrderServiceClient},
     user::v1::{CreateUserRequest, user_service_client::UserServiceClient},
 };
-use shop_testkit::{Backend, Spec, Stack, authed, http_get, metric_sum};
+use shop_testkit::{Backend, Spec, Stack, accounts, authed, http_get, metric_sum};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use prost::Message as _;
@@ -622,29 +622,26 @@ async fn a_warning_inside_a_call_has_the_call_s_ids_when_spans_are_exported() {
     .await;
 }
 
+/// `line` carries its call's request id and trace id (32 hex digits) in
+/// its span.
+fn assert_has_the_call_s_ids(line: &serde_json::Value) {
+    let span = &line["span"];
+    assert!(
+        span["request_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{line}"
+    );
+    assert!(
+        span["trace_id"].as_str().is_some_and(|s| s.len() == 32),
+        "{line}"
+    );
+}
+
 async fn warning_in_a_call_has_its_ids(env: &[(&'static str, &str)]) {
     let stack = Stack::start(Backend::Sqlite, &Spec::everyone(env)).await;
-    let password = "correct horse battery staple 43";
-    let users = Propagate::new(stack.service(USERS).channel());
-    UserServiceClient::new(users.clone())
-        .create_user(CreateUserRequest {
-            email: "warned@example.com".into(),
-            username: "warned".into(),
-            password: password.into(),
-            first_name: "W".into(),
-            last_name: "W".into(),
-        })
-        .await
-        .unwrap();
-    let mut auth = AuthServiceClient::new(users);
-    let pair = auth
-        .login(LoginRequest {
-            identifier: "warned".into(),
-            password: password.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let users = stack.service(USERS).channel();
+    accounts::sign_up(users.clone(), "warned").await;
+    let pair = accounts::login(users.clone(), "warned", shop_testkit::PASSWORD).await;
+    let mut auth = AuthServiceClient::new(Propagate::new(users));
     let refresh = || RefreshTokenRequest {
         refresh_token: pair.refresh_token.clone(),
     };
@@ -663,16 +660,8 @@ async fn warning_in_a_call_has_its_ids(env: &[(&'static str, &str)]) {
     );
     let events = users.log_events();
     let warning = events.iter().find(|e| reuse_warning(e)).unwrap();
-    let span = &warning["span"];
-    assert_eq!(span["name"], "grpc.server", "{warning}");
-    assert!(
-        span["request_id"].as_str().is_some_and(|s| !s.is_empty()),
-        "{warning}"
-    );
-    assert!(
-        span["trace_id"].as_str().is_some_and(|s| s.len() == 32),
-        "{warning}"
-    );
+    assert_eq!(warning["span"]["name"], "grpc.server", "{warning}");
+    assert_has_the_call_s_ids(warning);
     assert!(
         events
             .iter()
@@ -845,15 +834,7 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
             .collect();
         assert!(in_requests.len() > 5, "{} lines", in_requests.len());
         for event in &in_requests {
-            let span = &event["span"];
-            assert!(
-                span["request_id"].as_str().is_some_and(|s| !s.is_empty()),
-                "{event}"
-            );
-            assert!(
-                span["trace_id"].as_str().is_some_and(|s| s.len() == 32),
-                "{event}"
-            );
+            assert_has_the_call_s_ids(event);
         }
         let access: Vec<_> = events.iter().filter(|e| e["target"] == "access").collect();
         let rpcs = events
