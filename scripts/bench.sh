@@ -28,7 +28,10 @@
 #                               # host (half a percent between runs), where
 #                               # a run's req/s moves by a third. With --ab,
 #                               # each build in turn (PROFILE_USERS_ENV
-#                               # gives user-service settings here too)
+#                               # gives user-service settings here too;
+#                               # INSTRUCTIONS_SAVE=FILE keeps callgrind's
+#                               # output for callgrind_annotate, as FILE or,
+#                               # with --ab, FILE.1 and FILE.2)
 #   scripts/bench.sh --ab=DIR_A,DIR_B [--scenario=create-order] [--backend=postgres] [--rounds=3]
 #                               # (scenarios: get-user, create-order, get-order,
 #                               # get-product, mixed, watch-idle: the last
@@ -573,9 +576,10 @@ print(round(rate * 15))' "$work/profile-load.txt" "$work/profile-h2load.json")
 # (scripts/lib/callgrind-summary.py). user-service's /metrics is not read
 # (its process collector crashes under valgrind, in rustix's auxv code):
 # its access lines say whether every call was answered OK, and if one was
-# not, nothing is printed.
+# not, nothing is printed. SAVE_AS, when given, keeps callgrind's own output
+# as that file.
 instructions() {
-    local scenario=$1 calls=${INSTRUCTIONS_CALLS:-20000} out="$work/callgrind-$RANDOM.out" pid
+    local scenario=$1 save_as=${2:-} calls=${INSTRUCTIONS_CALLS:-20000} out="$work/callgrind-$RANDOM.out" pid
     local asked=$scenario
     [[ $calls =~ ^[1-9][0-9]*$ ]] || { log "INSTRUCTIONS_CALLS=$calls: a count"; return 1; }
     [[ -x $bin/shop-bare-server || $scenario != bare ]] || { log "$bin/shop-bare-server missing"; return 1; }
@@ -632,6 +636,7 @@ PY
         [[ $answered == "OK=$((warm + calls))" ]] \
             || { log "GetUser answered $answered of $((warm + calls)) calls: nothing counted"; return 1; }
     fi
+    [[ -z $save_as ]] || { cp "$out" "$save_as" && log "callgrind's output: $save_as"; }
     python3 scripts/lib/callgrind-summary.py "$calls" "$out"
 }
 
@@ -750,9 +755,12 @@ PY
 if [[ -n $instructions ]]; then
     [[ $instructions =~ ^(get-user|bare)$ ]] \
         || { echo "bench.sh: --instructions=$instructions: get-user or bare" >&2; exit 2; }
+    side=0
     for dir in "${ab_dirs[@]:-$bin}"; do
-        bin=$dir
-        instructions "$instructions"
+        bin=$dir side=$((side + 1))
+        save_as=${INSTRUCTIONS_SAVE:-}
+        [[ -z $save_as || -z $ab ]] || save_as+=".$side"
+        instructions "$instructions" "$save_as"
     done
     exit
 fi

@@ -133,7 +133,9 @@ where
         let meta = event.metadata();
         writer.write_str("{\"timestamp\":\"")?;
         write_timestamp(&mut writer)?;
-        write!(writer, "\",\"level\":\"{}\"", meta.level())?;
+        writer.write_str("\",\"level\":\"")?;
+        writer.write_str(meta.level().as_str())?;
+        writer.write_char('"')?;
         let mut members = Members {
             writer: &mut writer,
             first: false,
