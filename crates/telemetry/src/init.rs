@@ -179,18 +179,31 @@ pub fn init(
             .with_filter(filter::exported());
         let _ = tracing_subscriber::registry()
             .with(exporter)
-            .with(log_lines(format, writer).with_filter(filter::lines_and_call_spans(env)))
+            .with(log_lines(format, writer, false).with_filter(filter::lines_and_call_spans(env)))
             .try_init();
     } else {
         let installed = tracing_subscriber::registry()
             .with(filter::Global(filter::lines_and_call_spans(env)))
             .with(TraceIdLayer::default())
-            .with(log_lines(format, writer))
+            .with(log_lines(format, writer, true))
             .try_init();
         if installed.is_ok() {
             SPANS_ONLY_LOGGED.store(true, Ordering::Relaxed);
+            if format == LogFormat::Json {
+                LINES_WRITE_TRACE_IDS.store(true, Ordering::Relaxed);
+            }
         }
     }
+}
+
+/// Set once [`init`] has installed JSON lines that write each span's trace
+/// id from the ids [`TraceIdLayer`] keeps.
+static LINES_WRITE_TRACE_IDS: AtomicBool = AtomicBool::new(false);
+
+/// Whether the log lines write every span's trace id themselves, so that
+/// no span need record it (see `propagation::record_trace_id`).
+pub(crate) fn lines_write_trace_ids() -> bool {
+    LINES_WRITE_TRACE_IDS.load(Ordering::Relaxed)
 }
 
 /// Set once [`init`] has installed a subscriber that exports no spans.
@@ -203,8 +216,13 @@ pub(crate) fn spans_only_logged() -> bool {
     SPANS_ONLY_LOGGED.load(Ordering::Relaxed)
 }
 
-/// The layer that writes log lines, in `format`, to `writer`.
-fn log_lines<S>(format: LogFormat, writer: log_writer::LogWriter) -> Box<dyn Layer<S> + Send + Sync>
+/// The layer that writes log lines, in `format`, to `writer`; in JSON,
+/// with each span's trace id from [`TraceIdLayer`] when `trace_ids`.
+fn log_lines<S>(
+    format: LogFormat,
+    writer: log_writer::LogWriter,
+    trace_ids: bool,
+) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
@@ -213,7 +231,7 @@ where
         LogFormat::Json => fmt::layer()
             .with_writer(writer)
             .fmt_fields(JsonFields)
-            .event_format(JsonLines)
+            .event_format(JsonLines { trace_ids })
             .boxed(),
     }
 }

@@ -19,7 +19,10 @@
 //! ```
 //!
 //! The `otel.*` fields of a span (its OpenTelemetry name, kind and status,
-//! which repeat its `rpc.*` fields) are left out, as are `log.*`.
+//! which repeat its `rpc.*` fields) are left out, as are `log.*`. When no
+//! exporter runs, a span's `trace_id` is written from the ids the trace-id
+//! layer keeps for it, after its fields, rather than recorded into them on
+//! every call (`propagation::record_trace_id`).
 //!
 //! Keys keep the order they were recorded in. A span field is written once,
 //! when it gets a value: one declared `Empty` and recorded later appears
@@ -59,7 +62,12 @@ fn write_object<R: RecordFields>(writer: &mut impl fmt::Write, fields: &R) -> fm
 
 /// A JSON object per event, with its span's fields.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct JsonLines;
+pub(crate) struct JsonLines {
+    /// Whether the span's object gets its `trace_id` from the ids
+    /// [`crate::trace_ids::TraceIdLayer`] keeps, rather than from a
+    /// recorded field (see `propagation::record_trace_id`).
+    pub(crate) trace_ids: bool,
+}
 
 thread_local! {
     /// Where a new span's fields are built before they are written out.
@@ -163,6 +171,13 @@ where
             if !inner.is_empty() {
                 writer.write_str(inner)?;
                 writer.write_char(',')?;
+            }
+            if self.trace_ids
+                && let Some(trace) = crate::trace_ids::trace_id_in(&extensions)
+            {
+                writer.write_str("\"trace_id\":\"")?;
+                writer.write_str(crate::text::trace_id(trace).as_str())?;
+                writer.write_str("\",")?;
             }
             writer.write_str("\"name\":")?;
             write_str(&mut writer, span.metadata().name())?;
@@ -436,17 +451,59 @@ mod tests {
     }
 
     fn logged(emit: impl FnOnce()) -> Vec<serde_json::Value> {
-        let lines = Lines::default();
-        let out = lines.clone();
+        parsed(&logged_text(JsonLines::default(), emit))
+    }
+
+    /// What `emit` logs through `lines`, beside the trace-id layer.
+    fn logged_text(lines: JsonLines, emit: impl FnOnce()) -> String {
+        let written = Lines::default();
+        let out = written.clone();
         let layer = tracing_subscriber::fmt::layer()
             .fmt_fields(JsonFields)
-            .event_format(JsonLines)
+            .event_format(lines)
             .with_writer(move || out.clone());
-        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let subscriber = tracing_subscriber::registry()
+            .with(crate::trace_ids::TraceIdLayer::default())
+            .with(layer);
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(written.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn parsed(text: &str) -> Vec<serde_json::Value> {
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
             .collect()
+    }
+
+    #[test]
+    fn lines_write_each_span_s_trace_id_once_when_asked_to() {
+        let mut traces = Vec::new();
+        let emit = |traces: &mut Vec<String>| {
+            let call = tracing::info_span!("grpc.server", request_id = "r-1", trace_id = Empty);
+            let trace = crate::propagation::trace_id(&call).unwrap();
+            traces.push(crate::text::trace_id(trace).as_str().to_owned());
+            call.in_scope(|| {
+                tracing::info!("in the call");
+                tracing::info_span!("grpc.client").in_scope(|| tracing::info!("in a client call"));
+            });
+        };
+        let text = logged_text(JsonLines { trace_ids: true }, || emit(&mut traces));
+        let lines = parsed(&text);
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert_eq!(line["span"]["trace_id"], traces[0].as_str(), "{line}");
+        }
+        assert_eq!(
+            text.matches("\"trace_id\"").count(),
+            2,
+            "once a line: {text}"
+        );
+        assert_eq!(lines[0]["span"]["request_id"], "r-1");
+        assert_eq!(lines[0]["span"]["name"], "grpc.server");
+
+        // Not asked to: only a recorded field is written.
+        let text = logged_text(JsonLines::default(), || emit(&mut traces));
+        assert!(!text.contains("trace_id"), "{text}");
     }
 
     #[test]

@@ -95,6 +95,15 @@ pub(crate) fn of(span: &Span) -> Option<SpanContext> {
     with_ids(span, |ids| ids.0.clone())
 }
 
+/// The trace id [`TraceIdLayer`] gave the span whose `extensions` these
+/// are, for a log line that writes it.
+pub(crate) fn trace_id_in(
+    extensions: &tracing_subscriber::registry::Extensions<'_>,
+) -> Option<opentelemetry::trace::TraceId> {
+    let ids = &extensions.get::<TraceIds>()?.0;
+    ids.is_valid().then(|| ids.trace_id())
+}
+
 /// Puts `span` under `parent` (a caller's span, from its headers), keeping
 /// its own span id. False when [`TraceIdLayer`] does not keep `span`'s ids.
 /// Spans created under `span` before this keep the trace they started in.

@@ -19,8 +19,7 @@ use shop_telemetry::{
     call::CallRecord,
     labels::{MethodLabels, Protocol},
     metrics::Side,
-    propagation::{HeaderReader, set_parent, trace_id},
-    text,
+    propagation::{HeaderReader, record_trace_id, set_parent},
 };
 use tonic::body::Body;
 use tower::{Layer, Service};
@@ -87,9 +86,7 @@ where
             trace_id = Empty,
         );
         set_parent(&span, parent);
-        if let Some(trace) = trace_id(&span) {
-            span.record("trace_id", text::trace_id(trace).as_str());
-        }
+        record_trace_id(&span);
 
         let peer = peer_addr(&parts.extensions);
         let protocol = parts
