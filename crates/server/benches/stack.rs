@@ -18,6 +18,12 @@
 //! cost of the layers from the cost of spans and metrics; metric handles
 //! are then registered on every call (see the `allocs` benchmark), which
 //! a service never pays.
+//!
+//! `BENCH_ONE_SERVER=bare|stack` with `BENCH_CALLS=N` (default 20,000)
+//! instead makes N calls to that server alone and exits, without criterion:
+//! under `valgrind --tool=callgrind`, the difference of the two servers'
+//! counts divided by N is the stack's own instructions a call (the client's
+//! share and the setup are the same on both sides).
 
 use std::time::Duration;
 
@@ -97,7 +103,36 @@ fn bench(c: &mut Criterion) {
     runtime.block_on(paired_ratio(&setup));
 }
 
+/// `BENCH_ONE_SERVER`'s run: `BENCH_CALLS` calls to one server.
+fn one_server(which: &str) {
+    let calls_wanted: u64 = std::env::var("BENCH_CALLS")
+        .map(|n| n.parse().expect("BENCH_CALLS is a number of calls"))
+        .unwrap_or(20_000);
+    let runtime: Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        common::telemetry();
+        let setup = setup().await;
+        let client = match which {
+            "bare" => &setup.bare,
+            "stack" => &setup.full,
+            other => panic!("BENCH_ONE_SERVER is bare or stack, not {other:?}"),
+        };
+        let took = calls(client, &setup.token, calls_wanted).await;
+        println!(
+            "{which}: {calls_wanted} calls, {:.1} µs per call",
+            took.as_secs_f64() * 1e6 / calls_wanted as f64
+        );
+    });
+}
+
 fn main() {
+    if let Ok(which) = std::env::var("BENCH_ONE_SERVER") {
+        one_server(&which);
+        return;
+    }
     let mut criterion = Criterion::default().configure_from_args();
     bench(&mut criterion);
     criterion.final_summary();

@@ -70,6 +70,11 @@ const OTHER_METHODS: [(&str, &str, &str, &str); 2] = [
 ];
 
 impl MethodLabels {
+    /// The declared policy of the method, when a shop proto declares it.
+    pub fn declared(&self) -> Option<&'static shop_proto::policy::MethodPolicy> {
+        shop_proto::policy::methods().get(self.slot)
+    }
+
     /// Labels for the method at `path`; methods outside the shop protos
     /// (health, reflection) get their well-known names or `unknown`.
     pub fn of(path: &str) -> MethodLabels {

@@ -30,7 +30,7 @@ use std::{
 use futures_util::{FutureExt as _, future::Either};
 use http::{Request, Response, header::AUTHORIZATION};
 use shop_auth::{BoxFuture, Principal, ServiceCaller, TokenError, VerifyError, VerifyToken};
-use shop_proto::policy::{self, Access};
+use shop_proto::policy::{Access, MethodPolicy};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 
@@ -265,36 +265,40 @@ impl Verdict {
 }
 
 impl AuthLayer {
-    /// The verdict on `req`, read in place: its path and tokens (not its
-    /// body, which need not be `Sync` to be held across the check).
+    /// The verdict on `req`, read in place: its method, path and tokens
+    /// (not its body, which need not be `Sync` to be held across the check).
     fn verdict<'a, B>(
         &'a self,
         req: &'a Request<B>,
         checking: Checking,
     ) -> impl Future<Output = Result<Verdict, Status>> + Send + 'a {
-        self.verdict_on(req.uri().path(), req.headers(), checking)
+        let method = super::call_facts::method_of(req);
+        self.verdict_on(req.uri().path(), method, req.headers(), checking)
     }
 
     async fn verdict_on(
         &self,
         path: &str,
+        method: Option<&'static MethodPolicy>,
         headers: &http::HeaderMap,
         checking: Checking,
     ) -> Result<Verdict, Status> {
-        let caller = match service_token(headers) {
-            Some(service_token) if self.is_service_method(path) => {
-                Some(self.authorize_service(service_token, checking).await?)
-            }
-            _ => None,
+        // Only a service method reads the service token.
+        let is_service_method = method.is_some_and(|m| m.access == Access::Service);
+        let caller = match service_token(headers).filter(|_| is_service_method) {
+            Some(service_token) => Some(self.authorize_service(service_token, checking).await?),
+            None => None,
         };
         let principal = self
-            .authorize(path, bearer_token(headers), caller.is_some(), checking)
+            .authorize(
+                path,
+                method,
+                bearer_token(headers),
+                caller.is_some(),
+                checking,
+            )
             .await?;
         Ok(Verdict { caller, principal })
-    }
-
-    fn is_service_method(&self, path: &str) -> bool {
-        policy::lookup(path).is_some_and(|m| m.access == Access::Service)
     }
 
     /// The calling service of a service token.
@@ -322,16 +326,31 @@ impl AuthLayer {
         }
     }
 
-    /// The end user of a call to `path`; `service_proven` says whether a
-    /// valid service token came with it (see [`Self::authorize_service`]).
-    async fn authorize(
+    /// [`Self::authorize`] of a call to `path`, its policy looked up.
+    #[cfg(test)]
+    async fn authorize_path(
         &self,
         path: &str,
         token: Option<&str>,
         service_proven: bool,
         checking: Checking,
     ) -> Result<Option<Arc<Principal>>, Status> {
-        let Some(method) = policy::lookup(path) else {
+        let method = shop_proto::policy::lookup(path);
+        self.authorize(path, method, token, service_proven, checking)
+            .await
+    }
+
+    /// The end user of a call to `path`, whose policy is `method`;
+    /// `service_proven` says whether a valid service token came with it (see [`Self::authorize_service`]).
+    async fn authorize(
+        &self,
+        path: &str,
+        method: Option<&'static MethodPolicy>,
+        token: Option<&str>,
+        service_proven: bool,
+        checking: Checking,
+    ) -> Result<Option<Arc<Principal>>, Status> {
+        let Some(method) = method else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
             if self.public_services.contains(&service) {
                 return Ok(None);
@@ -532,7 +551,7 @@ mod tests {
     async fn public_methods_need_no_token() {
         let (layer, _) = layer_with_issuer();
         let r = layer
-            .authorize(
+            .authorize_path(
                 "/shop.user.v1.UserService/CreateUser",
                 None,
                 false,
@@ -542,7 +561,7 @@ mod tests {
         assert_eq!(r.unwrap(), None);
         // A bad token on a public method is ignored, not an error.
         let r = layer
-            .authorize(
+            .authorize_path(
                 "/shop.auth.v1.AuthService/Login",
                 Some("junk"),
                 false,
@@ -557,19 +576,19 @@ mod tests {
         let (layer, issuer) = layer_with_issuer();
         let path = "/shop.user.v1.UserService/GetUser";
         let err = layer
-            .authorize(path, None, false, Checking::Full)
+            .authorize_path(path, None, false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
         let err = layer
-            .authorize(path, Some("x.y.z"), false, Checking::Full)
+            .authorize_path(path, Some("x.y.z"), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
 
         let token = issuer.issue("u1", &[Role::Customer]).unwrap().token;
         let p = layer
-            .authorize(path, Some(&token), false, Checking::Full)
+            .authorize_path(path, Some(&token), false, Checking::Full)
             .await
             .unwrap()
             .unwrap();
@@ -582,7 +601,7 @@ mod tests {
         let path = "/shop.user.v1.UserService/ListUsers";
         let customer = issuer.issue("u1", &[Role::Customer]).unwrap().token;
         let err = layer
-            .authorize(path, Some(&customer), false, Checking::Full)
+            .authorize_path(path, Some(&customer), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
@@ -592,7 +611,7 @@ mod tests {
             .token;
         assert!(
             layer
-                .authorize(path, Some(&admin), false, Checking::Full)
+                .authorize_path(path, Some(&admin), false, Checking::Full)
                 .await
                 .is_ok()
         );
@@ -612,7 +631,7 @@ mod tests {
         // A customer's or an admin's token alone is not a service.
         for token in [&customer, &admin] {
             let err = layer
-                .authorize(path, Some(token), false, Checking::Full)
+                .authorize_path(path, Some(token), false, Checking::Full)
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::PermissionDenied);
@@ -638,7 +657,7 @@ mod tests {
             .unwrap();
         assert_eq!(caller.name, "order-service");
         let user = layer
-            .authorize(path, Some(&customer), true, Checking::Full)
+            .authorize_path(path, Some(&customer), true, Checking::Full)
             .await
             .unwrap();
         assert_eq!(user.unwrap().user_id, "u1");
@@ -646,7 +665,7 @@ mod tests {
         // And a service token is no user anywhere else.
         let get_user = "/shop.user.v1.UserService/GetUser";
         let err = layer
-            .authorize(get_user, Some(&service), false, Checking::Full)
+            .authorize_path(get_user, Some(&service), false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
@@ -757,7 +776,7 @@ mod tests {
     async fn unknown_methods_are_unimplemented_but_infrastructure_passes() {
         let (layer, _) = layer_with_issuer();
         let err = layer
-            .authorize(
+            .authorize_path(
                 "/shop.user.v1.UserService/Nope",
                 None,
                 false,
@@ -767,13 +786,13 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         let err = layer
-            .authorize("/other.Svc/Call", None, false, Checking::Full)
+            .authorize_path("/other.Svc/Call", None, false, Checking::Full)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert!(
             layer
-                .authorize("/grpc.health.v1.Health/Check", None, false, Checking::Full)
+                .authorize_path("/grpc.health.v1.Health/Check", None, false, Checking::Full)
                 .await
                 .is_ok()
         );

@@ -14,16 +14,15 @@ use std::{
 };
 
 use http::{HeaderValue, Request, Response};
-use shop_core::{
-    context::{RequestContext, request_id_of},
-    grpc_timeout,
-};
+use shop_core::{context::RequestContext, grpc_timeout};
 use tokio::{
     task::futures::TaskLocalFuture,
     time::{Instant, Timeout},
 };
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
+
+use super::call_facts;
 
 /// Builds [`ServerContext`] services.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +77,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
-        let method = shop_proto::policy::lookup(req.uri().path());
+        let method = call_facts::method_of(&req);
         // Only known unary methods get the cap: streams (including health
         // Watch and reflection, which are not in the shop protos) may last.
         let unary = method.is_some_and(|m| !m.client_streaming && !m.server_streaming);
@@ -95,7 +94,7 @@ where
             (None, true) => self.unary_cap,
             (None, false) => NO_DEADLINE,
         };
-        let request_id = request_id_of(req.headers());
+        let request_id = call_facts::request_id_of(&req);
         let ctx = RequestContext::from_headers(req.headers(), request_id.clone(), start + budget);
         tracing::debug!(
             rpc.method = %path,

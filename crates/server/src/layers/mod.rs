@@ -4,6 +4,7 @@
 //! see unary calls and all three kinds of stream alike.
 
 pub mod auth;
+pub mod call_facts;
 pub mod context;
 pub mod fault;
 pub mod observe;

@@ -3,7 +3,8 @@
 //! OpenTelemetry RPC attributes and the caller's W3C trace context as its
 //! parent, the grpc-ecosystem metrics and the `access` log line (see
 //! `shop_telemetry` for the machinery). Outermost layer, so that refusals
-//! by the layers below are seen too.
+//! by the layers below are seen too; it leaves what it found about the
+//! call for them (see [`super::call_facts`]).
 
 use std::{
     future::Future,
@@ -24,7 +25,7 @@ use shop_telemetry::{
 use tonic::body::Body;
 use tower::{Layer, Service};
 
-use crate::peer::peer_addr;
+use crate::{layers::call_facts::CallFacts, peer::peer_addr};
 use tracing::field::Empty;
 
 /// Builds [`Observe`] services: the outermost server layer.
@@ -67,6 +68,10 @@ where
         // Request id: the caller's when it is sane, else a fresh one.
         let request_id = request_id_of(&parts.headers);
         parts.headers.insert(REQUEST_ID, request_id.clone());
+        parts.extensions.insert(CallFacts {
+            method: labels.declared(),
+            request_id: request_id.clone(),
+        });
         let request_id_text = request_id.to_str().unwrap_or_default();
 
         // Trace context from the caller, then the span of this call.
@@ -177,6 +182,38 @@ mod tests {
             echoed.is_sensitive(),
             "a request id is never worth a place in HPACK's table"
         );
+    }
+
+    #[tokio::test]
+    async fn the_layers_below_find_the_method_and_request_id_it_settled() {
+        let handler = service_fn(|req: Request<Body>| async move {
+            let facts = req.extensions().get::<CallFacts>().cloned();
+            let seen = req.headers()[REQUEST_ID].clone();
+            let mut response = Response::new(Body::empty());
+            response.extensions_mut().insert((facts, seen));
+            Ok::<_, Infallible>(response)
+        });
+        let request = Request::builder()
+            .uri("http://test/shop.user.v1.UserService/GetUser")
+            .header(REQUEST_ID, "two words")
+            .body(Body::empty())
+            .unwrap();
+        let response = ObserveLayer.layer(handler).oneshot(request).await.unwrap();
+        let (facts, seen) = response
+            .extensions()
+            .get::<(Option<CallFacts>, HeaderValue)>()
+            .cloned()
+            .unwrap();
+        let facts = facts.expect("the observe layer leaves its facts");
+        assert_eq!(
+            facts.method.map(|m| m.path),
+            Some("/shop.user.v1.UserService/GetUser")
+        );
+        assert_eq!(
+            facts.request_id, seen,
+            "the replacement id, not the sent one"
+        );
+        assert!(valid_request_id(&facts.request_id));
     }
 
     #[tokio::test]

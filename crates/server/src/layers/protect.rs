@@ -243,7 +243,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         // Streams are bounded by the stream limits: a client stream would
         // hold a permit until its client ended it.
-        if super::stream_limits::is_streaming(req.uri().path()) {
+        if super::stream_limits::is_streaming_call(&req) {
             return Either::Left(Permitted {
                 future: self.inner.call(req),
                 _permit: None,

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shop_core::frames::FrameHeaders;
+use shop_proto::policy::MethodPolicy;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
@@ -31,7 +32,12 @@ pub const UNDECLARED_MAX_REQUEST_BYTES: u32 = 4 * 1024;
 /// `max_request_bytes`, or [`UNDECLARED_MAX_REQUEST_BYTES`], and never more
 /// than `cap` (the server's `MAX_MESSAGE_BYTES`).
 pub fn max_request_bytes(path: &str, cap: usize) -> u32 {
-    let declared = shop_proto::policy::lookup(path)
+    limit_of(shop_proto::policy::lookup(path), cap)
+}
+
+/// [`max_request_bytes`] of a method whose policy is `method`.
+fn limit_of(method: Option<&MethodPolicy>, cap: usize) -> u32 {
+    let declared = method
         .map(|m| m.max_request_bytes)
         .filter(|&n| n > 0)
         .unwrap_or(UNDECLARED_MAX_REQUEST_BYTES);
@@ -82,7 +88,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let limit = max_request_bytes(req.uri().path(), self.cap);
+        let limit = limit_of(super::call_facts::method_of(&req), self.cap);
         self.inner
             .call(req.map(|body| Body::new(SizeLimitedBody::new(body, limit))))
     }

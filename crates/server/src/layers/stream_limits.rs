@@ -44,6 +44,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use shop_auth::{BoxFuture, Principal, Role};
 use shop_core::context::RequestContext;
+use shop_proto::policy::MethodPolicy;
 use tokio::time::Instant;
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
@@ -60,7 +61,17 @@ const RECHECK_CONCURRENCY: usize = 16;
 /// True for a streaming RPC (client, server or bidi streaming): the
 /// methods the protos declare so, health Watch and reflection.
 pub fn is_streaming(path: &str) -> bool {
-    match shop_proto::policy::lookup(path) {
+    streams(shop_proto::policy::lookup(path), path)
+}
+
+/// Whether `req` is a call of a streaming RPC (see [`is_streaming`]).
+pub(crate) fn is_streaming_call<B>(req: &Request<B>) -> bool {
+    streams(super::call_facts::method_of(req), req.uri().path())
+}
+
+/// [`is_streaming`] of the method at `path`, whose policy is `method`.
+fn streams(method: Option<&MethodPolicy>, path: &str) -> bool {
+    match method {
         Some(method) => method.client_streaming || method.server_streaming,
         None => path == HEALTH_WATCH || path.starts_with("/grpc.reflection."),
     }
@@ -173,7 +184,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        if !is_streaming(req.uri().path()) {
+        if !is_streaming_call(&req) {
             return Either::Left(self.inner.call(req));
         }
         let principal = crate::layers::auth::principal_in(req.extensions());

@@ -58,7 +58,7 @@ use std::{
 use futures_util::future::Either;
 use http::{Request, Response};
 use shop_core::context::RequestContext;
-use shop_proto::policy::{self, Idempotency};
+use shop_proto::policy::{self, Idempotency, MethodPolicy};
 use tokio::{
     runtime::{Handle, Runtime},
     task::JoinHandle,
@@ -92,7 +92,12 @@ pub fn record_metrics() {
 /// Whether a call to `path` runs in the write lane: a unary method that
 /// its proto does not declare free of side effects.
 pub fn moves(path: &str) -> bool {
-    policy::lookup(path).is_some_and(|m| {
+    moves_method(policy::lookup(path))
+}
+
+/// [`moves`] for a method whose policy is `method`.
+fn moves_method(method: Option<&MethodPolicy>) -> bool {
+    method.is_some_and(|m| {
         !m.client_streaming && !m.server_streaming && m.idempotency != Idempotency::NoSideEffects
     })
 }
@@ -217,7 +222,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let Some(lane) = self.lane.as_ref().filter(|_| moves(req.uri().path())) else {
+        let Some(lane) = self
+            .lane
+            .as_ref()
+            .filter(|_| moves_method(super::call_facts::method_of(&req)))
+        else {
             return Either::Left(self.inner.call(req));
         };
         // The context layer's task-local does not cross to another task;
