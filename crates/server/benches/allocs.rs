@@ -24,7 +24,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 mod common;
 
-use common::{calls, setup};
+use common::calls;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -35,13 +35,8 @@ const WARM_UP: u64 = 2_000;
 const COUNTED: u64 = 20_000;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (runtime, setup) = common::started();
     runtime.block_on(async {
-        common::telemetry();
-        let setup = setup().await;
         let mut per_call = Vec::new();
         for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {
             calls(client, &setup.token, WARM_UP).await;

@@ -28,11 +28,10 @@
 use std::time::Duration;
 
 use criterion::Criterion;
-use tokio::runtime::Runtime;
 
 mod common;
 
-use common::{Setup, calls, setup};
+use common::{Setup, calls};
 
 /// The allocator every shop service binary and `shop-bare-server` run
 /// with, so that both servers here allocate as they do in production
@@ -81,14 +80,7 @@ async fn paired_ratio(setup: &Setup) {
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime: Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let setup = runtime.block_on(async {
-        common::telemetry();
-        setup().await
-    });
+    let (runtime, setup) = common::started();
     let mut group = c.benchmark_group("unary GetUser per call");
     for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {
         group.bench_function(name, |b| {
@@ -108,13 +100,8 @@ fn one_server(which: &str) {
     let calls_wanted: u64 = std::env::var("BENCH_CALLS")
         .map(|n| n.parse().expect("BENCH_CALLS is a number of calls"))
         .unwrap_or(20_000);
-    let runtime: Runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (runtime, setup) = common::started();
     runtime.block_on(async {
-        common::telemetry();
-        let setup = setup().await;
         let client = match which {
             "bare" => &setup.bare,
             "stack" => &setup.full,

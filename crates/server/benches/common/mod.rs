@@ -40,6 +40,20 @@ pub(crate) fn telemetry() {
     }
 }
 
+/// The single-threaded runtime client and servers share, and both
+/// servers started on it (telemetry first, see [`telemetry`]).
+pub(crate) fn started() -> (tokio::runtime::Runtime, Setup) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let setup = runtime.block_on(async {
+        telemetry();
+        setup().await
+    });
+    (runtime, setup)
+}
+
 /// In-flight calls per batch.
 pub(crate) const CONCURRENCY: usize = 32;
 
