@@ -153,17 +153,33 @@ async fn a_shared_reservation_call_links_to_each_order_it_carried() {
         placed.await.unwrap().unwrap();
     }
 
+    // The CreateOrder spans end after the shared call's and may come in a
+    // later export batch: wait for every span the test reads.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let shared_call = "shop.inventory.v1.InventoryService/ReserveStocks";
-    let (together, client) = loop {
+    let (together, client, orders) = loop {
         let together = collector.find(
             "order-service",
             "reserve stock together",
             SpanKind::Internal,
         );
         let client = collector.find("order-service", shared_call, SpanKind::Client);
-        if let (Some(together), Some(client)) = (together, client) {
-            break (together, client);
+        let orders: Vec<Span> = collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(service, span)| {
+                service == "order-service"
+                    && span.name == "shop.order.v1.OrderService/CreateOrder"
+                    && span.kind == SpanKind::Server as i32
+            })
+            .map(|(_, span)| span.clone())
+            .collect();
+        if let (Some(together), Some(client)) = (together, client)
+            && (orders.len() == 4 || tokio::time::Instant::now() >= deadline)
+        {
+            break (together, client, orders);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -172,18 +188,6 @@ async fn a_shared_reservation_call_links_to_each_order_it_carried() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(client.parent_span_id, together.span_id, "the call under it");
-    let orders: Vec<Span> = collector
-        .spans
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(service, span)| {
-            service == "order-service"
-                && span.name == "shop.order.v1.OrderService/CreateOrder"
-                && span.kind == SpanKind::Server as i32
-        })
-        .map(|(_, span)| span.clone())
-        .collect();
     assert!(!together.links.is_empty(), "{together:?}");
     for link in &together.links {
         assert!(
