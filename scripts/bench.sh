@@ -3,6 +3,14 @@
 #
 #   scripts/bench.sh            # full run (about 9 minutes after the build)
 #   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
+#       [--bin=DIR]             # (any mode but --ab) run the release
+#                               # binaries in DIR instead of building them:
+#                               # user-service, inventory-service,
+#                               # order-service, shop-loadgen,
+#                               # shop-bare-server and shop-health-probe
+#                               # (scripts/pgo.sh's build, for one)
+#       [--tag=NAME]            # the results' name ends in -NAME, e.g.
+#                               # --tag=pgo
 #   scripts/bench.sh --profile=get-user|create-order|mixed|bare
 #                               # where the server CPU goes (perf), on SQLite,
 #                               # in shares and in µs per call (bare: the
@@ -135,10 +143,12 @@ pg_start=(durable) pg_params=
 if [[ ${BENCH_PG_TLS:-0} == 1 ]]; then
     pg_start+=(tls) pg_params="?sslmode=require"
 fi
-quick=0 profile= instructions= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age= ab_driver=loadgen
+quick=0 prebuilt= tag= profile= instructions= ab= ab_scenario=create-order ab_backend=postgres ab_rounds=3 ab_rate= ab_env=, ab_age= ab_driver=loadgen
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
+        --bin=*) prebuilt="${arg#--bin=}" ;;
+        --tag=*) tag="${arg#--tag=}" ;;
         --profile=*) profile="${arg#--profile=}" ;;
         --instructions=*) instructions="${arg#--instructions=}" ;;
         --ab=*) ab="${arg#--ab=}" ;;
@@ -153,6 +163,8 @@ for arg in "$@"; do
         *) echo "bench.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
+[[ -z $prebuilt || -z $ab ]] || { echo "bench.sh: --bin: not with --ab (which names its builds)" >&2; exit 2; }
+[[ $tag =~ ^[A-Za-z0-9._-]*$ ]] || { echo "bench.sh: --tag=$tag: letters, digits, '.', '_' and '-' only" >&2; exit 2; }
 
 if [[ $quick == 1 ]]; then
     duration=3s warmup=1s concurrency=32 streams=500 users=4 latency_runs=1
@@ -197,6 +209,12 @@ if [[ -n $ab ]]; then
     [[ $ab_driver == loadgen || ($ab_driver == h2load && $ab_scenario == get-user && -z $ab_rate) ]] \
         || { echo "bench.sh: --ab-driver=$ab_driver: loadgen, or h2load with --scenario=get-user and no --rate" >&2; exit 2; }
     bin="${ab_dirs[0]}"
+elif [[ -n $prebuilt ]]; then
+    for name in user-service inventory-service order-service shop-loadgen shop-bare-server shop-health-probe; do
+        [[ -x $prebuilt/$name ]] || { echo "bench.sh: --bin: $prebuilt/$name missing" >&2; exit 2; }
+    done
+    bin="$(cd "$prebuilt" && pwd)"
+    log "the binaries in $bin"
 else
     log "cargo build --release (servers, loadgen, bare server, health probe)"
     cargo build --release --locked -p user-service -p inventory-service -p order-service -p shop-loadgen -p shop-health-probe
@@ -910,7 +928,7 @@ fi
 
 mkdir -p bench/results
 sha="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-name="$(date -u +%Y-%m-%d)-$sha$([[ $quick == 1 ]] && echo -quick || true)"
+name="$(date -u +%Y-%m-%d)-$sha$([[ $quick == 1 ]] && echo -quick || true)${tag:+-$tag}"
 python3 scripts/bench-report.py "$work" "bench/results/$name" "$quick"
 log "results: bench/results/$name.json and bench/results/$name.md"
 cat "bench/results/$name.md"
