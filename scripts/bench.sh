@@ -189,12 +189,20 @@ repeat_suffix() { [[ $1 == 1 ]] || printf -- '-%s' "$1"; }
 
 log() { printf '\033[1mbench.sh:\033[0m %s\n' "$*" >&2; }
 
+# The release binaries a run starts (the bare server: not in --ab's runs).
+binaries=(user-service inventory-service order-service shop-loadgen shop-health-probe)
+# require_binaries OPTION DIR NAME...: each NAME is an executable in DIR.
+require_binaries() {
+    local option=$1 dir=$2 name
+    for name in "${@:3}"; do
+        [[ -x $dir/$name ]] || { echo "bench.sh: $option: $dir/$name missing" >&2; exit 2; }
+    done
+}
+
 if [[ -n $ab ]]; then
     ab_dirs=("${ab%%,*}" "${ab#*,}")
     for dir in "${ab_dirs[@]}"; do
-        for name in user-service inventory-service order-service shop-loadgen shop-health-probe; do
-            [[ -x $dir/$name ]] || { echo "bench.sh: --ab: $dir/$name missing" >&2; exit 2; }
-        done
+        require_binaries --ab "$dir" "${binaries[@]}"
     done
     [[ $ab_scenario =~ ^(get-user|create-order|get-order|get-product|mixed|watch-idle)$ ]] \
         || { echo "bench.sh: --scenario=$ab_scenario: get-user, create-order, get-order, get-product, mixed or watch-idle" >&2; exit 2; }
@@ -210,9 +218,7 @@ if [[ -n $ab ]]; then
         || { echo "bench.sh: --ab-driver=$ab_driver: loadgen, or h2load with --scenario=get-user and no --rate" >&2; exit 2; }
     bin="${ab_dirs[0]}"
 elif [[ -n $prebuilt ]]; then
-    for name in user-service inventory-service order-service shop-loadgen shop-bare-server shop-health-probe; do
-        [[ -x $prebuilt/$name ]] || { echo "bench.sh: --bin: $prebuilt/$name missing" >&2; exit 2; }
-    done
+    require_binaries --bin "$prebuilt" "${binaries[@]}" shop-bare-server
     bin="$(cd "$prebuilt" && pwd)"
     log "the binaries in $bin"
 else
