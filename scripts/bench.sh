@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks the shop stack against bare tonic, in one run on one machine.
 #
-#   scripts/bench.sh            # full run (about 9 minutes after the build)
+#   scripts/bench.sh            # full run (20 to 30 minutes after the build)
 #   scripts/bench.sh --quick    # smoke run (under 2 minutes; what CI runs)
 #       [--bin=DIR]             # (any mode but --ab) run the release
 #                               # binaries in DIR instead of building them:

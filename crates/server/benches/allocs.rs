@@ -17,6 +17,8 @@
 //! recorder might still come (`shop_telemetry`'s `MethodMetrics::of`),
 //! which a service, which installs its recorder at start-up, never does
 //! (with the recorder installed and no subscriber: 102.7).
+//! `BENCH_STACK=observe|policies` counts one part of the stack, as in the
+//! `stack` benchmark.
 
 use std::alloc::System;
 
@@ -24,7 +26,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 mod common;
 
-use common::calls;
+use common::{StackPart, calls};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -38,7 +40,8 @@ fn main() {
     let (runtime, setup) = common::started();
     runtime.block_on(async {
         let mut per_call = Vec::new();
-        for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {
+        let stack = StackPart::from_env().label();
+        for (name, client) in [("bare tonic", &setup.bare), (stack, &setup.full)] {
             calls(client, &setup.token, WARM_UP).await;
             let region = Region::new(GLOBAL);
             calls(client, &setup.token, COUNTED).await;
@@ -52,7 +55,7 @@ fn main() {
             per_call.push(allocations);
         }
         println!(
-            "the shop stack makes {:.1} allocations per call more than bare tonic",
+            "{stack}: {:.1} allocations per call more than bare tonic",
             per_call[1] - per_call[0]
         );
     });

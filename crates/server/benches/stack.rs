@@ -19,6 +19,13 @@
 //! are then registered on every call (see the `allocs` benchmark), which
 //! a service never pays.
 //!
+//! `BENCH_STACK=observe|policies` serves one part of the stack in its
+//! place, on bare tonic: the observe layer (request id, span, metrics,
+//! access line) or the policy layers below it (size, deadline, auth,
+//! limits, panic guard, fault injection, write lane); the default,
+//! `whole`, is `Server`'s stack as services run it. The parts' ratios
+//! roughly add up to the whole's.
+//!
 //! `BENCH_ONE_SERVER=bare|stack` with `BENCH_CALLS=N` (default 20,000)
 //! instead makes N calls to that server alone and exits, without criterion:
 //! under `valgrind --tool=callgrind`, the difference of the two servers'
@@ -31,7 +38,7 @@ use criterion::Criterion;
 
 mod common;
 
-use common::{Setup, calls};
+use common::{Setup, StackPart, calls};
 
 /// The allocator every shop service binary and `shop-bare-server` run
 /// with, so that both servers here allocate as they do in production
@@ -71,9 +78,10 @@ async fn paired_ratio(setup: &Setup) {
     let ratio = median(ratios);
     println!(
         "\npaired, {ROUNDS} rounds of {CALLS_PER_ROUND} calls (client + server, one core): \
-         bare tonic {:.1} µs per call, shop stack {:.1} µs per call (medians); \
+         bare tonic {:.1} µs per call, {} {:.1} µs per call (medians); \
          median ratio {ratio:.2} (+{:.0}%)",
         median(bare) * 1e6,
+        StackPart::from_env().label(),
         median(full) * 1e6,
         (ratio - 1.0) * 100.0
     );
@@ -82,7 +90,8 @@ async fn paired_ratio(setup: &Setup) {
 fn bench(c: &mut Criterion) {
     let (runtime, setup) = common::started();
     let mut group = c.benchmark_group("unary GetUser per call");
-    for (name, client) in [("bare tonic", &setup.bare), ("shop stack", &setup.full)] {
+    let stack = StackPart::from_env().label();
+    for (name, client) in [("bare tonic", &setup.bare), (stack, &setup.full)] {
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter_custom(|iters| {
                 let client = client.clone();

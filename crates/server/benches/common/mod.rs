@@ -14,7 +14,12 @@ use shop_loadgen::stub::FixedUsers;
 use shop_proto::user::v1::{
     self as pb, user_service_client::UserServiceClient, user_service_server::UserServiceServer,
 };
-use shop_server::{Server, ServiceArgs, ServiceInfo};
+use shop_server::{
+    Server, ServiceArgs, ServiceInfo,
+    layers::{observe::ObserveLayer, policy_layers},
+    serve::infrastructure_services,
+    streams::Streams,
+};
 use tokio::net::TcpListener;
 use tonic::{
     Request,
@@ -65,6 +70,40 @@ struct Args {
 
 const BENCH: ServiceInfo = ServiceInfo::new("bench", 0, 0, "bench");
 
+/// What the benchmarks serve as "the shop stack" (`BENCH_STACK`): the
+/// whole of it (`whole`, the default: `Server`'s layers, the gRPC-Web and
+/// REST pass-through included), or one of its two parts on bare tonic,
+/// to tell their costs apart: `observe` (the observe layer: request id,
+/// span, metrics, access line) or `policies` (every layer below it: size,
+/// deadline, auth, limits, panic guard, fault injection, write lane).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StackPart {
+    Whole,
+    Observe,
+    Policies,
+}
+
+impl StackPart {
+    /// `BENCH_STACK`'s part; anything else stops the benchmark.
+    pub(crate) fn from_env() -> StackPart {
+        match std::env::var("BENCH_STACK").as_deref() {
+            Err(_) | Ok("whole") => StackPart::Whole,
+            Ok("observe") => StackPart::Observe,
+            Ok("policies") => StackPart::Policies,
+            Ok(other) => panic!("BENCH_STACK is whole, observe or policies, not {other:?}"),
+        }
+    }
+
+    /// How the benchmark's output names it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            StackPart::Whole => "shop stack",
+            StackPart::Observe => "observe layer",
+            StackPart::Policies => "policy layers",
+        }
+    }
+}
+
 /// A client of each server, and a token the shop stack accepts.
 pub(crate) struct Setup {
     pub(crate) bare: UserServiceClient<Channel>,
@@ -104,16 +143,39 @@ pub(crate) async fn setup() -> Setup {
     let mut args = Args::parse_from(["bench"]).service;
     args.server.rate_limit_per_second = 1e9;
     args.server.rate_limit_burst = u32::MAX;
-    let mut server = Server::new(BENCH, &args, verifier);
-    server.add(UserServiceServer::new(FixedUsers::default()));
     let full_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let full_addr = full_listener.local_addr().unwrap();
-    tokio::spawn(
-        server
-            .into_router()
-            .expect("the REST routes of the protos")
-            .serve_with_incoming(incoming(full_listener)),
-    );
+    let handler = UserServiceServer::new(FixedUsers::default());
+    let serving = incoming(full_listener);
+    match StackPart::from_env() {
+        StackPart::Whole => {
+            let mut server = Server::new(BENCH, &args, verifier);
+            server.add(handler);
+            let router = server.into_router().expect("the REST routes of the protos");
+            tokio::spawn(router.serve_with_incoming(serving));
+        }
+        StackPart::Observe => {
+            let router = tonic::transport::Server::builder()
+                .layer(ObserveLayer)
+                .add_service(handler);
+            tokio::spawn(router.serve_with_incoming(serving));
+        }
+        StackPart::Policies => {
+            let streams = Streams::new(BENCH.name, &args.server.streams);
+            let policies = policy_layers(
+                BENCH.name,
+                &args.server,
+                verifier,
+                &infrastructure_services(),
+                streams,
+                None,
+            );
+            let router = tonic::transport::Server::builder()
+                .layer(policies)
+                .add_service(handler);
+            tokio::spawn(router.serve_with_incoming(serving));
+        }
+    }
 
     let channel = |addr| {
         Channel::from_shared(format!("http://{addr}"))

@@ -35,8 +35,13 @@ use self::{
 };
 use crate::{args::ServerArgs, streams::Streams};
 
-/// The layers every shop server runs, outermost first.
-pub type ServerLayers = ServiceBuilder<
+/// The layers every shop server runs, outermost first: the observation,
+/// then [`PolicyLayers`].
+pub type ServerLayers = ServiceBuilder<Stack<PolicyLayers, Stack<ObserveLayer, Identity>>>;
+
+/// The per-call policies below the observation, outermost first (see
+/// [`server_layers`] for the order).
+pub type PolicyLayers = ServiceBuilder<
     Stack<
         WriteLaneLayer,
         Stack<
@@ -51,10 +56,7 @@ pub type ServerLayers = ServiceBuilder<
                             RateLimitLayer,
                             Stack<
                                 AuthLayer,
-                                Stack<
-                                    ContextLayer,
-                                    Stack<RequestSizeLayer, Stack<ObserveLayer, Identity>>,
-                                >,
+                                Stack<ContextLayer, Stack<RequestSizeLayer, Identity>>,
                             >,
                         >,
                     >,
@@ -109,6 +111,22 @@ pub fn server_layers(
 ) -> ServerLayers {
     ServiceBuilder::new()
         .layer(ObserveLayer)
+        .layer(policy_layers(
+            service, args, verifier, public, streams, authority,
+        ))
+}
+
+/// Layers 2 to 10 of [`server_layers`]: everything but the observation
+/// (the stack benchmark measures each part alone).
+pub fn policy_layers(
+    service: &str,
+    args: &ServerArgs,
+    verifier: Arc<dyn VerifyToken>,
+    public: &[&'static str],
+    streams: Streams,
+    authority: Option<Arc<dyn StreamAuthority>>,
+) -> PolicyLayers {
+    ServiceBuilder::new()
         .layer(RequestSizeLayer::new(args.max_message_bytes))
         .layer(ContextLayer::new(args.request_timeout_cap))
         .layer(AuthLayer::new(verifier, public))
