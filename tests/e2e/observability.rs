@@ -86,13 +86,21 @@ impl Collector {
         format!("http://{addr}")
     }
 
-    fn find(&self, service: &str, name: &str, kind: SpanKind) -> Option<Span> {
+    /// Every span `service` exported named `name`, of `kind`, in the order
+    /// they came.
+    fn find_all(&self, service: &str, name: &str, kind: SpanKind) -> Vec<Span> {
         self.spans
             .lock()
             .unwrap()
             .iter()
-            .find(|(s, span)| s == service && span.name == name && span.kind == kind as i32)
+            .filter(|(s, span)| s == service && span.name == name && span.kind == kind as i32)
             .map(|(_, span)| span.clone())
+            .collect()
+    }
+
+    /// The first span [`Collector::find_all`] finds.
+    fn find(&self, service: &str, name: &str, kind: SpanKind) -> Option<Span> {
+        self.find_all(service, name, kind).into_iter().next()
     }
 }
 
@@ -164,18 +172,11 @@ async fn a_shared_reservation_call_links_to_each_order_it_carried() {
             SpanKind::Internal,
         );
         let client = collector.find("order-service", shared_call, SpanKind::Client);
-        let orders: Vec<Span> = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(service, span)| {
-                service == "order-service"
-                    && span.name == "shop.order.v1.OrderService/CreateOrder"
-                    && span.kind == SpanKind::Server as i32
-            })
-            .map(|(_, span)| span.clone())
-            .collect();
+        let orders = collector.find_all(
+            "order-service",
+            "shop.order.v1.OrderService/CreateOrder",
+            SpanKind::Server,
+        );
         if let (Some(together), Some(client)) = (together, client)
             && (orders.len() == 4 || tokio::time::Instant::now() >= deadline)
         {
