@@ -40,7 +40,7 @@ use crate::{
     args::{ServerArgs, ServiceArgs},
     coalesce::Coalesced,
     health::{Health, Readiness},
-    layers::{ServerLayers, server_layers, stream_limits::StreamAuthority},
+    layers::{ServerLayers, policy_layers, server_layers, stream_limits::StreamAuthority},
     serve::{infrastructure_services, log_hangups, serve_incoming_with_grace, with_infrastructure},
     service::{Listeners, ServiceInfo},
     streams::Streams,
@@ -174,14 +174,14 @@ impl Server {
             .layer(crate::layers::web::mark_protocol())
             .layer(rest)
             .layer(GrpcWebLayer::new())
-            .layer(server_layers(
+            .layer(server_layers(policy_layers(
                 self.service.name,
                 a,
                 Arc::clone(&self.verifier),
                 &infrastructure_services(),
                 self.streams.clone(),
                 self.authority.clone(),
-            )))
+            ))))
     }
 
     /// Serves the registered services (plus health and reflection) on

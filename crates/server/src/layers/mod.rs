@@ -1,6 +1,6 @@
 //! The tower layers of every shop server, each in its own module, and
-//! [`server_layers`], the one function that stacks them (its doc comment
-//! says why in this order). They work on HTTP requests and bodies, so they
+//! [`server_layers`], which stacks them (its doc comment says why in this
+//! order) with the observation over [`policy_layers`]. They work on HTTP requests and bodies, so they
 //! see unary calls and all three kinds of stream alike.
 
 pub mod auth;
@@ -94,30 +94,21 @@ pub type PolicyLayers = ServiceBuilder<
 ///     (frames, auth, limits, the access line) runs at the serving
 ///     threads' priority.
 ///
+/// The policies (layers 2 to 10) come from [`policy_layers`], apart so
+/// that the stack benchmark can measure each part alone.
+pub fn server_layers(policies: PolicyLayers) -> ServerLayers {
+    ServiceBuilder::new().layer(ObserveLayer).layer(policies)
+}
+
+/// Layers 2 to 10 of [`server_layers`]: everything below the observation.
+///
 /// `public` names the services that answer without a token and without a
 /// rate limit (health and reflection, see
-/// [`crate::server::infrastructure_services`]); streams take their places
+/// [`crate::serve::infrastructure_services`]); streams take their places
 /// in `streams`, and `authority` tells whether a stream's account still
 /// stands. The write lane's threads start here, unless `WRITE_LANE_NICE`
 /// is 0, and stop when the last service built from these layers is
 /// dropped.
-pub fn server_layers(
-    service: &str,
-    args: &ServerArgs,
-    verifier: Arc<dyn VerifyToken>,
-    public: &[&'static str],
-    streams: Streams,
-    authority: Option<Arc<dyn StreamAuthority>>,
-) -> ServerLayers {
-    ServiceBuilder::new()
-        .layer(ObserveLayer)
-        .layer(policy_layers(
-            service, args, verifier, public, streams, authority,
-        ))
-}
-
-/// Layers 2 to 10 of [`server_layers`]: everything but the observation
-/// (the stack benchmark measures each part alone).
 pub fn policy_layers(
     service: &str,
     args: &ServerArgs,
