@@ -201,7 +201,9 @@ pub fn init(
 static LINES_WRITE_TRACE_IDS: AtomicBool = AtomicBool::new(false);
 
 /// Whether the log lines write every span's trace id themselves, so that
-/// no span need record it (see `propagation::record_trace_id`).
+/// no span need record it (see `propagation::record_trace_id`), and a
+/// server call's fields from where its span keeps them typed (see
+/// `call::server_span`).
 pub(crate) fn lines_write_trace_ids() -> bool {
     LINES_WRITE_TRACE_IDS.load(Ordering::Relaxed)
 }

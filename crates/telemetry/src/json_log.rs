@@ -22,7 +22,9 @@
 //! which repeat its `rpc.*` fields) are left out, as are `log.*`. When no
 //! exporter runs, a span's `trace_id` is written from the ids the trace-id
 //! layer keeps for it, after its fields, rather than recorded into them on
-//! every call (`propagation::record_trace_id`).
+//! every call (`propagation::record_trace_id`); so are the fields that name
+//! a call a server answers, before them (`call::server_span`). A span with
+//! no field recorded keeps no text.
 //!
 //! Keys keep the order they were recorded in. A span field is written once,
 //! when it gets a value: one declared `Empty` and recorded later appears
@@ -51,13 +53,19 @@ use crate::text::StackText;
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct JsonFields;
 
-/// `fields` as a JSON object.
+/// `fields` as a JSON object, or nothing when none has a value (a span
+/// whose fields all come later, or never: no text to keep).
 fn write_object<R: RecordFields>(writer: &mut impl fmt::Write, fields: &R) -> fmt::Result {
-    writer.write_char('{')?;
-    let mut members = Members::new(writer);
-    fields.record(&mut members);
-    members.result?;
-    writer.write_char('}')
+    let wrote_any = {
+        let mut members = Members::opening(writer);
+        fields.record(&mut members);
+        members.result?;
+        !members.first
+    };
+    if wrote_any {
+        writer.write_char('}')?;
+    }
+    Ok(())
 }
 
 /// A JSON object per event, with its span's fields.
@@ -119,6 +127,7 @@ impl<'writer> FormatFields<'writer> for JsonFields {
         let mut members = Members {
             writer: text,
             first,
+            opens: false,
             result: Ok(()),
         };
         fields.record(&mut members);
@@ -147,6 +156,7 @@ where
         let mut members = Members {
             writer: &mut writer,
             first: false,
+            opens: false,
             result: Ok(()),
         };
         event.record(&mut members);
@@ -160,6 +170,11 @@ where
         if let Some(span) = span {
             writer.write_str(",\"span\":{")?;
             let extensions = span.extensions();
+            if self.trace_ids
+                && let Some(call) = crate::trace_ids::call_in(&extensions)
+            {
+                write_call(&mut writer, call)?;
+            }
             let fields = extensions
                 .get::<FormattedFields<JsonFields>>()
                 .map(|f| f.fields.as_str())
@@ -187,6 +202,19 @@ where
     }
 }
 
+/// A call's fields kept typed with its span (`call::server_span`), as the
+/// span's first members, each followed by a comma: as the span would have
+/// recorded them when it started.
+fn write_call(w: &mut Writer<'_>, call: &crate::trace_ids::CallFields) -> fmt::Result {
+    w.write_str("\"rpc.system\":\"grpc\",\"rpc.service\":")?;
+    write_str(w, call.service)?;
+    w.write_str(",\"rpc.method\":")?;
+    write_str(w, call.method)?;
+    w.write_str(",\"request_id\":")?;
+    write_str(w, call.request_id.to_str().unwrap_or_default())?;
+    w.write_char(',')
+}
+
 /// Now in RFC 3339 with microseconds (`2026-12-06T14:42:44.941568Z`), as
 /// tracing-subscriber's `SystemTime` writes it, in one write: humantime
 /// builds the text in a buffer where `SystemTime` formats each part
@@ -204,14 +232,18 @@ fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
 struct Members<'w, W: fmt::Write> {
     writer: &'w mut W,
     first: bool,
+    /// Whether the first member opens the object (`{` before it).
+    opens: bool,
     result: fmt::Result,
 }
 
 impl<'w, W: fmt::Write> Members<'w, W> {
-    fn new(writer: &'w mut W) -> Members<'w, W> {
+    /// Members of an object that the first of them opens.
+    fn opening(writer: &'w mut W) -> Members<'w, W> {
         Members {
             writer,
             first: true,
+            opens: true,
             result: Ok(()),
         }
     }
@@ -247,6 +279,9 @@ impl<'w, W: fmt::Write> Members<'w, W> {
         }
         self.result = (|| {
             let first = std::mem::replace(&mut self.first, false);
+            if first && self.opens {
+                self.writer.write_char('{')?;
+            }
             write_key(self.writer, first, field.name(), after)?;
             value(self.writer)
         })();
@@ -554,6 +589,109 @@ mod tests {
             "{span_keys:?}"
         );
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+
+    /// What a line in a server call's span and its access line read, for
+    /// a span made by `make` under a caller in trace `caller_trace`.
+    fn server_call_lines(
+        make: fn(
+            &str,
+            crate::labels::MethodLabels,
+            &http::HeaderValue,
+            opentelemetry::Context,
+        ) -> tracing::Span,
+        caller_trace: &str,
+    ) -> String {
+        use opentelemetry::propagation::TextMapPropagator as _;
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01")
+                .parse()
+                .unwrap(),
+        );
+        let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .extract(&crate::propagation::HeaderReader(&headers));
+        let path = "/shop.user.v1.UserService/GetUser";
+        logged_text(JsonLines { trace_ids: true }, || {
+            let span = make(
+                path,
+                crate::labels::MethodLabels::of(path),
+                &http::HeaderValue::from_static("order-42.retry:1"),
+                parent,
+            );
+            span.in_scope(|| tracing::warn!("in the call"));
+            tracing::info!(target: "access", parent: &span, code = "OK", "rpc");
+        })
+    }
+
+    #[test]
+    fn a_server_call_s_lines_read_the_same_whether_its_fields_are_typed_or_recorded() {
+        let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let typed = server_call_lines(crate::call::typed_server_span, caller_trace);
+        let recorded = server_call_lines(crate::call::declared_server_span, caller_trace);
+        let (typed_lines, recorded_lines) = (parsed(&typed), parsed(&recorded));
+        assert_eq!(typed_lines.len(), 2, "{typed}");
+        for (typed_line, recorded_line) in typed_lines.iter().zip(&recorded_lines) {
+            let expected = serde_json::json!({
+                "rpc.system": "grpc",
+                "rpc.service": "shop.user.v1.UserService",
+                "rpc.method": "GetUser",
+                "request_id": "order-42.retry:1",
+                "trace_id": caller_trace,
+                "name": "grpc.server",
+            });
+            assert_eq!(typed_line["span"], expected, "{typed}");
+            assert_eq!(recorded_line["span"], expected, "{recorded}");
+            assert_eq!(typed_line["message"], recorded_line["message"]);
+        }
+        // Written in the order the span declares its fields, each once.
+        for line in typed.lines() {
+            let span = &line[line.find("\"span\":").unwrap()..];
+            let keys = [
+                "rpc.system",
+                "rpc.service",
+                "rpc.method",
+                "request_id",
+                "trace_id",
+                "name",
+            ];
+            let at: Vec<usize> = keys
+                .iter()
+                .map(|k| {
+                    let key = format!("\"{k}\":");
+                    assert_eq!(span.matches(&key).count(), 1, "{k} in {line}");
+                    span.find(&key).unwrap()
+                })
+                .collect();
+            assert!(at.is_sorted(), "{line}");
+        }
+    }
+
+    #[test]
+    fn a_typed_server_span_records_its_fields_where_no_trace_id_layer_keeps_them() {
+        let written = Lines::default();
+        let out = written.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields)
+            .event_format(JsonLines { trace_ids: true })
+            .with_writer(move || out.clone());
+        let subscriber = tracing_subscriber::registry().with(layer);
+        let path = "/shop.user.v1.UserService/GetUser";
+        tracing::subscriber::with_default(subscriber, || {
+            let span = crate::call::typed_server_span(
+                path,
+                crate::labels::MethodLabels::of(path),
+                &http::HeaderValue::from_static("r-3"),
+                opentelemetry::Context::new(),
+            );
+            tracing::info!(target: "access", parent: &span, "rpc");
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let [line] = parsed(&text).try_into().unwrap();
+        assert_eq!(line["span"]["request_id"], "r-3", "{text}");
+        assert_eq!(line["span"]["rpc.method"], "GetUser", "{text}");
+        assert_eq!(line["span"]["rpc.service"], "shop.user.v1.UserService");
     }
 
     #[test]

@@ -32,9 +32,24 @@ pub struct TraceIdLayer {
     ids: RandomIdGenerator,
 }
 
-/// A span's trace context, kept in its extensions by [`TraceIdLayer`].
+/// A span's trace context, kept in its extensions by [`TraceIdLayer`], and
+/// for a call's span the fields that name the call ([`CallFields`]).
 #[derive(Debug, Clone)]
-struct TraceIds(SpanContext);
+struct TraceIds(SpanContext, Option<CallFields>);
+
+/// What names a call a server answers, kept typed beside its span's ids
+/// rather than formatted into the span's fields when it starts: JSON lines
+/// write them as its span's first fields, so only the lines that are
+/// written pay for their text (`crate::call::server_span`).
+#[derive(Debug, Clone)]
+pub(crate) struct CallFields {
+    /// `package.Service`, from the method table.
+    pub(crate) service: &'static str,
+    /// `Method`, from the method table.
+    pub(crate) method: &'static str,
+    /// The call's request id (checked by the server: no byte to escape).
+    pub(crate) request_id: http::HeaderValue,
+}
 
 impl<S> Layer<S> for TraceIdLayer
 where
@@ -57,11 +72,11 @@ where
         // none.
         let inherited = parent.and_then(|p| {
             p.scope()
-                .find_map(|s| s.extensions().get::<TraceIds>().cloned())
+                .find_map(|s| s.extensions().get::<TraceIds>().map(|ids| ids.0.clone()))
         });
         let span_id = self.ids.new_span_id();
         let context = match inherited {
-            Some(TraceIds(parent)) => child_of(&parent, span_id),
+            Some(parent) => child_of(&parent, span_id),
             None => SpanContext::new(
                 self.ids.new_trace_id(),
                 span_id,
@@ -71,7 +86,7 @@ where
             ),
         };
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(TraceIds(context));
+            span.extensions_mut().insert(TraceIds(context, None));
         }
     }
 }
@@ -104,16 +119,37 @@ pub(crate) fn trace_id_in(
     ids.is_valid().then(|| ids.trace_id())
 }
 
+/// The call fields kept with the span whose `extensions` these are, for a
+/// log line that writes them.
+pub(crate) fn call_in<'a>(
+    extensions: &'a tracing_subscriber::registry::Extensions<'_>,
+) -> Option<&'a CallFields> {
+    extensions.get::<TraceIds>()?.1.as_ref()
+}
+
 /// Puts `span` under `parent` (a caller's span, from its headers), keeping
 /// its own span id. False when [`TraceIdLayer`] does not keep `span`'s ids.
 /// Spans created under `span` before this keep the trace they started in.
 pub(crate) fn set_parent(span: &Span, parent: &SpanContext) -> bool {
+    with_ids(span, |ids| ids.set_parent(parent)).is_some()
+}
+
+/// [`set_parent`], and keeps `call` with `span`'s ids. False, and nothing
+/// kept, when [`TraceIdLayer`] does not keep `span`'s ids.
+pub(crate) fn start_call(span: &Span, parent: &SpanContext, call: CallFields) -> bool {
     with_ids(span, |ids| {
-        if parent.is_valid() {
-            ids.0 = child_of(parent, ids.0.span_id());
-        }
+        ids.set_parent(parent);
+        ids.1 = Some(call);
     })
     .is_some()
+}
+
+impl TraceIds {
+    fn set_parent(&mut self, parent: &SpanContext) {
+        if parent.is_valid() {
+            self.0 = child_of(parent, self.0.span_id());
+        }
+    }
 }
 
 fn with_ids<R>(span: &Span, f: impl FnOnce(&mut TraceIds) -> R) -> Option<R> {

@@ -17,16 +17,15 @@ use http::{HeaderValue, Request, Response};
 use shop_core::context::{REQUEST_ID, request_id_of, unique_to_the_call};
 use shop_telemetry::{
     body::{observe_request, observe_response},
-    call::CallRecord,
+    call::{CallRecord, server_span},
     labels::{MethodLabels, Protocol},
     metrics::Side,
-    propagation::{HeaderReader, record_trace_id, set_parent},
+    propagation::HeaderReader,
 };
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::{layers::call_facts::CallFacts, peer::peer_addr};
-use tracing::field::Empty;
 
 /// Builds [`Observe`] services: the outermost server layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,26 +71,12 @@ where
             method: labels.declared(),
             request_id: request_id.clone(),
         });
-        let request_id_text = request_id.to_str().unwrap_or_default();
 
         // Trace context from the caller, then the span of this call.
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderReader(&parts.headers))
         });
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = %path.trim_start_matches('/'),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = labels.grpc_service,
-            rpc.method = labels.grpc_method,
-            rpc.grpc.status_code = Empty,
-            request_id = request_id_text,
-            trace_id = Empty,
-        );
-        set_parent(&span, parent);
-        record_trace_id(&span);
+        let span = server_span(path, labels, &request_id, parent);
 
         let peer = peer_addr(&parts.extensions);
         let protocol = parts
