@@ -248,7 +248,7 @@ impl Verdict {
     /// access line names the end user when there is one, else the calling
     /// service (`service:order-service`).
     fn apply<B>(self, req: &mut Request<B>) {
-        if let Some(slot) = req.extensions().get::<shop_telemetry::call::CallerSlot>() {
+        if let Some(slot) = super::call_facts::caller_slot_of(req) {
             match (&self.principal, &self.caller) {
                 (Some(principal), _) => slot.set(principal.clone()),
                 (None, Some(caller)) => slot.set(Arc::new(caller.clone())),

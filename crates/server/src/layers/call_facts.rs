@@ -1,20 +1,24 @@
 //! What the observe layer establishes about a call once, for the layers
 //! below it: the method's declared policy (looked up in the generated
-//! table by path) and the request id (the caller's when sane, else a new
-//! one).
+//! table by path), the request id (the caller's when sane, else a new
+//! one) and where the auth layer names the caller for the access line.
 //!
 //! Five layers ask what a call's method is (streaming? who may call it?
 //! how large a request? side effects?) and the context layer needs the
 //! request id the observe layer settled. Each finding them again cost a
 //! table search or a header look-up and validation per layer per call;
 //! the observe layer leaves [`CallFacts`] in the request's extensions
-//! instead. A layer serving without the observe layer above it (its own
+//! instead, all in one entry: each entry of a request's extensions is a
+//! boxed value in a map that grows as they come, and a call carries eight
+//! or so. A layer serving without the observe layer above it (its own
 //! tests, a host application's stack) finds them itself.
 
 use http::{HeaderValue, Request};
 use shop_proto::policy::{self, MethodPolicy};
+use shop_telemetry::call::CallerSlot;
 
-/// A call's method policy and request id, as the observe layer found them.
+/// A call's method policy and request id, as the observe layer found them,
+/// and the slot its access line names the caller from.
 #[derive(Debug, Clone)]
 pub struct CallFacts {
     /// The method's declared policy; `None` for a path no shop proto
@@ -22,6 +26,9 @@ pub struct CallFacts {
     pub method: Option<&'static MethodPolicy>,
     /// The request id the call runs under (also in its `x-request-id`).
     pub request_id: HeaderValue,
+    /// Where the auth layer puts the authenticated caller for the call's
+    /// access line (`CallRecord::caller_slot`).
+    pub caller: CallerSlot,
 }
 
 /// The declared policy of `req`'s method.
@@ -30,6 +37,14 @@ pub fn method_of<B>(req: &Request<B>) -> Option<&'static MethodPolicy> {
         Some(facts) => facts.method,
         None => policy::lookup(req.uri().path()),
     }
+}
+
+/// Where the access line of `req`'s call names its caller; `None` when no
+/// observe layer is above (nothing logs the call).
+pub fn caller_slot_of<B>(req: &Request<B>) -> Option<&CallerSlot> {
+    req.extensions()
+        .get::<CallFacts>()
+        .map(|facts| &facts.caller)
 }
 
 /// The request id `req` runs under (see `shop_core::context::request_id_of`).
@@ -71,6 +86,7 @@ mod tests {
         req.extensions_mut().insert(CallFacts {
             method: create_user,
             request_id: HeaderValue::from_static("settled-1"),
+            caller: CallerSlot::default(),
         });
         assert_eq!(
             method_of(&req).map(|m| m.path),

@@ -67,10 +67,6 @@ where
         // Request id: the caller's when it is sane, else a fresh one.
         let request_id = request_id_of(&parts.headers);
         parts.headers.insert(REQUEST_ID, request_id.clone());
-        parts.extensions.insert(CallFacts {
-            method: labels.declared(),
-            request_id: request_id.clone(),
-        });
 
         // Trace context from the caller, then the span of this call.
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
@@ -85,7 +81,11 @@ where
             .copied()
             .unwrap_or_default();
         let record = CallRecord::start(Side::Server, protocol, labels, span.clone(), peer);
-        parts.extensions.insert(record.caller_slot());
+        parts.extensions.insert(CallFacts {
+            method: labels.declared(),
+            request_id: request_id.clone(),
+            caller: record.caller_slot(),
+        });
         let record = Arc::new(Mutex::new(record));
 
         let body = observe_request(body, &record, Side::Server);
