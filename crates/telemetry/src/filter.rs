@@ -12,8 +12,10 @@
 //! [`lines_and_call_spans`] is that rule as one filter. Without an exporter
 //! it filters the whole subscriber ([`Global`]), so that entering a span
 //! costs no per-layer filter check (each is a span look-up in the
-//! registry, on every enter and exit of every layer); with one, it is the
-//! log lines' per-layer filter beside the exporter's [`exported`].
+//! registry, on every enter and exit of every layer), nor, unless
+//! `RUST_LOG` has span directives, any span bookkeeping of `EnvFilter`'s;
+//! with one, it is the log lines' per-layer filter beside the exporter's
+//! [`exported`].
 
 use tracing::{Metadata, Subscriber, level_filters::LevelFilter, span, subscriber::Interest};
 use tracing_subscriber::{
@@ -71,7 +73,31 @@ fn is_transport(target: &str) -> bool {
 
 /// A per-layer [`Filter`] used as a global one: what it disables, no layer
 /// of the subscriber sees.
-pub(crate) struct Global<F>(pub(crate) F);
+///
+/// Only a filter that follows spans is told of each span's start, entry,
+/// exit and end: an `EnvFilter` does for its span directives
+/// (`target[span{field=value}]=level`), and otherwise still takes a lock
+/// and looks the span up at each (two or three times a call's poll).
+pub(crate) struct Global<F> {
+    filter: F,
+    follows_spans: bool,
+}
+
+impl<F> Global<F> {
+    /// `filter` as the subscriber's, built from `directives`.
+    pub(crate) fn new(filter: F, directives: &str) -> Global<F> {
+        Global {
+            filter,
+            follows_spans: has_span_directives(directives),
+        }
+    }
+}
+
+/// Whether `directives` (`RUST_LOG`'s syntax) name a span or its fields:
+/// only those make an `EnvFilter` follow spans.
+fn has_span_directives(directives: &str) -> bool {
+    directives.contains('[')
+}
 
 impl<S, F> Layer<S> for Global<F>
 where
@@ -79,39 +105,49 @@ where
     F: Filter<S> + 'static,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        self.0.callsite_enabled(meta)
+        self.filter.callsite_enabled(meta)
     }
 
     fn enabled(&self, meta: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
-        self.0.enabled(meta, &ctx)
+        self.filter.enabled(meta, &ctx)
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        self.0.max_level_hint()
+        self.filter.max_level_hint()
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) -> bool {
-        self.0.event_enabled(event, &ctx)
+        self.filter.event_enabled(event, &ctx)
     }
 
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        self.0.on_new_span(attrs, id, ctx)
+        if self.follows_spans {
+            self.filter.on_new_span(attrs, id, ctx)
+        }
     }
 
     fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        self.0.on_record(id, values, ctx)
+        if self.follows_spans {
+            self.filter.on_record(id, values, ctx)
+        }
     }
 
     fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
-        self.0.on_enter(id, ctx)
+        if self.follows_spans {
+            self.filter.on_enter(id, ctx)
+        }
     }
 
     fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
-        self.0.on_exit(id, ctx)
+        if self.follows_spans {
+            self.filter.on_exit(id, ctx)
+        }
     }
 
     fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
-        self.0.on_close(id, ctx)
+        if self.follows_spans {
+            self.filter.on_close(id, ctx)
+        }
     }
 }
 
@@ -153,7 +189,10 @@ mod tests {
     fn seen_under(directives: &str, emit: impl FnOnce()) -> Vec<String> {
         let seen = Seen::default();
         let subscriber = Registry::default()
-            .with(Global(lines_and_call_spans(EnvFilter::new(directives))))
+            .with(Global::new(
+                lines_and_call_spans(EnvFilter::new(directives)),
+                directives,
+            ))
             .with(seen.clone());
         tracing::subscriber::with_default(subscriber, emit);
         seen.0.lock().unwrap().clone()
@@ -184,6 +223,24 @@ mod tests {
             ],
         );
         assert_eq!(seen_under("off", emit), ["span call"]);
+    }
+
+    #[test]
+    fn a_span_directive_enables_what_it_names_inside_that_span_only() {
+        let emit = || {
+            tracing::debug!("outside");
+            let call = tracing::info_span!("call");
+            let _call = call.enter();
+            tracing::debug!("inside");
+        };
+        assert!(has_span_directives("warn,[call]=debug"));
+        assert_eq!(
+            seen_under("warn,[call]=debug", emit),
+            ["span call", "event DEBUG in call"],
+            "the filter follows the span it names"
+        );
+        assert!(!has_span_directives("warn,shop_server=debug"));
+        assert_eq!(seen_under("warn", emit), ["span call"]);
     }
 
     #[test]

@@ -146,6 +146,11 @@ pub fn init(
     prometheus();
 
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Both, as either may be the one in force (RUST_LOG unparsable).
+    let directives = format!(
+        "{},{default_filter}",
+        std::env::var("RUST_LOG").unwrap_or_default()
+    );
     // Lines are formatted on the calling thread and written to stdout by a
     // thread of their own, which waits out `flush_delay` after a first line
     // so that the lines which follow share one `write` (see `log_writer`).
@@ -183,7 +188,10 @@ pub fn init(
             .try_init();
     } else {
         let installed = tracing_subscriber::registry()
-            .with(filter::Global(filter::lines_and_call_spans(env)))
+            .with(filter::Global::new(
+                filter::lines_and_call_spans(env),
+                &directives,
+            ))
             .with(TraceIdLayer::default())
             .with(log_lines(format, writer, true))
             .try_init();
