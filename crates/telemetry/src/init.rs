@@ -23,13 +23,14 @@ use std::{
     time::Duration,
 };
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, fmt, prelude::*};
 
 use crate::{
     filter,
+    histograms::{BucketedRecorder, MetricsHandle},
     json_log::{JsonFields, JsonLines},
     log_writer::{self, WriterGuard},
     trace_ids::TraceIdLayer,
@@ -86,28 +87,28 @@ const SIZE_BUCKETS: &[f64] = &[
 /// stopped reading.
 const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
 
-static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+static PROMETHEUS: OnceLock<MetricsHandle> = OnceLock::new();
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-/// The Prometheus recorder, installed on first use (also without `init`,
-/// so that in-process tests and library users get metrics too).
-pub fn prometheus() -> &'static PrometheusHandle {
+/// The histograms counted into fixed buckets as they are recorded (see
+/// `histograms`), by the suffix of their names.
+const BUCKETED: &[(&str, &[f64])] = &[
+    ("_handling_seconds", LATENCY_BUCKETS),
+    ("_size_bytes", SIZE_BUCKETS),
+    ("_wait_seconds", WAIT_BUCKETS),
+];
+
+/// The metrics recorder (Prometheus, with [`BUCKETED`]'s histograms of
+/// its own), installed on first use (also without `init`, so that
+/// in-process tests and library users get metrics too).
+pub fn prometheus() -> &'static MetricsHandle {
     PROMETHEUS.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_handling_seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Suffix("_size_bytes".into()), SIZE_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Suffix("_wait_seconds".into()), WAIT_BUCKETS)
-            })
-            .expect("static buckets are valid");
-        let recorder = builder.build_recorder();
+        let recorder = BucketedRecorder::new(PrometheusBuilder::new().build_recorder(), BUCKETED);
         let handle = recorder.handle();
         // Another recorder already installed (a host application's): keep
         // theirs; this handle then renders nothing, which is correct.
         let _ = metrics::set_global_recorder(recorder);
-        // Histograms and idle entries need periodic upkeep, which nothing
+        // Summaries and idle entries need periodic upkeep, which nothing
         // else does for a recorder installed this way.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let upkeep = handle.clone();

@@ -5,6 +5,8 @@
 //!   Prometheus recorder behind `/metrics`.
 //! - [`labels`]: metric labels of a method, from the generated method
 //!   table, never from the request.
+//! - [`histograms`]: histograms counted into fixed buckets as they are
+//!   recorded, behind the same `/metrics` text.
 //! - [`metrics`]: the grpc-ecosystem (go-grpc-prometheus) metric names and
 //!   handles, and the client's attempt and retry counters.
 //! - [`call`]: one observed call (span, metrics, access log), finished
@@ -25,6 +27,7 @@
 pub mod body;
 pub mod call;
 mod filter;
+pub mod histograms;
 pub mod init;
 mod json_log;
 pub mod labels;
