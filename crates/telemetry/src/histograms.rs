@@ -75,8 +75,9 @@ impl HistogramFn for Buckets {
 #[derive(Debug, Default)]
 struct Family {
     description: Option<String>,
-    /// Each series' labels as written (`key="value"`), in the key's order.
-    series: Vec<(Vec<String>, Arc<Buckets>)>,
+    /// Each series by its labels as written (`key="value"`, in the key's
+    /// order).
+    series: BTreeMap<Vec<String>, Arc<Buckets>>,
 }
 
 /// The histograms with fixed buckets, by name.
@@ -166,15 +167,11 @@ impl Recorder for BucketedRecorder {
             .collect();
         let mut families = self.families.lock();
         let family = families.entry(key.name().to_owned()).or_default();
-        let series = match family.series.iter().find(|(l, _)| *l == labels) {
-            Some((_, series)) => series.clone(),
-            None => {
-                let series = Arc::new(Buckets::new(bounds));
-                family.series.push((labels, series.clone()));
-                series
-            }
-        };
-        Histogram::from_arc(series)
+        let series = family
+            .series
+            .entry(labels)
+            .or_insert_with(|| Arc::new(Buckets::new(bounds)));
+        Histogram::from_arc(series.clone())
     }
 }
 
