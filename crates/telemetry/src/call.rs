@@ -26,7 +26,8 @@ use crate::{
 /// caller's trace context, from its headers), and its trace id where the
 /// log lines read it (`propagation::record_trace_id`).
 ///
-/// When the log lines are JSON and no exporter runs ([`crate::init`]),
+/// When the log lines are JSON, no exporter runs and `init`'s subscriber
+/// is the current one (it runs the trace-id layer: [`crate::init`]),
 /// what names the call (service, method, request id) is kept typed with
 /// the span's ids instead, and each JSON line written in the call writes
 /// it as the span's first fields, as they would have been recorded: the
@@ -40,8 +41,8 @@ pub fn server_span(
     request_id: &HeaderValue,
     parent: Context,
 ) -> Span {
-    if crate::init::lines_write_trace_ids() {
-        typed_server_span(path, labels, request_id, parent)
+    if crate::init::lines_write_trace_ids() && trace_ids::layer_is_current() {
+        typed_server_span(labels, request_id, parent)
     } else {
         declared_server_span(path, labels, request_id, parent)
     }
@@ -71,44 +72,21 @@ pub(crate) fn declared_server_span(
     span
 }
 
-/// [`server_span`] with its call's fields kept typed with its ids.
+/// [`server_span`] with its call's fields kept typed with its ids, under
+/// a subscriber that runs the trace-id layer.
 pub(crate) fn typed_server_span(
-    path: &str,
     labels: MethodLabels,
     request_id: &HeaderValue,
     parent: Context,
 ) -> Span {
-    let span = tracing::info_span!(
-        "grpc.server",
-        otel.name = Empty,
-        otel.kind = Empty,
-        otel.status_code = Empty,
-        rpc.system = Empty,
-        rpc.service = Empty,
-        rpc.method = Empty,
-        rpc.grpc.status_code = Empty,
-        request_id = Empty,
-        trace_id = Empty,
-    );
+    let span = tracing::info_span!("grpc.server");
     let call = CallFields {
         service: labels.grpc_service,
         method: labels.grpc_method,
         request_id: request_id.clone(),
     };
-    if !trace_ids::start_call(&span, parent.span().span_context(), call) {
-        // Another subscriber than `init`'s is the current one (a test's):
-        // the fields as any span carries them.
-        span.record("otel.name", path.trim_start_matches('/'));
-        span.record("otel.kind", "server");
-        span.record("rpc.system", "grpc");
-        span.record("rpc.service", labels.grpc_service);
-        span.record("rpc.method", labels.grpc_method);
-        span.record("request_id", request_id.to_str().unwrap_or_default());
-        propagation::set_parent(&span, parent);
-        if let Some(trace) = propagation::trace_id(&span) {
-            span.record("trace_id", text::trace_id(trace).as_str());
-        }
-    }
+    let kept = trace_ids::start_call(&span, parent.span().span_context(), call);
+    debug_assert!(kept, "the trace-id layer keeps the ids of every call span");
     span
 }
 

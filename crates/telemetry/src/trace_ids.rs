@@ -103,6 +103,12 @@ fn child_of(parent: &SpanContext, span_id: opentelemetry::trace::SpanId) -> Span
     )
 }
 
+/// Whether the current subscriber runs [`TraceIdLayer`] (`init`'s does
+/// when nothing exports spans; a test's or a host application's may not).
+pub(crate) fn layer_is_current() -> bool {
+    tracing::dispatcher::get_default(|dispatch| dispatch.downcast_ref::<TraceIdLayer>().is_some())
+}
+
 /// The context [`TraceIdLayer`] gave `span`; `None` when the layer does not
 /// run (spans are exported, or telemetry is not initialised) or did not see
 /// the span.
@@ -236,6 +242,14 @@ mod tests {
                 of(&call).unwrap().trace_id()
             );
         });
+    }
+
+    #[test]
+    fn the_layer_is_found_in_the_current_subscriber_only_when_it_runs() {
+        assert!(!layer_is_current(), "no subscriber");
+        with_layer(|| assert!(layer_is_current()));
+        let other = Registry::default().with(tracing_subscriber::fmt::layer());
+        tracing::subscriber::with_default(other, || assert!(!layer_is_current()));
     }
 
     #[test]
