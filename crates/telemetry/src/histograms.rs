@@ -31,7 +31,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{
     PrometheusHandle, PrometheusRecorder,
-    formatting::{sanitize_description, sanitize_label_key, sanitize_label_value},
+    formatting::{
+        sanitize_description, sanitize_label_key, sanitize_label_value, sanitize_metric_name,
+    },
 };
 
 /// One histogram's series: a count per bucket (not cumulative), the count
@@ -139,7 +141,9 @@ impl Recorder for BucketedRecorder {
             return self.inner.describe_histogram(key, unit, description);
         }
         let mut families = self.families.lock();
-        let family = families.entry(key.as_str().to_owned()).or_default();
+        let family = families
+            .entry(sanitize_metric_name(key.as_str()))
+            .or_default();
         family.description = Some(sanitize_description(&description));
     }
 
@@ -166,7 +170,9 @@ impl Recorder for BucketedRecorder {
             })
             .collect();
         let mut families = self.families.lock();
-        let family = families.entry(key.name().to_owned()).or_default();
+        let family = families
+            .entry(sanitize_metric_name(key.name()))
+            .or_default();
         let series = family
             .series
             .entry(labels)
@@ -222,7 +228,10 @@ impl Families {
     }
 }
 
-/// `name suffix{labels,le="bound"} value`.
+/// `name suffix{labels,le="bound"} value`, as the exporter's
+/// `formatting::write_metric_line` writes it (which takes its labels as a
+/// `LabelSet`, built with an `indexmap` map this crate has no other use
+/// for).
 fn line(
     out: &mut String,
     name: &str,
