@@ -592,7 +592,8 @@ mod tests {
     }
 
     /// What a line in a server call's span and its access line read, for
-    /// a span made by `make` under a caller in trace `caller_trace`.
+    /// a call span with its fields `typed` (or recorded) under a caller in
+    /// trace `caller_trace`.
     fn server_call_lines(typed: bool, caller_trace: &str) -> String {
         use opentelemetry::propagation::TextMapPropagator as _;
         let mut headers = http::HeaderMap::new();
