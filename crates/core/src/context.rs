@@ -148,10 +148,16 @@ const REQUEST_ID_BYTES: [bool; 256] = {
 /// A fresh random (version 4) UUID. Request ids correlate, they do not
 /// authorize, so a fast thread-local generator is enough: no system call
 /// per request.
+///
+/// The text is the value's own reference-counted buffer (`from_owner`):
+/// a call's request id is cloned into its headers, its span and its
+/// facts, and a value copied into a plain buffer is moved to a shared one
+/// by its first clone, a second allocation.
 pub fn new_request_id() -> HeaderValue {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+    id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
         .expect("a UUID is a valid header value")
 }
 

@@ -23,8 +23,9 @@
 //! place, on bare tonic: the observe layer (request id, span, metrics,
 //! access line) or the policy layers below it (size, deadline, auth,
 //! limits, panic guard, fault injection, write lane); the default,
-//! `whole`, is `Server`'s stack as services run it. The parts' ratios
-//! roughly add up to the whole's.
+//! `whole`, is `Server`'s stack as services run it, on connections
+//! accepted as `Server::serve` accepts them (their limit and age, writes
+//! coalesced). The parts' ratios roughly add up to the whole's.
 //!
 //! `BENCH_ONE_SERVER=bare|stack` with `BENCH_CALLS=N` (default 20,000)
 //! instead makes N calls to that server alone and exits, without criterion:

@@ -20,7 +20,10 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -44,8 +47,44 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Limited<IO> {
     io: IO,
+    info: ConnectionInfo,
     _permit: OpenConnection,
     closes_at: Pin<Box<Sleep>>,
+}
+
+/// What each request served on an accepted connection knows of it (tonic
+/// puts it in the request's extensions): its addresses, and what is
+/// shared by every call on that one connection. Read the caller's address
+/// with `crate::peer::peer_addr`: `tonic::Request::remote_addr` knows
+/// only tonic's own `TcpConnectInfo`.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    tcp: TcpConnectInfo,
+    request_id_name_sent: Arc<AtomicBool>,
+}
+
+impl ConnectionInfo {
+    /// A connection with `tcp`'s addresses, as it is accepted.
+    pub(crate) fn new(tcp: TcpConnectInfo) -> ConnectionInfo {
+        ConnectionInfo {
+            tcp,
+            request_id_name_sent: Arc::default(),
+        }
+    }
+
+    /// The caller's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.tcp.remote_addr()
+    }
+
+    /// True for the first call on this connection that asks: the one
+    /// whose answer carries its `x-request-id` where HPACK may index it,
+    /// so that the header's name is in the connection's tables for every
+    /// later answer (see `crate::layers::observe`).
+    pub fn first_to_send_request_id_name(&self) -> bool {
+        !self.request_id_name_sent.load(Ordering::Relaxed)
+            && !self.request_id_name_sent.swap(true, Ordering::Relaxed)
+    }
 }
 
 impl<IO> Limited<IO> {
@@ -105,10 +144,10 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
 }
 
 impl Connected for Limited<TcpStream> {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
     }
 }
 
@@ -178,6 +217,7 @@ pub fn accept(
             };
             open.record();
             let connection = Limited {
+                info: ConnectionInfo::new(tcp.connect_info()),
                 io: tcp,
                 _permit: open,
                 closes_at: Box::pin(tokio::time::sleep(lifetime)),
@@ -215,7 +255,7 @@ mod tests {
         let mut first = TcpStream::connect(addr).await.unwrap();
         let (mut served_first, _) = accepted.next().await.unwrap();
         let _second = TcpStream::connect(addr).await.unwrap();
-        let (_served_second, _) = accepted.next().await.unwrap();
+        let (served_second, _) = accepted.next().await.unwrap();
 
         let mut third = TcpStream::connect(addr).await.unwrap();
         assert!(closed(&mut third).await, "the third connection is closed");
@@ -235,9 +275,19 @@ mod tests {
                 .expect("the fourth connection is accepted")
                 .unwrap();
         assert_eq!(
-            served_fourth.connect_info().remote_addr,
+            served_fourth.connect_info().remote_addr(),
             Some(peer),
             "connect info is the TCP stream's"
+        );
+        let info = served_fourth.connect_info();
+        assert!(info.first_to_send_request_id_name());
+        assert!(
+            !served_fourth.connect_info().first_to_send_request_id_name(),
+            "once per connection, whichever of its calls asks"
+        );
+        assert!(
+            served_second.connect_info().first_to_send_request_id_name(),
+            "each connection has its own"
         );
         served_fourth.write_all(b"ok").await.unwrap();
     }

@@ -13,16 +13,34 @@ use std::{
 
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use crate::connections::ConnectionInfo;
+
 /// The caller's socket address, over plain TCP or TLS.
 pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<TcpConnectInfo>()
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .map(|tls| tls.get_ref())
-        })
-        .and_then(|info| info.remote_addr())
+    match connection_of(extensions) {
+        Some(connection) => connection.remote_addr(),
+        None => tonic_connection_of(extensions).and_then(|info| info.remote_addr()),
+    }
+}
+
+/// The connection a request came on, over plain TCP or TLS, when it was
+/// accepted by [`crate::connections::accept`] (every `Server` serves so);
+/// `None` for a host application's own listener (tonic's `TcpIncoming`).
+pub fn connection_of(extensions: &http::Extensions) -> Option<&ConnectionInfo> {
+    extensions.get::<ConnectionInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<ConnectionInfo>>()
+            .map(|tls| tls.get_ref())
+    })
+}
+
+/// tonic's own connection info, from a listener of tonic's.
+fn tonic_connection_of(extensions: &http::Extensions) -> Option<&TcpConnectInfo> {
+    extensions.get::<TcpConnectInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .map(|tls| tls.get_ref())
+    })
 }
 
 /// The limit key of `ip`: the IPv4 address, or the IPv6 /64 prefix.
@@ -52,9 +70,20 @@ impl fmt::Display for AddressKey {
 /// `addr:<key>` for the caller of `extensions`' request (`addr:unknown`
 /// when the transport does not say, as in tests over in-memory streams).
 pub fn caller_key(extensions: &http::Extensions) -> String {
+    let mut key = String::new();
+    write_caller_key(extensions, &mut key);
+    key
+}
+
+/// [`caller_key`] appended to `key`.
+pub fn write_caller_key(extensions: &http::Extensions, key: &mut String) {
+    use fmt::Write as _;
+    key.push_str("addr:");
     match peer_addr(extensions) {
-        Some(addr) => format!("addr:{}", AddressKey(addr.ip())),
-        None => "addr:unknown".to_owned(),
+        Some(addr) => {
+            let _ = write!(key, "{}", AddressKey(addr.ip()));
+        }
+        None => key.push_str("unknown"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Long-lived streams done once, for every streaming RPC of every service.
 //!
 //! [`Streams::open`] runs a stream's producer on its own task and hands
-//! tonic a [`GuardedStream`] that:
+//! tonic a stream (`GuardedStream`, private) that:
 //!
 //! - applies **backpressure**: the producer sends into a bounded channel
 //!   and waits while it is full, so a client that stops reading costs at

@@ -27,7 +27,7 @@ use crate::{
 /// log lines read it (`propagation::record_trace_id`).
 ///
 /// When the log lines are JSON, no exporter runs and `init`'s subscriber
-/// is the current one (it runs the trace-id layer: [`crate::init`]),
+/// is the current one (it runs the trace-id layer: [`crate::init()`]),
 /// what names the call (service, method, request id) is kept typed with
 /// the span's ids instead, and each JSON line written in the call writes
 /// it as the span's first fields, as they would have been recorded: the
@@ -94,26 +94,39 @@ pub(crate) fn typed_server_span(
 /// layer's principal, shared rather than copied).
 pub type Caller = Arc<dyn fmt::Display + Send + Sync>;
 
-/// Who made the call, filled in by the auth layer for the access log.
+/// Where the auth layer names a call's caller for its access line: a
+/// handle on the call's shared record ([`CallerSlot::of`]), so that the
+/// name lands in the record itself rather than in a place of its own. A
+/// default slot belongs to no call and keeps nothing (for layers tested
+/// without the observation).
 #[derive(Clone, Default)]
-pub struct CallerSlot(Arc<Mutex<Option<Caller>>>);
+pub struct CallerSlot(Option<Arc<Mutex<CallRecord>>>);
 
 impl fmt::Debug for CallerSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CallerSlot")
-            .field(&self.get().map(|c| c.to_string()))
-            .finish()
+        // `try_lock`: the record may be locked by whoever is formatting.
+        let caller = match &self.0 {
+            None => None,
+            Some(record) => match record.try_lock() {
+                Ok(record) => Some(record.caller.to_string()),
+                Err(_) => Some("(locked)".to_owned()),
+            },
+        };
+        f.debug_tuple("CallerSlot").field(&caller).finish()
     }
 }
 
 impl CallerSlot {
-    /// Records the authenticated caller.
-    pub fn set(&self, caller: Caller) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(caller);
+    /// The slot of the call `record` observes.
+    pub fn of(record: &Arc<Mutex<CallRecord>>) -> CallerSlot {
+        CallerSlot(Some(Arc::clone(record)))
     }
 
-    fn get(&self) -> Option<Caller> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Records the authenticated caller.
+    pub fn set(&self, caller: Caller) {
+        if let Some(record) = &self.0 {
+            record.lock().unwrap_or_else(|p| p.into_inner()).caller = CallerName(Some(caller));
+        }
     }
 }
 
@@ -127,7 +140,7 @@ pub struct CallRecord {
     start: Instant,
     span: Span,
     peer: Option<SocketAddr>,
-    caller: CallerSlot,
+    caller: CallerName,
     received: u64,
     sent: u64,
     finished: bool,
@@ -155,21 +168,24 @@ impl CallRecord {
             start: Instant::now(),
             span,
             peer,
-            caller: CallerSlot::default(),
+            caller: CallerName(None),
             received: 0,
             sent: 0,
             finished: false,
         }
     }
 
-    /// The slot the auth layer fills with the caller.
-    pub fn caller_slot(&self) -> CallerSlot {
-        self.caller.clone()
-    }
-
     /// The call's span.
     pub fn span(&self) -> &Span {
         &self.span
+    }
+
+    /// Gives the record the call's span, for a record started with
+    /// [`Span::none`] by an observer that held the span itself until then
+    /// (one handle on the span rather than two: each costs a clone and a
+    /// close through every layer of the subscriber).
+    pub fn set_span(&mut self, span: Span) {
+        self.span = span;
     }
 
     /// One message received, `len` bytes long as framed (compressed, if
@@ -211,7 +227,6 @@ impl CallRecord {
             }
         }
         if self.side == Side::Server {
-            let principal = self.caller.get();
             // Formatted on the stack and logged as text (see `text`).
             let peer = self.peer.map(text::socket_address);
             // The span as the line's parent, not entered: entering and
@@ -224,7 +239,7 @@ impl CallRecord {
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
                 peer = peer.as_ref().map_or("-", |peer| peer.as_str()),
-                principal = %Principal(principal),
+                principal = %self.caller,
                 "rpc"
             );
         }
@@ -239,14 +254,20 @@ impl Drop for CallRecord {
 }
 
 /// The caller in the access line, `-` when the call was anonymous.
-struct Principal(Option<Caller>);
+struct CallerName(Option<Caller>);
 
-impl fmt::Display for Principal {
+impl fmt::Display for CallerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Some(caller) => caller.fmt(f),
             None => f.write_str("-"),
         }
+    }
+}
+
+impl fmt::Debug for CallerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

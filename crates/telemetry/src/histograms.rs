@@ -12,7 +12,7 @@
 //! is a short scan of the bucket bounds and three atomic additions, and
 //! memory stays as it was.
 //!
-//! [`BucketedRecorder`] wraps the Prometheus recorder: such histograms are
+//! `BucketedRecorder` wraps the Prometheus recorder: such histograms are
 //! registered here, everything else with it, and [`MetricsHandle::render`]
 //! writes its text followed by these histograms, line for line as the
 //! exporter writes a histogram with the same buckets (tested).

@@ -98,7 +98,7 @@ const BUCKETED: &[(&str, &[f64])] = &[
     ("_wait_seconds", WAIT_BUCKETS),
 ];
 
-/// The metrics recorder (Prometheus, with [`BUCKETED`]'s histograms of
+/// The metrics recorder (Prometheus, with `BUCKETED`'s histograms of
 /// its own), installed on first use (also without `init`, so that
 /// in-process tests and library users get metrics too).
 pub fn prometheus() -> &'static MetricsHandle {

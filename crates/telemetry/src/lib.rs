@@ -1,6 +1,6 @@
 //! Telemetry of shop processes, for the server kit and the client kit alike.
 //!
-//! - [`init`]: the process-wide `tracing` subscriber (pretty or JSON lines),
+//! - [`init()`]: the process-wide `tracing` subscriber (pretty or JSON lines),
 //!   OpenTelemetry spans exported over OTLP when configured, and the
 //!   Prometheus recorder behind `/metrics`.
 //! - [`labels`]: metric labels of a method, from the generated method

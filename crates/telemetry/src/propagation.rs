@@ -95,7 +95,7 @@ pub fn add_link(span: &Span, other: &Span) {
 /// Records `span`'s trace id in its `trace_id` field, which it declares
 /// `Empty`; call it after [`set_parent`]. Nothing is recorded when the log
 /// lines write every span's trace id themselves, from the ids the span
-/// keeps (JSON lines and no exporter: see [`crate::init`]): recorded, the
+/// keeps (JSON lines and no exporter: see [`crate::init()`]): recorded, the
 /// id would be formatted into the span's fields on every call, and those
 /// fields' text grown again to hold it.
 pub fn record_trace_id(span: &Span) {

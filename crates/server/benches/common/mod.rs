@@ -9,6 +9,7 @@ use std::{
 };
 
 use clap::Parser as _;
+use futures_util::StreamExt as _;
 use shop_auth::{KeySet, Role, SigningKey, TokenIssuer, TokenVerifier};
 use shop_loadgen::stub::FixedUsers;
 use shop_proto::user::v1::{
@@ -20,7 +21,11 @@ use shop_server::{
     serve::infrastructure_services,
     streams::Streams,
 };
-use tokio::net::TcpListener;
+use shop_server::{
+    coalesce::Coalesced,
+    connections::{Limited, accept},
+};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::{
     Request,
     transport::{Channel, server::TcpIncoming},
@@ -72,7 +77,8 @@ const BENCH: ServiceInfo = ServiceInfo::new("bench", 0, 0, "bench");
 
 /// What the benchmarks serve as "the shop stack" (`BENCH_STACK`): the
 /// whole of it (`whole`, the default: `Server`'s layers, the gRPC-Web and
-/// REST pass-through included), or one of its two parts on bare tonic,
+/// REST pass-through included, on connections accepted as services accept
+/// them), or one of its two parts on bare tonic's listener,
 /// to tell their costs apart: `observe` (the observe layer: request id,
 /// span, metrics, access line) or `policies` (every layer below it: size,
 /// deadline, auth, limits, panic guard, fault injection, write lane).
@@ -117,6 +123,24 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// The connections of `listener` as `Server::serve` serves them over
+/// plain TCP: accepted within `MAX_CONNECTIONS`, closed after their age,
+/// their writes coalesced as `COALESCE_WRITES` says.
+fn served_as_services_serve(
+    listener: TcpListener,
+    args: &ServiceArgs,
+) -> impl futures_util::Stream<Item = std::io::Result<Coalesced<Limited<TcpStream>>>> + use<> {
+    let server = &args.server;
+    let coalesce = server.coalesce_writes;
+    accept(
+        listener,
+        server.max_connections as usize,
+        server.max_connection_age + server.max_connection_age_grace,
+        BENCH.name,
+    )
+    .map(move |(connection, _peer)| Ok(Coalesced::new(connection, coalesce)))
+}
+
 /// Starts both servers on this runtime.
 pub(crate) async fn setup() -> Setup {
     let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -146,19 +170,20 @@ pub(crate) async fn setup() -> Setup {
     let full_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let full_addr = full_listener.local_addr().unwrap();
     let handler = UserServiceServer::new(FixedUsers::default());
-    let serving = incoming(full_listener);
     match StackPart::from_env() {
         StackPart::Whole => {
             let mut server = Server::new(BENCH, &args, verifier);
             server.add(handler);
             let router = server.into_router().expect("the REST routes of the protos");
-            tokio::spawn(router.serve_with_incoming(serving));
+            tokio::spawn(
+                router.serve_with_incoming(served_as_services_serve(full_listener, &args)),
+            );
         }
         StackPart::Observe => {
             let router = tonic::transport::Server::builder()
                 .layer(ObserveLayer)
                 .add_service(handler);
-            tokio::spawn(router.serve_with_incoming(serving));
+            tokio::spawn(router.serve_with_incoming(incoming(full_listener)));
         }
         StackPart::Policies => {
             let streams = Streams::new(BENCH.name, &args.server.streams);
@@ -173,7 +198,7 @@ pub(crate) async fn setup() -> Setup {
             let router = tonic::transport::Server::builder()
                 .layer(policies)
                 .add_service(handler);
-            tokio::spawn(router.serve_with_incoming(serving));
+            tokio::spawn(router.serve_with_incoming(incoming(full_listener)));
         }
     }
 

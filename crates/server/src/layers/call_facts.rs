@@ -27,7 +27,7 @@ pub struct CallFacts {
     /// The request id the call runs under (also in its `x-request-id`).
     pub request_id: HeaderValue,
     /// Where the auth layer puts the authenticated caller for the call's
-    /// access line (`CallRecord::caller_slot`).
+    /// access line (`CallerSlot::of` the call's record).
     pub caller: CallerSlot,
 }
 

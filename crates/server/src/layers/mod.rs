@@ -1,7 +1,8 @@
 //! The tower layers of every shop server, each in its own module, and
 //! [`server_layers`], which stacks them (its doc comment says why in this
-//! order) with the observation over [`policy_layers`]. They work on HTTP requests and bodies, so they
-//! see unary calls and all three kinds of stream alike.
+//! order) with the observation over [`policy_layers`]. They work on HTTP
+//! requests and bodies, so they see unary calls and all three kinds of
+//! stream alike.
 
 pub mod auth;
 pub mod call_facts;

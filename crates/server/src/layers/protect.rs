@@ -14,6 +14,7 @@
 //!   call only; the connection and the process go on.
 
 use std::{
+    cell::RefCell,
     future::Future,
     num::NonZeroU32,
     panic::AssertUnwindSafe,
@@ -99,7 +100,25 @@ impl KeyedLimit {
     /// (RESOURCE_EXHAUSTED with `RetryInfo` once it is a status). An owned
     /// `key` is used as it is, not copied.
     pub fn check(&self, key: impl Into<String>) -> Result<(), AppError> {
-        match self.limiter.check_key(&key.into()) {
+        self.check_ref(&key.into())
+    }
+
+    /// [`KeyedLimit::check`] of the key that `write` writes, in a buffer
+    /// this thread reuses: the key is copied only when its bucket is new.
+    /// The rate limit layer checks a key on every call it counts.
+    pub fn check_written(&self, write: impl FnOnce(&mut String)) -> Result<(), AppError> {
+        thread_local! {
+            static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            write(key);
+            self.check_ref(key)
+        })
+    }
+
+    fn check_ref(&self, key: &String) -> Result<(), AppError> {
+        match self.limiter.check_key(key) {
             Ok(()) => Ok(()),
             Err(not_until) => Err(AppError::RateLimited {
                 what: self.what,
@@ -164,24 +183,23 @@ where
         let path = req.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
         if !self.layer.exempt.contains(&service) {
-            let key = match crate::layers::auth::principal_in(req.extensions()) {
+            let principal = crate::layers::auth::principal_in(req.extensions());
+            // A service calling on its own behalf (a service token and no
+            // end user's): what it sends is work for end users whose own
+            // calls were limited where they came in (one shared
+            // reservation call carries many orders), so it is bounded by
+            // the concurrency limit only.
+            if principal.is_none() && req.extensions().get::<ServiceCaller>().is_some() {
+                return Either::Left(self.inner.call(req));
+            }
+            let checked = self.layer.limit.check_written(|key| match principal {
                 Some(p) => {
-                    let mut key = String::with_capacity("user:".len() + p.user_id.len());
                     key.push_str("user:");
                     key.push_str(&p.user_id);
-                    key
                 }
-                // A service calling on its own behalf (a service token and
-                // no end user's): what it sends is work for end users whose
-                // own calls were limited where they came in (one shared
-                // reservation call carries many orders), so it is bounded
-                // by the concurrency limit only.
-                None if req.extensions().get::<ServiceCaller>().is_some() => {
-                    return Either::Left(self.inner.call(req));
-                }
-                None => crate::peer::caller_key(req.extensions()),
-            };
-            if let Err(limited) = self.layer.limit.check(key) {
+                None => crate::peer::write_caller_key(req.extensions(), key),
+            });
+            if let Err(limited) = checked {
                 let labels = MethodLabels::of(path);
                 metrics::counter!("grpc_server_rate_limited_total",
                     "grpc_service" => labels.grpc_service, "grpc_method" => labels.grpc_method)
@@ -419,20 +437,26 @@ mod tests {
             });
             request
         }
-        fn user() -> Request<Body> {
+        fn user_called(user_id: &str) -> Request<Body> {
             let mut request = service();
             request.extensions_mut().insert(Arc::new(Principal {
-                user_id: "u-1".into(),
+                user_id: user_id.into(),
                 roles: Vec::new(),
                 token_id: "t-1".into(),
                 expires_at: 0,
             }));
             request
         }
+        fn user() -> Request<Body> {
+            user_called("u-1")
+        }
+        fn another_user() -> Request<Body> {
+            user_called("u-2")
+        }
         for _ in 0..5 {
             assert_eq!(code(service()).await, None, "not counted");
         }
-        for make in [user, request] {
+        for make in [user, another_user, request] {
             assert_eq!(code(make()).await, None);
             assert_eq!(code(make()).await, None);
             assert_eq!(code(make()).await, Some(Code::ResourceExhausted));
