@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -37,6 +37,8 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::{args::ServerArgs, coalesce::Coalesced};
 
 /// How long accepting pauses after the listener fails (out of file
 /// descriptors, say), so that the failure is not a busy loop.
@@ -228,6 +230,36 @@ pub fn accept(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+/// [`accept`] with the limits `args` sets: `MAX_CONNECTIONS` places, and a
+/// lifetime of `MAX_CONNECTION_AGE` plus `MAX_CONNECTION_AGE_GRACE`.
+pub fn accept_configured(
+    listener: TcpListener,
+    args: &ServerArgs,
+    service: &'static str,
+) -> impl Stream<Item = (Limited<TcpStream>, SocketAddr)> + Send + Unpin + 'static + use<> {
+    accept(
+        listener,
+        args.max_connections as usize,
+        args.max_connection_age + args.max_connection_age_grace,
+        service,
+    )
+}
+
+/// The connections `Server::serve` serves over plain TCP: accepted as
+/// [`accept_configured`] says, their writes coalesced as
+/// `COALESCE_WRITES` says. Benchmarks serve the stack through this too,
+/// so they measure the connections services have.
+pub fn plain_incoming(
+    listener: TcpListener,
+    args: &ServerArgs,
+    service: &'static str,
+) -> impl Stream<Item = io::Result<Coalesced<Limited<TcpStream>>>> + Send + Unpin + 'static + use<>
+{
+    let coalesce = args.coalesce_writes;
+    accept_configured(listener, args, service)
+        .map(move |(connection, _peer)| Ok(Coalesced::new(connection, coalesce)))
 }
 
 #[cfg(test)]

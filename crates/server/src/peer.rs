@@ -27,18 +27,20 @@ pub fn peer_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
 /// accepted by [`crate::connections::accept`] (every `Server` serves so);
 /// `None` for a host application's own listener (tonic's `TcpIncoming`).
 pub fn connection_of(extensions: &http::Extensions) -> Option<&ConnectionInfo> {
-    extensions.get::<ConnectionInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<ConnectionInfo>>()
-            .map(|tls| tls.get_ref())
-    })
+    plain_or_tls::<ConnectionInfo>(extensions)
 }
 
 /// tonic's own connection info, from a listener of tonic's.
 fn tonic_connection_of(extensions: &http::Extensions) -> Option<&TcpConnectInfo> {
-    extensions.get::<TcpConnectInfo>().or_else(|| {
+    plain_or_tls::<TcpConnectInfo>(extensions)
+}
+
+/// The `Info` a connection of plain TCP set on a request, or the one
+/// inside a TLS connection's info.
+fn plain_or_tls<Info: Send + Sync + 'static>(extensions: &http::Extensions) -> Option<&Info> {
+    extensions.get::<Info>().or_else(|| {
         extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .get::<TlsConnectInfo<Info>>()
             .map(|tls| tls.get_ref())
     })
 }

@@ -246,13 +246,6 @@ impl Server {
             streams.drain();
         };
         let grace = self.args.shutdown_grace;
-        let coalesce = self.args.coalesce_writes;
-        let accepted = crate::connections::accept(
-            grpc,
-            self.args.max_connections as usize,
-            self.args.max_connection_age + self.args.max_connection_age_grace,
-            name,
-        );
         let served = match tls {
             Some(tls) => {
                 tracing::info!(
@@ -260,14 +253,14 @@ impl Server {
                     mutual = self.args.tls.tls_client_ca_file.is_some(),
                     "serving over TLS"
                 );
+                let coalesce = self.args.coalesce_writes;
+                let accepted = crate::connections::accept_configured(grpc, &self.args, name);
                 let incoming = shop_tls::server::incoming(accepted, tls)
                     .map(move |handshake| handshake.map(|stream| Coalesced::new(stream, coalesce)));
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
             None => {
-                let incoming = accepted.map(move |(connection, _peer)| {
-                    Ok::<_, std::io::Error>(Coalesced::new(connection, coalesce))
-                });
+                let incoming = crate::connections::plain_incoming(grpc, &self.args, name);
                 serve_incoming_with_grace(router, incoming, draining, grace).await
             }
         };

@@ -9,23 +9,19 @@ use std::{
 };
 
 use clap::Parser as _;
-use futures_util::StreamExt as _;
 use shop_auth::{KeySet, Role, SigningKey, TokenIssuer, TokenVerifier};
 use shop_loadgen::stub::FixedUsers;
 use shop_proto::user::v1::{
     self as pb, user_service_client::UserServiceClient, user_service_server::UserServiceServer,
 };
+use shop_server::connections::plain_incoming;
 use shop_server::{
     Server, ServiceArgs, ServiceInfo,
     layers::{observe::ObserveLayer, policy_layers},
     serve::infrastructure_services,
     streams::Streams,
 };
-use shop_server::{
-    coalesce::Coalesced,
-    connections::{Limited, accept},
-};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::{
     Request,
     transport::{Channel, server::TcpIncoming},
@@ -123,24 +119,6 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// The connections of `listener` as `Server::serve` serves them over
-/// plain TCP: accepted within `MAX_CONNECTIONS`, closed after their age,
-/// their writes coalesced as `COALESCE_WRITES` says.
-fn served_as_services_serve(
-    listener: TcpListener,
-    args: &ServiceArgs,
-) -> impl futures_util::Stream<Item = std::io::Result<Coalesced<Limited<TcpStream>>>> + use<> {
-    let server = &args.server;
-    let coalesce = server.coalesce_writes;
-    accept(
-        listener,
-        server.max_connections as usize,
-        server.max_connection_age + server.max_connection_age_grace,
-        BENCH.name,
-    )
-    .map(move |(connection, _peer)| Ok(Coalesced::new(connection, coalesce)))
-}
-
 /// Starts both servers on this runtime.
 pub(crate) async fn setup() -> Setup {
     let bare_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -175,9 +153,11 @@ pub(crate) async fn setup() -> Setup {
             let mut server = Server::new(BENCH, &args, verifier);
             server.add(handler);
             let router = server.into_router().expect("the REST routes of the protos");
-            tokio::spawn(
-                router.serve_with_incoming(served_as_services_serve(full_listener, &args)),
-            );
+            tokio::spawn(router.serve_with_incoming(plain_incoming(
+                full_listener,
+                &args.server,
+                BENCH.name,
+            )));
         }
         StackPart::Observe => {
             let router = tonic::transport::Server::builder()
