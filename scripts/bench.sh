@@ -107,7 +107,12 @@
 # capacity). The h2load runs of the yardstick and of the GetUser targets
 # run BENCH_THROUGHPUT_RUNS times (3 by default, once in --quick: NAME,
 # NAME-2, ...); each throughput target is the median of its runs against
-# the median of bare-h2load's.
+# the median of bare-h2load's. h2load keeps BENCH_H2LOAD_CONNECTIONS (8)
+# connections of BENCH_H2LOAD_STREAMS (32) streams each busy: the bare
+# server answers more a second the more calls each of its reads brings
+# (about 100,000 at 64 in flight, 160,000 at 256 on one host, where
+# shop-loadgen saturated at 110,000), and the yardstick is the bare server
+# at its best.
 # Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
@@ -183,6 +188,12 @@ throughput_runs=${throughput_runs:-1}
 [[ $latency_runs =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: BENCH_LATENCY_RUNS=$latency_runs: a count" >&2; exit 2; }
 [[ $throughput_runs =~ ^[1-9][0-9]*$ ]] \
     || { echo "bench.sh: BENCH_THROUGHPUT_RUNS=$throughput_runs: a count" >&2; exit 2; }
+# h2load's shape for the throughput targets (see the header): the calls
+# in flight that bring the bare server to its best.
+h2load_connections=${BENCH_H2LOAD_CONNECTIONS:-8}
+h2load_streams=${BENCH_H2LOAD_STREAMS:-32}
+[[ $h2load_connections =~ ^[1-9][0-9]*$ && $h2load_streams =~ ^[1-9][0-9]*$ ]] \
+    || { echo "bench.sh: BENCH_H2LOAD_CONNECTIONS and BENCH_H2LOAD_STREAMS: counts" >&2; exit 2; }
 # repeat_suffix N: the name suffix of the Nth run of a repeated scenario
 # (none for the first, then -2, -3, ...).
 repeat_suffix() { [[ $1 == 1 ]] || printf -- '-%s' "$1"; }
@@ -360,7 +371,7 @@ drive_h2load() {
     host_cpu "$name" before
     python3 scripts/lib/h2load.py --server-pid="$server_pid" --protocol="${PROTOCOL:-grpc}" \
         "$url" "$work/request-$name" "$work/$name.json" \
-        "$duration" "$warmup" 4 $((concurrency / 4)) "${admin_arg[@]}" -- "${load_cpu[@]}"
+        "$duration" "$warmup" "$h2load_connections" "$h2load_streams" "${admin_arg[@]}" -- "${load_cpu[@]}"
     host_cpu "$name" after
 }
 
@@ -538,7 +549,7 @@ profile() {
         "$bin/shop-loadgen" --write-request "$work/request-profile" --scenario "$scenario" \
             --users-url "http://127.0.0.1:$users_port" >&2
         python3 scripts/lib/h2load.py "http://127.0.0.1:$users_port" "$work/request-profile" \
-            "$work/profile-h2load.json" 35s 0s 4 $((concurrency / 4)) -- "${load_cpu[@]}" \
+            "$work/profile-h2load.json" 35s 0s "$h2load_connections" "$h2load_streams" -- "${load_cpu[@]}" \
             >"$work/profile-load.txt" 2>&1 &
     else
         local drive=(--concurrency "$concurrency")
