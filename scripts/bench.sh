@@ -604,8 +604,10 @@ print(round(rate * 15))' "$work/profile-load.txt" "$work/profile-h2load.json")
 
 # instructions SCENARIO: user-service (get-user: cached GetUser on SQLite,
 # as the first throughput target) or the bare server (bare) under
-# valgrind's callgrind, driven by h2load as the targets are (4 connections,
-# concurrency/4 streams each, one caller's request); counts the
+# valgrind's callgrind, driven by h2load (4 connections, concurrency/4
+# streams each: the targets' shape before they moved to the bare server's
+# best, kept so that counts compare across builds; one caller's request);
+# counts the
 # instructions of INSTRUCTIONS_CALLS calls after a warm-up of a tenth as
 # many, and prints them per call with the functions that take them
 # (scripts/lib/callgrind-summary.py). user-service's /metrics is not read
