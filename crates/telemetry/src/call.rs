@@ -230,17 +230,19 @@ impl CallRecord {
             // Formatted on the stack and logged as text (see `text`).
             let peer = self.peer.map(text::socket_address);
             // The span as the line's parent, not entered: entering and
-            // leaving it would ask every layer about it twice more.
+            // leaving it would ask every layer about it twice more. The
+            // message as a `&str` field rather than a format string: it
+            // reads the same and is copied, not formatted.
             tracing::info!(
                 target: "access",
                 parent: &self.span,
+                message = "rpc",
                 service = l.grpc_service,
                 method = l.grpc_method,
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
                 peer = peer.as_ref().map_or("-", |peer| peer.as_str()),
                 principal = %self.caller,
-                "rpc"
             );
         }
     }

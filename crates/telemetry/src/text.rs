@@ -47,6 +47,12 @@ impl<const N: usize> StackText<N> {
         Ok(())
     }
 
+    /// Keeps the first `len` bytes (all of them when there are fewer);
+    /// `len` must fall between characters, as it does in ASCII.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     pub(crate) fn push_decimal(&mut self, mut n: u64) -> fmt::Result {
         let mut digits = [0u8; 20];
         let mut start = digits.len();
