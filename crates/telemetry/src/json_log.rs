@@ -95,21 +95,22 @@ thread_local! {
 /// Past this many bytes a thread's buffer is let go rather than kept.
 const BUFFER_KEPT: usize = 16 * 1024;
 
-/// Runs `build` on `buffer`, emptied, then `write_out` on what it built;
-/// when the buffer is taken already (tracing does not dispatch from inside
-/// a subscriber, so this is a guard, not a path), `fallback` instead.
-fn in_buffer(
+/// Builds a text in `buffer` with `build` and writes it to `writer` in
+/// one write; when the buffer is taken already (tracing does not dispatch
+/// from inside a subscriber, so this is a guard, not a path), `fallback`
+/// writes to `writer` directly.
+fn in_buffer<'w>(
     buffer: &'static std::thread::LocalKey<RefCell<String>>,
+    writer: &mut Writer<'w>,
     build: impl FnOnce(&mut String) -> fmt::Result,
-    write_out: impl FnOnce(&str) -> fmt::Result,
-    fallback: impl FnOnce() -> fmt::Result,
+    fallback: impl FnOnce(&mut Writer<'w>) -> fmt::Result,
 ) -> fmt::Result {
     buffer.with(|buffer| {
         let Ok(mut text) = buffer.try_borrow_mut() else {
-            return fallback();
+            return fallback(writer);
         };
         text.clear();
-        let written = build(&mut text).and_then(|()| write_out(&text));
+        let written = build(&mut text).and_then(|()| writer.write_str(&text));
         if text.capacity() > BUFFER_KEPT {
             *text = String::new();
         }
@@ -122,13 +123,16 @@ impl<'writer> FormatFields<'writer> for JsonFields {
     /// piece, it would grow by doubling, a reallocation every few fields.
     /// Built in this thread's buffer instead, it is written once, at its
     /// size.
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let writer = RefCell::new(writer);
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         in_buffer(
             &SPAN_FIELDS,
+            &mut writer,
             |text| write_object(text, &fields),
-            |text| writer.borrow_mut().write_str(text),
-            || write_object(&mut *writer.borrow_mut(), &fields),
+            |writer| write_object(writer, &fields),
         )
     }
 
@@ -166,15 +170,14 @@ where
     fn format_event(
         &self,
         ctx: &FmtContext<'_, S, JsonFields>,
-        writer: Writer<'_>,
+        mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let writer = RefCell::new(writer);
         in_buffer(
             &LINE,
+            &mut writer,
             |line| self.write_line(ctx, line, event),
-            |line| writer.borrow_mut().write_str(line),
-            || self.write_line(ctx, &mut *writer.borrow_mut(), event),
+            |writer| self.write_line(ctx, writer, event),
         )
     }
 }
