@@ -156,7 +156,7 @@ fn calls_to(replica: &Service, method: &str) -> usize {
     replica
         .log_events()
         .iter()
-        .filter(|e| e["target"] == "access" && e["method"] == method)
+        .filter(|e| e["target"] == "access" && e["span"]["rpc.method"] == method)
         .count()
 }
 

@@ -64,7 +64,9 @@ fn orders_placed(stack: &Stack) -> usize {
         .service(ORDERS)
         .log_events()
         .iter()
-        .filter(|e| e["target"] == "access" && e["method"] == "CreateOrder" && e["code"] == "OK")
+        .filter(|e| {
+            e["target"] == "access" && e["span"]["rpc.method"] == "CreateOrder" && e["code"] == "OK"
+        })
         .count()
 }
 
@@ -73,7 +75,7 @@ fn get_user_calls(replica: &Service) -> usize {
     replica
         .log_events()
         .iter()
-        .filter(|e| e["target"] == "access" && e["method"] == "GetUser")
+        .filter(|e| e["target"] == "access" && e["span"]["rpc.method"] == "GetUser")
         .count()
 }
 

@@ -107,7 +107,7 @@ async fn sigterm_under_load_fails_no_accepted_call_and_exits_in_time() {
     let running = stack
         .service(USERS)
         .wait_for_logs(Duration::from_secs(10), 32, |e| {
-            e["target"] == "access" && e["method"] == "GetUser"
+            e["target"] == "access" && e["span"]["rpc.method"] == "GetUser"
         })
         .await;
     assert!(running, "the load never got going");
@@ -144,7 +144,7 @@ async fn sigterm_under_load_fails_no_accepted_call_and_exits_in_time() {
         .count();
     let answered: Vec<_> = events
         .iter()
-        .filter(|e| e["target"] == "access" && e["method"] == "GetUser")
+        .filter(|e| e["target"] == "access" && e["span"]["rpc.method"] == "GetUser")
         .collect();
     assert_eq!(
         received,

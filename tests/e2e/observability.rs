@@ -348,7 +348,7 @@ async fn without_a_collector_the_caller_s_trace_id_reaches_every_service_s_log_l
     ] {
         let in_trace = |e: &serde_json::Value| {
             e["target"] == "access"
-                && e["method"] == method
+                && e["span"]["rpc.method"] == method
                 && e["span"]["trace_id"] == caller_trace
         };
         assert!(
@@ -848,19 +848,23 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
             .count();
         assert_eq!(access.len(), rpcs, "one access line per call");
         for line in access {
-            for field in [
-                "service",
-                "method",
-                "code",
-                "duration_ms",
-                "peer",
-                "principal",
-            ] {
+            for field in ["code", "duration_ms", "peer", "principal"] {
                 assert!(
                     !line[field].is_null(),
                     "access line without {field}: {line}"
                 );
             }
+            // The call's service and method are its span's, once.
+            for field in ["rpc.service", "rpc.method"] {
+                assert!(
+                    line["span"][field].as_str().is_some_and(|v| !v.is_empty()),
+                    "access line's span without {field}: {line}"
+                );
+            }
+            assert!(
+                line["service"].is_null() && line["method"].is_null(),
+                "the access line repeats its span's service or method: {line}"
+            );
             assert!(
                 line["peer"]
                     .as_str()
@@ -882,7 +886,7 @@ async fn every_request_log_line_has_its_ids_and_no_secret_is_ever_logged() {
     // the request path, names order-service.
     let inventory = stack.service(INVENTORY);
     let access_of = |method: &'static str| {
-        move |e: &serde_json::Value| e["target"] == "access" && e["method"] == method
+        move |e: &serde_json::Value| e["target"] == "access" && e["span"]["rpc.method"] == method
     };
     assert!(
         inventory

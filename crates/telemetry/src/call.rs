@@ -135,7 +135,6 @@ impl CallerSlot {
 #[derive(Debug)]
 pub struct CallRecord {
     side: Side,
-    labels: MethodLabels,
     metrics: Arc<MethodMetrics>,
     start: Instant,
     span: Span,
@@ -150,8 +149,8 @@ impl CallRecord {
     /// Starts observing a call of the method that `labels` names
     /// ([`MethodLabels::of`] the call's path), which came in over
     /// `protocol` (a client's: [`Protocol::Grpc`]), and counts it started. Its
-    /// access line is logged in `span`, which carries the request id and
-    /// trace id: each field once per line.
+    /// access line is logged in `span`, which carries the service, method,
+    /// request id and trace id: each field once per line.
     pub fn start(
         side: Side,
         protocol: Protocol,
@@ -163,7 +162,6 @@ impl CallRecord {
         metrics.started.increment(1);
         CallRecord {
             side,
-            labels,
             metrics,
             start: Instant::now(),
             span,
@@ -208,7 +206,6 @@ impl CallRecord {
         }
         self.finished = true;
         let elapsed = self.start.elapsed();
-        let l = self.labels;
         let m = &self.metrics;
         m.handled(code).increment(1);
         m.handling.record(elapsed.as_secs_f64());
@@ -232,13 +229,13 @@ impl CallRecord {
             // The span as the line's parent, not entered: entering and
             // leaving it would ask every layer about it twice more. The
             // message as a `&str` field rather than a format string: it
-            // reads the same and is copied, not formatted.
+            // reads the same and is copied, not formatted. The service and
+            // method are the span's `rpc.service` and `rpc.method`, which
+            // the line carries with the span: each field once.
             tracing::info!(
                 target: "access",
                 parent: &self.span,
                 message = "rpc",
-                service = l.grpc_service,
-                method = l.grpc_method,
                 code = code_label(code),
                 duration_ms = duration_ms(elapsed),
                 peer = peer.as_ref().map_or("-", |peer| peer.as_str()),

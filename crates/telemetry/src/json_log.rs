@@ -15,7 +15,7 @@
 //! `flatten_event(true)` and `with_current_span(true)`:
 //!
 //! ```text
-//! {"timestamp":"…","level":"INFO","message":"rpc","service":"…",…,"target":"access","span":{"request_id":"…",…,"name":"grpc.server"}}
+//! {"timestamp":"…","level":"INFO","message":"rpc","code":"OK",…,"target":"access","span":{"rpc.system":"grpc","rpc.service":"…","rpc.method":"…","request_id":"…",…,"name":"grpc.server"}}
 //! ```
 //!
 //! The `otel.*` fields of a span (its OpenTelemetry name, kind and status,
