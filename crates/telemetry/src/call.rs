@@ -148,7 +148,8 @@ pub struct CallRecord {
 impl CallRecord {
     /// Starts observing a call of the method that `labels` names
     /// ([`MethodLabels::of`] the call's path), which came in over
-    /// `protocol` (a client's: [`Protocol::Grpc`]), and counts it started. Its
+    /// `protocol` (a client's: [`Protocol::Grpc`]) at `started`, and counts
+    /// it started. Its
     /// access line is logged in `span`, which carries the service, method,
     /// request id and trace id: each field once per line.
     pub fn start(
@@ -157,13 +158,14 @@ impl CallRecord {
         labels: MethodLabels,
         span: Span,
         peer: Option<SocketAddr>,
+        started: Instant,
     ) -> CallRecord {
         let metrics = MethodMetrics::of(side, labels, protocol);
         metrics.started.increment(1);
         CallRecord {
             side,
             metrics,
-            start: Instant::now(),
+            start: started,
             span,
             peer,
             caller: CallerName(None),

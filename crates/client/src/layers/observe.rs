@@ -76,6 +76,7 @@ where
             labels,
             span.clone(),
             None,
+            std::time::Instant::now(),
         )));
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, observe_request(body, &record, Side::Client));

@@ -134,11 +134,18 @@ fn unix_now() -> i64 {
 }
 
 /// Builds [`Auth`] services.
+///
+/// Everything behind one `Arc`: tonic clones the whole layer stack for
+/// every call, so each `Arc` a layer holds is one more pair of atomic
+/// operations a call.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthLayer(Arc<AuthState>);
+
+/// What every [`Auth`] service of a server shares.
+struct AuthState {
     verifier: Arc<dyn VerifyToken>,
-    public_services: Arc<[&'static str]>,
-    verified: Arc<VerifiedTokens>,
+    public_services: Box<[&'static str]>,
+    verified: VerifiedTokens,
 }
 
 impl AuthLayer {
@@ -146,11 +153,11 @@ impl AuthLayer {
     /// `public_services` (fully qualified service names, such as
     /// `grpc.health.v1.Health`) through without a token.
     pub fn new(verifier: Arc<dyn VerifyToken>, public_services: &[&'static str]) -> AuthLayer {
-        AuthLayer {
+        AuthLayer(Arc::new(AuthState {
             verifier,
             public_services: public_services.into(),
-            verified: Arc::new(VerifiedTokens::default()),
-        }
+            verified: VerifiedTokens::default(),
+        }))
     }
 }
 
@@ -352,7 +359,7 @@ impl AuthLayer {
     ) -> Result<Option<Arc<Principal>>, Status> {
         let Some(method) = method else {
             let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
-            if self.public_services.contains(&service) {
+            if self.0.public_services.contains(&service) {
                 return Ok(None);
             }
             return Err(Status::unimplemented(format!("unknown method {path}")));
@@ -400,18 +407,18 @@ impl AuthLayer {
 
     async fn verify(&self, token: &str, checking: Checking) -> Result<Arc<Principal>, VerifyError> {
         let now = unix_now();
-        let generation = self.verifier.generation();
-        if let Some(principal) = self.verified.get(token, now, generation) {
+        let generation = self.0.verifier.generation();
+        if let Some(principal) = self.0.verified.get(token, now, generation) {
             return Ok(principal);
         }
         if checking == Checking::CachedOnly {
             // Never ready: the caller decides again with `Checking::Full`.
             std::future::pending::<()>().await;
         }
-        let principal = Arc::new(self.verifier.verify(token).await?);
+        let principal = Arc::new(self.0.verifier.verify(token).await?);
         // Under the generation the token was checked against: if the keys
         // changed meanwhile, the entry is dropped at the next look.
-        self.verified.insert(token, &principal, now, generation);
+        self.0.verified.insert(token, &principal, now, generation);
         Ok(principal)
     }
 

@@ -1,7 +1,8 @@
 //! What the observe layer establishes about a call once, for the layers
-//! below it: the method's declared policy (looked up in the generated
-//! table by path), the request id (the caller's when sane, else a new
-//! one) and where the auth layer names the caller for the access line.
+//! below it: when the call came in, the method's declared policy (looked
+//! up in the generated table by path), the request id (the caller's when
+//! sane, else a new one) and where the auth layer names the caller for the
+//! access line.
 //!
 //! Five layers ask what a call's method is (streaming? who may call it?
 //! how large a request? side effects?) and the context layer needs the
@@ -16,11 +17,16 @@
 use http::{HeaderValue, Request};
 use shop_proto::policy::{self, MethodPolicy};
 use shop_telemetry::call::CallerSlot;
+use tokio::time::Instant;
 
 /// A call's method policy and request id, as the observe layer found them,
 /// and the slot its access line names the caller from.
 #[derive(Debug, Clone)]
 pub struct CallFacts {
+    /// When the call came in: its handling time and its deadline count
+    /// from here (one read of the clock for both). tokio's clock, as the
+    /// deadline's timer reads it (a test's paused clock included).
+    pub started: Instant,
     /// The method's declared policy; `None` for a path no shop proto
     /// declares (health, reflection, unknown).
     pub method: Option<&'static MethodPolicy>,
@@ -29,6 +35,14 @@ pub struct CallFacts {
     /// Where the auth layer puts the authenticated caller for the call's
     /// access line (`CallerSlot::of` the call's record).
     pub caller: CallerSlot,
+}
+
+/// When `req`'s call came in (now, without the observe layer above).
+pub fn started_of<B>(req: &Request<B>) -> Instant {
+    match req.extensions().get::<CallFacts>() {
+        Some(facts) => facts.started,
+        None => Instant::now(),
+    }
 }
 
 /// The declared policy of `req`'s method.
@@ -83,7 +97,9 @@ mod tests {
     fn facts_left_in_the_request_are_what_the_layers_read() {
         let mut req = request(GET_USER, "caller-1");
         let create_user = policy::lookup("/shop.user.v1.UserService/CreateUser");
+        let started = Instant::now();
         req.extensions_mut().insert(CallFacts {
+            started,
             method: create_user,
             request_id: HeaderValue::from_static("settled-1"),
             caller: CallerSlot::default(),
@@ -94,5 +110,6 @@ mod tests {
             "the facts, not the path, answer"
         );
         assert_eq!(request_id_of(&req), "settled-1");
+        assert_eq!(started_of(&req), started);
     }
 }

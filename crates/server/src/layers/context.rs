@@ -76,7 +76,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
+        let start = call_facts::started_of(&req);
         let method = call_facts::method_of(&req);
         // Only known unary methods get the cap: streams (including health
         // Watch and reflection, which are not in the shop protos) may last.

@@ -245,29 +245,32 @@ fn parse_code(name: &str) -> Result<Code, FaultConfigError> {
 /// Builds [`Fault`] services.
 #[derive(Debug, Clone, Default)]
 pub struct FaultLayer {
-    rules: Arc<(FaultDelays, FaultErrors)>,
+    /// None without rules (the usual case): nothing to count per call when
+    /// tonic clones the stack for it, nothing to look up.
+    rules: Option<Arc<(FaultDelays, FaultErrors)>>,
 }
 
 impl FaultLayer {
     /// A layer applying `delays` and `errors`; logs a warning when either
     /// has rules, so that nobody runs with faults by accident.
     pub fn new(service: &str, delays: FaultDelays, errors: FaultErrors) -> FaultLayer {
-        if !delays.0.is_empty() || !errors.0.is_empty() {
-            tracing::warn!(
-                service,
-                delays = ?delays.0,
-                errors = ?errors.0,
-                "FAULT INJECTION IS ON: calls will be delayed or failed on purpose"
-            );
+        if delays.0.is_empty() && errors.0.is_empty() {
+            return FaultLayer { rules: None };
         }
+        tracing::warn!(
+            service,
+            delays = ?delays.0,
+            errors = ?errors.0,
+            "FAULT INJECTION IS ON: calls will be delayed or failed on purpose"
+        );
         FaultLayer {
-            rules: Arc::new((delays, errors)),
+            rules: Some(Arc::new((delays, errors))),
         }
     }
 
     fn delay_for(&self, path: &str) -> Option<Duration> {
-        self.rules
-            .0
+        let (delays, _) = &**self.rules.as_ref()?;
+        delays
             .0
             .iter()
             .find(|(m, _)| m.matches(path))
@@ -275,7 +278,8 @@ impl FaultLayer {
     }
 
     fn error_for(&self, path: &str) -> Option<Injected> {
-        let (_, injected, chance) = self.rules.1.0.iter().find(|(m, _, _)| m.matches(path))?;
+        let (_, errors) = &**self.rules.as_ref()?;
+        let (_, injected, chance) = errors.0.iter().find(|(m, _, _)| m.matches(path))?;
         chance.fires().then_some(*injected)
     }
 }

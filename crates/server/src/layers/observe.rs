@@ -74,6 +74,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let started = tokio::time::Instant::now();
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path();
         let labels = MethodLabels::of(path);
@@ -108,8 +109,10 @@ where
             labels,
             Span::none(),
             peer,
+            started.into_std(),
         )));
         parts.extensions.insert(CallFacts {
+            started,
             method: labels.declared(),
             request_id: request_id.clone(),
             caller: CallerSlot::of(&record),

@@ -128,11 +128,15 @@ impl KeyedLimit {
     }
 }
 
-/// Builds [`RateLimit`] services.
+/// Builds [`RateLimit`] services: what they share behind one `Arc`, the
+/// one atomic count tonic's per-call clone of the stack pays for it.
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimitLayer(Arc<RateLimitState>);
+
+#[derive(Debug)]
+struct RateLimitState {
     limit: KeyedLimit,
-    exempt: Arc<[&'static str]>,
+    exempt: Box<[&'static str]>,
 }
 
 impl RateLimitLayer {
@@ -140,10 +144,10 @@ impl RateLimitLayer {
     /// and calls a service makes on its own behalf (a verified service
     /// token and no end user's) are not counted.
     pub fn new(per_second: f64, burst: u32, exempt: &[&'static str]) -> RateLimitLayer {
-        RateLimitLayer {
+        RateLimitLayer(Arc::new(RateLimitState {
             limit: KeyedLimit::new(per_second, burst, "requests"),
             exempt: exempt.into(),
-        }
+        }))
     }
 }
 
@@ -182,7 +186,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
         let service = path.trim_start_matches('/').split('/').next().unwrap_or("");
-        if !self.layer.exempt.contains(&service) {
+        if !self.layer.0.exempt.contains(&service) {
             let principal = crate::layers::auth::principal_in(req.extensions());
             // A service calling on its own behalf (a service token and no
             // end user's): what it sends is work for end users whose own
@@ -192,7 +196,7 @@ where
             if principal.is_none() && req.extensions().get::<ServiceCaller>().is_some() {
                 return Either::Left(self.inner.call(req));
             }
-            let checked = self.layer.limit.check_written(|key| match principal {
+            let checked = self.layer.0.limit.check_written(|key| match principal {
                 Some(p) => {
                     key.push_str("user:");
                     key.push_str(&p.user_id);

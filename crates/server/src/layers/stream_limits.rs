@@ -107,18 +107,22 @@ pub trait StreamAuthority: Send + Sync + 'static {
     fn standing<'a>(&'a self, principal: &'a Principal) -> BoxFuture<'a, Standing>;
 }
 
-/// Builds [`StreamLimits`] services.
+/// Builds [`StreamLimits`] services: what they share behind one `Arc`,
+/// the one atomic count tonic's per-call clone of the stack pays for it.
 #[derive(Clone)]
-pub struct StreamLimitsLayer {
+pub struct StreamLimitsLayer(Arc<StreamLimitsState>);
+
+struct StreamLimitsState {
     streams: Streams,
+    /// Shared with the sweeper, which stops when it holds the last count.
     registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for StreamLimitsLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamLimitsLayer")
-            .field("idle", &self.registry.idle)
-            .field("lifetime", &self.registry.lifetime)
+            .field("idle", &self.0.registry.idle)
+            .field("lifetime", &self.0.registry.lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -143,7 +147,7 @@ impl StreamLimitsLayer {
             rechecking: AtomicBool::new(false),
         });
         tokio::spawn(sweep(Arc::clone(&registry)));
-        StreamLimitsLayer { streams, registry }
+        StreamLimitsLayer(Arc::new(StreamLimitsState { streams, registry }))
     }
 }
 
@@ -193,13 +197,13 @@ where
             Some(p) => format!("user:{}", p.user_id),
             None => address.clone(),
         };
-        let permit = match self.layer.streams.admit(&caller, &address) {
+        let permit = match self.layer.0.streams.admit(&caller, &address) {
             Ok(permit) => permit,
             Err(refused) => {
                 return Either::Right(Box::pin(std::future::ready(Ok(refused.into_http()))));
             }
         };
-        let state = self.layer.registry.open(&req);
+        let state = self.layer.0.registry.open(&req);
         let (parts, body) = req.into_parts();
         let body = Body::new(ActiveBody {
             inner: body,
