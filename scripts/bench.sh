@@ -393,9 +393,9 @@ server_env=(LOG_FORMAT=json RUST_LOG=info,sqlx=warn RATE_LIMIT_PER_SECOND=100000
     SHUTDOWN_GRACE=5s GRPC_REFLECTION=false)
 
 # stack BACKEND [VAR=VALUE...]: starts user-service (with the extra
-# settings), inventory-service, inventory-service (the development
-# catalogue, a million units of each product) and order-service on BACKEND;
-# sets users_port, users_pid, orders_port, orders_pid.
+# settings), inventory-service (the development catalogue, a million units
+# of each product) and order-service on BACKEND; sets users_port,
+# users_pid, orders_port, orders_pid.
 stack() {
     local backend=$1 users_db inventory_db data="$work/data-$1-$RANDOM"
     shift
