@@ -130,7 +130,14 @@
 # cluster with PostgreSQL's default durability, started like
 # scripts/test.sh does; skipped with a note when PostgreSQL is missing).
 # With BENCH_PG_TLS=1 that cluster offers TLS and the services connect with
-# sslmode=require (every connection encrypted, as across a network).
+# sslmode=require (every connection encrypted, as across a network). It
+# runs on the load's CPU (CPU 1), not the servers': a database server is a
+# machine of its own wherever the services are deployed, and the targets
+# measure the services, as the anchors' frameworks are measured against a
+# database on another host. BENCH_PG_CPU=any leaves it to the scheduler
+# (as before 2026-12-07: its backends then took part of CPU 0), or names
+# the CPUs it runs on. A load CPU that PostgreSQL keeps busy can only
+# lower what the services are measured to serve.
 # Results: bench/results/<date>-<git-sha>[-quick].json and .md, every
 # throughput also a ratio to the bare server measured in the same run.
 #
@@ -243,10 +250,17 @@ fi
 server_cpu=() load_cpu=()
 if command -v taskset >/dev/null 2>&1 && [[ "$(nproc)" -ge 2 ]]; then
     server_cpu=(taskset -c 0) load_cpu=(taskset -c 1)
+    PG_CPU=${BENCH_PG_CPU:-1}
     log "servers on CPU 0, load on CPU 1"
 else
+    PG_CPU=${BENCH_PG_CPU:-any}
     log "taskset or a second CPU missing: servers and load share the CPUs"
 fi
+[[ $PG_CPU != any ]] || PG_CPU=
+[[ -z $PG_CPU || $PG_CPU =~ ^[0-9]+([,-][0-9]+)*$ ]] \
+    || { echo "bench.sh: BENCH_PG_CPU=$PG_CPU: any, or a CPU list (1, 0-1)" >&2; exit 2; }
+export PG_CPU
+[[ -z $PG_CPU ]] || log "PostgreSQL (when it runs) on CPU $PG_CPU"
 
 work="$(mktemp -d /tmp/shop-bench.XXXXXX)"
 pids=() names=()

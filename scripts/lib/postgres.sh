@@ -11,6 +11,8 @@
 #                        for 127.0.0.1 and localhost from scripts/gen-certs.sh
 #                        (needs openssl), whose CA it names in PG_CA; a URL
 #                        without sslmode (prefer) then uses TLS.
+#                        With PG_CPU set (a CPU list, as taskset takes it)
+#                        the server and every backend run on those CPUs.
 #   stop_pg              stops it and removes its directory (call on EXIT)
 #   free_port            prints a free port below the ephemeral range
 
@@ -93,7 +95,10 @@ start_pg() {
         PG_CA="$certs/ca.pem"
     fi
     export PG_CA
-    as_pg_user "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
+    # Backends are forked from the server, so they keep its CPUs.
+    local pin=()
+    [[ -z ${PG_CPU:-} ]] || pin=(taskset -c "$PG_CPU")
+    as_pg_user "${pin[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
         -o "$options" start >/dev/null || { cat "$pg_dir/server.log" >&2; return 1; }
     PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
     export PG_URL

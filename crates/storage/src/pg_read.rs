@@ -205,12 +205,12 @@ impl Connection {
         let client = match &target.tls {
             Some(tls) => {
                 let (client, connection) = target.config.connect(tls.clone()).await?;
-                tokio::spawn(async move { ended(connection.await) });
+                tokio::spawn(async move { ended(each_wake_deferred(connection).await) });
                 client
             }
             None => {
                 let (client, connection) = target.config.connect(NoTls).await?;
-                tokio::spawn(async move { ended(connection.await) });
+                tokio::spawn(async move { ended(each_wake_deferred(connection).await) });
                 client
             }
         };
@@ -272,6 +272,34 @@ impl Connection {
     }
 }
 
+/// `connection` (a tokio-postgres connection's task), polled one turn of
+/// the runtime's queue after each wake-up rather than at once.
+///
+/// A caller's query wakes the connection's task, and tokio runs the task
+/// a wake-up names next (its LIFO slot): the task then wrote that one
+/// query alone, and the callers woken with it each had their own write,
+/// about 0.6 `sendto` a GetUser with 256 calls in flight (`perf stat`),
+/// where pipelining should have sent them together. Woken, the task now
+/// wakes itself and steps aside, which puts it at the back of the queue
+/// (tokio's `yield_now`): the callers ready before it add their queries
+/// first, and the connection writes them all in one go (it drains every
+/// queued request before it flushes). A lone query waits for nothing but
+/// that one extra turn.
+async fn each_wake_deferred<F: Future>(connection: F) -> F::Output {
+    let mut connection = std::pin::pin!(connection);
+    let mut deferred = false;
+    std::future::poll_fn(move |cx| {
+        if !deferred {
+            deferred = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        deferred = false;
+        connection.as_mut().poll(cx)
+    })
+    .await
+}
+
 fn params(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
@@ -317,4 +345,79 @@ impl ToSql for Value {
     }
 
     to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        task::Poll,
+    };
+
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::each_wake_deferred;
+
+    /// A stand-in for tokio-postgres's connection task: each poll takes
+    /// every request queued (as it drains its requests before it flushes)
+    /// and answers them; `batches` records how many each poll took.
+    fn connection(
+        mut requests: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+        batches: Arc<Mutex<Vec<usize>>>,
+    ) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| {
+            let mut batch = Vec::new();
+            loop {
+                match requests.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => batch.push(reply),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => break,
+                }
+            }
+            if !batch.is_empty() {
+                batches.lock().unwrap().push(batch.len());
+                for reply in batch {
+                    let _ = reply.send(());
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    /// One worker, as the services have on one core: callers that are
+    /// ready together reach the connection together. Without the deferral
+    /// the connection's task ran as soon as the first caller woke it (the
+    /// runtime's LIFO slot) and took the requests one or two at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn callers_ready_together_reach_the_connection_in_one_batch() {
+        const CALLERS: usize = 32;
+        let (send, requests) = mpsc::unbounded_channel();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&batches);
+        tokio::spawn(async move {
+            tokio::spawn(each_wake_deferred(connection(requests, seen)));
+            // Until the connection's task has run and waits, idle.
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+            }
+            // Spawned from a task on the worker, the callers wait in its
+            // queue until that task waits: then all of them are ready.
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|_| {
+                    let send = send.clone();
+                    tokio::spawn(async move {
+                        let (reply, answer) = oneshot::channel();
+                        send.send(reply).unwrap();
+                        answer.await.unwrap();
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*batches.lock().unwrap(), [CALLERS]);
+    }
 }
