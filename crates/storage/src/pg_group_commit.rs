@@ -64,7 +64,7 @@ use crate::{
         batch_outcome,
     },
     pg_notices::{self, Outgoing},
-    pg_read::{self, Connection},
+    pg_read::{self, Connection, Senders},
     pg_tls::Target,
     writer_queue::{Queue, Queued},
 };
@@ -381,7 +381,8 @@ impl PgWriter {
         Ok(match &self.pipelined {
             Some(target) => {
                 let after_loss = "the next transaction connects afresh";
-                Conn::Pipelined(Arc::new(Connection::open(target, after_loss).await?))
+                let connection = Connection::open(target, Senders::One, after_loss).await?;
+                Conn::Pipelined(Arc::new(connection))
             }
             None => Conn::Sqlx(PgConnection::connect_with(&self.options).await?),
         })

@@ -127,7 +127,8 @@ impl Pipelined {
     }
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        Connection::open(&self.target, "reads use the pool until it is replaced").await
+        let after_loss = "reads use the pool until it is replaced";
+        Connection::open(&self.target, Senders::Many, after_loss).await
     }
 
     /// The next live connection in turn; `None` when it is broken (the
@@ -190,27 +191,35 @@ impl Pipelined {
     }
 }
 
+/// Who sends on a connection, which decides how its task runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Senders {
+    /// Many callers at once (the reads): each wake-up of the connection's
+    /// task is deferred ([`each_wake_deferred`]) so that theirs go out
+    /// together.
+    Many,
+    /// One at a time (a group commit's writer, whose statements follow
+    /// one another): nothing to gather, so the task runs when woken.
+    One,
+}
+
 impl Connection {
-    /// Connects to `target`; `after_loss` says in the log what happens
-    /// once the connection ends.
+    /// Connects to `target`, for `senders`; `after_loss` says in the log
+    /// what happens once the connection ends.
     pub(crate) async fn open(
         target: &Target,
+        senders: Senders,
         after_loss: &'static str,
     ) -> Result<Connection, tokio_postgres::Error> {
-        let ended = move |result: Result<(), tokio_postgres::Error>| {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "PostgreSQL connection ended; {after_loss}");
-            }
-        };
         let client = match &target.tls {
             Some(tls) => {
                 let (client, connection) = target.config.connect(tls.clone()).await?;
-                tokio::spawn(async move { ended(each_wake_deferred(connection).await) });
+                drive(connection, senders, after_loss);
                 client
             }
             None => {
                 let (client, connection) = target.config.connect(NoTls).await?;
-                tokio::spawn(async move { ended(each_wake_deferred(connection).await) });
+                drive(connection, senders, after_loss);
                 client
             }
         };
@@ -270,6 +279,22 @@ impl Connection {
         lock(&self.statements).insert(key, statement.clone());
         Ok(statement)
     }
+}
+
+/// Runs `connection`'s task until the connection ends, as `senders` need.
+fn drive<F>(connection: F, senders: Senders, after_loss: &'static str)
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    let ended = move |result: Result<(), tokio_postgres::Error>| {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "PostgreSQL connection ended; {after_loss}");
+        }
+    };
+    match senders {
+        Senders::Many => tokio::spawn(async move { ended(each_wake_deferred(connection).await) }),
+        Senders::One => tokio::spawn(async move { ended(connection.await) }),
+    };
 }
 
 /// `connection` (a tokio-postgres connection's task), polled one turn of

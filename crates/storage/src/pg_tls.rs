@@ -508,7 +508,9 @@ mod tests {
     /// Whether a connection to `url` opens, and then whether it uses TLS.
     async fn connect(url: &str) -> Result<bool, tokio_postgres::Error> {
         let target = target(url, Duration::from_secs(5)).unwrap();
-        let connection = crate::pg_read::Connection::open(&target, "test").await?;
+        let connection =
+            crate::pg_read::Connection::open(&target, crate::pg_read::Senders::Many, "test")
+                .await?;
         let row = connection
             .client()
             .query_one(
