@@ -19,8 +19,8 @@ use shop_proto::policy::{self, MethodPolicy};
 use shop_telemetry::call::CallerSlot;
 use tokio::time::Instant;
 
-/// A call's method policy and request id, as the observe layer found them,
-/// and the slot its access line names the caller from.
+/// When a call came in, its method policy and request id, as the observe
+/// layer found them, and the slot its access line names the caller from.
 #[derive(Debug, Clone)]
 pub struct CallFacts {
     /// When the call came in: its handling time and its deadline count
