@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{SubsecRound as _, Utc};
 use shop_storage::{
     ConnectOptions, Db, GROUP_COMMIT_APPLICATION_NAME, Migrations, PIPELINED_APPLICATION_NAME, Tx,
-    connect_with, query,
+    Value, connect_with, query,
 };
 use uuid::Uuid;
 
@@ -121,6 +121,43 @@ async fn concurrent_reads_share_the_pipelined_connections_on_postgres() {
         pipelined_pids(&db).await.len(),
         2,
         "400 concurrent reads opened no connection of their own"
+    );
+}
+
+/// What PostgreSQL was told `$1` is, for a value of each kind.
+async fn type_of(db: &Db, value: Value) -> String {
+    query("SELECT pg_typeof($1)::text AS t")
+        .bind(value)
+        .fetch_one(db, |row| row.get::<String>("t"))
+        .await
+        .unwrap()
+}
+
+/// A connection keeps a statement per query text and parameter types:
+/// the same text bound with a value of another type is prepared again, not
+/// run as the first (which would send the value's bytes as the first
+/// type's), and callers that miss together keep one statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_text_is_prepared_once_for_each_list_of_types_on_postgres() {
+    let db = open_db(2, 1).await;
+    let first: Vec<_> = (0..32).map(|_| type_of(&db, Value::from("a"))).collect();
+    for answer in futures_util::future::join_all(first).await {
+        assert_eq!(answer, "text");
+    }
+    assert_eq!(type_of(&db, Value::from(7_i32)).await, "integer");
+    assert_eq!(type_of(&db, Value::from(true)).await, "boolean");
+    assert_eq!(type_of(&db, Value::from("b")).await, "text");
+    // Asked on the one pipelined connection itself, about its own session.
+    let kept = query(
+        "SELECT count(*)::int4 AS n FROM pg_prepared_statements \
+         WHERE statement LIKE 'SELECT pg_typeof%'",
+    )
+    .fetch_one(&db, |row| row.get::<i32>("n"))
+    .await
+    .unwrap();
+    assert_eq!(
+        kept, 3,
+        "one statement for each of text, integer and boolean"
     );
 }
 
