@@ -6,8 +6,8 @@ gRPC method each service served and called, from their /metrics.
     latency-breakdown.py --since FILE NAME=URL...   # means since --save
 
 Reads `grpc_server_handling_seconds` and `grpc_client_handling_seconds`
-(histograms: their `_sum` and `_count`) and `shop_db_commit_seconds` (a
-summary) of each service. Between a method's mean as its client saw it and
+and `shop_db_commit_seconds` (histograms: their `_sum` and `_count`) of
+each service. Between a method's mean as its client saw it and
 as its server saw it lies the transport and the wait for the server's
 runtime; between a server's mean and what it called lies its own work and
 its writes. Standard library only.

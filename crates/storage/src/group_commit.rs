@@ -219,7 +219,8 @@ impl Batch {
 /// [`GroupCommitStats`] and exported as metrics labelled with the backend:
 /// `shop_db_commits_total`, `shop_db_committed_transactions_total` (their
 /// ratio is the mean batch) and `shop_db_commit_seconds` (how long each
-/// `COMMIT` took: the disk flush, on SQLite; a summary, its quantiles).
+/// `COMMIT` took: the disk flush, on SQLite; a histogram, its buckets set
+/// where the recorder is made, `shop_telemetry::init`).
 #[derive(Debug)]
 pub(crate) struct Counts {
     commits: AtomicU64,

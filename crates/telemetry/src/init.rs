@@ -87,6 +87,13 @@ const SIZE_BUCKETS: &[f64] = &[
 /// stopped reading.
 const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
 
+/// Commit buckets (seconds) for the `*_commit_seconds` histograms (a
+/// database `COMMIT`, its disk flush): from a write cache's flush to a
+/// disk that stalls.
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 static PROMETHEUS: OnceLock<MetricsHandle> = OnceLock::new();
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
@@ -96,10 +103,12 @@ const BUCKETED: &[(&str, &[f64])] = &[
     ("_handling_seconds", LATENCY_BUCKETS),
     ("_size_bytes", SIZE_BUCKETS),
     ("_wait_seconds", WAIT_BUCKETS),
+    ("_commit_seconds", COMMIT_BUCKETS),
 ];
 
 /// The metrics recorder (Prometheus, with `BUCKETED`'s histograms of
-/// its own), installed on first use (also without `init`, so that
+/// its own: every histogram the services record is one of them, as
+/// summaries cannot be added up across replicas), installed on first use (also without `init`, so that
 /// in-process tests and library users get metrics too).
 pub fn prometheus() -> &'static MetricsHandle {
     PROMETHEUS.get_or_init(|| {
