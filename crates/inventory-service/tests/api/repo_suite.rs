@@ -390,3 +390,59 @@ shop_testkit::repo_suite!(
     a_reservation_is_in_its_products_currency_and_never_in_two,
     a_long_batch_confirms_each_reservation_with_its_lines,
 );
+
+/// Orders holding one product in the same group-commit batch, each in a
+/// savepoint of its own, leave no MultiXact on the product's row versions:
+/// their lines' product is checked at commit (deferred), so no turn locks
+/// the row that the next turn's hold updates. Read from the page itself
+/// (pageinspect): a version whose `xmax` is a MultiXact has
+/// `HEAP_XMAX_IS_MULTI` (0x1000) in its infomask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_of_one_product_in_one_batch_record_no_multixact_on_postgres() {
+    const ORDERS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let url = Backend::Postgres
+        .database_url("inventory", dir.path())
+        .await;
+    let cache = ProductCache {
+        capacity: 0,
+        max_age: std::time::Duration::ZERO,
+    };
+    let store = connect(&url, ConnectOptions::new(5, None), cache)
+        .await
+        .expect("connect and migrate");
+    product(store.as_ref(), "a", 100, 1000).await;
+    let holds = (0..ORDERS).map(|_| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .reserve(
+                    Uuid::now_v7(),
+                    &items(&[("a", 1)]),
+                    now() + Duration::minutes(5),
+                    now(),
+                )
+                .await
+        })
+    });
+    for held in futures_util::future::join_all(holds).await {
+        assert!(matches!(held.unwrap().unwrap(), Reserved::Held(_)));
+    }
+
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (versions, multi): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE t_infomask & 4096 <> 0) \
+         FROM heap_page_items(get_raw_page('products', 0)) WHERE t_xmin IS NOT NULL",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    // Each hold left the version it updated on the page (not yet pruned),
+    // so the count below looks at every one of them.
+    assert!(versions > ORDERS as i64, "{versions} versions of the row");
+    assert_eq!(multi, 0, "versions with a MultiXact, of {versions}");
+}
