@@ -15,6 +15,12 @@ use crate::helpers::Backend;
 
 /// A store on a fresh, migrated database on `backend`.
 async fn store(backend: Backend) -> (Arc<dyn InventoryRepo>, tempfile::TempDir) {
+    let (store, _url, dir) = store_and_url(backend).await;
+    (store, dir)
+}
+
+/// [`store`], and the URL of its database for a look beneath the store.
+async fn store_and_url(backend: Backend) -> (Arc<dyn InventoryRepo>, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = backend.database_url("inventory", dir.path()).await;
     // Through the cache, as the service runs it: every check also shows
@@ -26,7 +32,7 @@ async fn store(backend: Backend) -> (Arc<dyn InventoryRepo>, tempfile::TempDir) 
     let store = connect(&url, ConnectOptions::new(5, None), cache)
         .await
         .expect("connect and migrate");
-    (store, dir)
+    (store, url, dir)
 }
 
 pub(crate) fn now() -> DateTime<Utc> {
@@ -400,17 +406,7 @@ shop_testkit::repo_suite!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_of_one_product_in_one_batch_record_no_multixact_on_postgres() {
     const ORDERS: usize = 32;
-    let dir = tempfile::tempdir().unwrap();
-    let url = Backend::Postgres
-        .database_url("inventory", dir.path())
-        .await;
-    let cache = ProductCache {
-        capacity: 0,
-        max_age: std::time::Duration::ZERO,
-    };
-    let store = connect(&url, ConnectOptions::new(5, None), cache)
-        .await
-        .expect("connect and migrate");
+    let (store, url, _dir) = store_and_url(Backend::Postgres).await;
     product(store.as_ref(), "a", 100, 1000).await;
     let holds = (0..ORDERS).map(|_| {
         let store = Arc::clone(&store);
