@@ -108,8 +108,9 @@ const BUCKETED: &[(&str, &[f64])] = &[
 
 /// The metrics recorder (Prometheus, with `BUCKETED`'s histograms of
 /// its own: every histogram the services record is one of them, as
-/// summaries cannot be added up across replicas), installed on first use (also without `init`, so that
-/// in-process tests and library users get metrics too).
+/// summaries cannot be added up across replicas), installed on first use
+/// (also without `init`, so that in-process tests and library users get
+/// metrics too).
 pub fn prometheus() -> &'static MetricsHandle {
     PROMETHEUS.get_or_init(|| {
         let recorder = BucketedRecorder::new(PrometheusBuilder::new().build_recorder(), BUCKETED);
