@@ -36,7 +36,7 @@ pub use app::App;
 pub use binaries::binary;
 pub use calls::{authed, http_get, metric_sum, retry_delay, unused_address, violated_fields};
 pub use health::wait_until_serving;
-pub use postgres::{Backend, fresh_postgres_database, postgres_url};
+pub use postgres::{Backend, fresh_postgres_database, postgres_url, rows_read_by_generic_plan};
 pub use process::Service;
 pub use proxy::TcpProxy;
 pub use shop_loadgen::stub::{FixedUsers, fixed_user};

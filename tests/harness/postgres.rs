@@ -58,3 +58,61 @@ impl Backend {
         }
     }
 }
+
+/// How many rows the plan PostgreSQL keeps for `sql` once it is generic
+/// (its plan for every value, used from a prepared statement's sixth run
+/// on when no worse than the custom ones) read from `table`, as `EXPLAIN
+/// ANALYZE` of `EXECUTE` with `args` (SQL literals) reports the scan of
+/// that table: the rows it passed on and those its filter dropped; `types` are the parameters' types. A page of a list should
+/// read about a page, whatever the values: a condition that a NULL value
+/// switches off (`$1 IS NULL OR id > $1`) cannot bound an index scan in
+/// such a plan.
+///
+/// # Panics
+/// When the plan has no scan of `table`.
+pub async fn rows_read_by_generic_plan(
+    url: &str,
+    sql: &str,
+    types: &str,
+    args: &str,
+    table: &str,
+) -> u64 {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to the test database");
+    // Test-made text: the statement under test and literal values.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan; PREPARE page({types}) AS {sql}"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("prepare the statement");
+    let plan: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE page({args})"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .expect("explain the statement");
+    let on_table = format!(" on {table} ");
+    let at = plan
+        .iter()
+        .position(|(line,)| line.contains(&on_table))
+        .unwrap_or_else(|| panic!("no scan of {table} in {plan:#?}"));
+    // The rows the scan passed on, and those its filter dropped (on the
+    // node's own lines, up to the next node).
+    let number_after = |line: &str, label: &str| -> u64 {
+        line.split(label).nth(1).map_or(0, |rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a row count")
+        })
+    };
+    let passed = number_after(&plan[at].0, "rows=");
+    let dropped: u64 = plan[at + 1..]
+        .iter()
+        .map(|(line,)| line)
+        .take_while(|line| !line.contains("->"))
+        .map(|line| number_after(line, "Rows Removed by Filter: "))
+        .sum();
+    passed + dropped
+}

@@ -166,6 +166,16 @@ async fn hold(
         .await
 }
 
+/// A page of the catalogue after the cursor, in sku order. The cursor is
+/// always a bound (`sku > COALESCE(cursor, '')`, below every sku), never
+/// a condition that a NULL switches off (`$1 IS NULL OR sku > $1`): in
+/// the plan PostgreSQL keeps for a prepared statement from its sixth run
+/// on (generic, for every value) such a condition cannot start the index
+/// scan at the cursor, and each page read every product before it.
+const LIST_PRODUCTS: &str = "SELECT sku, name, unit_price_cents, currency_code, active, on_hand, \
+     reserved, updated_at FROM products WHERE sku > COALESCE($1, '') AND (active OR NOT $2) \
+     ORDER BY sku LIMIT $3";
+
 /// [`InventoryRepo`] on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -411,16 +421,12 @@ impl InventoryRepo for SqlStore {
         active_only: bool,
         limit: u32,
     ) -> Result<Vec<Product>, RepoError> {
-        query(
-            "SELECT sku, name, unit_price_cents, currency_code, active, on_hand, reserved, \
-             updated_at FROM products WHERE ($1 IS NULL OR sku > $1) AND (active OR NOT $2) \
-             ORDER BY sku LIMIT $3",
-        )
-        .bind(after)
-        .bind(active_only)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db, product)
-        .await
+        query(LIST_PRODUCTS)
+            .bind(after)
+            .bind(active_only)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db, product)
+            .await
     }
 
     async fn adjust_stock(
@@ -738,5 +744,46 @@ impl InventoryRepo for SqlStore {
 
     fn backend(&self) -> &'static str {
         self.db.backend().as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shop_testkit::{fresh_postgres_database, rows_read_by_generic_plan};
+
+    use super::LIST_PRODUCTS;
+    use crate::repo::{ConnectOptions, ProductCache, connect};
+
+    /// A page of the catalogue after a cursor deep in it reads about a page
+    /// of rows from `products` in the plan PostgreSQL keeps for the
+    /// statement (generic, from the sixth run on), not every product before
+    /// the cursor.
+    #[tokio::test]
+    async fn a_page_of_products_after_a_cursor_reads_a_page_on_postgres() {
+        let url = fresh_postgres_database("products_page").await;
+        connect(&url, ConnectOptions::new(1, None), ProductCache::OFF)
+            .await
+            .expect("connect and migrate");
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO products (sku, name, unit_price_cents, currency_code, active, \
+             updated_at) SELECT 'sku-' || lpad(n::text, 5, '0'), 'Product', 100, 'EUR', true, \
+             now() FROM generate_series(1, 20000) AS n",
+        )
+        .execute(&admin)
+        .await
+        .unwrap();
+        let read = rows_read_by_generic_plan(
+            &url,
+            LIST_PRODUCTS,
+            "text, bool, int8",
+            "'sku-15000', false, 20",
+            "products",
+        )
+        .await;
+        assert_eq!(
+            read, 20,
+            "rows read for the page after the 15,000th of 20,000 products"
+        );
     }
 }

@@ -28,6 +28,22 @@ macro_rules! user_filter {
     };
 }
 
+/// A page of users after the cursor, in id order. The cursor is always a
+/// bound (`id > COALESCE(cursor, the nil id)`, below every id), never a
+/// condition that a NULL switches off (`$3 IS NULL OR id > $3`): in the
+/// plan PostgreSQL keeps for a prepared statement from its sixth run on
+/// (generic, for every value) such a condition cannot start the index
+/// scan at the cursor, and each page read every user. The status and
+/// search conditions still switch off with a NULL, so that plan reads the
+/// users after the cursor and sorts them rather than stopping at a page.
+const LIST_USERS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users WHERE ",
+    user_filter!(),
+    " AND id > COALESCE($3, '00000000-0000-0000-0000-000000000000') ORDER BY id LIMIT $4"
+);
+
 /// [`Store`] on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -162,19 +178,13 @@ impl UserRepo for SqlStore {
         after: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<User>, RepoError> {
-        Ok(query(concat!(
-            "SELECT ",
-            user_columns!(),
-            " FROM users WHERE ",
-            user_filter!(),
-            " AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
-        ))
-        .bind(filter.status_str())
-        .bind(filter.like_pattern())
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.db, user_row)
-        .await?)
+        Ok(query(LIST_USERS)
+            .bind(filter.status_str())
+            .bind(filter.like_pattern())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.db, user_row)
+            .await?)
     }
 
     async fn count_users(&self, filter: &UserFilter) -> Result<u64, RepoError> {
@@ -359,5 +369,53 @@ impl Store for SqlStore {
 
     fn backend(&self) -> &'static str {
         self.db.backend().as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shop_storage::CacheBounds;
+    use shop_testkit::{fresh_postgres_database, rows_read_by_generic_plan};
+
+    use super::LIST_USERS;
+    use crate::repo::{ConnectOptions, connect};
+
+    /// A page of users after a cursor deep in the table reads no user
+    /// before the cursor in the plan PostgreSQL keeps for the statement
+    /// (generic, from the sixth run on): it reads on from the cursor.
+    #[tokio::test]
+    async fn a_page_of_users_after_a_cursor_reads_a_page_on_postgres() {
+        let url = fresh_postgres_database("users_page").await;
+        connect(&url, ConnectOptions::new(1, None), CacheBounds::OFF)
+            .await
+            .expect("connect and migrate");
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, username, password_hash, first_name, last_name, \
+             status, roles, created_at, updated_at) \
+             SELECT gen_random_uuid(), 'user-' || n || '@example.com', 'user-' || n, 'x', \
+             'First', 'Last', 'active', 'customer', now(), now() \
+             FROM generate_series(1, 20000) AS n",
+        )
+        .execute(&admin)
+        .await
+        .unwrap();
+        let (cursor,): (uuid::Uuid,) =
+            sqlx::query_as("SELECT id FROM users ORDER BY id OFFSET 14999 LIMIT 1")
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        let read = rows_read_by_generic_plan(
+            &url,
+            LIST_USERS,
+            "text, text, uuid, int8",
+            &format!("NULL, NULL, '{cursor}', 20"),
+            "users",
+        )
+        .await;
+        assert!(
+            read <= 5_000,
+            "{read} rows read for the page after the 15,000th of 20,000 users"
+        );
     }
 }
