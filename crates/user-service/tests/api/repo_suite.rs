@@ -242,6 +242,28 @@ pub(crate) async fn lists_in_id_order_with_filters_cursor_and_count(store: &dyn 
         1,
         "names match case-insensitively"
     );
+    // A page of a search lists what its count counts: u-three for "u-t",
+    // special_50% for the others.
+    for (s, id) in [
+        ("u-t", ids[2]),
+        ("50%", ids[4]),
+        ("%", ids[4]),
+        ("_", ids[4]),
+        ("fifty", ids[4]),
+    ] {
+        let listed = store.list_users(&search(s), None, 10).await.unwrap();
+        assert_eq!(listed.iter().map(|u| u.id).collect::<Vec<_>>(), [id], "{s}");
+    }
+    let deleted_matching = UserFilter {
+        status: Some(UserStatus::Deleted),
+        search: Some("u-t".into()),
+    };
+    let listed = store.list_users(&deleted_matching, None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|u| u.id).collect::<Vec<_>>(),
+        [ids[1]],
+        "u-two, deleted"
+    );
 }
 
 pub(crate) async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(store: &dyn Store) {
