@@ -18,8 +18,9 @@ use crate::domain::{
     Credentials, NewUser, User, UserFilter, UserPatch, UserStatus, roles_to_storage,
 };
 
-/// The filter of `ListUsers`, `StreamUsers` and the count: `$1` a status
-/// (NULL: every one but deleted), `$2` a LIKE pattern (NULL: everyone).
+/// The filter of `StreamUsers` and the count (`ListUsers` has a text for
+/// each combination, `list_users!`): `$1` a status (NULL: every one but
+/// deleted), `$2` a LIKE pattern (NULL: everyone).
 macro_rules! user_filter {
     () => {
         "(($1 IS NULL AND status <> 'deleted') OR status = $1) \
