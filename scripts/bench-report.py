@@ -235,8 +235,25 @@ def main():
         return why is None or (bound and why != "confirmations not drained"
                                and yardstick_bound(name) != saturated(name))
 
+    # The paired yardstick (bench.sh): a bare run right before each run of
+    # an h2load target, `NAME-yardstick[-k]`.
+    def is_pair(name):
+        return "-yardstick" in name
+
+    def paired(name):
+        """The ratios of the target `name`'s runs, each to the bare run
+        taken right before it."""
+        found = []
+        for run in repeats(name):
+            pair = scenarios.get(f"{name}-yardstick{run[len(name):]}") or {}
+            rps, base = scenarios[run].get("throughput_rps"), pair.get("throughput_rps")
+            if rps and base:
+                found.append(rps / base)
+        return found
+
     ratios = {name: ratio(name) for name in scenarios
-              if not name.startswith("bare") and scenarios[name].get("throughput_rps")}
+              if not name.startswith("bare") and not is_pair(name)
+              and scenarios[name].get("throughput_rps")}
 
     def runs_note(name):
         """The runs behind a median throughput, when there were several."""
@@ -247,6 +264,28 @@ def main():
         return f"; {name}: median of {len(runs)} runs ({listed} req/s)"
 
     checks = []
+
+    def check_paired(name, what, goal, pairs, unpaired):
+        """The target `name` as the median of its runs' ratios to their
+        paired bare runs, with the unpaired ratio (against bare-h2load)
+        beside it. A paired bare run whose generator saturated, or below
+        shop-loadgen's figure for the bare server, makes the value an upper
+        bound; a saturated run of the target, a lower one."""
+        value = round(statistics.median(pairs), 3)
+        yardsticks = [scenarios[n]["throughput_rps"] for n in repeats(f"{name}-yardstick")]
+        low = saturated(f"{name}-yardstick") or ("bare" in scenarios and bare > statistics.median(yardsticks))
+        high = saturated(name)
+        why = None
+        if (low and value >= goal) or (high and value < goal) or (low and high):
+            why = "generator saturated" if saturated(f"{name}-yardstick") or high \
+                else "paired bare runs below shop-loadgen's bare"
+        bound = ("" if low == high else " (at most)" if low else " (at least)")
+        runs = ", ".join(f"{p:.3f}" for p in pairs)
+        listed = ", ".join(f"{y:.0f}" for y in yardsticks)
+        check(f"{what} throughput / the bare server's run before each{bound}; "
+              f"{len(pairs)} runs: {runs} (bare: {listed} req/s); against bare-h2load, "
+              f"taken at the start of the run: {unpaired}" + runs_note(name) + runs_note("bare-h2load"),
+              value, f">= {goal}", value >= goal, why)
 
     def check(what, value, target, ok, why_invalid=None):
         checks.append({"what": what, "value": value, "target": target,
@@ -261,7 +300,10 @@ def main():
                                       f"GetUser ({backend}, cache off, h2load)", 0.5),
                                      (f"create-order-{backend}", f"CreateOrder ({backend})", 0.25)):
             r = ratio(scenario, median=True)
-            if r is not None:
+            pairs = paired(scenario)
+            if pairs:
+                check_paired(scenario, what, goal, pairs, r)
+            elif r is not None:
                 bound = ("" if yardstick_bound(scenario) == saturated(scenario)
                          else " (at most: the generator saturated on the bare server)"
                          if saturated(yardstick(scenario))
@@ -421,7 +463,7 @@ def main():
         def f(v):
             return "-" if v is None else f"{v:.2f}"
         not_ok = report["requests"] - report["ok"]
-        times = "1" if name.startswith("bare") else (f"{ratios[name]:.2f}" if ratios.get(name) else "-")
+        times = "1" if name.startswith("bare") or is_pair(name) else (f"{ratios[name]:.2f}" if ratios.get(name) else "-")
         if not name.startswith("bare") and ratios.get(name):
             # A bound (see invalid_because) is shown as one.
             if yardstick_bound(name) and not saturated(name) and valid(name, bound=True):

@@ -106,8 +106,11 @@
 # against the higher of the two bare figures (each is at most the server's
 # capacity). The h2load runs of the yardstick and of the GetUser targets
 # run BENCH_THROUGHPUT_RUNS times (3 by default, once in --quick: NAME,
-# NAME-2, ...); each throughput target is the median of its runs against
-# the median of bare-h2load's. h2load keeps BENCH_H2LOAD_CONNECTIONS (8)
+# NAME-2, ...), each GetUser run right after a run of a second bare server
+# kept beside the stack (NAME-yardstick, NAME-yardstick-2, ...); each
+# GetUser h2load target is the median of its runs' ratios to the bare run
+# before each (the host's speed drifts over a full run), with the median of
+# its runs against the median of bare-h2load's beside it. h2load keeps BENCH_H2LOAD_CONNECTIONS (8)
 # connections of BENCH_H2LOAD_STREAMS (32) streams each busy: the bare
 # server answers more a second the more calls each of its reads brings
 # (about 100,000 at 64 in flight, 160,000 at 256 on one host, where
@@ -268,8 +271,10 @@ last_pid=
 # start_pg, stop_pg and free_port (the servers' ports too)
 # shellcheck source=lib/postgres.sh
 source "$root/scripts/lib/postgres.sh"
+pair_port= pair_pid=
 cleanup() {
     stop_servers
+    [[ -z $pair_pid ]] || { kill -TERM "$pair_pid" 2>/dev/null; wait "$pair_pid" 2>/dev/null; } || true
     stop_pg
     rm -rf "$work"
 }
@@ -392,10 +397,16 @@ drive_h2load() {
 # drive_h2load_runs NAME ...: drive_h2load as NAME, NAME-2, ... up to
 # $throughput_runs: a throughput target's runs (bench-report.py takes the
 # median).
+# With the paired yardstick running (pair_port, below), each run of a
+# target is preceded by one of the bare server, NAME-yardstick[-k].
 drive_h2load_runs() {
     local name=$1 run
     shift
     for run in $(seq 1 "$throughput_runs"); do
+        if [[ -n $pair_port && $name != bare* ]]; then
+            drive_h2load "$name-yardstick$(repeat_suffix "$run")" "http://127.0.0.1:$pair_port" - \
+                "$pair_pid" --scenario echo
+        fi
         drive_h2load "$name$(repeat_suffix "$run")" "$@"
     done
 }
@@ -836,6 +847,21 @@ start shop-bare-server - "$bare_port" BARE_ADDR="127.0.0.1:$bare_port"
 load bare --scenario echo --users-url "http://127.0.0.1:$bare_port" --concurrency "$concurrency"
 drive_h2load_runs bare-h2load "http://127.0.0.1:$bare_port" - "$last_pid" --scenario echo
 stop_servers
+
+# The paired yardstick: a second bare server, left running beside the
+# stack (idle but for its own runs, it takes nothing from the stack's),
+# which h2load drives right before each run of a throughput target as it
+# drove bare-h2load (drive_h2load_runs). The host's speed moves by a tenth
+# and more over the twenty minutes between bare-h2load and the last
+# target, and a ratio of two runs taken that far apart carries it;
+# bench-report.py sets each h2load target's runs against these.
+if [[ $have_h2load == 1 ]]; then
+    pair_port=$(free_port)
+    start shop-bare-server - "$pair_port" BARE_ADDR="127.0.0.1:$pair_port"
+    # Not one of the stack's servers: stop_servers leaves it be.
+    pair_pid=$last_pid
+    unset 'pids[-1]' 'names[-1]'
+fi
 
 # --- the stack -------------------------------------------------------------
 
