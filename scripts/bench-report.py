@@ -273,7 +273,8 @@ def main():
         bound; a saturated run of the target, a lower one."""
         value = round(statistics.median(pairs), 3)
         yardsticks = [scenarios[n]["throughput_rps"] for n in repeats(f"{name}-yardstick")]
-        low = saturated(f"{name}-yardstick") or ("bare" in scenarios and bare > statistics.median(yardsticks))
+        low = (saturated(f"{name}-yardstick")
+               or ("bare" in scenarios and bare > statistics.median(yardsticks)))
         high = saturated(name)
         why = None
         if (low and value >= goal) or (high and value < goal) or (low and high):
@@ -463,7 +464,8 @@ def main():
         def f(v):
             return "-" if v is None else f"{v:.2f}"
         not_ok = report["requests"] - report["ok"]
-        times = "1" if name.startswith("bare") or is_pair(name) else (f"{ratios[name]:.2f}" if ratios.get(name) else "-")
+        times = ("1" if name.startswith("bare") or is_pair(name)
+                 else f"{ratios[name]:.2f}" if ratios.get(name) else "-")
         if not name.startswith("bare") and ratios.get(name):
             # A bound (see invalid_because) is shown as one.
             if yardstick_bound(name) and not saturated(name) and valid(name, bound=True):

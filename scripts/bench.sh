@@ -109,13 +109,14 @@
 # NAME-2, ...), each GetUser run right after a run of a second bare server
 # kept beside the stack (NAME-yardstick, NAME-yardstick-2, ...); each
 # GetUser h2load target is the median of its runs' ratios to the bare run
-# before each (the host's speed drifts over a full run), with the median of
-# its runs against the median of bare-h2load's beside it. h2load keeps BENCH_H2LOAD_CONNECTIONS (8)
-# connections of BENCH_H2LOAD_STREAMS (32) streams each busy: the bare
-# server answers more a second the more calls each of its reads brings
-# (about 100,000 at 64 in flight, 160,000 at 256 on one host, where
-# shop-loadgen saturated at 110,000), and the yardstick is the bare server
-# at its best.
+# before each (a yardstick taken at the start of the run is a few
+# hundredths off by the last target, either way), with the median of its
+# runs against the median of bare-h2load's beside it. h2load keeps
+# BENCH_H2LOAD_CONNECTIONS (8) connections of BENCH_H2LOAD_STREAMS (32)
+# streams each busy: the bare server answers more a second the more calls
+# each of its reads brings (about 100,000 at 64 in flight, 160,000 at 256
+# on one host, where shop-loadgen saturated at 110,000), and the
+# yardstick is the bare server at its best.
 # Cached GetUser (SQLite) is also driven over gRPC-Web and over its REST
 # route (h2load, h2c: get-user-sqlite-{grpc-web,rest}-h2load), and
 # scripts/lib/payload-sizes.py measures our messages in protobuf and JSON,
@@ -852,9 +853,10 @@ stop_servers
 # stack (idle but for its own runs, it takes nothing from the stack's),
 # which h2load drives right before each run of a throughput target as it
 # drove bare-h2load (drive_h2load_runs). The host's speed moves by a tenth
-# and more over the twenty minutes between bare-h2load and the last
-# target, and a ratio of two runs taken that far apart carries it;
-# bench-report.py sets each h2load target's runs against these.
+# and more within hours, and a ratio of two runs taken fifteen minutes
+# apart can carry such a move (docs/performance.md, "A yardstick beside
+# each target"); bench-report.py sets each h2load target's runs against
+# these.
 if [[ $have_h2load == 1 ]]; then
     pair_port=$(free_port)
     start shop-bare-server - "$pair_port" BARE_ADDR="127.0.0.1:$pair_port"
